@@ -1,0 +1,286 @@
+"""Typed run configuration: dataclasses, YAML in and out, dotted overrides, validation.
+
+Every key has a type and, where it matters, a check; a bad key or value raises ConfigError whose
+message names the key and what is allowed, so the CLI can print it and exit with code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that gssl cannot use; the message says how to fix it."""
+
+
+def _choice(*allowed):
+    return {"choices": allowed}
+
+
+def _check(pred, what):
+    return {"check": (pred, what)}
+
+
+@dataclass
+class DataConfig:
+    name: str = field(default="cifar10", metadata=_choice(
+        "cifar10", "cifar100", "tiny-imagenet", "fashion-mnist", "folder"))
+    root: str | None = None                # None: $GSSL_DATA or the dataset's default location
+    imbalance: float = field(default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a ratio in (0, 1]; 1 means balanced"))
+    profile: str = field(default="exp", metadata=_choice("exp", "step"))
+    max_per_class: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
+    test_limit: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
+    crop_padding: int = field(default=4, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
+    hflip: bool = True
+    to_rgb: bool = True                    # replicate greyscale to 3 channels so every pretext task applies (SPEC 10)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = field(default="resnet32", metadata=_choice(
+        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "wrn28_2", "wrn40_2"))
+    head: str = field(default="cosine", metadata=_choice("linear", "cosine"))
+
+
+@dataclass
+class SSLConfig:
+    tasks: list[str] = field(default_factory=list, metadata=_check(
+        lambda v: set(v) <= {"lorot", "flip", "channel", "lorot_i", "rotation"} and len(set(v)) == len(v),
+        "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation]"))
+    gate: str = field(default="reference", metadata=_choice("reference", "learned", "uniform", "none"))
+    ratio: float = field(default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
+    flip_axis: str = field(default="H", metadata=_choice("H", "W"))
+    gate_tau: float = field(default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+
+
+@dataclass
+class LossConfig:
+    name: str = field(default="ldam", metadata=_choice("ce", "ldam", "focal"))
+    max_margin: float = field(default=0.5, metadata=_check(lambda v: v > 0, "a number > 0"))
+    scale: float = field(default=30.0, metadata=_check(lambda v: v > 0, "a number > 0"))
+    focal_gamma: float = field(default=1.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
+    drw_epoch: int | None = field(default=160, metadata=_check(lambda v: v is None or v >= 0, "an epoch >= 0 or null (never)"))
+    drw_beta: float = field(default=0.9999, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    base_epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    batch_size: int = field(default=128, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    lr: float = field(default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    nesterov: bool = False
+    weight_decay: float = field(default=2e-4, metadata=_check(lambda v: v >= 0, "a number >= 0"))
+    schedule: str = field(default="step", metadata=_choice("step", "cosine"))
+    warmup_epochs: int = field(default=5, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
+    milestones: list[int] = field(default_factory=lambda: [160, 180], metadata=_check(
+        lambda v: all(m >= 0 for m in v) and list(v) == sorted(v), "a sorted list of epochs >= 0"))
+    gamma: float = field(default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a factor in (0, 1]"))
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
+    tensorboard: bool = False
+    preset: str | None = None              # where it came from (informational)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a Config from nested dicts, with types coerced and every value checked.
+
+def _is_dataclass_type(t) -> bool:
+    return isinstance(t, type) and dataclasses.is_dataclass(t)
+
+
+def _coerce(key: str, value, hint):
+    """Coerce a YAML value to the field's type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item is str:
+            value = [value]  # `--set ssl.tasks=lorot` means a list of one
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):
+            value = _parse_number(key, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - a bug in this module
+
+
+def _parse_number(key: str, text: str) -> float:
+    """Accept '1e-4' and fractions such as '8/255'."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{key}: expected a number, got {text!r}") from None
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in fields:
+            raise ConfigError(_unknown_key_message(key))
+        hint = hints[name]
+        if _is_dataclass_type(hint):
+            kwargs[name] = _build(hint, value, key + ".")
+            continue
+        value = _coerce(key, value, hint)
+        meta = fields[name].metadata
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(meta['choices'])}")
+        if "check" in meta:
+            pred, what = meta["check"]
+            if not pred(value):
+                raise ConfigError(f"{key}: {value!r} is not allowed; expected {what}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def all_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key a configuration accepts, e.g. 'optim.lr'."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if _is_dataclass_type(hints[f.name]):
+            keys += all_keys(hints[f.name], prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not close:  # a misspelt last part under a known section: compare the last parts only
+        last = key.rsplit(".", 1)[-1]
+        by_last = {k.rsplit(".", 1)[-1]: k for k in all_keys()}
+        close = [by_last[m] for m in difflib.get_close_matches(last, list(by_last), n=1, cutoff=0.6)]
+    hint = f"; did you mean '{close[0]}'?" if close else "; run `gssl presets --keys` for the list"
+    return f"unknown configuration key '{key}'{hint}"
+
+
+def from_dict(values: dict) -> Config:
+    return _build(Config, values)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge: override wins, nested mappings merge."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_set(item: str) -> dict:
+    """'optim.lr=0.05' -> {'optim': {'lr': 0.05}}; the value is read as YAML ('[a,b]' is a list)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.05")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: the key is empty; expected key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, str) and key.split(".")[-1] not in {"name", "root", "backbone", "head", "gate",
+                                                             "profile", "flip_axis", "schedule", "device", "preset"}:
+        try:  # '8/255' and similar fractions for numeric keys
+            value = _parse_number(key, value)
+        except ConfigError:
+            pass
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(values).__name__}")
+    return values
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def diff(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ between two configurations."""
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def scaled_schedule(o: OptimConfig, drw_epoch: int | None) -> tuple[int, list[int], int | None]:
+    """Warm-up, milestones and DRW start scaled from base_epochs to epochs (shortened protocols)."""
+    s = o.epochs / o.base_epochs
+    warm = int(round(o.warmup_epochs * s))
+    miles = [int(round(m * s)) for m in o.milestones]
+    drw = None if drw_epoch is None else int(round(drw_epoch * s))
+    return warm, miles, drw
