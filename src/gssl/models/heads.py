@@ -1,0 +1,39 @@
+"""Heads on the pooled feature: one for the classifier and one per pretext task.
+
+`linear` is nn.Linear with Kaiming-normal weights (the reference applies its init to every Linear).
+`cosine` is LDAM-DRW's NormedLinear: cosine between the normalised feature and normalised class
+weights, no bias. Its output lies in [-1, 1]; LDAM scales it by s = 30, pretext CEs use it raw
+(SPEC section 4). The cosine is computed in float32 even under autocast: bf16 cosines times s = 30
+would quantise logits to about 0.1.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class CosineLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        # Stored [out, in] like nn.Linear. Init as LDAM-DRW: uniform(-1, 1) (the renorm there only
+        # changes the scale, which normalisation removes).
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def build_head(kind: str, in_f: int, out_f: int) -> nn.Module:
+    if kind == "linear":
+        head = nn.Linear(in_f, out_f)
+        nn.init.kaiming_normal_(head.weight)
+        return head
+    if kind == "cosine":
+        return CosineLinear(in_f, out_f)
+    raise ValueError(f"unknown head {kind!r}; valid: 'linear', 'cosine'")
