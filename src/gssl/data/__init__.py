@@ -1,0 +1,17 @@
+"""Data pipeline: dataset readers (CIFAR-10/100, image folders, Tiny-ImageNet, Fashion-MNIST), a cache
+of decoded arrays, long-tailed and semi-supervised splits, and a loader that augments on the device.
+"""
+from .augment import crop_at, flip_where, normalize, random_crop, random_hflip
+from .cache import default_cache_dir
+from .datasets import DATASETS, MEAN_STD, SPLITS, Source, channel_stats, describe, load_dataset, mean_std, resolve
+from .download import download
+from .imageset import DataError, ImageSet, MissingSplitError
+from .loader import DeviceLoader, epoch_seed
+from .splits import PROFILES, labeled_unlabeled_split, long_tail_counts, long_tail_indices
+
+__all__ = [
+    "DATASETS", "MEAN_STD", "PROFILES", "SPLITS", "DataError", "DeviceLoader", "ImageSet", "MissingSplitError",
+    "Source", "channel_stats", "crop_at", "default_cache_dir", "describe", "download", "epoch_seed",
+    "flip_where", "labeled_unlabeled_split", "load_dataset", "long_tail_counts", "long_tail_indices",
+    "mean_std", "normalize", "random_crop", "random_hflip", "resolve",
+]

@@ -1,0 +1,58 @@
+"""Batched augmentation on the device: random crop with zero padding, horizontal flip, normalise.
+
+Semantics match torchvision's RandomCrop(size, padding=p) + RandomHorizontalFlip + ToTensor +
+Normalize, but for a whole batch at once with no per-sample Python loop. All randomness is drawn
+from a CPU generator and then moved to the data's device, so CPU and CUDA runs draw identical
+offsets and flips from the same seed.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def crop_at(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Crop each zero-padded image at its (top, left) offset in [0, 2 * padding].
+
+    Output pixel (r, c) of sample b is x[b, :, r + top_b - padding, c + left_b - padding], or 0
+    where that falls outside the image. Two gathers (rows, then columns) on the padded batch.
+    """
+    if padding == 0:
+        return x
+    b, ch, h, w = x.shape
+    offsets = offsets.to(device=x.device, dtype=torch.int64)
+    xp = F.pad(x, (padding, padding, padding, padding))  # zeros, any dtype
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # b x h
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # b x w
+    xp = xp.gather(2, rows[:, None, :, None].expand(b, ch, h, w + 2 * padding))
+    return xp.gather(3, cols[:, None, None, :].expand(b, ch, h, w))
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad by `padding` zeros on every side, crop back to H x W at a random place per sample."""
+    if padding == 0:
+        return x
+    offsets = torch.randint(0, 2 * padding + 1, (x.shape[0], 2), generator=generator)
+    return crop_at(x, padding, offsets)
+
+
+def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror (along W) the samples where `mask` is True."""
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each sample along W with probability 1/2."""
+    return flip_where(x, torch.rand(x.shape[0], generator=generator) < 0.5)
+
+
+def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 (x / 255 - mean) / std, the same operations as ToTensor + Normalize."""
+    c = x_uint8.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {c}-channel images")
+    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, c, 1, 1)
+    return x_uint8.to(torch.float32).div_(255).sub_(m).div_(s)
