@@ -4,7 +4,7 @@ of decoded arrays, long-tailed and semi-supervised splits, and a loader that aug
 from .augment import crop_at, flip_where, normalize, random_crop, random_hflip
 from .cache import default_cache_dir
 from .datasets import DATASETS, MEAN_STD, SPLITS, Source, channel_stats, describe, load_dataset, mean_std, resolve
-from .download import download
+from .downloads import download
 from .imageset import DataError, ImageSet, MissingSplitError
 from .loader import DeviceLoader, epoch_seed
 from .splits import PROFILES, labeled_unlabeled_split, long_tail_counts, long_tail_indices

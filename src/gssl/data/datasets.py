@@ -164,19 +164,19 @@ def load_dataset(name: str, root: str | os.PathLike | None, split: str, *,
     return _check(name, ims, src)
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units of a uint8 N x C x H x W tensor (float64, chunked)."""
-    c = images.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
-        s += x.sum(1)
-        s2 += (x * x).sum(1)
-    n = images.numel() // c
-    mean = s / n
-    std = (s2 / n - mean * mean).clamp_min(0).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std in [0, 1] units of uint8 N x C x H x W images.
+
+    Computed exactly from each channel's 256-bin histogram: fast, and no float accumulation error."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        p = hist / hist.sum()
+        m = float((p * values).sum())
+        mean.append(m)
+        std.append(float((p * (values - m) ** 2).sum().sqrt()))
+    return tuple(mean), tuple(std)
 
 
 def mean_std(name: str, train: ImageSet | None = None, channels: int | None = None):

@@ -27,6 +27,9 @@ def _safe_dtype(*args: Any) -> np.dtype:
 class _NdarrayType:
     """Stands in for `numpy.ndarray` so a pickle can name the type but never call it directly."""
 
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("calling numpy.ndarray directly is not allowed")
+
 
 def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not _NdarrayType:
