@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs gssl into ./.venv: torch pinned first (the CPU wheel on these machines; an unpinned torch
+# would pull several GB of CUDA packages), then the project with its test and analysis extras, then
+# Fashion-MNIST from Debian's dataset-fashion-mnist where apt is available (the quickstart's data).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==${GSSL_TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,analysis]"
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+    || echo "install.sh: could not install dataset-fashion-mnist; \`.venv/bin/gssl data download fashion-mnist\` fetches it instead" >&2
+fi
+echo "install.sh: gssl installed in $(pwd)/.venv"

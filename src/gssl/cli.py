@@ -1,0 +1,207 @@
+"""The `gssl` command line: train, eval, presets, data.
+
+Exit codes: 0 success; 2 bad input (configuration, dataset, run directory), with a message that says
+what was expected and how to fix it; 1 a run that failed while training (non-finite loss, say).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES_TRAIN = """examples:
+  gssl train --preset quickstart
+  gssl train --preset cifar10-lt0.01-gated-triple --set data.root=~/data --out runs/c10-triple
+  gssl train --preset cifar10-lt0.01-gated-triple --set ssl.gate=learned --set optim.epochs=30
+  gssl train --config my.yaml --set ssl.tasks=[lorot,flip] --set data.imbalance=0.02
+  gssl train --resume runs/c10-triple          # continue an interrupted run
+"""
+EXAMPLES_EVAL = """examples:
+  gssl eval runs/c10-triple
+  gssl eval runs/c10-triple --checkpoint best
+"""
+EXAMPLES_PRESETS = """examples:
+  gssl presets                          # one line per preset
+  gssl presets --show cifar10-lt0.01-gated-triple > my.yaml
+  gssl presets --keys                   # every configuration key
+"""
+EXAMPLES_DATA = """examples:
+  gssl data describe cifar10 --root ~/data/cifar-10-jpg.tar.gz
+  gssl data prepare tiny-imagenet --root ~/data    # decode once into the cache
+  gssl data download cifar10 --dest ~/data         # needs internet
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gssl", description="Gated self-supervised learning for image classification: "
+                                "supervised training plus LoRot-E, flip and channel-shuffle pretext tasks weighted "
+                                "by a gating network.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Run `gssl COMMAND --help` for each command's options and examples.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    t = sub.add_parser("train", help="train a model from a preset or config", epilog=EXAMPLES_TRAIN, formatter_class=fmt,
+                       description="Train a model. Configuration: defaults <- --preset (or --config) <- --set overrides.")
+    src = t.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="a named preset (see `gssl presets`)")
+    src.add_argument("--config", metavar="FILE.yaml", help="a YAML config; may name a `preset:` to start from")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. optim.lr=0.05 or ssl.tasks=[lorot,flip] (repeatable)")
+    t.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--force", action="store_true",
+                   help="replace an existing run in --out; with --resume, accept a changed configuration")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint on the test set", epilog=EXAMPLES_EVAL,
+                       formatter_class=fmt, description="Top-1/top-5, per-class and many/medium/few-shot accuracy "
+                       "and the confusion matrix, written to RUN_DIR/eval-<checkpoint>.json and printed.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                   help="'last' (final epoch, default) or 'best' (chosen on the test set)")
+    e.add_argument("--json", action="store_true", help="print the full JSON report")
+
+    pr = sub.add_parser("presets", help="list the presets", epilog=EXAMPLES_PRESETS, formatter_class=fmt,
+                        description="The paper's protocols (Table 1, Table 2) and a quickstart.")
+    pr.add_argument("--show", metavar="NAME", help="print the preset's full configuration as YAML")
+    pr.add_argument("--keys", action="store_true", help="list every configuration key")
+
+    d = sub.add_parser("data", help="describe, prepare or download datasets", epilog=EXAMPLES_DATA, formatter_class=fmt,
+                       description="Datasets: cifar10, cifar100, tiny-imagenet, fashion-mnist, folder.")
+    d.add_argument("action", choices=["describe", "prepare", "download"])
+    d.add_argument("name", help="dataset name")
+    d.add_argument("--root", help="dataset location (folder or archive); default $GSSL_DATA or the dataset's default")
+    d.add_argument("--dest", default="data", help="download destination folder (default ./data)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .data import DataError
+    from .engine import TrainingError
+    from .rundir import RunDirError
+
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": _train, "eval": _eval, "presets": _presets, "data": _data}[args.command](args)
+    except (ConfigError, DataError, RunDirError) as e:
+        print(f"gssl: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"gssl: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gssl: interrupted; `gssl train --resume RUN_DIR` continues from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    import yaml
+
+    from . import engine, rundir
+    from .config import ConfigError, diff, from_dict, load_yaml, parse_set, to_yaml
+    from .presets import resolve
+
+    sets = [parse_set(s) for s in args.sets]
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved_path = run_dir / rundir.CONFIG
+        if not saved_path.is_file():
+            raise rundir.RunDirError(f"cannot resume {run_dir}: no {rundir.CONFIG} there; pass the folder of an earlier run")
+        saved = from_dict(yaml.safe_load(saved_path.read_text()))
+        cfg = saved
+        if args.preset or args.config or sets:
+            asked = resolve(args.preset, load_yaml(args.config) if args.config else saved.to_dict(), sets)
+            changed = diff(saved, asked)
+            if changed and not args.force:
+                raise ConfigError(f"the configuration differs from the run's saved one in: {', '.join(changed)}; "
+                                  "resume without changes, or pass --force to continue with the new values")
+            if changed:
+                cfg = asked
+                rundir.write_atomic(saved_path, to_yaml(cfg).encode())
+        if not (run_dir / rundir.CKPT_DIR / "last.pt").is_file():
+            raise rundir.RunDirError(f"cannot resume {run_dir}: no checkpoint yet (it stopped during the first epoch); "
+                                     f"start it again with --out {run_dir} --force")
+        summary = engine.train(cfg, run_dir, resume=True, quiet=args.quiet)
+    else:
+        if not args.preset and not args.config:
+            raise ConfigError("name a --preset (see `gssl presets`) or a --config FILE.yaml")
+        cfg = resolve(args.preset, load_yaml(args.config) if args.config else None, sets)
+        name = args.preset or Path(args.config).stem
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        rundir.prepare(run_dir, force=args.force)
+        summary = engine.train(cfg, run_dir, quiet=args.quiet)
+    _print_summary(summary, run_dir)
+    return 0
+
+
+def _print_summary(s: dict, run_dir: Path) -> None:
+    print(f"final test accuracy: {s['test_acc']:.2f}% (top-5 {s['top5_acc']:.2f}%); "
+          f"best {s['best_test_acc']:.2f}% at epoch {s['best_epoch'] + 1} (chosen on the test set)")
+    groups = [f"{g} {s[g + '_shot_acc']:.2f}%" for g in ("many", "medium", "few") if s[g + "_shot_acc"] is not None]
+    if groups:
+        print("shot groups: " + ", ".join(groups))
+    if s["gate_weights"]:
+        print("gate weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["gate_weights"].items()))
+    print(f"{s['images_per_second']} images/s on {s['device']}, {s['wall_seconds']} s")
+    print(f"run directory: {run_dir}")
+
+
+def _eval(args) -> int:
+    from .engine import evaluate_run
+    rep = evaluate_run(Path(args.run_dir), args.checkpoint)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"checkpoint {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['num_test']} test images")
+    print(f"top-1 {rep['top1']:.2f}%  top-5 {rep['top5']:.2f}%")
+    for g in ("many", "medium", "few"):
+        if rep[g + "_shot_acc"] is not None:
+            print(f"{g}-shot {rep[g + '_shot_acc']:.2f}%")
+    print("per-class accuracy (training images):")
+    for name, acc, n in zip(rep["classes"], rep["per_class_acc"], rep["class_counts"]):
+        print(f"  {name:<20} {'-' if acc is None else f'{acc:6.2f}%'}  ({n})")
+    cm = rep["confusion_matrix"]
+    if len(cm) <= 20:
+        print("confusion matrix (rows: true class, columns: predicted):")
+        for row in cm:
+            print("  " + " ".join(f"{v:5d}" for v in row))
+    print(f"written to {Path(args.run_dir) / ('eval-' + rep['checkpoint'] + '.json')}")
+    return 0
+
+
+def _presets(args) -> int:
+    from .config import all_keys, from_dict, to_yaml
+    from .presets import PRESETS, preset_dict
+    if args.keys:
+        print("\n".join(all_keys()))
+        return 0
+    if args.show:
+        print(to_yaml(from_dict(preset_dict(args.show))), end="")
+        return 0
+    width = max(map(len, PRESETS))
+    for p in PRESETS.values():
+        paper = f"  [paper {p.paper_acc:.2f}%]" if p.paper_acc is not None else ""
+        print(f"{p.name:<{width}}  {p.summary}{paper}")
+    return 0
+
+
+def _data(args) -> int:
+    from . import data
+    if args.action == "download":
+        path = data.download(args.name, Path(args.dest))
+        print(f"downloaded {args.name} to {path}; train with --set data.root={path}")
+        return 0
+    if args.action == "prepare":
+        for split in ("train", "test"):
+            s = data.load_dataset(args.name, args.root, split)
+            print(f"{args.name} {split}: {len(s.labels)} images {tuple(s.images.shape[1:])}, {len(s.classes)} classes (cached)")
+        return 0
+    print(json.dumps(data.describe(args.name, args.root), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""The training loop: read it top to bottom.
+
+Determinism: the model is initialised from the seed, and every epoch's randomness (sample order,
+crop, flip, pretext parameters) is drawn from generators seeded by (seed, epoch) alone. A run
+resumed from the checkpoint after epoch k therefore replays epochs k+1.. exactly as an
+uninterrupted run would, bit for bit on CPU.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, metrics, rundir
+from .config import Config, ConfigError, scaled_schedule, to_yaml
+from .data import MEAN_STD, DeviceLoader, ImageSet, load_dataset, long_tail_indices
+from .losses import build_loss, drw_weights
+from .method import GatedSSL
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
+
+
+@dataclass
+class Data:
+    train: ImageSet
+    test: ImageSet
+    counts: list[int]          # training images per class, after long-tailed subsampling
+    mean: tuple
+    std: tuple
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def build_data(cfg: Config) -> Data:
+    d = cfg.data
+    train = load_dataset(d.name, d.root, "train")
+    test = load_dataset(d.name, d.root, "test")
+    if d.max_per_class is not None:  # cap every class first (small, fast runs), keeping the protocol's order
+        train = train.subset(_first_per_class(train.labels, d.max_per_class))
+    if d.imbalance < 1:
+        train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
+    if d.test_limit is not None:
+        test = test.subset(np.arange(min(d.test_limit, len(test.labels))))
+    mean, std = MEAN_STD[d.name]
+    if train.images.shape[1] == 1 and d.to_rgb:
+        train, test = _to_rgb(train), _to_rgb(test)
+        mean, std = tuple(mean) * 3, tuple(std) * 3
+    counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
+    return Data(train, test, counts, tuple(mean), tuple(std))
+
+
+def _first_per_class(labels: torch.Tensor, n: int) -> np.ndarray:
+    labels = labels.numpy()
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]))
+
+
+def _to_rgb(s: ImageSet) -> ImageSet:
+    return ImageSet(s.images.expand(-1, 3, -1, -1).contiguous(), s.labels, s.classes)
+
+
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL:
+    tasks = [] if cfg.ssl.gate == "none" else list(cfg.ssl.tasks)
+    gate = cfg.ssl.gate if tasks else "none"
+    return GatedSSL(cfg.model.backbone, num_classes, tasks=tasks, gate=gate, head=cfg.model.head,
+                    ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis, in_channels=in_channels,
+                    gate_kw={"tau": cfg.ssl.gate_tau} if gate == "learned" else None)
+
+
+def _build_loss(cfg: Config, counts: list[int]):
+    kw = {"ldam": {"max_m": cfg.loss.max_margin, "s": cfg.loss.scale}, "focal": {"gamma": cfg.loss.focal_gamma}}
+    return build_loss(cfg.loss.name, counts, **kw.get(cfg.loss.name, {}))
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """Linear warm-up per epoch, then step decays (gamma**i after the i-th milestone) or cosine."""
+    o = cfg.optim
+    warm, miles, _ = scaled_schedule(o, cfg.loss.drw_epoch)
+    if epoch < warm:
+        return o.lr * (epoch + 1) / warm
+    if o.schedule == "cosine":
+        t = (epoch - warm) / max(1, o.epochs - warm)
+        return o.lr * 0.5 * (1 + math.cos(math.pi * t))
+    return o.lr * o.gamma ** sum(epoch >= m for m in miles)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+def versions() -> dict:
+    return {"gssl": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False, log=print) -> dict:
+    run_dir = Path(run_dir)
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+
+    data = build_data(cfg)
+    n_cls, (C, H, W) = len(data.train.classes), data.train.images.shape[1:]
+    if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
+        raise ConfigError(f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
+                          f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]")
+    model = build_model(cfg, n_cls, C).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    cls_loss = _build_loss(cfg, data.counts).to(device)
+    o = cfg.optim
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                          weight_decay=o.weight_decay, foreach=True)
+    _, _, drw_epoch = scaled_schedule(o, cfg.loss.drw_epoch)
+    drw_w = drw_weights(data.counts, cfg.loss.drw_beta).to(device)
+
+    loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean, std=data.std,
+                          crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True, seed=cfg.seed,
+                          device=device)
+    test_loader = DeviceLoader(data.test.images, data.test.labels, max(512, o.batch_size), mean=data.mean,
+                               std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device)
+
+    start, best, best_epoch, history = 0, -1.0, -1, []
+    if resume:
+        ck = rundir.load_checkpoint(run_dir / rundir.CKPT_DIR / "last.pt", map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start, best, best_epoch = ck["epoch"] + 1, ck["best_acc"], ck["best_epoch"]
+        history = [r for r in rundir.read_metrics(run_dir) if r["epoch"] < start]
+        rundir.write_metrics(run_dir, history)  # drop epochs the checkpoint does not cover
+        log(f"resuming {run_dir} at epoch {start}")
+    else:
+        rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())
+        rundir.write_metrics(run_dir, [])
+    tb = _tensorboard(run_dir) if cfg.tensorboard else None
+
+    t_run = time.perf_counter()
+    for epoch in range(start, o.epochs):
+        lr = lr_at(cfg, epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        cls_loss.set_weight(drw_w if drw_epoch is not None and epoch >= drw_epoch else None)
+        loader.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen, t0 = 0, time.perf_counter()
+        bar = _progress(loader, epoch, o.epochs, quiet)
+        for step, (x, y) in enumerate(bar):
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss, stats = model.training_loss(x, y, cls_loss, gen)
+            if not torch.isfinite(loss):
+                terms = ", ".join(f"{k}={v.float().mean().item():.4g}" for k, v in stats.items())
+                raise TrainingError(f"non-finite loss at epoch {epoch}, step {step}: {terms}. The last good "
+                                    f"checkpoint is kept in {run_dir / rundir.CKPT_DIR}; lower optim.lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            b = y.shape[0]
+            for k, v in stats.items():  # device-side sums; read once per epoch
+                v = v.detach().float()
+                sums[k] = sums.get(k, 0) + (v if k == "correct" else v * b)
+            seen += b
+            if bar is not loader and step % 10 == 0:
+                bar.set_postfix(_postfix(sums, seen), refresh=False)
+        train_seconds = time.perf_counter() - t0
+
+        logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda)
+        test_acc = metrics.top1(logits, labels)
+        row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
+               "images_per_second": round(seen / train_seconds, 1),
+               "train_acc": 100.0 * sums["correct"].item() / seen, "test_acc": test_acc}
+        row.update({k: v.item() / seen for k, v in sums.items() if k != "correct"})
+        history.append(row)
+        rundir.write_metrics(run_dir, history)
+        if tb is not None:
+            for k, v in row.items():
+                if k != "epoch":
+                    tb.add_scalar(k, v, epoch)
+            tb.flush()
+        if test_acc > best:
+            best, best_epoch = test_acc, epoch
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                 "best_acc": best, "best_epoch": best_epoch, "config": cfg.to_dict()}
+        if best_epoch == epoch:
+            rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "best.pt", state)
+        rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "last.pt", state)
+        if not quiet:
+            gates = " ".join(f"{k[5:]}={row[k]:.3f}" for k in row if k.startswith("gate_"))
+            log(f"epoch {epoch + 1}/{o.epochs} lr {lr:.4g} loss {row['loss']:.4f} train {row['train_acc']:.2f}% "
+                f"test {test_acc:.2f}% {gates} ({row['images_per_second']:.0f} img/s)")
+
+    if start >= o.epochs:  # resumed a finished run: evaluate what is there
+        history = rundir.read_metrics(run_dir)
+    logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda)
+    rep = metrics.report(logits, labels, data.counts)
+    last = history[-1] if history else {}
+    summary = {
+        "test_acc": rep["top1"], "top5_acc": rep["top5"],
+        "best_test_acc": best, "best_epoch": best_epoch,
+        "best_selected_on": "test set, as the reference code does (no validation split): optimistic",
+        "per_class_acc": rep["per_class_acc"], "many_shot_acc": rep["many_shot_acc"],
+        "medium_shot_acc": rep["medium_shot_acc"], "few_shot_acc": rep["few_shot_acc"],
+        "class_counts": data.counts, "classes": data.train.classes,
+        "gate_weights": {k[5:]: v for k, v in last.items() if k.startswith("gate_")},
+        "epochs": o.epochs, "images_per_second": _mean([r["images_per_second"] for r in history]),
+        "wall_seconds": round(sum(r["seconds"] for r in history), 2),
+        "wall_seconds_this_process": round(time.perf_counter() - t_run, 2),
+        "device": _device_name(device), "seed": cfg.seed, "versions": versions(),
+        "preset": cfg.preset, "command": " ".join(sys.argv),
+    }
+    rundir.write_json(run_dir / rundir.SUMMARY, summary)
+    if tb is not None:
+        tb.close()
+    return summary
+
+
+def _mean(xs):
+    return round(sum(xs) / len(xs), 1) if xs else None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _postfix(sums: dict, seen: int) -> dict:
+    out = {"loss": f"{sums['loss'].item() / seen:.3f}", "acc": f"{100 * sums['correct'].item() / seen:.1f}"}
+    out.update({k[5:]: f"{sums[k].item() / seen:.2f}" for k in sums if k.startswith("gate_")})
+    return out
+
+
+def _progress(loader, epoch: int, epochs: int, quiet: bool):
+    if quiet:
+        return loader
+    from tqdm import tqdm
+    return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("tensorboard: true needs the tensorboard package; `pip install tensorboard` "
+                          "or set tensorboard=false") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def evaluate_run(run_dir: Path, checkpoint: str = "last") -> dict:
+    """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set."""
+    from .config import from_dict
+    import yaml
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / rundir.CONFIG
+    if not cfg_path.is_file():
+        raise rundir.RunDirError(f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
+                                 "pass the --out folder of a `gssl train` run")
+    cfg = from_dict(yaml.safe_load(cfg_path.read_text()))
+    device = pick_device(cfg.device)
+    data = build_data(cfg)
+    model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
+    ck = rundir.load_checkpoint(run_dir / rundir.CKPT_DIR / f"{checkpoint}.pt", map_location=device)
+    model.load_state_dict(ck["model"])
+    loader = DeviceLoader(data.test.images, data.test.labels, 512, mean=data.mean, std=data.std,
+                          crop_padding=0, hflip=False, shuffle=False, device=device)
+    logits, labels = metrics.predict(model, loader, device.type, amp=device.type == "cuda")
+    rep = metrics.report(logits, labels, data.counts)
+    rep.update({"checkpoint": checkpoint, "epoch": ck["epoch"], "classes": data.train.classes,
+                "class_counts": data.counts})
+    rundir.write_json(run_dir / f"eval-{checkpoint}.json", rep)
+    return rep

@@ -1,0 +1,60 @@
+"""Test-set evaluation: top-1/top-5, per-class accuracy, many/medium/few-shot groups, confusion matrix.
+
+Shot groups follow the long-tail literature (LDAM, OLTR): classes with more than 100 training
+images are many-shot, 20 to 100 medium-shot, fewer than 20 few-shot.
+"""
+from __future__ import annotations
+
+import torch
+
+MANY, FEW = 100, 20
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, loader, device_type: str = "cpu", amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class logits (float32, CPU) and labels for a whole loader, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs, ys = [], []
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        for x, y in loader:
+            outs.append(model(x).float())
+            ys.append(y)
+    model.train(was_training)
+    return torch.cat(outs).cpu(), torch.cat(ys).cpu()
+
+
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Rows are true classes, columns predictions."""
+    idx = labels.long() * num_classes + pred.long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def report(logits: torch.Tensor, labels: torch.Tensor, train_counts: list[int]) -> dict:
+    """Everything `gssl eval` and summary.json show; accuracies in percent."""
+    num_classes = logits.shape[1]
+    pred = logits.argmax(1)
+    cm = confusion_matrix(pred, labels, num_classes)
+    per_class_n = cm.sum(1)
+    per_class = [100.0 * cm[c, c].item() / n if n else None for c, n in enumerate(per_class_n.tolist())]
+    k = min(5, num_classes)
+    top5 = 100.0 * (logits.topk(k, 1).indices == labels[:, None]).any(1).float().mean().item()
+
+    def group(pred_fn):
+        accs = [a for a, n in zip(per_class, train_counts) if a is not None and pred_fn(n)]
+        return sum(accs) / len(accs) if accs else None
+
+    return {
+        "top1": top1(logits, labels),
+        "top5": top5,
+        "per_class_acc": per_class,
+        "many_shot_acc": group(lambda n: n > MANY),
+        "medium_shot_acc": group(lambda n: FEW <= n <= MANY),
+        "few_shot_acc": group(lambda n: n < FEW),
+        "confusion_matrix": cm.tolist(),
+        "num_test": int(labels.numel()),
+    }

@@ -1,0 +1,128 @@
+"""The run directory: atomic writes, checkpoints loaded weights-only, metrics as JSON lines.
+
+A run is hours of someone's compute, so nothing here writes a file in place: every write goes to a
+temporary file in the same folder, is fsynced, and replaces the target with os.replace. A kill at
+any moment leaves either the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CKPT_DIR = "checkpoints"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, CKPT_DIR, "eval-last.json", "eval-best.json", "tensorboard")
+
+
+class RunDirError(OSError):
+    """A run directory that cannot be created, read or written; the message says why and what to do."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}; check the folder exists, is writable and has space") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}; check the disk has space and the folder is writable") from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"cannot read {path}: {e}") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """weights_only loading: a checkpoint from elsewhere cannot run code on this machine."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"no checkpoint at {path}; was the run started, and did it finish an epoch?")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise RunDirError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {e}); "
+                          "it is corrupt or holds more than tensors and plain values") from None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a kill: everything before it is good
+    return rows
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Rewrite the whole file atomically (it is small: one line per epoch)."""
+    write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def prepare(run_dir: Path, *, force: bool) -> Path:
+    """Create a fresh run directory; an existing run is kept unless force, which clears only gssl's files."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} exists and is not a directory; choose another --out")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise RunDirError(f"output directory {run_dir} already exists and is not empty; "
+                              "pass --force to replace that run, --resume to continue it, or choose another --out")
+        for name in RUN_FILES:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    try:
+        (run_dir / CKPT_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create {run_dir}: {e.strerror or e}; choose a writable --out") from None
+    return run_dir

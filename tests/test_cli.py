@@ -1,0 +1,107 @@
+"""The command line end to end on a small CIFAR-10-format dataset: train, eval, presets, errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from gssl.cli import main
+
+# ResNet-20, 9 steps an epoch at a constant learning rate: enough to learn the tinted classes in 3 epochs.
+TINY = ["--set", "model.backbone=resnet20", "--set", "optim.batch_size=16", "--set", "data.imbalance=0.5",
+        "--set", "optim.milestones=[]", "--set", "optim.warmup_epochs=0", "--quiet"]
+
+
+def _train_args(root, out, epochs=2, *extra):
+    return ["train", "--preset", "cifar10-lt0.01-gated-triple", "--set", f"data.root={root}",
+            "--set", f"optim.epochs={epochs}", "--set", f"optim.base_epochs={epochs}", "--out", str(out), *TINY, *extra]
+
+
+def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_args(fake_cifar10, out, 3, "--set", "ssl.gate=learned")) == 0
+    printed = capsys.readouterr().out
+    assert "final test accuracy" in printed and "gate weights: lorot" in printed and str(out) in printed
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["ssl"]["tasks"] == ["lorot", "flip", "channel"] and cfg["optim"]["epochs"] == 3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        for key in ("lr", "seconds", "images_per_second", "loss", "cls_loss", "ssl_lorot", "ssl_flip",
+                    "ssl_channel", "gate_lorot", "gate_flip", "gate_channel", "train_acc", "test_acc"):
+            assert key in r, key
+        assert sum(r[f"gate_{t}"] for t in ("lorot", "flip", "channel")) == pytest.approx(1, abs=1e-4)
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("test_acc", "best_test_acc", "best_epoch", "per_class_acc", "many_shot_acc", "medium_shot_acc",
+                "few_shot_acc", "images_per_second", "wall_seconds", "device", "seed", "versions", "preset"):
+        assert key in s, key
+    assert s["test_acc"] == pytest.approx(rows[-1]["test_acc"])
+    assert s["best_test_acc"] == max(r["test_acc"] for r in rows)
+    assert s["class_counts"][0] == 20 and s["class_counts"][-1] == 10  # ratio 0.5 long tail on 20 per class
+    assert s["test_acc"] > 20  # tinted classes: well above the 10% of chance
+    for name in ("last", "best"):
+        ck = torch.load(out / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert {"model", "optimizer", "epoch", "config"} <= set(ck)
+
+    assert main(["eval", str(out), "--checkpoint", "last"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "confusion matrix" in printed
+    rep = json.loads((out / "eval-last.json").read_text())
+    assert rep["top1"] == pytest.approx(s["test_acc"], abs=1e-6)
+    assert len(rep["confusion_matrix"]) == 10 and sum(map(sum, rep["confusion_matrix"])) == 100
+
+
+def test_existing_output_directory_needs_force(fake_cifar10, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(_train_args(fake_cifar10, out, 1)) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me" and not (out / "config.yaml").exists()
+    assert main(_train_args(fake_cifar10, out, 1, "--force")) == 0
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--preset", "quickstrat"], "did you mean 'quickstart'"),
+    (["train", "--preset", "quickstart", "--set", "optim.lrr=1"], "did you mean 'optim.lr'"),
+    (["train", "--preset", "quickstart", "--set", "ssl.ratio=-0.1"], "ssl.ratio"),
+    (["train", "--preset", "quickstart", "--set", "ssl.gate=moe"], "ssl.gate"),
+    (["train"], "--preset"),
+    (["train", "--config", "/nonexistent/x.yaml"], "does not exist"),
+    (["eval", "/nonexistent/run"], "not a gssl run directory"),
+    (["train", "--resume", "/nonexistent/run"], "cannot resume"),
+])
+def test_bad_input_exits_2_with_a_clear_message(argv, fragment, capsys):
+    assert main(argv) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_missing_dataset_exits_2(tmp_path, capsys):
+    code = main(["train", "--preset", "cifar10-lt0.01-ldam-drw", "--set", f"data.root={tmp_path / 'nothing'}",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert "cifar" in capsys.readouterr().err.lower()
+
+
+def test_presets_lists_every_preset_and_shows_yaml(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 43 and any(line.startswith("quickstart") for line in lines)
+    assert main(["presets", "--show", "cifar100-lt0.02-gated-lorot-channel"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["data"]["name"] == "cifar100" and shown["ssl"]["tasks"] == ["lorot", "channel"]
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["eval"], ["presets"], ["data"]])
+def test_help_is_complete_with_examples(cmd):
+    r = subprocess.run([sys.executable, "-m", "gssl", *cmd, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    if cmd:
+        assert "examples:" in r.stdout
+    else:
+        for sub in ("train", "eval", "presets", "data"):
+            assert sub in r.stdout

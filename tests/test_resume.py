@@ -1,0 +1,72 @@
+"""Resume: a run killed with SIGKILL and resumed ends exactly where an uninterrupted run ends (CPU)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from gssl.cli import main
+
+TIMING = {"seconds", "images_per_second"}
+
+
+def _cmd(root, out, *extra):
+    return [sys.executable, "-m", "gssl", "train", "--preset", "cifar10-lt0.01-gated-triple",
+            "--set", f"data.root={root}", "--set", "optim.epochs=4", "--set", "model.backbone=resnet20",
+            "--set", "optim.batch_size=40", "--set", "data.imbalance=0.5", "--set", "ssl.gate=learned",
+            "--out", str(out), "--quiet", *extra]
+
+
+def _rows(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process: same float sums
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(fake_cifar10, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_cmd(fake_cifar10, full), check=True, env=_env(), capture_output=True)
+
+    proc = subprocess.Popen(_cmd(fake_cifar10, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        m = killed / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+
+    r = subprocess.run(_cmd(fake_cifar10, killed)[:4] + ["--resume", str(killed), "--quiet"],
+                       env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _rows(killed) == _rows(full)
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (full, killed))
+    assert sa["test_acc"] == sb["test_acc"] and sa["per_class_acc"] == sb["per_class_acc"]
+
+
+def test_resume_with_a_changed_config_is_refused_unless_forced(fake_cifar10, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = _cmd(fake_cifar10, out)[3:]
+    args[args.index("optim.epochs=4")] = "optim.epochs=1"
+    assert main(args) == 0
+    before = (out / "config.yaml").read_text()
+    code = main(["train", "--resume", str(out), "--set", "optim.lr=0.05", "--set", "optim.epochs=2", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "optim.epochs" in err and "optim.lr" in err and "--force" in err
+    assert (out / "config.yaml").read_text() == before
+    assert main(["train", "--resume", str(out), "--set", "optim.epochs=2", "--force", "--quiet"]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
