@@ -1,7 +1,7 @@
 """Every reader, on small datasets written by gssl.data.fakes: pixels, labels and classes come back exact."""
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -170,7 +170,6 @@ def test_describe(tmp_path):
 
 def test_folder_without_test_split(tmp_path):
     root, arrays = fakes.write_folder(tmp_path / "f", ["a", "b"], size=8)
-    import shutil
     shutil.rmtree(root / "test")
     check(load_dataset("folder", root, "train", cache_dir=tmp_path / "c"), *arrays["train"])
     with pytest.raises(DataError, match="no test split"):

@@ -17,17 +17,15 @@ def crop_at(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tenso
     """Crop each zero-padded image at its (top, left) offset in [0, 2 * padding].
 
     Output pixel (r, c) of sample b is x[b, :, r + top_b - padding, c + left_b - padding], or 0
-    where that falls outside the image. Two gathers (rows, then columns) on the padded batch.
+    where that falls outside the image. The padded batch is viewed (no copy) as every H x W window
+    at every offset, and one advanced-indexing gather picks each sample's window.
     """
     if padding == 0:
         return x
-    b, ch, h, w = x.shape
+    b, _, h, w = x.shape
     offsets = offsets.to(device=x.device, dtype=torch.int64)
-    xp = F.pad(x, (padding, padding, padding, padding))  # zeros, any dtype
-    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # b x h
-    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # b x w
-    xp = xp.gather(2, rows[:, None, :, None].expand(b, ch, h, w + 2 * padding))
-    return xp.gather(3, cols[:, None, None, :].expand(b, ch, h, w))
+    windows = F.pad(x, (padding, padding, padding, padding)).unfold(2, h, 1).unfold(3, w, 1)  # b,c,2p+1,2p+1,h,w
+    return windows[torch.arange(b, device=x.device), :, offsets[:, 0], offsets[:, 1]]
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

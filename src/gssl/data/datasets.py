@@ -34,8 +34,8 @@ MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion-mnist": ((0.2860,), (0.3530,)),  # measured on its 60,000 training images
 }
 
-# name -> (expected channels, image size or None, number of classes or None)
-_EXPECT = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "tiny-imagenet": (3, None, None),  # subsets of the 200 classes are fine
+# name -> (expected channels, image size or None, number of classes or None); Tiny-ImageNet subsets are fine
+_EXPECT = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "tiny-imagenet": (3, None, None),
            "fashion-mnist": (1, 28, 10)}
 
 _JPG_NAMES = {"cifar10": ("cifar-10-jpg", ("cifar-10-jpg.tar.gz",)),
@@ -44,7 +44,8 @@ _JPG_NAMES = {"cifar10": ("cifar-10-jpg", ("cifar-10-jpg.tar.gz",)),
 
 @dataclass
 class Source:
-    """Where a dataset was found and how to read it: `build` (decoded, cached) or `direct` (fast)."""
+    """Where a dataset was found and how to read it: `build` (decoded, cached) or `direct` (fast).
+    `kind` names the reader; it is part of the cache key ("rgb-" readers force 3 channels)."""
 
     name: str
     kind: str
@@ -62,12 +63,12 @@ def _match(name: str, r: Path) -> Source | None:
         if r.is_file() and is_archive(r):
             if "python" in r.name:
                 return Source(name, f"{name}-python", r, build=partial(read_pickle_archive, name, r))
-            return Source(name, "folder-archive", r, build=partial(read_folder_archive, r, True))
+            return Source(name, "rgb-folder-archive", r, build=partial(read_folder_archive, r, True))
         for d in (r, r / jpg_dir):
             if has_folder_layout(d):
-                return Source(name, "folder-dir", d, build=partial(read_folder_dir, d, True))
+                return Source(name, "rgb-folder-dir", d, build=partial(read_folder_dir, d, True))
         if (a := find_archive(r, jpg_archives)) is not None:
-            return Source(name, "folder-archive", a, build=partial(read_folder_archive, a, True))
+            return Source(name, "rgb-folder-archive", a, build=partial(read_folder_archive, a, True))
         if (a := find_archive(r, (py_archive,))) is not None:
             return Source(name, f"{name}-python", a, build=partial(read_pickle_archive, name, a))
     elif name == "tiny-imagenet":
@@ -139,7 +140,7 @@ def _check(name: str, ims: ImageSet, src: Source) -> ImageSet:
         raise DataError(f"{name} at '{src.path}': found {len(ims.classes)} classes of {ch}x{h}x{w} images, "
                         f"expected {n_cls} classes of {c}x{size or 'H'}x{size or 'W'}. Is --root pointing "
                         "at the right dataset?")
-    if name == "cifar10" and src.kind.startswith("folder") and ims.classes != CIFAR10_CLASSES:
+    if name == "cifar10" and "folder" in src.kind and ims.classes != CIFAR10_CLASSES:
         raise DataError(f"cifar10 at '{src.path}': class folders {ims.classes} are not CIFAR-10's "
                         f"{CIFAR10_CLASSES}; use dataset 'folder' for other image folders.")
     return ims
