@@ -229,3 +229,12 @@ def test_new_task_is_one_definition():
         assert torch.equal(y, reference_quadrant(x, params["quadrant"], params["rotation"], params["flip"], None))
     finally:
         del TASKS["rotflip"]
+
+
+def test_transform_is_differentiable_wrt_the_image():
+    """Adversarial training attacks through the transform: d(sum(y * w))/dx = inverse-transformed w."""
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    q, k, f, c = draw(0, 4, 4), draw(1, 4, 4), draw(2, 4, 2), draw(3, 4, 6)
+    w = torch.randn(4, 3, 8, 8)
+    (quadrant_transform(x, q, k, f, c) * w).sum().backward()
+    assert torch.equal(x.grad, invert_quadrant(w, q, k, f, c))

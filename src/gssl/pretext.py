@@ -10,10 +10,13 @@ SPEC section 2. The G-SSL tasks share one random quadrant per sample (2x2 grid: 
 Baselines: LoRot-I (one random square per batch, side 2..W/2, rotation k per sample, label k) and
 whole-image rotation (label k).
 
-Implementation: every task here only moves pixels, so the whole composite is one per-sample pixel
-permutation. We compute, for each output pixel, where it comes from (undoing the ops in reverse
-order) and do a single `gather`. No Python loop over samples, no `.item()`, no host sync; the
-same code serves quadrants, LoRot-I's square and the whole image, and it traces under torch.compile.
+Implementation: every task here only moves pixels, so the composite is one per-sample pixel
+permutation of the quadrant. We pull every sample's quadrant out with advanced indexing, map each
+output pixel to its source with small index tables (built once per call by applying torch's own
+flip/rot90 to a grid of pixel indices), do one `gather`, and write the quadrants back. No Python loop
+over samples, no `.item()`, no host sync; it traces under torch.compile without graph breaks.
+LoRot-I's square has a random size (data, not a shape), so it computes each pixel's source
+arithmetically and gathers over the whole image.
 
 Flip axis: the long-tailed reference flips the patch along H (`torch.fliplr` of a [C, h, w] tensor
 reverses dim 1, i.e. up-down); the other pipelines flip along W. Default "H" because the headline
@@ -32,55 +35,67 @@ PARAM_ORDER = ("rotation", "flip", "perm")  # draw order; also the order ops are
 REGIONS = ("quadrant", "square", "image")
 
 
-def _region_transform(
-    x: Tensor,
-    top: Tensor,
-    left: Tensor,
-    height,
-    width,
-    rotation: Optional[Tensor] = None,
-    flip: Optional[Tensor] = None,
-    perm: Optional[Tensor] = None,
-    flip_axis: str = "H",
+def _like(out: Tensor, x: Tensor) -> Tensor:
+    """Give `out` the memory format of `x` (channels_last in, channels_last out)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _patch_maps(h: int, w: int, flip_axis: str, device) -> Tensor:
+    """[2, R, h*w] source-pixel maps of a h x w patch for each (flip f, rotation k): the output
+    pixel i of rot90(flip(P), k) is pixel maps[f, k, i] of P. Built by applying torch's own
+    flip/rot90 to a grid of pixel indices, so the semantics are torch's by construction.
+    R = 4 for square patches, 1 (no rotation) otherwise."""
+    grid = torch.arange(h * w, device=device).view(h, w)
+    maps = []
+    for flipped in (grid, grid.flip(0 if flip_axis == "H" else 1)):
+        rots = range(4) if h == w else range(1)
+        maps.append(torch.stack([torch.rot90(flipped, k, (0, 1)).reshape(-1) for k in rots]))
+    return torch.stack(maps)
+
+
+def _transform_patches(
+    patch: Tensor,
+    rotation: Optional[Tensor],
+    flip: Optional[Tensor],
+    perm: Optional[Tensor],
+    flip_axis: str,
 ) -> Tensor:
-    """Flip, then rotate, then permute channels inside the rectangle [top, top+height) x
-    [left, left+width) of each image; pixels outside are copied. Region bounds are [B] or [1]
-    tensors (or ints for height/width); rotation needs height == width. None = op not applied."""
+    """Flip, then rotate, then permute channels of each patch [B, C, h, w] with its own
+    parameters ([B] integer tensors, None = op left out): one gather over the flattened patches."""
     if flip_axis not in ("H", "W"):
         raise ValueError(f"flip_axis must be 'H' or 'W', got {flip_axis!r}")
+    B, C, h, w = patch.shape
+    dev = patch.device
+    zeros = torch.zeros(B, dtype=torch.long, device=dev)
+    maps = _patch_maps(h, w, flip_axis, dev)
+    spatial = maps[zeros if flip is None else flip, zeros if rotation is None else rotation]  # [B, hw]
+    if perm is None:
+        channel = torch.arange(C, device=dev).expand(B, C)
+    else:  # output channel i <- input channel PERMUTATIONS[c][i]
+        channel = torch.tensor(PERMUTATIONS, device=dev)[perm]
+    index = (channel.unsqueeze(2) * (h * w) + spatial.unsqueeze(1)).view(B, C * h * w)
+    return patch.reshape(B, C * h * w).gather(1, index).view(B, C, h, w)
+
+
+def _rotate_square(x: Tensor, side: Tensor, top: Tensor, left: Tensor, rotation: Tensor) -> Tensor:
+    """rot90 by rotation[b] of the square [top, top+side) x [left, left+side) of every image.
+    side/top/left are tensors ([1] or [B]): the square's size is data, not a shape, so instead of
+    slicing we compute each output pixel's source (undoing the rotation) and gather."""
     B, C, H, W = x.shape
-    dev = x.device
-
-    def col(t):  # [B] or [1] tensor (or int) -> broadcastable [B|1, 1, 1]
-        return t.view(-1, 1, 1) if isinstance(t, Tensor) else t
-
-    top, left, height, width = col(top), col(left), col(height), col(width)
-    i = torch.arange(H, device=dev).view(1, H, 1)
-    j = torch.arange(W, device=dev).view(1, 1, W)
-    u, v = i - top, j - left  # output pixel in region coordinates
-    inside = (u >= 0) & (u < height) & (v >= 0) & (v < width)
-    a, b = u, v  # will become the source pixel of (u, v) in the region before any op
-    if rotation is not None:
-        # out = rot90(P, k): out[u, v] = P[v, s-1-u] (k=1), P[s-1-u, s-1-v] (k=2), P[s-1-v, u] (k=3)
-        k, s1 = col(rotation), height - 1
-        a = torch.where(k == 0, u, torch.where(k == 1, v, torch.where(k == 2, s1 - u, s1 - v)))
-        b = torch.where(k == 0, v, torch.where(k == 1, s1 - u, torch.where(k == 2, s1 - v, u)))
-    if flip is not None:
-        f = col(flip).bool()
-        if flip_axis == "H":
-            a = torch.where(f, height - 1 - a, a)
-        else:
-            b = torch.where(f, width - 1 - b, b)
-    pixel = torch.where(inside, (a + top) * W + (b + left), i * W + j)  # [B, H, W]
-    channel = torch.arange(C, device=dev).view(1, C, 1, 1)
-    if perm is not None:
-        table = torch.tensor(PERMUTATIONS, device=dev)  # out channel i <- in channel perm[c][i]
-        channel = torch.where(inside.unsqueeze(1), table[perm].view(-1, C, 1, 1), channel)
-    index = (channel * (H * W) + pixel.unsqueeze(1)).expand(B, C, H, W).reshape(B, C * H * W)
-    out = x.reshape(B, C * H * W).gather(1, index).view(B, C, H, W)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+    side, top, left, k = (t.view(-1, 1, 1) for t in (side, top, left, rotation))
+    i = torch.arange(H, device=x.device).view(1, H, 1)
+    j = torch.arange(W, device=x.device).view(1, 1, W)
+    u, v = i - top, j - left  # position inside the square
+    inside = (u >= 0) & (u < side) & (v >= 0) & (v < side)
+    # out = rot90(P, k): out[u, v] = P[v, s-1-u] (k=1), P[s-1-u, s-1-v] (k=2), P[s-1-v, u] (k=3)
+    s1 = side - 1
+    a = torch.where(k == 0, u, torch.where(k == 1, v, torch.where(k == 2, s1 - u, s1 - v)))
+    b = torch.where(k == 0, v, torch.where(k == 1, s1 - u, torch.where(k == 2, s1 - v, u)))
+    pixel = torch.where(inside, (a + top) * W + (b + left), i * W + j).view(-1, 1, H * W)
+    out = x.reshape(B, C, H * W).gather(2, pixel.expand(B, C, H * W)).view(B, C, H, W)
+    return _like(out, x)
 
 
 def _check(x: Tensor, region: str, rotation: bool, perm: bool) -> None:
@@ -108,24 +123,28 @@ def quadrant_transform(
     quadrant (0..3), rotation (0..3, needs H == W), flip (0/1), perm (0..5, needs C == 3).
     A None parameter leaves that op out (equivalent to zeros)."""
     _check(x, "quadrant", rotation is not None, perm is not None)
-    _, _, H, W = x.shape
+    B, C, H, W = x.shape
     h, w = H // 2, W // 2
-    return _region_transform(
-        x, (quadrant // 2) * h, (quadrant % 2) * w, h, w, rotation, flip, perm, flip_axis
-    )
+    xc = x.contiguous()
+    b, qr, qc = torch.arange(B, device=x.device), quadrant // 2, quadrant % 2
+    # Quadrant (qr, qc) of image b is grid[b, :, qr, :, qc, :]: advanced indexing = gather and
+    # index_put, no host sync, and differentiable w.r.t. x (adversarial training needs that).
+    patch = xc.view(B, C, 2, h, 2, w)[b, :, qr, :, qc, :]  # [B, C, h, w]
+    out = xc.clone()
+    out.view(B, C, 2, h, 2, w)[b, :, qr, :, qc, :] = _transform_patches(patch, rotation, flip, perm, flip_axis)
+    return _like(out, x)
 
 
 def square_transform(x: Tensor, side: Tensor, top: Tensor, left: Tensor, rotation: Tensor) -> Tensor:
     """LoRot-I: rotate the square [top, top+side) x [left, left+side) of each image by its own k.
     side/top/left: [1] (one square per batch, as the reference) or [B] tensors."""
-    return _region_transform(x, top, left, side, side, rotation)
+    return _rotate_square(x, side, top, left, rotation)
 
 
 def rotation_transform(x: Tensor, rotation: Tensor) -> Tensor:
     """Whole-image rotation (RotNet/SSP): rot90 of each square image by its own k."""
     _check(x, "image", True, False)
-    zero = torch.zeros(1, dtype=torch.long, device=x.device)
-    return _region_transform(x, zero, zero, x.shape[2], x.shape[3], rotation)
+    return _like(_transform_patches(x.contiguous(), rotation, None, None, "H"), x)
 
 
 @dataclass(frozen=True)
