@@ -238,3 +238,9 @@ def test_transform_is_differentiable_wrt_the_image():
     w = torch.randn(4, 3, 8, 8)
     (quadrant_transform(x, q, k, f, c) * w).sum().backward()
     assert torch.equal(x.grad, invert_quadrant(w, q, k, f, c))
+
+
+def test_permutation_table_matches_itertools():
+    from gssl.pretext import PERMUTATIONS, _permutation_table
+
+    assert _permutation_table("cpu").tolist() == [list(p) for p in PERMUTATIONS] == [list(p) for p in PERMS]

@@ -31,8 +31,20 @@ import torch
 from torch import Tensor
 
 PERMUTATIONS = tuple(itertools.permutations((0, 1, 2)))  # index 0 is the identity
-PARAM_ORDER = ("rotation", "flip", "perm")  # draw order; also the order ops are applied in
+PARAM_ORDER = ("rotation", "flip", "perm")  # draw order (ops are applied flip, rotation, perm)
 REGIONS = ("quadrant", "square", "image")
+
+
+def _permutation_table(device) -> Tensor:
+    """PERMUTATIONS as a [6, 3] tensor, computed on `device` (torch.tensor(PERMUTATIONS,
+    device="cuda") would copy from the host and synchronise every step). Lexicographic order:
+    c // 2 picks the first channel, c % 2 swaps the remaining two."""
+    c = torch.arange(6, device=device)
+    first = c // 2
+    lo = (first == 0).long()  # smaller of the two channels left: 1 if channel 0 is taken, else 0
+    hi = 2 - (first == 2).long()  # larger one: 1 if channel 2 is taken, else 2
+    odd = (c % 2).bool()
+    return torch.stack([first, torch.where(odd, hi, lo), torch.where(odd, lo, hi)], dim=1)
 
 
 def _like(out: Tensor, x: Tensor) -> Tensor:
@@ -74,7 +86,7 @@ def _transform_patches(
     if perm is None:
         channel = torch.arange(C, device=dev).expand(B, C)
     else:  # output channel i <- input channel PERMUTATIONS[c][i]
-        channel = torch.tensor(PERMUTATIONS, device=dev)[perm]
+        channel = _permutation_table(dev)[perm]
     index = (channel.unsqueeze(2) * (h * w) + spatial.unsqueeze(1)).view(B, C * h * w)
     return patch.reshape(B, C * h * w).gather(1, index).view(B, C, h, w)
 
@@ -152,8 +164,8 @@ class PretextTask:
     """One pretext task: which region it acts on, which transform parameters it draws (name ->
     number of values, from PARAM_ORDER) and how its label is made from the drawn parameters.
     Tasks on the same region share parameters of the same name (e.g. the quadrant). A new task
-    made of these ops is one `register_task(PretextTask(...))` line; a new op needs a branch in
-    `_region_transform`."""
+    made of these ops is one `register_task(PretextTask(...))` line; a new op needs its index map
+    in `_transform_patches`."""
 
     name: str
     num_classes: int
