@@ -8,7 +8,10 @@ are timed in one run on the same data (the real CIFAR-10 copy when present, else
     python benchmarks/bench_loader.py --device cuda --json out.json
 
 Times are steady state: measured from the first batch on (DataLoader worker start-up and the
-loaders' warm-up excluded), over --n images.
+loaders' warm-up excluded), over --n images. On CPU the DeviceLoader is timed with 1 torch thread
+and with the default thread count, so each DataLoader setting has a match with the same number of
+cores (num_workers=0: one core; num_workers=2: two). Intra-op threads suffer badly when other
+processes compete for the cores, so the load average is printed with the results.
 """
 from __future__ import annotations
 
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--workers", default="0,2", help="DataLoader num_workers settings to time, comma-separated")
+    ap.add_argument("--threads", default="1,0", help="torch threads for the CPU DeviceLoader runs (0 = default)")
     ap.add_argument("--cache-dir", default=None, help="decode cache (default $GSSL_CACHE or ~/.cache/gssl)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     images, labels, source = load_images(args.data, args.cache_dir)
 
     rows = []
+    default_threads = torch.get_num_threads()
     dev = DeviceLoader(images, labels, args.batch_size, mean=MEAN, std=STD, crop_padding=4, hflip=True,
                        shuffle=True, seed=0, device=device)
 
@@ -114,8 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
         dev.set_epoch(epoch)
         return iter(dev)
 
-    dev_ips = time_loader(dev_iter, args.n, device, to_device=False)
-    rows.append({"method": f"gssl DeviceLoader ({device.type}, batched crop+flip+normalise)", "images_per_s": dev_ips})
+    thread_settings = [int(t) or default_threads for t in args.threads.split(",")] if device.type == "cpu" else [0]
+    for t in dict.fromkeys(thread_settings):
+        if device.type == "cpu":
+            torch.set_num_threads(t)
+        ips = time_loader(dev_iter, args.n, device, to_device=False)
+        label = f"{t} thread{'s' * (t > 1)}" if device.type == "cpu" else device.type
+        rows.append({"method": f"gssl DeviceLoader ({label}; batched crop+flip+normalise)", "images_per_s": ips,
+                     "cores": t if device.type == "cpu" else None})
+    torch.set_num_threads(default_threads)
 
     ds = PILAugmented(images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy())
     for w in [int(v) for v in args.workers.split(",") if v.strip()]:
@@ -123,20 +135,25 @@ def main(argv: list[str] | None = None) -> dict:
                                          pin_memory=device.type == "cuda", persistent_workers=w > 0,
                                          generator=torch.Generator().manual_seed(0))
         ips = time_loader(lambda epoch: iter(dl), args.n, device, to_device=True)
-        rows.append({"method": f"torch DataLoader, per-sample PIL, num_workers={w}", "images_per_s": ips})
+        rows.append({"method": f"torch DataLoader, per-sample PIL, num_workers={w}", "images_per_s": ips,
+                     "cores": max(w, 1)})
         del dl
-    for r in rows:
-        r["ratio_vs_device_loader"] = dev_ips / r["images_per_s"]
+    dev_rows = [r for r in rows if r["method"].startswith("gssl")]
+    for r in rows:  # speed-up of the DeviceLoader given the same number of cores (on GPU: the GPU run)
+        match = [d for d in dev_rows if d["cores"] in (r["cores"], None)] or dev_rows
+        r["ratio"] = match[-1]["images_per_s"] / r["images_per_s"]
 
     settings = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                 "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(), "data": source, "n": args.n,
-                "batch_size": args.batch_size, "crop_padding": 4, "hflip": True}
+                "torch_threads_default": default_threads, "data": source, "n": args.n,
+                "batch_size": args.batch_size, "crop_padding": 4, "hflip": True,
+                "load_average": os.getloadavg()[0]}
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None))
     width = max(len(r["method"]) for r in rows)
-    print(f"{'method':<{width}}  {'images/s':>10}  {'DeviceLoader speed-up':>21}")
+    print(f"{'method':<{width}}  {'images/s':>10}  {'DeviceLoader speed-up (same cores)':>34}")
     for r in rows:
-        print(f"{r['method']:<{width}}  {r['images_per_s']:>10,.0f}  {r['ratio_vs_device_loader']:>20.1f}x")
+        ratio = "" if r["method"].startswith("gssl") else f"{r['ratio']:.1f}x"
+        print(f"{r['method']:<{width}}  {r['images_per_s']:>10,.0f}  {ratio:>34}")
     result = {"settings": settings, "results": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

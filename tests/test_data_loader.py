@@ -144,8 +144,9 @@ def test_loader_determinism_and_resume():
     assert torch.equal(_epoch(resumed)[0], epochs[1][0])
     other = DeviceLoader(x, y, 10, **{**kw, "seed": 12})
     assert not torch.equal(_epoch(other)[0], epochs[0][0])
-    # the batch size does not change the permutation
-    assert torch.equal(_epoch(DeviceLoader(x, y, 64, **kw))[1], epochs[0][1])
+    # the batch size changes neither the permutation nor any sample's crop and flip
+    xs64, ys64 = _epoch(DeviceLoader(x, y, 64, **kw))
+    assert torch.equal(ys64, epochs[0][1]) and torch.equal(xs64, epochs[0][0])
 
 
 def test_epoch_seed_mixes():

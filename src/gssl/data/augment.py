@@ -46,11 +46,14 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return flip_where(x, torch.rand(x.shape[0], generator=generator) < 0.5)
 
 
-def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 N x C x H x W -> float32 (x / 255 - mean) / std, the same operations as ToTensor + Normalize."""
+def normalize(x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 (x / 255 - mean) / std, the same operations as ToTensor + Normalize.
+    `mean`/`std` may be sequences or float32 tensors already on the device (saves a copy per call)."""
     c = x_uint8.shape[1]
-    if len(mean) != c or len(std) != c:
-        raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {c}-channel images")
-    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, c, 1, 1)
+    n_mean, n_std = (v.numel() if torch.is_tensor(v) else len(v) for v in (mean, std))
+    if n_mean != c or n_std != c:
+        raise ValueError(f"mean/std have {n_mean}/{n_std} entries for {c}-channel images")
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, c, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, c, 1, 1)
     return x_uint8.to(torch.float32).div_(255).sub_(m).div_(s)

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .augment import normalize, random_crop, random_hflip
+from .augment import crop_at, flip_where, normalize
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -49,6 +49,9 @@ class DeviceLoader:
         self.batch_size, self.crop_padding, self.hflip = batch_size, crop_padding, hflip
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.mean, self.std = tuple(mean), tuple(std)
+        c = images.shape[1]
+        self._mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self.num_samples = len(images)
         self.epoch = 0
 
@@ -60,15 +63,21 @@ class DeviceLoader:
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # All of the epoch's randomness is drawn up front on the CPU -- permutation, then crop offsets,
+        # then flips, one per position in the permutation -- and moved to the device once: no per-batch
+        # host-device traffic, and a sample's augmentation does not depend on the batch size.
         g = torch.Generator(device="cpu").manual_seed(epoch_seed(self.seed, self.epoch))
         self.epoch += 1
-        n = self.num_samples
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
+        n, p, dev = self.num_samples, self.crop_padding, self.device
+        order = (torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)).to(dev)
+        offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=g).to(dev) if p else None
+        flips = (torch.rand(n, generator=g) < 0.5).to(dev) if self.hflip else None
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[sl]
             x = self.images.index_select(0, idx)
-            x = random_crop(x, self.crop_padding, g)
-            if self.hflip:
-                x = random_hflip(x, g)
-            yield normalize(x, self.mean, self.std), self.labels.index_select(0, idx)
+            if offsets is not None:
+                x = crop_at(x, p, offsets[sl])
+            if flips is not None:
+                x = flip_where(x, flips[sl])
+            yield normalize(x, self._mean, self._std), self.labels.index_select(0, idx)
