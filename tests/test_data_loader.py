@@ -112,12 +112,13 @@ def test_loader_batches_are_augmented_views_of_the_right_images():
     y = torch.arange(20)  # label = index, so each output can be traced back to its source
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
     loader = DeviceLoader(x, y, 8, mean=mean, std=std, seed=4, crop_padding=4)
+    all_offsets = torch.cartesian_prod(torch.arange(9), torch.arange(9))  # 81 x 2
     for xb, yb in loader:
         raw = torch.round((xb * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)) * 255)
-        for img, i in zip(raw, yb.tolist()):
-            candidates = [crop_at(v[None], 4, torch.tensor([[t, l]]))[0].float()
-                          for v in (x[i], x[i].flip(2)) for t in range(9) for l in range(9)]
-            assert any(torch.equal(img, c) for c in candidates)
+        crops = crop_at(x[yb].repeat_interleave(81, 0), 4, all_offsets.repeat(len(yb), 1))
+        crops = torch.cat([crops, crops.flip(3)]).view(2, len(yb), 81, 3, 32, 32).transpose(0, 1)
+        match = (crops.float() == raw[:, None, None]).flatten(3).all(3)  # sample x flip x offset
+        assert bool(match.flatten(1).any(1).all()), "every output is a crop (+ flip) of its own source"
 
 
 def test_eval_loader_is_plain_normalised_data_in_order():
