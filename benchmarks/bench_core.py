@@ -141,7 +141,7 @@ def bench_step(reps: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--reps", type=int, default=15, help="timed training steps per variant")
+    ap.add_argument("--reps", type=int, default=20, help="timed training steps per variant")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:

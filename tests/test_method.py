@@ -88,7 +88,8 @@ def test_lorot_i_and_rotation_baselines_and_greyscale():
         loss, stats = GatedSSL("resnet20", 10, tasks=tasks).training_loss(x, y, build_loss("ce"), torch.Generator())
         assert torch.isfinite(loss) and f"ssl_{tasks[0]}" in stats
     grey = x[:, :1].expand(-1, 3, -1, -1).contiguous()  # replicated greyscale: channel task is uninformative
-    loss, _ = GatedSSL("resnet20", 10, tasks=TRIPLE, gate="learned").training_loss(grey, y, build_loss("ce"), torch.Generator())
+    model = GatedSSL("resnet20", 10, tasks=TRIPLE, gate="learned")
+    loss, _ = model.training_loss(grey, y, build_loss("ce"), torch.Generator())
     assert torch.isfinite(loss)
     model = GatedSSL("resnet20", 10, in_channels=1, tasks=["lorot", "flip"])
     loss, _ = model.training_loss(torch.randn(4, 1, 28, 28), y[:4], build_loss("ce"), torch.Generator())

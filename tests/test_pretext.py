@@ -153,7 +153,8 @@ def test_lorot_i_matches_per_sample(seed, B, size):
     y, labels = pretext.apply(x, params)
     ref = x.clone()
     for i in range(B):
-        ref[i][:, t : t + s, l : l + s] = torch.rot90(ref[i][:, t : t + s, l : l + s], int(labels["lorot_i"][i]), [1, 2])
+        square = ref[i][:, t : t + s, l : l + s]
+        ref[i][:, t : t + s, l : l + s] = torch.rot90(square, int(labels["lorot_i"][i]), [1, 2])
     assert torch.equal(y, ref)
     back = square_transform(y, params["side"], params["top"], params["left"], (4 - labels["lorot_i"]) % 4)
     assert torch.equal(back, x)
