@@ -177,3 +177,15 @@ def test_cuda_matches_cpu():
     assert gpu[0].device.type == "cuda"
     assert torch.equal(cpu[1], gpu[1].cpu())  # same permutation
     assert torch.allclose(cpu[0], gpu[0].cpu(), atol=1e-6)  # same crops and flips
+
+
+def test_cpu_threads_limited_only_while_assembling_and_results_unchanged():
+    x, y = _data(40)
+    kw = dict(mean=(0.5,) * 3, std=(0.5,) * 3, seed=2)
+    before = torch.get_num_threads()
+    seen = []
+    for xb, _ in DeviceLoader(x, y, 16, cpu_threads=1, **kw):
+        seen.append(torch.get_num_threads())  # the consumer always sees its own setting
+    assert seen == [before] * 3 and torch.get_num_threads() == before
+    assert torch.equal(_epoch(DeviceLoader(x, y, 16, cpu_threads=1, **kw))[0],
+                       _epoch(DeviceLoader(x, y, 16, cpu_threads=None, **kw))[0])
