@@ -43,7 +43,7 @@ def test_registry_and_errors():
 
 def test_learned_gate_gradient_paths():
     """Only the gate learns from aux; the backbone sees the weights as constants."""
-    gate = build_gate("learned", 64, 3, num_classes=K, tau=0.5, ssl_ratio=0.1)
+    gate = build_gate("learned", 64, 3, num_classes=K, tau=0.5, strength=1.0)
     assert isinstance(gate, LearnedGate)
     feat = torch.randn(16, 64, requires_grad=True)
     losses = (torch.rand(16, 3) * CHANCE).requires_grad_()
@@ -81,7 +81,7 @@ def _train_toy(tau, steps, per_sample, seed):
     g = torch.Generator().manual_seed(seed)
     D, B = 16, 128
     w_star = torch.randn(D, generator=g) / math.sqrt(D)
-    gate = LearnedGate(D, 3, num_classes=K, tau=tau, ssl_ratio=0.1, per_sample=per_sample)
+    gate = LearnedGate(D, 3, num_classes=K, tau=tau, strength=1.0, per_sample=per_sample)
     opt = torch.optim.SGD(gate.parameters(), lr=1.0, momentum=0.9)
     entropies = []
     for _ in range(steps):

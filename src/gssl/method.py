@@ -51,7 +51,7 @@ class GatedSSL(nn.Module):
             classes = self.pretext.num_classes
             for t in self.tasks:
                 self.heads[t] = build_head(head, dim, classes[t])
-            kw = {"num_classes": [classes[t] for t in self.tasks], "ssl_ratio": ssl_ratio, **(gate_kw or {})}
+            kw = {"num_classes": [classes[t] for t in self.tasks], **(gate_kw or {})}
             self.gate = build_gate(gate, dim, len(self.tasks), **kw)
         self.ssl_ratio = ssl_ratio
         self.gate_mode = gate
