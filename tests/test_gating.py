@@ -136,3 +136,20 @@ def test_reference_gate_in_a_step_of_sgd_stays_put():
         (out.pretext_loss + out.aux_loss).backward()
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, gate.parameters()))
+
+
+def test_learned_gate_is_stable_on_large_unnormalised_features():
+    """Pooled ResNet features are large; at lr 0.1 the gate must not overshoot into a saturated
+    softmax (seen before the unit-norm input: weights 1.000 / 0 / 0 with every task at chance)."""
+    torch.manual_seed(0)
+    gate = build_gate("learned", 64, 3, num_classes=K, tau=0.5)
+    opt = torch.optim.SGD(gate.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(300):
+        feat = 50 * torch.rand(128, 64)  # post-ReLU pooled features, large magnitude
+        losses = CHANCE * (1 + 0.02 * torch.randn(128, 3))  # every task at chance level
+        out = gate(feat, losses)
+        opt.zero_grad()
+        out.aux_loss.backward()
+        opt.step()
+    w = out.weights
+    assert gate_entropy(w).item() > 1.05 and w.min().item() > 0.25  # uniform is the optimum here

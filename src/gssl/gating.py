@@ -72,7 +72,7 @@ class LearnedGate(nn.Module):
     one-hot on the smallest loss: the gate collapses onto whichever task is easiest (SPEC 3).
 
     Design (per sample by default):
-      * G_b = softmax(W^T f_b + c) on the DETACHED feature f_b: the backbone is not reshaped to
+      * G_b = softmax(W^T f_b + c) on the DETACHED, unit-norm feature f_b: the backbone is not reshaped to
         please the gate; it only ever sees the gate weights as constants, exactly as in the
         reference, so `reference`/`learned` differ only in the weights.
       * The gate minimises  strength * mean_b [ sum_n G_bn * l_bn  -  tau * H(G_b) ]  with
@@ -108,7 +108,9 @@ class LearnedGate(nn.Module):
         self.tau, self.strength, self.per_sample = tau, strength, per_sample
 
     def gate_weights(self, feat: Tensor) -> Tensor:
-        logits = self.linear(feat.detach()).float()
+        # Unit-norm input: pooled features can be large, and a linear gate on them overshoots under
+        # SGD at lr 0.1 into a saturated softmax that no longer gets gradient (seen: 1.000/0/0).
+        logits = self.linear(F.normalize(feat.detach().float(), dim=1)).float()
         if not self.per_sample:
             logits = logits.mean(0, keepdim=True)
         return F.softmax(logits, dim=1)  # [B, T] or [1, T]
