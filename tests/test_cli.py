@@ -105,3 +105,20 @@ def test_help_is_complete_with_examples(cmd):
     else:
         for sub in ("train", "eval", "presets", "data"):
             assert sub in r.stdout
+
+
+def test_quickstart_preset_runs_on_fashion_mnist(tmp_path, capsys):
+    from gssl.data import DataError, resolve
+    try:
+        resolve("fashion-mnist")
+    except DataError as e:
+        pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {e}")
+    out = tmp_path / "qs"
+    code = main(["train", "--preset", "quickstart", "--set", "data.max_per_class=100", "--set", "optim.epochs=1",
+                 "--set", "data.test_limit=500", "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "gate weights: lorot" in printed and "channel" in printed
+    s = json.loads((out / "summary.json").read_text())
+    assert s["class_counts"][0] == 100 and s["class_counts"][-1] == 1  # 100 * 0.01
+    assert s["preset"] == "quickstart" and len(s["per_class_acc"]) == 10

@@ -19,7 +19,7 @@ import torch
 
 from . import __version__, metrics, rundir
 from .config import Config, ConfigError, scaled_schedule, to_yaml
-from .data import MEAN_STD, DeviceLoader, ImageSet, load_dataset, long_tail_indices
+from .data import DeviceLoader, ImageSet, load_dataset, long_tail_indices, mean_std
 from .losses import build_loss, drw_weights
 from .method import GatedSSL
 
@@ -55,10 +55,9 @@ def build_data(cfg: Config) -> Data:
         train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
     if d.test_limit is not None:
         test = test.subset(np.arange(min(d.test_limit, len(test.labels))))
-    mean, std = MEAN_STD[d.name]
-    if train.images.shape[1] == 1 and d.to_rgb:
-        train, test = _to_rgb(train), _to_rgb(test)
-        mean, std = tuple(mean) * 3, tuple(std) * 3
+    if d.to_rgb:
+        train, test = train.to_rgb(), test.to_rgb()
+    mean, std = mean_std(d.name, train, channels=train.images.shape[1])
     counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
     return Data(train, test, counts, tuple(mean), tuple(std))
 
@@ -66,10 +65,6 @@ def build_data(cfg: Config) -> Data:
 def _first_per_class(labels: torch.Tensor, n: int) -> np.ndarray:
     labels = labels.numpy()
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]))
-
-
-def _to_rgb(s: ImageSet) -> ImageSet:
-    return ImageSet(s.images.expand(-1, 3, -1, -1).contiguous(), s.labels, s.classes)
 
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL:
