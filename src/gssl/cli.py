@@ -78,12 +78,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # before the heavy imports: `--help` stays instant
     from .config import ConfigError
     from .data import DataError
     from .engine import TrainingError
     from .rundir import RunDirError
 
-    args = _parser().parse_args(argv)
     try:
         return {"train": _train, "eval": _eval, "presets": _presets, "data": _data}[args.command](args)
     except (ConfigError, DataError, RunDirError) as e:

@@ -36,6 +36,7 @@ class DataConfig:
     imbalance: float = field(default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a ratio in (0, 1]; 1 means balanced"))
     profile: str = field(default="exp", metadata=_choice("exp", "step"))
     max_per_class: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
+    # at most this many test images, taken evenly from every class (quick runs); null: the whole test set
     test_limit: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
     crop_padding: int = field(default=4, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     hflip: bool = True

@@ -53,8 +53,8 @@ def build_data(cfg: Config) -> Data:
         train = train.subset(_first_per_class(train.labels, d.max_per_class))
     if d.imbalance < 1:
         train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
-    if d.test_limit is not None:
-        test = test.subset(np.arange(min(d.test_limit, len(test.labels))))
+    if d.test_limit is not None:  # balanced: the same number of test images from every class
+        test = test.subset(_first_per_class(test.labels, math.ceil(d.test_limit / len(test.classes))))
     if d.to_rgb:
         train, test = train.to_rgb(), test.to_rgb()
     mean, std = mean_std(d.name, train, channels=train.images.shape[1])
