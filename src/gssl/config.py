@@ -94,7 +94,7 @@ class Config:
     ssl: SSLConfig = field(default_factory=SSLConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
+    seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
     tensorboard: bool = False
     preset: str | None = None              # where it came from (informational)
@@ -131,12 +131,16 @@ def _coerce(key: str, value, hint):
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        # 64-bit: seeds go to torch, and epochs are scaled as floats (scaled_schedule)
+        whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+        if not whole or abs(value) >= 2**63:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)
     if hint is float:
         if isinstance(value, str):
             value = _parse_number(key, value)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**1023:
+            value = math.inf  # math.isfinite would overflow converting it
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
@@ -218,6 +222,11 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+# yaml.safe_load refuses python tags with a YAMLError, but a value it cannot build (a date such as
+# 2020-13-45, say) surfaces as the plain Python error, and a deep document as RecursionError.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError, UnicodeDecodeError)
+
+
 def parse_set(item: str) -> dict:
     """'optim.lr=0.05' -> {'optim': {'lr': 0.05}}; the value is read as YAML ('[a,b]' is a list)."""
     if "=" not in item:
@@ -228,7 +237,7 @@ def parse_set(item: str) -> dict:
         raise ConfigError(f"--set {item!r}: the key is empty; expected key=value")
     try:
         value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+    except _YAML_ERRORS:
         value = text
     if isinstance(value, str) and key.split(".")[-1] not in {"name", "root", "backbone", "head", "gate",
                                                              "profile", "flip_axis", "schedule", "device", "preset"}:
@@ -251,8 +260,11 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
         values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+    except _YAML_ERRORS as e:
+        raise ConfigError(f"config file {path} is not valid YAML for gssl: {e}. Only plain YAML is read "
+                          "(safe loader: no python/object tags)") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(values).__name__}")
     return values

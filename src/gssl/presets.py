@@ -93,6 +93,8 @@ def resolve(preset: str | None = None, config: dict | None = None, sets: list[di
     values: dict = {}
     config = dict(config or {})
     base = preset or config.get("preset")
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"preset: expected a preset name, got {base!r}; run `gssl presets` to list them")
     if base:
         values = preset_dict(base)
     values = merge(values, config)
