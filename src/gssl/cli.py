@@ -1,7 +1,8 @@
 """The `gssl` command line: train, eval, presets, data.
 
 Exit codes: 0 success; 2 bad input (configuration, dataset, run directory), with a message that says
-what was expected and how to fix it; 1 a run that failed while training (non-finite loss, say).
+what was expected and how to fix it, and nothing on disk changed; 1 a run that failed while training (a
+non-finite loss, a checkpoint write that failed), which keeps its last complete checkpoint for --resume.
 """
 from __future__ import annotations
 
@@ -98,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    import yaml
-
     from . import engine, rundir
-    from .config import ConfigError, diff, from_dict, load_yaml, parse_set, to_yaml
+    from .config import ConfigError, diff, from_dict, load_yaml, parse_set
     from .presets import resolve
 
     sets = [parse_set(s) for s in args.sets]
@@ -110,7 +109,7 @@ def _train(args) -> int:
         saved_path = run_dir / rundir.CONFIG
         if not saved_path.is_file():
             raise rundir.RunDirError(f"cannot resume {run_dir}: no {rundir.CONFIG} there; pass the folder of an earlier run")
-        saved = from_dict(yaml.safe_load(saved_path.read_text()))
+        saved = from_dict(load_yaml(saved_path))
         cfg = saved
         if args.preset or args.config or sets:
             asked = resolve(args.preset, load_yaml(args.config) if args.config else saved.to_dict(), sets)
@@ -118,9 +117,7 @@ def _train(args) -> int:
             if changed and not args.force:
                 raise ConfigError(f"the configuration differs from the run's saved one in: {', '.join(changed)}; "
                                   "resume without changes, or pass --force to continue with the new values")
-            if changed:
-                cfg = asked
-                rundir.write_atomic(saved_path, to_yaml(cfg).encode())
+            cfg = asked  # the engine saves it once the checkpoint has loaded into it
         if not (run_dir / rundir.CKPT_DIR / "last.pt").is_file():
             raise rundir.RunDirError(f"cannot resume {run_dir}: no checkpoint yet (it stopped during the first epoch); "
                                      f"start it again with --out {run_dir} --force")
@@ -131,8 +128,7 @@ def _train(args) -> int:
         cfg = resolve(args.preset, load_yaml(args.config) if args.config else None, sets)
         name = args.preset or Path(args.config).stem
         run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        rundir.prepare(run_dir, force=args.force)
-        summary = engine.train(cfg, run_dir, quiet=args.quiet)
+        summary = engine.train(cfg, run_dir, force=args.force, quiet=args.quiet)
     _print_summary(summary, run_dir)
     return 0
 

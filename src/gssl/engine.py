@@ -7,6 +7,7 @@ uninterrupted run would, bit for bit on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import sys
@@ -19,7 +20,7 @@ import torch
 
 from . import __version__, metrics, rundir
 from .config import Config, ConfigError, scaled_schedule, to_yaml
-from .data import DeviceLoader, ImageSet, load_dataset, long_tail_indices, mean_std
+from .data import DataError, DeviceLoader, ImageSet, load_dataset, long_tail_indices, mean_std
 from .losses import build_loss, drw_weights
 from .method import GatedSSL
 
@@ -59,6 +60,15 @@ def build_data(cfg: Config) -> Data:
         train, test = train.to_rgb(), test.to_rgb()
     mean, std = mean_std(d.name, train, channels=train.images.shape[1])
     counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
+    empty = [name for name, n in zip(train.classes, counts) if n == 0]
+    if empty:  # the losses (LDAM margins, DRW weights) need every class present
+        names = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        if d.imbalance == 1:
+            raise DataError(f"{d.name}: no training images for {len(empty)} of {len(counts)} classes ({names})")
+        raise ConfigError(f"data.imbalance={d.imbalance}: the long tail leaves {len(empty)} of {len(counts)} classes "
+                          f"with no training images ({names}), as the rarest class keeps int({max(counts)} x "
+                          f"{d.imbalance}) images. Raise data.imbalance{' or data.max_per_class' if d.max_per_class else ''}, "
+                          "or use more images per class")
     return Data(train, test, counts, tuple(mean), tuple(std))
 
 
@@ -101,8 +111,27 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = False, log=print) -> dict:
+def _restore(model, ck, path: Path, opt=None) -> None:
+    """Load a checkpoint's weights, or say plainly why they do not fit this configuration."""
+    try:
+        model.load_state_dict(ck["model"])
+        if opt is not None:
+            opt.load_state_dict(ck["optimizer"])
+        int(ck["epoch"]), float(ck["best_acc"]), int(ck["best_epoch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise rundir.RunDirError(f"checkpoint {path} does not fit this configuration ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:300]}); was model.* or ssl.* changed since it was "
+                                 "written?") from None
+
+
+def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = False, quiet: bool = False,
+          log=print) -> dict:
+    """Train (resume=False: a fresh run in run_dir, replacing an earlier one only if force) or continue
+    run_dir from its last checkpoint. Errors before the first epoch are ConfigError, DataError or
+    RunDirError and change nothing on disk; errors once training runs are TrainingError."""
     run_dir = Path(run_dir)
+    if not resume:
+        rundir.check_out(run_dir, force=force)
     device = pick_device(cfg.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
@@ -130,14 +159,17 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
 
     start, best, best_epoch, history = 0, -1.0, -1, []
     if resume:
-        ck = rundir.load_checkpoint(run_dir / rundir.CKPT_DIR / "last.pt", map_location=device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start, best, best_epoch = ck["epoch"] + 1, ck["best_acc"], ck["best_epoch"]
-        history = [r for r in rundir.read_metrics(run_dir) if r["epoch"] < start]
+        last_pt = run_dir / rundir.CKPT_DIR / "last.pt"
+        ck = rundir.load_checkpoint(last_pt, map_location=device)
+        _restore(model, ck, last_pt, opt)
+        start, best, best_epoch = int(ck["epoch"]) + 1, float(ck["best_acc"]), int(ck["best_epoch"])
+        rundir.remove_temp_files(run_dir)  # halves of writes a kill interrupted
+        history = [r for r in rundir.read_metrics(run_dir) if isinstance(r.get("epoch"), int) and r["epoch"] < start]
         rundir.write_metrics(run_dir, history)  # drop epochs the checkpoint does not cover
-        log(f"resuming {run_dir} at epoch {start}")
+        rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())  # a --force'd change, now it fits
+        log(f"resuming {run_dir} at epoch {start + 1}")
     else:
+        rundir.prepare(run_dir, force=force)  # only now: a refused run leaves the old one intact
         rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())
         rundir.write_metrics(run_dir, [])
     tb = _tensorboard(run_dir) if cfg.tensorboard else None
@@ -161,9 +193,12 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss, stats = model.training_loss(x, y, cls_loss, gen)
             if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={v.float().mean().item():.4g}" for k, v in stats.items())
-                raise TrainingError(f"non-finite loss at epoch {epoch}, step {step}: {terms}. The last good "
-                                    f"checkpoint is kept in {run_dir / rundir.CKPT_DIR}; lower optim.lr or check the data")
+                terms = ", ".join(f"{k}={v.float().mean().item():.4g}" for k, v in stats.items() if k != "correct")
+                kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir / rundir.CKPT_DIR}"
+                        if epoch > 0 else "no checkpoint was written (the first epoch did not finish)")
+                raise TrainingError(f"non-finite loss at epoch {epoch + 1}/{o.epochs}, step {step + 1}/{len(loader)} "
+                                    f"(metrics.jsonl epoch {epoch}); loss terms: {terms}. {kept}. Lower optim.lr "
+                                    "or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -183,19 +218,20 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
                "train_acc": 100.0 * sums["correct"].item() / seen, "test_acc": test_acc}
         row.update({k: v.item() / seen for k, v in sums.items() if k != "correct"})
         history.append(row)
-        rundir.write_metrics(run_dir, history)
+        if test_acc > best:
+            best, best_epoch = test_acc, epoch
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                 "best_acc": best, "best_epoch": best_epoch, "config": cfg.to_dict()}
+        with _write_failure_stops(run_dir, epoch):
+            rundir.write_metrics(run_dir, history)
+            if best_epoch == epoch:
+                rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "best.pt", state)
+            rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "last.pt", state)
         if tb is not None:
             for k, v in row.items():
                 if k != "epoch":
                     tb.add_scalar(k, v, epoch)
             tb.flush()
-        if test_acc > best:
-            best, best_epoch = test_acc, epoch
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                 "best_acc": best, "best_epoch": best_epoch, "config": cfg.to_dict()}
-        if best_epoch == epoch:
-            rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "best.pt", state)
-        rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "last.pt", state)
         if not quiet:
             gates = " ".join(f"{k[5:]}={row[k]:.3f}" for k in row if k.startswith("gate_"))
             log(f"epoch {epoch + 1}/{o.epochs} lr {lr:.4g} loss {row['loss']:.4f} train {row['train_acc']:.2f}% "
@@ -220,10 +256,24 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, quiet: bool = Fal
         "device": _device_name(device), "seed": cfg.seed, "versions": versions(),
         "preset": cfg.preset, "command": " ".join(sys.argv),
     }
-    rundir.write_json(run_dir / rundir.SUMMARY, summary)
+    with _write_failure_stops(run_dir, o.epochs):
+        rundir.write_json(run_dir / rundir.SUMMARY, summary)
     if tb is not None:
         tb.close()
     return summary
+
+
+@contextlib.contextmanager
+def _write_failure_stops(run_dir: Path, epoch: int):
+    """A write that fails once training runs (disk full, say) stops the run as a TrainingError (exit 1):
+    the input was fine, and the run can be resumed once the disk is fixed. The atomic writes leave
+    the previous checkpoint whole and no half-written file where a resume would read it."""
+    try:
+        yield
+    except rundir.RunDirError as e:
+        raise TrainingError(f"{e}. Training stopped at epoch {epoch + 1}; the last complete checkpoint in "
+                            f"{run_dir / rundir.CKPT_DIR} is kept, and `gssl train --resume {run_dir}` continues "
+                            "from it once the problem is fixed") from None
 
 
 def _mean(xs):
@@ -260,19 +310,19 @@ def _tensorboard(run_dir: Path):
 
 def evaluate_run(run_dir: Path, checkpoint: str = "last") -> dict:
     """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set."""
-    from .config import from_dict
-    import yaml
+    from .config import from_dict, load_yaml
     run_dir = Path(run_dir)
     cfg_path = run_dir / rundir.CONFIG
     if not cfg_path.is_file():
         raise rundir.RunDirError(f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
                                  "pass the --out folder of a `gssl train` run")
-    cfg = from_dict(yaml.safe_load(cfg_path.read_text()))
+    cfg = from_dict(load_yaml(cfg_path))
     device = pick_device(cfg.device)
     data = build_data(cfg)
     model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
-    ck = rundir.load_checkpoint(run_dir / rundir.CKPT_DIR / f"{checkpoint}.pt", map_location=device)
-    model.load_state_dict(ck["model"])
+    ck_path = run_dir / rundir.CKPT_DIR / f"{checkpoint}.pt"
+    ck = rundir.load_checkpoint(ck_path, map_location=device)
+    _restore(model, ck, ck_path)
     loader = DeviceLoader(data.test.images, data.test.labels, 512, mean=data.mean, std=data.std,
                           crop_padding=0, hflip=False, shuffle=False, device=device)
     logits, labels = metrics.predict(model, loader, device.type, amp=device.type == "cuda")

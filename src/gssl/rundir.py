@@ -6,10 +6,12 @@ any moment leaves either the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import collections
 import io
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -34,6 +36,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise RunDirError(f"cannot write {path}: {e.strerror or e}; check the folder exists, is writable and has space") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            _fault_hook(path, data, f)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -42,6 +45,37 @@ def write_atomic(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise RunDirError(f"cannot write {path}: {e.strerror or e}; check the disk has space and the folder is writable") from None
     _fsync_dir(path.parent)
+
+
+_writes: collections.Counter = collections.Counter()
+
+
+def _fault_hook(path: Path, data: bytes, f) -> None:
+    """Test-only fault injection, so tests can kill a run at an exact point of a write.
+
+    GSSL_FAULT=kill-during-write:<file name>:<n> makes the n-th write of that file (counted per
+    process, from 1) put half its bytes into the temporary file and then SIGKILL the process.
+    """
+    spec = os.environ.get("GSSL_FAULT")
+    if not spec or not spec.startswith("kill-during-write:"):
+        return
+    _, name, n = spec.rsplit(":", 2)
+    if path.name == name:
+        _writes[name] += 1
+        if _writes[name] == int(n):
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete temporary files a killed write left behind (`.<name>.*.tmp`); nothing reads them."""
+    run_dir = Path(run_dir)
+    gone = [p for d in (run_dir, run_dir / CKPT_DIR) if d.is_dir() for p in d.glob(".*.tmp") if p.is_file()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -71,7 +105,10 @@ def read_json(path: Path):
 def save_checkpoint(path: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create {path.parent}: {e.strerror or e}; check the folder is writable") from None
     write_atomic(path, buf.getvalue())
 
 
@@ -95,9 +132,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     for line in path.read_text().splitlines():
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                break  # a torn last line from a kill: everything before it is good
+                break  # a torn last line (the file is written atomically, so only from outside gssl)
+            if not isinstance(row, dict):
+                break
+            rows.append(row)
     return rows
 
 
@@ -106,23 +146,33 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
-def prepare(run_dir: Path, *, force: bool) -> Path:
-    """Create a fresh run directory; an existing run is kept unless force, which clears only gssl's files."""
+def check_out(run_dir: Path, *, force: bool) -> Path:
+    """Refuse an --out that cannot hold a new run, without touching it (called before any slow work)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory; choose another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise RunDirError(f"output directory {run_dir} already exists and is not empty; "
-                              "pass --force to replace that run, --resume to continue it, or choose another --out")
-        for name in RUN_FILES:
-            p = run_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise RunDirError(f"output directory {run_dir} already exists and is not empty; "
+                          "pass --force to replace that run, --resume to continue it, or choose another --out")
+    return run_dir
+
+
+def prepare(run_dir: Path, *, force: bool) -> Path:
+    """Create a fresh run directory; an existing run is kept unless force, which clears only gssl's files.
+
+    The engine calls this only once the data has loaded and the configuration fits it, so a refused
+    run never clears the run it would have replaced."""
+    run_dir = check_out(run_dir, force=force)
     try:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            remove_temp_files(run_dir)
+            for name in RUN_FILES:
+                p = run_dir / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
         (run_dir / CKPT_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunDirError(f"cannot create {run_dir}: {e.strerror or e}; choose a writable --out") from None
+        raise RunDirError(f"cannot prepare {run_dir}: {e.strerror or e}; choose a writable --out") from None
     return run_dir
