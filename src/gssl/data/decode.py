@@ -36,13 +36,23 @@ def decode_one(name: str, payload: Payload, rgb: bool) -> np.ndarray:
     try:
         src = io.BytesIO(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
         with Image.open(src) as im:
-            if im.mode != "RGB" and (rgb or im.mode != "L"):
-                im = im.convert("RGB")  # L, P, RGBA, CMYK, I;16, ... -> RGB
-            arr = np.asarray(im, dtype=np.uint8)
+            mode = im.mode
+            if not _high_depth(mode):
+                if mode != "RGB" and (rgb or mode != "L"):
+                    im = im.convert("RGB")  # 1, L, P, RGBA, CMYK, ... -> RGB
+                arr = np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image '{name}': {type(e).__name__}: {e}. Expected a valid image "
                         "file; delete or replace it (or re-extract/re-download the dataset).") from None
+    if _high_depth(mode):
+        raise DataError(f"image '{name}' has mode {mode} (16-bit or floating-point pixels); expected 8-bit "
+                        "greyscale, palette or colour images. Convert it to 8 bits per channel first.")
     return arr
+
+
+def _high_depth(mode: str) -> bool:
+    """I, I;16, F...: converting them to 8 bits clips every value above 255, silently, so they are refused."""
+    return mode.split(";")[0] in ("I", "F")
 
 
 def _decode_chunk(items: list[tuple[str, Payload]], rgb: bool) -> list[np.ndarray]:
