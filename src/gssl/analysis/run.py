@@ -1,0 +1,145 @@
+"""A finished (or running) run directory, read for analysis: its files, and its model rebuilt.
+
+Reading config.yaml, metrics.jsonl and summary.json is cheap and needs no torch work; the model and
+the test data are only rebuilt (`Run.loaded()`) for figures that need them: Grad-CAM, t-SNE, and
+the confusion matrix when no up-to-date eval-<checkpoint>.json is there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import metrics, rundir
+from ..config import Config, from_dict
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    data: object                 # gssl.engine.Data
+    device: torch.device
+    epoch: int                   # the checkpoint's epoch (0-based)
+    checkpoint: str
+
+
+@dataclass
+class Run:
+    path: Path
+    checkpoint: str = "last"
+    name: str = ""
+    _loaded: Loaded | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        cfg_path = self.path / rundir.CONFIG
+        if not cfg_path.is_file():
+            raise rundir.RunDirError(f"{self.path} is not a gssl run directory (no {rundir.CONFIG}); "
+                                     "pass the --out folder of a `gssl train` run")
+        self.name = self.name or self.path.resolve().name
+
+    @cached_property
+    def cfg(self) -> Config:
+        import yaml
+        try:
+            return from_dict(yaml.safe_load((self.path / rundir.CONFIG).read_text()))
+        except (OSError, yaml.YAMLError) as e:
+            raise rundir.RunDirError(f"cannot read {self.path / rundir.CONFIG}: {e}") from None
+
+    @cached_property
+    def rows(self) -> list[dict]:
+        return rundir.read_metrics(self.path)
+
+    @cached_property
+    def summary(self) -> dict:
+        p = self.path / rundir.SUMMARY
+        return rundir.read_json(p) if p.is_file() else {}
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / rundir.CKPT_DIR / f"{self.checkpoint}.pt"
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
+
+    def classes(self) -> list[str]:
+        return self.summary.get("classes") or list(self.loaded().data.test.classes)
+
+    def tasks(self) -> list[str]:
+        return [] if self.cfg.ssl.gate == "none" else list(self.cfg.ssl.tasks)
+
+    def loaded(self) -> Loaded:
+        """Data and model, rebuilt from the saved config and the checkpoint (once per Run)."""
+        if self._loaded is None:
+            from ..engine import build_data, build_model, pick_device
+            ck = rundir.load_checkpoint(self.checkpoint_path, map_location="cpu")
+            device = pick_device(self.cfg.device)
+            data = build_data(self.cfg)
+            model = build_model(self.cfg, len(data.train.classes), data.train.images.shape[1])
+            model.load_state_dict(ck["model"])
+            self._loaded = Loaded(model.to(device).eval(), data, device, int(ck["epoch"]), self.checkpoint)
+        return self._loaded
+
+    def checkpoint_epoch(self) -> int:
+        if self._loaded is not None:
+            return self._loaded.epoch
+        return int(rundir.load_checkpoint(self.checkpoint_path, map_location="cpu")["epoch"])
+
+    def evaluation(self) -> dict:
+        """gssl eval's report for the checkpoint: eval-<checkpoint>.json when it is for this checkpoint's
+        epoch, else computed here (and written, as `gssl eval` would)."""
+        p = self.path / f"eval-{self.checkpoint}.json"
+        epoch = self.checkpoint_epoch()
+        if p.is_file():
+            rep = rundir.read_json(p)
+            if rep.get("epoch") == epoch and "confusion_matrix" in rep:
+                return rep
+        ld = self.loaded()
+        logits, labels = predict_features(ld, ld.data.test.images, ld.data.test.labels)[1:]
+        rep = metrics.report(logits, labels, ld.data.counts)
+        rep.update({"checkpoint": self.checkpoint, "epoch": ld.epoch, "classes": ld.data.train.classes,
+                    "class_counts": ld.data.counts})
+        rundir.write_json(p, rep)
+        return rep
+
+
+def normalised(ld: Loaded, images_uint8: torch.Tensor) -> torch.Tensor:
+    from ..data import normalize
+    return normalize(images_uint8.to(ld.device), ld.data.mean, ld.data.std)
+
+
+@torch.inference_mode()
+def predict_features(ld: Loaded, images: torch.Tensor, labels: torch.Tensor, batch: int = 500):
+    """(pooled backbone features [N, D], logits [N, classes], labels [N]), float32 on the CPU."""
+    feats, logits = [], []
+    for i in range(0, len(images), batch):
+        f = ld.model.backbone(normalised(ld, images[i:i + batch])).float()
+        feats.append(f)
+        logits.append(ld.model.classifier(f).float())
+    return torch.cat(feats).cpu(), torch.cat(logits).cpu(), labels.clone()
+
+
+def balanced_indices(labels: torch.Tensor, n: int) -> np.ndarray:
+    """At most n indices, about the same number from every class, in dataset order (deterministic)."""
+    labels = labels.numpy()
+    classes = np.unique(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    per = max(1, n // len(classes))
+    idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per] for c in classes]))
+    return idx[:n]
+
+
+def one_per_class(labels: torch.Tensor, n: int) -> np.ndarray:
+    """n test indices for an image grid: the first image of each class in turn, then the second..."""
+    labels = labels.numpy()
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    out, rank = [], 0
+    while len(out) < n and any(rank < len(b) for b in by_class):
+        out += [int(b[rank]) for b in by_class if rank < len(b)]
+        rank += 1
+    return np.array(out[:n], dtype=np.int64)
