@@ -6,6 +6,7 @@ $GSSL_DATA, then ./data, then (Fashion-MNIST only) Debian's /usr/share/datasets/
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +18,7 @@ import torch
 from . import cache
 from .archive import find_archive, is_archive
 from .cifar import CIFAR10_CLASSES, LAYOUT, find_pickle_dir, read_pickle_archive, read_pickle_dir
-from .folder import has_folder_layout, read_folder_archive, read_folder_dir
+from .folder import NoImageTree, has_folder_layout, read_folder_archive, read_folder_dir
 from .idx import DEBIAN_DIR, find_idx_dir, read_fashion_mnist
 from .imageset import DataError, ImageSet, MissingSplitError
 from .tiny_imagenet import ARCHIVES as TINY_ARCHIVES, FOLDER as TINY_FOLDER, find_tiny_dir, read_tiny_archive, \
@@ -100,7 +101,8 @@ _LOOKED_FOR = {
 
 
 def _how_to_fix(name: str) -> str:
-    tips = ["pass --root DIR (the dataset folder, a folder containing it, or its archive)",
+    tips = ["pass --root DIR (`gssl train`: --set data.root=DIR), the dataset folder, a folder containing it "
+            "or its archive",
             "set GSSL_DATA=DIR"]
     if name != "folder":
         tips.append(f"download it with `gssl data download {name} --dest DIR`")
@@ -127,8 +129,24 @@ def resolve(name: str, root: str | os.PathLike | None = None) -> Source:
         if r.exists() and (src := _match(name, r)) is not None:
             return src
     where = ", ".join(f"'{c}'" for c in candidates) or "(no root given and GSSL_DATA unset)"
-    raise DataError(f"{name}: looked in {where} for {_LOOKED_FOR[name]} and found none. "
+    hint = next((h for c in candidates if (h := _nearby(name, c))), "")
+    raise DataError(f"{name}: looked in {where} for {_LOOKED_FOR[name]} and found none.{hint} "
                     f"To fix: {_how_to_fix(name)}.")
+
+
+def _nearby(name: str, r: Path, limit: int = 100) -> str:
+    """A mis-laid dataset: `r` holds another known dataset, or `name` sits a folder or two below `r`."""
+    if not r.is_dir():
+        return ""
+    for other in ("cifar10", "cifar100", "tiny-imagenet", "fashion-mnist"):
+        if other != name and _match(other, r) is not None:
+            return f" '{r}' holds {other}, not {name}: is data.name right?"
+    subs = [p for p in itertools.islice(r.iterdir(), limit) if p.is_dir()]
+    subs += [q for p in subs[:10] for q in itertools.islice(p.iterdir(), limit) if q.is_dir()]
+    for d in sorted(subs)[:limit]:
+        if _match(name, d) is not None:
+            return f" It seems to be in '{d}': pass that as the root (data.root={d})."
+    return ""
 
 
 def _check(name: str, ims: ImageSet, src: Source) -> ImageSet:
@@ -157,11 +175,16 @@ def load_dataset(name: str, root: str | os.PathLike | None, split: str, *,
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS} (the test split of "
                         "tiny-imagenet is its labelled val set).")
     src = resolve(name, root)
-    if src.direct is not None:
-        ims = src.direct(split)
-    else:
-        assert src.build is not None
-        ims = cache.cached(src.kind, src.path, split, src.build, cache_dir)
+    try:
+        if src.direct is not None:
+            ims = src.direct(split)
+        else:
+            assert src.build is not None
+            ims = cache.cached(src.kind, src.path, split, src.build, cache_dir)
+    except NoImageTree as e:  # e.g. some other archive given as CIFAR-10's
+        if name == "folder":
+            raise
+        raise DataError(f"{name}: '{src.path}' is not a {name} dataset ({e}) Expected {_LOOKED_FOR[name]}.") from None
     return _check(name, ims, src)
 
 

@@ -36,9 +36,13 @@ def _list_split(split_dir: Path) -> dict[str, list[Path]]:
     return files
 
 
+class NoImageTree(DataError):
+    """No train/<class>/<image> tree where one was expected (another dataset's folder or archive, say)."""
+
+
 def _check_classes(found: dict[str, list[str]], where: str) -> list[str]:
     if "train" not in found:
-        raise DataError(f"no train split in '{where}': expected {where}/train/<class>/<image> "
+        raise NoImageTree(f"no train split in '{where}': expected {where}/train/<class>/<image> "
                         "(and test/<class>/<image>).")
     classes = sorted(found["train"])
     for split, cs in found.items():
@@ -104,6 +108,6 @@ def read_folder_archive(archive: Path, rgb: bool = True) -> dict[str, ImageSet]:
                 and parts[-1] not in found.get(parts[-2], set()):
             raise DataError(f"class folder '{'/'.join(parts)}' in '{archive}' holds no images; "
                             "add its images or remove the empty folder from the archive.")
-    classes = _check_classes({s: list(v) for s, v in found.items()}, f"{archive}:{'/'.join(prefix or ())}")
+    classes = _check_classes({s: list(v) for s, v in found.items()}, f"{archive}:{'/'.join(prefix)}" if prefix else str(archive))
     index = {c: i for i, c in enumerate(classes)}
     return _assemble([(s, index[c], n) for s, c, n in keys], arrays, classes, rgb, str(archive))
