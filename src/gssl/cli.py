@@ -1,4 +1,4 @@
-"""The `gssl` command line: train, eval, presets, data.
+"""The `gssl` command line: train, eval, presets, data, report, analyze.
 
 Exit codes: 0 success; 2 bad input (configuration, dataset, run directory), with a message that says
 what was expected and how to fix it, and nothing on disk changed; 1 a run that failed while training (a
@@ -32,6 +32,16 @@ EXAMPLES_DATA = """examples:
   gssl data describe cifar10 --root ~/data/cifar-10-jpg.tar.gz
   gssl data prepare tiny-imagenet --root ~/data    # decode once into the cache
   gssl data download cifar10 --dest ~/data         # needs internet
+"""
+EXAMPLES_REPORT = """examples:
+  gssl report runs/c10-triple                      # runs/c10-triple/report.html (+ report/*.png)
+  gssl report runs/c10-triple --checkpoint best --max-images 1000
+  gssl report runs/c10-* --out reports/c10 --no-tsne   # several runs: overlaid curves, summary table
+"""
+EXAMPLES_ANALYZE = """examples:
+  gssl analyze runs/c10-triple                     # Grad-CAM and t-SNE figures in runs/c10-triple/analysis/
+  gssl analyze runs/c10-triple --gradcam --layer layer2
+  gssl analyze runs/c10-triple --tsne --checkpoint best
 """
 
 
@@ -75,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("name", help="dataset name")
     d.add_argument("--root", help="dataset location (folder or archive); default $GSSL_DATA or the dataset's default")
     d.add_argument("--dest", default="data", help="download destination folder (default ./data)")
+    _analysis_parsers(sub, fmt)
     return p
 
 
@@ -86,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from .rundir import RunDirError
 
     try:
-        return {"train": _train, "eval": _eval, "presets": _presets, "data": _data}[args.command](args)
+        return {"train": _train, "eval": _eval, "presets": _presets, "data": _data,
+                "report": _report, "analyze": _analyze}[args.command](args)
     except (ConfigError, DataError, RunDirError) as e:
         print(f"gssl: error: {e}", file=sys.stderr)
         return 2
@@ -196,6 +208,74 @@ def _data(args) -> int:
             print(f"{args.name} {split}: {len(s.labels)} images {tuple(s.images.shape[1:])}, {len(s.classes)} classes (cached)")
         return 0
     print(json.dumps(data.describe(args.name, args.root), indent=2))
+    return 0
+
+
+# --- report and analyze (gssl.analysis; needs matplotlib and scikit-learn: the `analysis` extra) ---
+
+def _analysis_parsers(sub, fmt) -> None:
+    r = sub.add_parser("report", help="write an HTML report of one or several runs", epilog=EXAMPLES_REPORT,
+                       formatter_class=fmt, description="Learning curves, gate weights per task, per-class accuracy "
+                       "against class size, confusion matrix, t-SNE of features, Grad-CAM and the pretext tasks, in a "
+                       "self-contained report.html (figures embedded; also written as PNGs to report/ beside it). "
+                       "One run: written into RUN_DIR. Several: overlaid curves and a summary table, into --out.")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", metavar="DIR", help="where to write report.html (required for several runs)")
+    r.add_argument("--no-tsne", dest="tsne", action="store_false", help="leave out the t-SNE figure")
+    r.add_argument("--no-gradcam", dest="gradcam", action="store_false", help="leave out the Grad-CAM figure")
+    a = sub.add_parser("analyze", help="just the Grad-CAM and/or t-SNE figures of a run", epilog=EXAMPLES_ANALYZE,
+                       formatter_class=fmt, description="Write RUN_DIR/analysis/gradcam-<checkpoint>-<layer>.png "
+                       "and tsne-<checkpoint>.png. With neither --gradcam nor --tsne, both.")
+    a.add_argument("run_dir", metavar="RUN_DIR")
+    a.add_argument("--gradcam", action="store_true", help="Grad-CAM heatmaps for the true and predicted class")
+    a.add_argument("--tsne", action="store_true", help="t-SNE of pooled test features (cached in RUN_DIR/analysis/)")
+    a.add_argument("--layer", metavar="NAME", help="Grad-CAM stage: layer1..layer3 (layer4 for resnet18); default: the last")
+    for p in (r, a):
+        p.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                       help="'last' (final epoch, default) or 'best' (chosen on the test set)")
+        p.add_argument("--max-images", type=int, default=2000, metavar="N",
+                       help="test images in the t-SNE, balanced over classes (default 2000)")
+        p.add_argument("--gradcam-images", type=int, default=8, metavar="N",
+                       help="test images in the Grad-CAM grid, one per class in turn (default 8)")
+    r.add_argument("--layer", metavar="NAME", help="Grad-CAM stage (default: the backbone's last)")
+
+
+def _analysis_module():
+    try:
+        import matplotlib  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as e:
+        from .config import ConfigError
+        raise ConfigError(f"report and analyze need matplotlib and scikit-learn ({e}); "
+                          "`pip install 'gssl[analysis]'`") from None
+    from .analysis import report
+    return report
+
+
+def _positive(args) -> None:
+    from .config import ConfigError
+    if args.max_images < 3 or args.gradcam_images < 1:
+        raise ConfigError("--max-images must be at least 3 and --gradcam-images at least 1")
+
+
+def _report(args) -> int:
+    _positive(args)
+    report = _analysis_module()
+    path = report.render_report(args.run_dirs, Path(args.out) if args.out else None, checkpoint=args.checkpoint,
+                                tsne=args.tsne, gradcam=args.gradcam, max_images=args.max_images,
+                                gradcam_images=args.gradcam_images, layer=args.layer)
+    print(f"report written to {path} (figures in {path.parent / 'report'})")
+    return 0
+
+
+def _analyze(args) -> int:
+    _positive(args)
+    report = _analysis_module()
+    both = not (args.gradcam or args.tsne)
+    for p in report.analyze_run(args.run_dir, gradcam=args.gradcam or both, tsne=args.tsne or both,
+                                checkpoint=args.checkpoint, layer=args.layer, max_images=args.max_images,
+                                gradcam_images=args.gradcam_images):
+        print(p)
     return 0
 
 
