@@ -146,6 +146,22 @@ def test_non_finite_loss_stops_with_epoch_step_and_terms(fake_cifar10, tmp_path,
         assert "no checkpoint was written" in err and not (run / "checkpoints" / "last.pt").exists()
 
 
+def test_forced_resume_with_a_config_the_checkpoint_cannot_fit_changes_nothing(reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in reference.rglob("*"):
+        if p.is_file():
+            (run / p.relative_to(reference)).parent.mkdir(parents=True, exist_ok=True)
+            (run / p.relative_to(reference)).write_bytes(p.read_bytes())
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    change = ["--set", "model.backbone=resnet32", "--set", "optim.epochs=4", "--quiet"]
+    assert main(["train", "--resume", str(run), *change]) == 2
+    assert "differs from the run's saved one in: model.backbone, optim.epochs" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), *change, "--force"]) == 2
+    assert re.search(r"checkpoint .*last\.pt does not fit this configuration", capsys.readouterr().err)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def _failing_fsync(monkeypatch, prefix, nth, err):
     """os.fsync fails (as on a full disk) on the nth temporary file whose name starts with prefix."""
     real, seen = os.fsync, []

@@ -56,17 +56,16 @@ def _fault_hook(path: Path, data: bytes, f) -> None:
     GSSL_FAULT=kill-during-write:<file name>:<n> makes the n-th write of that file (counted per
     process, from 1) put half its bytes into the temporary file and then SIGKILL the process.
     """
-    spec = os.environ.get("GSSL_FAULT")
-    if not spec or not spec.startswith("kill-during-write:"):
+    kind, _, rest = os.environ.get("GSSL_FAULT", "").partition(":")
+    name, _, n = rest.rpartition(":")
+    if kind != "kill-during-write" or path.name != name or not n.isdigit():
         return
-    _, name, n = spec.rsplit(":", 2)
-    if path.name == name:
-        _writes[name] += 1
-        if _writes[name] == int(n):
-            f.write(data[: len(data) // 2])
-            f.flush()
-            os.fsync(f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
+    _writes[name] += 1
+    if _writes[name] == int(n):
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def remove_temp_files(run_dir: Path) -> list[Path]:
