@@ -130,7 +130,9 @@ def test_config_file_with_a_python_tag_is_refused(tmp_path, capsys):
 def test_tampered_run_config_is_refused(tmp_path, cifar, capsys, command):
     run = _run_dir(tmp_path, cifar)
     marker = tmp_path / "pwned"
-    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("seed: 0\n", EVIL_YAML.format(marker=marker)))
+    text = (run / "config.yaml").read_text()
+    assert "\nseed: 0\n" in text
+    (run / "config.yaml").write_text(text.replace("\nseed: 0\n", "\n" + EVIL_YAML.format(marker=marker)))
     torch.save({"model": {}}, run / "checkpoints" / "last.pt")
     before = _snapshot(run)
     argv = ["train", "--resume", str(run), "--quiet"] if command == "resume" else ["eval", str(run)]

@@ -132,7 +132,8 @@ def _coerce(key: str, value, hint):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if hint is int:
         # 64-bit: seeds go to torch, and epochs are scaled as floats (scaled_schedule)
-        whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+        whole = ((isinstance(value, int) and not isinstance(value, bool))
+                 or (isinstance(value, float) and value.is_integer()))
         if not whole or abs(value) >= 2**63:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)

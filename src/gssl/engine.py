@@ -67,8 +67,8 @@ def build_data(cfg: Config) -> Data:
             raise DataError(f"{d.name}: no training images for {len(empty)} of {len(counts)} classes ({names})")
         raise ConfigError(f"data.imbalance={d.imbalance}: the long tail leaves {len(empty)} of {len(counts)} classes "
                           f"with no training images ({names}), as the rarest class keeps int({max(counts)} x "
-                          f"{d.imbalance}) images. Raise data.imbalance{' or data.max_per_class' if d.max_per_class else ''}, "
-                          "or use more images per class")
+                          f"{d.imbalance}) images. Raise data.imbalance"
+                          f"{' or data.max_per_class' if d.max_per_class else ''}, or use more images per class")
     return Data(train, test, counts, tuple(mean), tuple(std))
 
 

@@ -108,6 +108,7 @@ def read_folder_archive(archive: Path, rgb: bool = True) -> dict[str, ImageSet]:
                 and parts[-1] not in found.get(parts[-2], set()):
             raise DataError(f"class folder '{'/'.join(parts)}' in '{archive}' holds no images; "
                             "add its images or remove the empty folder from the archive.")
-    classes = _check_classes({s: list(v) for s, v in found.items()}, f"{archive}:{'/'.join(prefix)}" if prefix else str(archive))
+    where = f"{archive}:{'/'.join(prefix)}" if prefix else str(archive)
+    classes = _check_classes({s: list(v) for s, v in found.items()}, where)
     index = {c: i for i, c in enumerate(classes)}
     return _assemble([(s, index[c], n) for s, c, n in keys], arrays, classes, rgb, str(archive))
