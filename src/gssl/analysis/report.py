@@ -219,6 +219,8 @@ def render_report(run_dirs, out: Path | None = None, *, checkpoint: str = "last"
     runs = [Run(Path(p), checkpoint) for p in run_dirs]
     if not runs:
         raise rundir.RunDirError("name at least one run directory")
+    for r in runs:
+        r.check_layer(layer)
     if len(runs) > 1 and out is None:
         raise rundir.RunDirError("several runs: pass --out DIR for the combined report")
     seen: dict[str, int] = {}
@@ -266,6 +268,7 @@ def analyze_run(run_dir, *, gradcam: bool = True, tsne: bool = True, checkpoint:
                 layer: str | None = None, max_images: int = 2000, gradcam_images: int = 8, log=print) -> list[Path]:
     """`gssl analyze`: just the Grad-CAM and/or t-SNE figures, into RUN_DIR/analysis/."""
     run = Run(Path(run_dir), checkpoint)
+    run.check_layer(layer)
     out = run.path / "analysis"
     paths = []
     if gradcam:

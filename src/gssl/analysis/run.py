@@ -69,6 +69,17 @@ class Run:
     def classes(self) -> list[str]:
         return self.summary.get("classes") or list(self.loaded().data.test.classes)
 
+    def check_layer(self, layer: str | None) -> None:
+        """A Grad-CAM stage this run's backbone has (ConfigError, exit 2, otherwise)."""
+        if layer is None:
+            return
+        from ..config import ConfigError
+        from ..models import build_backbone
+        from .gradcam import stage_names
+        names = stage_names(build_backbone(self.cfg.model.backbone))
+        if layer not in names:
+            raise ConfigError(f"--layer {layer!r}: {self.cfg.model.backbone} ({self.name}) has stages {', '.join(names)}")
+
     def tasks(self) -> list[str]:
         return [] if self.cfg.ssl.gate == "none" else list(self.cfg.ssl.tasks)
 
