@@ -52,3 +52,25 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never write into the user's cache; one cache per test session."""
     if "GSSL_CACHE" not in os.environ:
         monkeypatch.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
+
+
+def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> Path:
+    """A real `gssl train` run on the fake CIFAR-10 (ResNet-20, gated LoRot-E + flip + channel, batch 16, constant lr)."""
+    from gssl.cli import main
+    args = ["train", "--preset", "cifar10-lt0.01-gated-triple", "--set", f"data.root={data_root}",
+            "--set", f"optim.epochs={epochs}", "--set", f"optim.base_epochs={epochs}", "--set", "model.backbone=resnet20",
+            "--set", "optim.batch_size=16", "--set", "data.imbalance=0.5", "--set", "optim.milestones=[]",
+            "--set", "optim.warmup_epochs=0", "--out", str(out), "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0, f"training the tiny run in {out} failed"
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(fake_cifar10, tmp_path_factory) -> Path:
+    """A finished 2-epoch run with a learned gate, shared by the report tests (copy it before changing it)."""
+    with pytest.MonkeyPatch.context() as mp:  # session fixtures start before the per-test cache fixture
+        if "GSSL_CACHE" not in os.environ:
+            mp.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
+        return train_tiny_run(fake_cifar10, tmp_path_factory.mktemp("tiny-run") / "run", 2, "ssl.gate=learned")

@@ -61,6 +61,9 @@ def learning_curves(rows: list[dict], path: Path) -> Path:
         if key == "aux" and not any(abs(v) > 1e-12 for v in ys if v == v):
             continue  # no learned gate: the aux term is always zero
         a.plot(x, ys, marker="o", ms=3, lw=2.2 if key == "loss" else 1.4, label=key)
+    values = [v for line in a.get_lines() for v in line.get_ydata() if v == v]
+    if values and min(values) > 0 and max(values) / min(values) > 20:
+        a.set_yscale("log")  # LDAM's scaled cosines dwarf the pretext losses on a linear axis
     a.set(title="losses", xlabel="epoch")
     a.legend()
     b.plot(x, _series(rows, "train_acc"), marker="o", ms=3, label="train (augmented, pretext-transformed)")
