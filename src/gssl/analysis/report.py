@@ -209,7 +209,7 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
 def _header(runs: list[Run], checkpoint: str) -> str:
     names = ", ".join(r.name for r in runs)
     return (f"<h1>gssl report: {_e(names)}</h1><p class=meta>{_e(time.strftime('%Y-%m-%d %H:%M'))}, checkpoint "
-            f"<code>{_e(checkpoint)}</code>; {'; '.join(_e(r.path.resolve()) for r in runs)}</p>")
+            f"<code>{_e(checkpoint)}</code>; {'; '.join(_e(r.path) for r in runs)}</p>")
 
 
 def render_report(run_dirs, out: Path | None = None, *, checkpoint: str = "last", tsne: bool = True,
@@ -261,7 +261,16 @@ def render_report(run_dirs, out: Path | None = None, *, checkpoint: str = "last"
            f"<style>{CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
     path = out / "report.html"
     rundir.write_atomic(path, doc.encode())
+    _readable(path)
     return path
+
+
+def _readable(path: Path) -> None:
+    """The temporary file behind an atomic write is private (0600); a report is for sharing: 0666 - umask."""
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
 
 
 def analyze_run(run_dir, *, gradcam: bool = True, tsne: bool = True, checkpoint: str = "last",
