@@ -174,3 +174,14 @@ def test_pretext_panels_change_only_the_outlined_region():
             if "not flipped" not in title:
                 assert diff[inside].any(), title  # random pixels: every non-identity transform shows
         assert "quadrant" in row[1][0] and "label" in row[1][0]
+
+
+def test_pretext_panels_for_lorot_i_and_whole_image_rotation():
+    imgs = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    rows = pretext_rows(imgs, ["rotation"])
+    for i, row in enumerate(rows):  # rotations 90, 180, 270 degrees in turn, the whole image, no box
+        title, img, box = row[1]
+        assert box is None and f"label {i + 1}" in title
+        torch.testing.assert_close(torch.as_tensor(img), torch.rot90(imgs[i], i + 1, (1, 2)))
+    top, left, h, w = pretext_rows(imgs, ["lorot_i"])[0][1][2]
+    assert h == w and 2 <= h <= 16 and top + h <= 32 and left + w <= 32  # one random square per batch
