@@ -185,3 +185,12 @@ def test_pretext_panels_for_lorot_i_and_whole_image_rotation():
         torch.testing.assert_close(torch.as_tensor(img), torch.rot90(imgs[i], i + 1, (1, 2)))
     top, left, h, w = pretext_rows(imgs, ["lorot_i"])[0][1][2]
     assert h == w and 2 <= h <= 16 and top + h <= 32 and left + w <= 32  # one random square per batch
+
+
+@pytest.mark.parametrize("cmd", [["report"], ["analyze"], []])
+def test_help_has_examples(cmd):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "gssl", *cmd, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert ("examples:" in r.stdout and "--checkpoint" in r.stdout) if cmd else ("report" in r.stdout and "analyze" in r.stdout)
