@@ -58,11 +58,13 @@ def test_existing_output_directory_needs_force(fake_cifar10, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
+    (out / "report.html").write_text("a stale report of the run --force replaces")
     assert main(_train_args(fake_cifar10, out, 1)) == 2
     assert "--force" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "keep me" and not (out / "config.yaml").exists()
     assert main(_train_args(fake_cifar10, out, 1, "--force")) == 0
     assert (out / "notes.txt").read_text() == "keep me" and (out / "summary.json").exists()
+    assert not (out / "report.html").exists()
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -21,7 +21,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CKPT_DIR = "checkpoints"
-RUN_FILES = (CONFIG, METRICS, SUMMARY, CKPT_DIR, "eval-last.json", "eval-best.json", "tensorboard")
+RUN_FILES = (CONFIG, METRICS, SUMMARY, CKPT_DIR, "eval-last.json", "eval-best.json", "tensorboard",
+             "report.html", "report", "analysis")  # what --force clears; anything else is kept
 
 
 class RunDirError(OSError):
