@@ -1,10 +1,10 @@
 """Shared fixtures: a small CIFAR-10-format dataset with a learnable signal, and the real data's location."""
 import os
-import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from gssl.data.fakes import write_cifar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,31 +14,8 @@ def shared_data_dir() -> Path:
 
 
 def write_fake_cifar10(root: Path, per_class_train: int = 20, per_class_test: int = 10, seed: int = 0) -> Path:
-    """`cifar-10-batches-py/` in the real format; class c is tinted towards its own colour, so it is learnable."""
-    rng = np.random.default_rng(seed)
-    palette = rng.integers(0, 256, size=(10, 3))
-    out = root / "cifar-10-batches-py"
-    out.mkdir(parents=True)
-
-    def make(n_per_class):
-        labels = np.repeat(np.arange(10), n_per_class)
-        rng.shuffle(labels)
-        noise = rng.integers(0, 256, size=(len(labels), 3, 32, 32))
-        imgs = (0.4 * noise + 0.6 * palette[labels][:, :, None, None]).astype(np.uint8)
-        return imgs.reshape(len(labels), -1), labels.tolist()
-
-    data, labels = make(per_class_train)
-    for i, (d, l) in enumerate(zip(np.array_split(data, 5), np.array_split(np.array(labels), 5)), start=1):
-        with open(out / f"data_batch_{i}", "wb") as f:
-            pickle.dump({b"batch_label": f"training batch {i} of 5".encode(), b"labels": l.tolist(), b"data": d,
-                         b"filenames": [f"img_{i}_{j}.png".encode() for j in range(len(l))]}, f)
-    data, labels = make(per_class_test)
-    with open(out / "test_batch", "wb") as f:
-        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"labels": labels, b"data": data,
-                     b"filenames": [f"t_{j}.png".encode() for j in range(len(labels))]}, f)
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    with open(out / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": names, b"num_cases_per_batch": 10000, b"num_vis": 3072}, f)
+    """`cifar-10-batches-py/` in the real format; each class is tinted towards its own colour, so it is learnable."""
+    write_cifar(root, "cifar10", n_train=10 * per_class_train, n_test=10 * per_class_test, seed=seed, tint=0.8)
     return root
 
 

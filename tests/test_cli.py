@@ -9,7 +9,7 @@ import yaml
 
 from gssl.cli import main
 
-# ResNet-20, 9 steps an epoch at a constant learning rate: enough to learn the tinted classes in 3 epochs.
+# ResNet-20, 9 steps an epoch at a constant learning rate: enough to learn the tinted classes in 5 epochs.
 TINY = ["--set", "model.backbone=resnet20", "--set", "optim.batch_size=16", "--set", "data.imbalance=0.5",
         "--set", "optim.milestones=[]", "--set", "optim.warmup_epochs=0", "--quiet"]
 
@@ -21,14 +21,14 @@ def _train_args(root, out, epochs=2, *extra):
 
 def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_train_args(fake_cifar10, out, 3, "--set", "ssl.gate=learned")) == 0
+    assert main(_train_args(fake_cifar10, out, 5, "--set", "ssl.gate=learned")) == 0
     printed = capsys.readouterr().out
     assert "final test accuracy" in printed and "gate weights: lorot" in printed and str(out) in printed
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["ssl"]["tasks"] == ["lorot", "flip", "channel"] and cfg["optim"]["epochs"] == 3
+    assert cfg["ssl"]["tasks"] == ["lorot", "flip", "channel"] and cfg["optim"]["epochs"] == 5
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
     for r in rows:
         for key in ("lr", "seconds", "images_per_second", "loss", "cls_loss", "ssl_lorot", "ssl_flip",
                     "ssl_channel", "gate_lorot", "gate_flip", "gate_channel", "train_acc", "test_acc"):
@@ -41,7 +41,7 @@ def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path,
     assert s["test_acc"] == pytest.approx(rows[-1]["test_acc"])
     assert s["best_test_acc"] == max(r["test_acc"] for r in rows)
     assert s["class_counts"][0] == 20 and s["class_counts"][-1] == 10  # ratio 0.5 long tail on 20 per class
-    assert s["test_acc"] > 20  # tinted classes: well above the 10% of chance
+    assert s["test_acc"] > 30  # tinted classes: well above the 10% of chance (measured 60%)
     for name in ("last", "best"):
         ck = torch.load(out / "checkpoints" / f"{name}.pt", weights_only=True)
         assert {"model", "optimizer", "epoch", "config"} <= set(ck)

@@ -23,18 +23,23 @@ def _images(rng: np.random.Generator, n: int, c: int, h: int, w: int) -> np.ndar
 
 
 def write_cifar(root: Path, name: str = "cifar10", n_train: int = 50, n_test: int = 20, seed: int = 0,
-                protocol: int = 2, bytes_keys: bool = True) -> tuple[Path, Arrays]:
-    """`cifar-10-batches-py/` (5 train batches) or `cifar-100-python/` with the real dict structure."""
+                protocol: int = 2, bytes_keys: bool = True, tint: float = 0.0) -> tuple[Path, Arrays]:
+    """`cifar-10-batches-py/` (5 train batches) or `cifar-100-python/` with the real dict structure.
+
+    tint > 0 blends each image towards a colour of its class, so a model can learn the labels."""
     rng = np.random.default_rng(seed)
     k = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
     ncls = 10 if name == "cifar10" else 100
     folder = Path(root) / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
     folder.mkdir(parents=True, exist_ok=True)
     out: Arrays = {}
+    palette = rng.integers(0, 256, (ncls, 3)) if tint else None
     for split, n in (("train", n_train), ("test", n_test)):
         x = _images(rng, n, 3, 32, 32)
         y = (np.arange(n) % ncls).astype(np.int64)
         rng.shuffle(y)
+        if tint:
+            x = ((1 - tint) * x + tint * palette[y][:, :, None, None]).astype(np.uint8)
         out[split] = (x, y)
     names = [f"class_{i:02d}" for i in range(ncls)]
     if name == "cifar10":
