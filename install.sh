@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==${GSSL_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,analysis]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,analysis,tensorboard]"
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
     || echo "install.sh: could not install dataset-fashion-mnist; \`.venv/bin/gssl data download fashion-mnist\` fetches it instead" >&2

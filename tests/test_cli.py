@@ -124,3 +124,16 @@ def test_quickstart_preset_runs_on_fashion_mnist(tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["class_counts"][0] == 100 and s["class_counts"][-1] == 1  # 100 * 0.01
     assert s["preset"] == "quickstart" and len(s["per_class_acc"]) == 10
+
+
+def test_tensorboard_events_are_written_when_asked(fake_cifar10, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install -e .[tensorboard])")
+    out = tmp_path / "run"
+    assert main(_train_args(fake_cifar10, out, 1, "--set", "tensorboard=true")) == 0
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"test_acc", "train_acc", "loss", "lr", "gate_lorot"} <= set(tags)
