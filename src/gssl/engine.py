@@ -102,7 +102,9 @@ def lr_at(cfg: Config, epoch: int) -> float:
     return o.lr * o.gamma ** sum(epoch >= m for m in miles)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
+def pretext_seed(seed: int, epoch: int) -> int:
+    """The pretext parameters' stream for one epoch; unlike gssl.data.epoch_seed (the loader's), so the
+    quadrant and rotation draws are not the crop and flip draws over again."""
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
@@ -181,7 +183,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
             g["lr"] = lr
         cls_loss.set_weight(drw_w if drw_epoch is not None and epoch >= drw_epoch else None)
         loader.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+        gen = torch.Generator().manual_seed(pretext_seed(cfg.seed, epoch))
 
         model.train()
         sums: dict[str, torch.Tensor] = {}
