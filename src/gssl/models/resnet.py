@@ -10,24 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+from .resnet_cifar import BasicBlock
 
 
 class ResNet18(nn.Module):
@@ -42,7 +25,7 @@ class ResNet18(nn.Module):
         widths, planes, stages = (64, 128, 256, 512), 64, []
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(BasicBlock(planes, w, stride), BasicBlock(w, w, 1)))
+            stages.append(nn.Sequential(BasicBlock(planes, w, stride, "B"), BasicBlock(w, w, 1, "B")))
             planes = w
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         for m in self.modules():

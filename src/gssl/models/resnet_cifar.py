@@ -13,22 +13,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+class ZeroPadShortcut(nn.Module):
+    """Option A: subsample and zero-pad the new channels (no parameters)."""
+
+    def __init__(self, extra_channels: int, stride: int):
+        super().__init__()
+        self.pad, self.stride = extra_channels // 2, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad, self.pad))
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    """Two 3x3 convs and a residual. Where the shape changes, shortcut "A" zero-pads (the CIFAR
+    ResNets) and "B" projects with a 1x1 conv + BN (ResNet-18)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        # Option A: the shortcut subsamples and zero-pads the new channels (no parameters).
-        self.pad = (planes - in_planes) // 2 if (stride != 1 or in_planes != planes) else -1
-        self.stride = stride
-
-    def shortcut(self, x: Tensor) -> Tensor:
-        if self.pad < 0:
-            return x
-        x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad, self.pad))
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = (ZeroPadShortcut(planes - in_planes, stride) if shortcut == "A" else
+                             nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)))
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
