@@ -113,3 +113,10 @@ def test_labeled_unlabeled_split():
     assert not np.array_equal(lab, labeled_unlabeled_split(labels, 4, seed=1)[0])
     with pytest.raises(DataError, match="fewer than the 51 labelled per class"):
         labeled_unlabeled_split(labels, 51)
+
+
+def test_first_per_class_takes_the_first_n_of_each_class_in_order():
+    from gssl.data import first_per_class
+    labels = np.array([2, 0, 0, 1, 2, 0, 1, 2, 2])
+    assert first_per_class(labels, 2).tolist() == [0, 1, 2, 3, 4, 6]
+    assert first_per_class(labels, 10).tolist() == list(range(9))

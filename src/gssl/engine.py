@@ -20,7 +20,7 @@ import torch
 
 from . import __version__, metrics, rundir
 from .config import Config, ConfigError, scaled_schedule, to_yaml
-from .data import DataError, DeviceLoader, ImageSet, load_dataset, long_tail_indices, mean_std
+from .data import DataError, DeviceLoader, ImageSet, first_per_class, load_dataset, long_tail_indices, mean_std
 from .losses import build_loss, drw_weights
 from .method import GatedSSL
 
@@ -51,11 +51,11 @@ def build_data(cfg: Config) -> Data:
     train = load_dataset(d.name, d.root, "train")
     test = load_dataset(d.name, d.root, "test")
     if d.max_per_class is not None:  # cap every class first (small, fast runs), keeping the protocol's order
-        train = train.subset(_first_per_class(train.labels, d.max_per_class))
+        train = train.subset(first_per_class(train.labels.numpy(), d.max_per_class))
     if d.imbalance < 1:
         train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
     if d.test_limit is not None:  # balanced: the same number of test images from every class
-        test = test.subset(_first_per_class(test.labels, math.ceil(d.test_limit / len(test.classes))))
+        test = test.subset(first_per_class(test.labels.numpy(), math.ceil(d.test_limit / len(test.classes))))
     if d.to_rgb:
         train, test = train.to_rgb(), test.to_rgb()
     mean, std = mean_std(d.name, train, channels=train.images.shape[1])
@@ -70,11 +70,6 @@ def build_data(cfg: Config) -> Data:
                           f"{d.imbalance}) images. Raise data.imbalance"
                           f"{' or data.max_per_class' if d.max_per_class else ''}, or use more images per class")
     return Data(train, test, counts, tuple(mean), tuple(std))
-
-
-def _first_per_class(labels: torch.Tensor, n: int) -> np.ndarray:
-    labels = labels.numpy()
-    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]))
 
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL:
@@ -328,8 +323,12 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last") -> dict:
     loader = DeviceLoader(data.test.images, data.test.labels, 512, mean=data.mean, std=data.std,
                           crop_padding=0, hflip=False, shuffle=False, device=device)
     logits, labels = metrics.predict(model, loader, device.type, amp=device.type == "cuda")
+    return write_eval(run_dir, checkpoint, int(ck["epoch"]), logits, labels, data)
+
+
+def write_eval(run_dir: Path, checkpoint: str, epoch: int, logits, labels, data: Data) -> dict:
+    """`gssl eval`'s report of a checkpoint, written to RUN_DIR/eval-<checkpoint>.json and returned."""
     rep = metrics.report(logits, labels, data.counts)
-    rep.update({"checkpoint": checkpoint, "epoch": ck["epoch"], "classes": data.train.classes,
-                "class_counts": data.counts})
-    rundir.write_json(run_dir / f"eval-{checkpoint}.json", rep)
+    rep.update({"checkpoint": checkpoint, "epoch": epoch, "classes": data.train.classes, "class_counts": data.counts})
+    rundir.write_json(Path(run_dir) / f"eval-{checkpoint}.json", rep)
     return rep

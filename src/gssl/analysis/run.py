@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import metrics, rundir
+from .. import rundir
 from ..config import Config, from_dict
+from ..data import first_per_class
 
 
 @dataclass
@@ -109,13 +110,10 @@ class Run:
             rep = rundir.read_json(p)
             if rep.get("epoch") == epoch and "confusion_matrix" in rep:
                 return rep
+        from ..engine import write_eval
         ld = self.loaded()
         logits, labels = predict_features(ld, ld.data.test.images, ld.data.test.labels)[1:]
-        rep = metrics.report(logits, labels, ld.data.counts)
-        rep.update({"checkpoint": self.checkpoint, "epoch": ld.epoch, "classes": ld.data.train.classes,
-                    "class_counts": ld.data.counts})
-        rundir.write_json(p, rep)
-        return rep
+        return write_eval(self.path, self.checkpoint, ld.epoch, logits, labels, ld.data)
 
 
 def normalised(ld: Loaded, images_uint8: torch.Tensor) -> torch.Tensor:
@@ -137,12 +135,9 @@ def predict_features(ld: Loaded, images: torch.Tensor, labels: torch.Tensor, bat
 def balanced_indices(labels: torch.Tensor, n: int) -> np.ndarray:
     """At most n indices, about the same number from every class, in dataset order (deterministic)."""
     labels = labels.numpy()
-    classes = np.unique(labels)
     if n >= len(labels):
         return np.arange(len(labels))
-    per = max(1, n // len(classes))
-    idx = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per] for c in classes]))
-    return idx[:n]
+    return first_per_class(labels, max(1, n // len(np.unique(labels))))[:n]
 
 
 def one_per_class(labels: torch.Tensor, n: int) -> np.ndarray:

@@ -15,11 +15,11 @@ from .datasets import DATASETS, MEAN_STD, SPLITS, Source, channel_stats, describ
 from .downloads import download
 from .imageset import DataError, ImageSet, MissingSplitError
 from .loader import DeviceLoader, epoch_seed
-from .splits import PROFILES, labeled_unlabeled_split, long_tail_counts, long_tail_indices
+from .splits import PROFILES, first_per_class, labeled_unlabeled_split, long_tail_counts, long_tail_indices
 
 __all__ = [
     "DATASETS", "MEAN_STD", "PROFILES", "SPLITS", "DataError", "DeviceLoader", "ImageSet", "MissingSplitError",
     "Source", "channel_stats", "crop_at", "default_cache_dir", "describe", "download", "epoch_seed",
-    "flip_where", "labeled_unlabeled_split", "load_dataset", "long_tail_counts", "long_tail_indices",
+    "first_per_class", "flip_where", "labeled_unlabeled_split", "load_dataset", "long_tail_counts", "long_tail_indices",
     "mean_std", "normalize", "random_crop", "random_hflip", "resolve",
 ]

@@ -76,3 +76,9 @@ def labeled_unlabeled_split(labels, n_per_class: int, seed: int = 0) -> tuple[np
     mask = np.ones(len(labels), bool)
     mask[labeled] = False
     return labeled, np.flatnonzero(mask).astype(np.int64)
+
+
+def first_per_class(labels, n: int) -> np.ndarray:
+    """The first n indices of every class, in dataset order: deterministic balanced subsets."""
+    labels = np.asarray(labels)
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]))
