@@ -72,6 +72,20 @@ class LossConfig:
 
 
 @dataclass
+class SLAConfig:
+    """SLA-SD baseline (Lee et al. 2020): joint class x transformation labels, self-distilled single head."""
+    transform: str = field(default="none", metadata=_choice("none", "rotation", "channel"))
+    temperature: float = field(default=1.0, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+
+
+@dataclass
+class PretrainConfig:
+    """SSP baseline (Yang & Xu 2020): whole-image rotation pre-training on the training images, no labels."""
+    epochs: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no pre-training)"))
+    lr: float = field(default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+
+
+@dataclass
 class OptimConfig:
     epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     base_epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
@@ -93,6 +107,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    sla: SLAConfig = field(default_factory=SLAConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
@@ -241,7 +257,8 @@ def parse_set(item: str) -> dict:
     except _YAML_ERRORS:
         value = text
     if isinstance(value, str) and key.split(".")[-1] not in {"name", "root", "backbone", "head", "gate",
-                                                             "profile", "flip_axis", "schedule", "device", "preset"}:
+                                                             "profile", "flip_axis", "schedule", "device", "preset",
+                                                             "transform"}:
         try:  # '8/255' and similar fractions for numeric keys
             value = _parse_number(key, value)
         except ConfigError:

@@ -23,6 +23,8 @@ from .config import Config, ConfigError, scaled_schedule, to_yaml
 from .data import DataError, DeviceLoader, ImageSet, first_per_class, load_dataset, long_tail_indices, mean_std
 from .losses import build_loss, drw_weights
 from .method import GatedSSL
+from .sla import SLASD
+from .ssp import pretrain_rotation
 
 
 class TrainingError(RuntimeError):
@@ -72,12 +74,23 @@ def build_data(cfg: Config) -> Data:
     return Data(train, test, counts, tuple(mean), tuple(std))
 
 
-def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL:
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | SLASD:
     tasks = [] if cfg.ssl.gate == "none" else list(cfg.ssl.tasks)
+    if cfg.sla.transform != "none":
+        check_method(cfg)
+        return SLASD(cfg.model.backbone, num_classes, transform=cfg.sla.transform, head=cfg.model.head,
+                     in_channels=in_channels, temperature=cfg.sla.temperature, joint_scale=cfg.loss.scale)
     gate = cfg.ssl.gate if tasks else "none"
     return GatedSSL(cfg.model.backbone, num_classes, tasks=tasks, gate=gate, head=cfg.model.head,
                     ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis, in_channels=in_channels,
                     gate_kw={"tau": cfg.ssl.gate_tau} if gate == "learned" else None)
+
+
+def check_method(cfg: Config) -> None:
+    """Settings that cannot go together, refused before any data is read."""
+    if cfg.sla.transform != "none" and cfg.ssl.tasks and cfg.ssl.gate != "none":
+        raise ConfigError(f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
+                          f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none")
 
 
 def _build_loss(cfg: Config, counts: list[int]):
@@ -129,12 +142,19 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     run_dir = Path(run_dir)
     if not resume:
         rundir.check_out(run_dir, force=force)
+    check_method(cfg)
     device = pick_device(cfg.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
 
     data = build_data(cfg)
     n_cls, (C, H, W) = len(data.train.classes), data.train.images.shape[1:]
+    if cfg.sla.transform == "rotation" and H != W:
+        raise ConfigError(f"sla.transform=rotation needs square images, but {cfg.data.name} images are {H}x{W}; "
+                          "use sla.transform=channel or none")
+    if cfg.sla.transform == "channel" and C != 3:
+        raise ConfigError(f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {C}; "
+                          "set data.to_rgb=true or use sla.transform=rotation")
     if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
         raise ConfigError(f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
                           f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]")
@@ -169,6 +189,17 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
         rundir.prepare(run_dir, force=force)  # only now: a refused run leaves the old one intact
         rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())
         rundir.write_metrics(run_dir, [])
+        if cfg.pretrain.epochs:  # SSP: rotation pre-training on the same training images, then start from it
+            pre_loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean,
+                                      std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
+                                      shuffle=True, seed=cfg.seed + 1, device=device)
+            pre = pretrain_rotation(model.backbone, pre_loader, epochs=cfg.pretrain.epochs, lr=cfg.pretrain.lr,
+                                    weight_decay=o.weight_decay, seed=cfg.seed, log=(lambda m: None) if quiet else log)
+            if not all(math.isfinite(r["loss"]) for r in pre):
+                raise TrainingError("SSP pre-training diverged (non-finite rotation loss); lower pretrain.lr")
+            with _write_failure_stops(run_dir, 0):
+                rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "pretrain.pt",
+                                       {"backbone": model.backbone.state_dict(), "history": pre})
     tb = _tensorboard(run_dir) if cfg.tensorboard else None
 
     t_run = time.perf_counter()
@@ -190,7 +221,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss, stats = model.training_loss(x, y, cls_loss, gen)
             if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={v.float().mean().item():.4g}" for k, v in stats.items() if k != "correct")
+                terms = ", ".join(f"{k}={v.float().mean().item():.4g}" for k, v in stats.items() if not k.endswith("correct"))
                 kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir / rundir.CKPT_DIR}"
                         if epoch > 0 else "no checkpoint was written (the first epoch did not finish)")
                 raise TrainingError(f"non-finite loss at epoch {epoch + 1}/{o.epochs}, step {step + 1}/{len(loader)} "
@@ -202,7 +233,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
             b = y.shape[0]
             for k, v in stats.items():  # device-side sums; read once per epoch
                 v = v.detach().float()
-                sums[k] = sums.get(k, 0) + (v if k == "correct" else v * b)
+                sums[k] = sums.get(k, 0) + (v if k.endswith("correct") else v * b)
             seen += b
             if bar is not loader and step % 10 == 0:
                 bar.set_postfix(_postfix(sums, seen), refresh=False)
@@ -213,7 +244,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
                "images_per_second": round(seen / train_seconds, 1),
                "train_acc": 100.0 * sums["correct"].item() / seen, "test_acc": test_acc}
-        row.update({k: v.item() / seen for k, v in sums.items() if k != "correct"})
+        row.update({k: v.item() / seen for k, v in sums.items() if not k.endswith("correct")})
+        row.update({f"{k[:-len('_correct')]}_train_acc": 100.0 * v.item() / seen
+                    for k, v in sums.items() if k.endswith("_correct")})
         history.append(row)
         if test_acc > best:
             best, best_epoch = test_acc, epoch
@@ -239,6 +272,13 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda)
     rep = metrics.report(logits, labels, data.counts)
     last = history[-1] if history else {}
+    extra = {}
+    if isinstance(model, SLASD):  # SLA's aggregated inference (M forward passes), beside the single head
+        agg, _ = metrics.predict(model, test_loader, device.type, amp=cuda, fn=model.aggregated_logits)
+        extra["aggregated_test_acc"] = metrics.top1(agg, labels)
+    if cfg.pretrain.epochs and (run_dir / rundir.CKPT_DIR / "pretrain.pt").is_file():
+        pre = rundir.load_checkpoint(run_dir / rundir.CKPT_DIR / "pretrain.pt")["history"]
+        extra["pretrain_rotation_acc"] = pre[-1]["acc"] if pre else None
     summary = {
         "test_acc": rep["top1"], "top5_acc": rep["top5"],
         "best_test_acc": best, "best_epoch": best_epoch,
@@ -251,7 +291,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
         "wall_seconds": round(sum(r["seconds"] for r in history), 2),
         "wall_seconds_this_process": round(time.perf_counter() - t_run, 2),
         "device": _device_name(device), "seed": cfg.seed, "versions": versions(),
-        "preset": cfg.preset, "command": " ".join(sys.argv),
+        "preset": cfg.preset, "command": " ".join(sys.argv), **extra,
     }
     with _write_failure_stops(run_dir, o.epochs):
         rundir.write_json(run_dir / rundir.SUMMARY, summary)

@@ -11,14 +11,17 @@ MANY, FEW = 100, 20
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader, device_type: str = "cpu", amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class logits (float32, CPU) and labels for a whole loader, model in eval mode."""
+def predict(model: torch.nn.Module, loader, device_type: str = "cpu", amp: bool = False,
+            fn=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class logits (float32, CPU) and labels for a whole loader, model in eval mode; `fn(x)` instead
+    of `model(x)` gives other logits (SLA's aggregated inference)."""
+    fn = fn or model
     was_training = model.training
     model.eval()
     outs, ys = [], []
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
         for x, y in loader:
-            outs.append(model(x).float())
+            outs.append(fn(x).float())
             ys.append(y)
     model.train(was_training)
     return torch.cat(outs).cpu(), torch.cat(ys).cpu()

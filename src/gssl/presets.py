@@ -37,6 +37,20 @@ METHODS: dict[str, tuple[str, dict]] = {
                        merge(_SSL_EPOCHS, {"ssl": {"tasks": ["lorot", "flip", "channel"], "gate": "uniform"}})),
 }
 
+# Baselines from other papers, run by gssl itself (Table 1's rows; LoRot-I is the LoRot paper's own variant).
+BASELINES: dict[str, tuple[str, dict]] = {
+    "erm": ("instead: plain cross-entropy (ERM), linear head, no DRW",
+            {"loss": {"name": "ce", "drw_epoch": None}, "model": {"head": "linear"}}),
+    "ssp": ("+ SSP (200 epochs of rotation pre-training, then LDAM-DRW from its weights)",
+            {"pretrain": {"epochs": 200}}),
+    "sla-sd": ("+ SLA-SD, rotation (joint class x 4 rotations, self-distilled single head)",
+               {"sla": {"transform": "rotation"}}),
+    "sla-sd-channel": ("+ SLA-SD, channel permutation (joint class x 6 permutations)",
+                       {"sla": {"transform": "channel"}}),
+    "lorot-i": ("+ LoRot-I (rotate one random square per batch, single task)",
+                merge(_SSL_EPOCHS, {"ssl": {"tasks": ["lorot_i"], "gate": "uniform"}})),
+}
+
 # SPEC section 9: published top-1 (%), single runs.
 _TABLE1 = {
     "cifar10": {"baseline": (77.03, 80.94, 85.46), "lorot": (81.82, 84.41, 86.67),
@@ -46,6 +60,8 @@ _TABLE1 = {
                  "gated-lorot-flip": (46.48, 49.96, 54.63), "gated-lorot-channel": (46.53, 49.95, 54.85),
                  "gated-triple": (47.37, 50.57, 54.75)},
 }
+for _ds, _ssp, _sla in (("cifar10", (77.83, 82.13, None), 80.24), ("cifar100", (43.43, 47.11, None), 45.53)):
+    _TABLE1[_ds].update({"ssp": _ssp, "sla-sd": (_sla, None, None)})
 _TABLE2 = {"baseline": 46.68, "lorot": 48.65, "ungated-triple": 48.86, "gated-lorot-flip": 47.86,
            "gated-lorot-channel": 48.52, "gated-triple": 48.99}
 RATIOS = (0.01, 0.02, 0.05)
@@ -55,7 +71,7 @@ def _build_presets() -> dict[str, Preset]:
     presets = {}
     for ds in ("cifar10", "cifar100"):
         for i, ratio in enumerate(RATIOS):
-            for method, (what, overlay) in METHODS.items():
+            for method, (what, overlay) in {**METHODS, **BASELINES}.items():
                 name = f"{ds}-lt{ratio}-{'ldam-drw' if method == 'baseline' else method}"
                 paper = _TABLE1[ds].get(method, (None,) * 3)[i]
                 over = merge({"data": {"name": ds, "imbalance": ratio}}, overlay)
