@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--root", help="dataset location (folder or archive); default $GSSL_DATA or the dataset's default")
     d.add_argument("--dest", default="data", help="download destination folder (default ./data)")
     _analysis_parsers(sub, fmt)
+    _sweep_parsers(sub, fmt)
     return p
 
 
@@ -98,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": _train, "eval": _eval, "presets": _presets, "data": _data,
-                "report": _report, "analyze": _analyze}[args.command](args)
+                "report": _report, "analyze": _analyze, "sweep": _sweep, "table": _table}[args.command](args)
+    except BrokenPipeError:  # `gssl presets | head`
+        sys.stderr.close()
+        return 0
     except (ConfigError, DataError, RunDirError) as e:
         print(f"gssl: error: {e}", file=sys.stderr)
         return 2
@@ -281,3 +285,73 @@ def _analyze(args) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --- sweep and table ---------------------------------------------------------------------------
+
+EXAMPLES_SWEEP = """examples:
+  gssl sweep configs/sweeps/cifar10-lt-cpu.yaml --set data.root=~/data/cifar-10-jpg.tar.gz
+  gssl sweep --preset cifar10-lt0.01-ldam-drw --preset cifar10-lt0.01-gated-triple --seeds 0 1 2 \\
+             --set optim.epochs=20 --out runs/c10 --parallel 2
+  gssl sweep my-sweep.yaml --dry-run              # the commands it would run
+"""
+EXAMPLES_TABLE = """examples:
+  gssl table runs/cifar10-lt-cpu                  # every run below the folder
+  gssl table runs/c10/*/seed* --metric best --csv results.csv
+"""
+
+
+def _sweep_parsers(sub, fmt) -> None:
+    s = sub.add_parser("sweep", help="run a grid of presets x seeds x overrides", epilog=EXAMPLES_SWEEP,
+                       formatter_class=fmt, description="Run every (run, seed) of a sweep file or of --preset x "
+                       "--seeds into OUT/<name>/seed<k>: finished runs are skipped, interrupted ones resumed.")
+    s.add_argument("file", nargs="?", metavar="SWEEP.yaml", help="a sweep file (out, seeds, set, runs)")
+    s.add_argument("--preset", dest="presets", action="append", default=[], help="a preset to run (repeatable)")
+    s.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's, or 0)")
+    s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key in every run (repeatable)")
+    s.add_argument("--out", metavar="DIR", help="sweep folder (default: the file's `out`)")
+    s.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at a time (default 1)")
+    s.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+
+    t = sub.add_parser("table", help="results of runs as a Markdown (and CSV) table", epilog=EXAMPLES_TABLE,
+                       formatter_class=fmt, description="Group runs by method and setting: mean +- std over "
+                       "seeds, the paper's number, the paired difference against the baseline row.")
+    t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
+    t.add_argument("--metric", choices=["final", "best"], default="final",
+                   help="final-epoch accuracy (default) or best epoch (chosen on the test set)")
+    t.add_argument("--baseline", metavar="ROW", help="the row differences are taken against (default: LDAM-DRW)")
+    t.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+
+
+def _sweep(args) -> int:
+    from . import sweep
+    from .config import ConfigError
+    if args.parallel < 1:
+        raise ConfigError(f"--parallel {args.parallel}: expected an integer >= 1")
+    if args.file and args.presets:
+        raise ConfigError("give a sweep file or --preset, not both")
+    if args.file:
+        jobs = sweep.jobs_from_file(args.file, args.out, args.seeds, args.sets)
+    elif args.presets:
+        if not args.out:
+            raise ConfigError("--preset needs --out DIR for the sweep folder")
+        jobs = sweep.jobs_from_presets(args.presets, args.out, args.seeds or [0], args.sets)
+    else:
+        raise ConfigError("name a sweep file or at least one --preset; see `gssl sweep --help`")
+    failed = sweep.run(jobs, args.parallel, args.dry_run)
+    if failed:
+        print(f"gssl: {failed} run(s) failed; fix the cause and run the same sweep again to go on", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _table(args) -> int:
+    from . import table
+    from .rundir import write_atomic
+    runs = table.find_runs(args.run_dirs)
+    print(table.markdown(runs, args.metric, args.baseline), end="")
+    if args.csv:
+        write_atomic(Path(args.csv), table.to_csv(runs, args.metric, args.baseline).encode())
+        print(f"\nCSV written to {args.csv}")
+    return 0

@@ -21,6 +21,7 @@ class Preset:
     overrides: dict
     summary: str
     paper_acc: float | None = None
+    method: str = ""       # the row it belongs to in a results table (e.g. "gated-triple")
 
 
 # Method overlays. The self-supervised rows train 300 epochs with the baseline's milestones (paper, sec. 4).
@@ -72,16 +73,19 @@ def _build_presets() -> dict[str, Preset]:
     for ds in ("cifar10", "cifar100"):
         for i, ratio in enumerate(RATIOS):
             for method, (what, overlay) in {**METHODS, **BASELINES}.items():
-                name = f"{ds}-lt{ratio}-{'ldam-drw' if method == 'baseline' else method}"
+                row = 'ldam-drw' if method == 'baseline' else method
+                name = f"{ds}-lt{ratio}-{row}"
                 paper = _TABLE1[ds].get(method, (None,) * 3)[i]
                 over = merge({"data": {"name": ds, "imbalance": ratio}}, overlay)
                 presets[name] = Preset(name, "cifar-lt.yaml", over,
-                                       f"long-tailed {ds.upper()} ratio {ratio}, ResNet-32, LDAM-DRW {what}", paper)
+                                       f"long-tailed {ds.upper()} ratio {ratio}, ResNet-32, LDAM-DRW {what}", paper, row)
     for method, (what, overlay) in METHODS.items():
         name = f"tiny-imagenet-{method}"
-        presets[name] = Preset(name, "tiny-imagenet.yaml", overlay, f"Tiny-ImageNet, ResNet-18 {what}", _TABLE2[method])
+        presets[name] = Preset(name, "tiny-imagenet.yaml", overlay, f"Tiny-ImageNet, ResNet-18 {what}", _TABLE2[method],
+                                 method)
     presets["quickstart"] = Preset("quickstart", "quickstart.yaml", {},
-                                   "long-tailed Fashion-MNIST, ResNet-20, gated LoRot-E + Flip + ShuffleChannel, 4 epochs on CPU")
+                                   "long-tailed Fashion-MNIST, ResNet-20, gated LoRot-E + Flip + ShuffleChannel, 4 epochs on CPU",
+                                   method="quickstart")
     return presets
 
 

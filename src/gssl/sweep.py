@@ -1,0 +1,196 @@
+"""`gssl sweep`: a grid of runs (presets or configs x seeds x overrides) in one folder.
+
+Each run is an ordinary `gssl train` process writing OUT/<name>/seed<k>, so a sweep is no more
+than the commands it prints: a finished run (summary.json, same configuration) is skipped, an
+interrupted one (last.pt) is resumed, one that died before its first checkpoint starts again.
+`--parallel N` keeps N processes going, each with cores/N threads on CPU. Every run logs to
+OUT/logs/<name>-seed<k>.log.
+
+A sweep file (YAML):
+
+    out: runs/cifar10-lt-cpu
+    seeds: [0, 1, 2]
+    set: {optim.epochs: 6, data.test_limit: 2000}      # for every run
+    runs:
+      - {name: ldam-drw, preset: cifar10-lt0.01-ldam-drw}
+      - {name: gated-triple-learned, preset: cifar10-lt0.01-gated-triple, set: {ssl.gate: learned}}
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import rundir
+from .config import Config, ConfigError, diff, from_dict, load_yaml, parse_set
+from .presets import resolve
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class Job:
+    name: str
+    seed: int
+    preset: str | None
+    config: str | None                  # a YAML config file instead of (or on top of) a preset
+    sets: list[str] = field(default_factory=list)  # "key=value", the sweep's then the run's own
+    out: Path = Path(".")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.name / f"seed{self.seed}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "logs" / f"{self.name}-seed{self.seed}.log"
+
+    def resolved(self) -> Config:
+        return resolve(self.preset, load_yaml(self.config) if self.config else None,
+                       [parse_set(s) for s in self.sets + [f"seed={self.seed}"]])
+
+    def command(self, mode: str) -> list[str]:
+        """The `gssl train` command line for this run: mode new, resume or restart."""
+        cmd = [sys.executable, "-m", "gssl", "train"]
+        if mode == "resume":
+            return cmd + ["--resume", str(self.run_dir), "--quiet"]
+        cmd += ["--preset", self.preset] if self.preset else []
+        cmd += ["--config", self.config] if self.config else []
+        for s in self.sets + [f"seed={self.seed}"]:
+            cmd += ["--set", s]
+        return cmd + ["--out", str(self.run_dir), "--quiet"] + (["--force"] if mode == "restart" else [])
+
+
+def _sets(values, where: str) -> list[str]:
+    """A mapping {key: value} or a list of 'key=value' strings -> 'key=value' strings."""
+    if values is None:
+        return []
+    if isinstance(values, dict):
+        import yaml
+        return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                for k, v in values.items()]
+    if isinstance(values, list) and all(isinstance(v, str) and "=" in v for v in values):
+        return list(values)
+    raise ConfigError(f"{where}: expected a mapping of key: value or a list of 'key=value', got {values!r}")
+
+
+def jobs_from_file(path: str | Path, out: str | None = None, seeds: list[int] | None = None,
+                   sets: list[str] = ()) -> list[Job]:
+    spec = load_yaml(path)
+    unknown = set(spec) - {"out", "seeds", "set", "runs"}
+    if unknown:
+        raise ConfigError(f"sweep file {path}: unknown keys {sorted(unknown)}; allowed: out, seeds, set, runs")
+    runs = spec.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"sweep file {path}: 'runs' must be a non-empty list of {{name, preset|config, set}}")
+    out_dir = out or spec.get("out")
+    if not out_dir:
+        raise ConfigError(f"sweep file {path}: no 'out' folder; add `out: runs/NAME` or pass --out")
+    seeds = seeds if seeds is not None else spec.get("seeds", [0])
+    common = _sets(spec.get("set"), f"sweep file {path}: set") + list(sets)
+    jobs = []
+    for i, r in enumerate(runs):
+        where = f"sweep file {path}: runs[{i}]"
+        if not isinstance(r, dict) or not (r.get("preset") or r.get("config")):
+            raise ConfigError(f"{where}: each run needs a preset or a config, e.g. {{name: a, preset: quickstart}}")
+        bad = set(r) - {"name", "preset", "config", "set"}
+        if bad:
+            raise ConfigError(f"{where}: unknown keys {sorted(bad)}; allowed: name, preset, config, set")
+        name = str(r.get("name") or r.get("preset") or Path(r["config"]).stem)
+        jobs += [Job(name, s, r.get("preset"), r.get("config"), common + _sets(r.get("set"), where), Path(out_dir))
+                 for s in _seeds(seeds, where)]
+    return check_jobs(jobs)
+
+
+def jobs_from_presets(presets: list[str], out: str, seeds: list[int], sets: list[str] = ()) -> list[Job]:
+    return check_jobs([Job(p, s, p, None, list(sets), Path(out)) for p in presets for s in _seeds(seeds, "--seeds")])
+
+
+def _seeds(seeds, where: str) -> list[int]:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"{where}: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    return seeds
+
+
+def check_jobs(jobs: list[Job]) -> list[Job]:
+    """Every job's configuration resolves (bad keys fail now, not an hour in) and names are unique."""
+    seen = set()
+    for j in jobs:
+        if not _NAME.match(j.name):
+            raise ConfigError(f"sweep run name {j.name!r}: use letters, digits, '.', '_', '+' and '-' only")
+        if (j.name, j.seed) in seen:
+            raise ConfigError(f"sweep: run {j.name!r} seed {j.seed} appears twice; give the runs distinct names")
+        seen.add((j.name, j.seed))
+        try:
+            j.resolved()
+        except ConfigError as e:
+            raise ConfigError(f"sweep run {j.name!r} seed {j.seed}: {e}") from None
+    return jobs
+
+
+def status(job: Job) -> str:
+    """'done' (skip), 'resume', 'restart' (started, no checkpoint) or 'new'; ConfigError if the folder
+    holds a run of another configuration (a sweep never overwrites a different run)."""
+    d = job.run_dir
+    if not d.exists():
+        return "new"
+    cfg_path = d / rundir.CONFIG
+    if not cfg_path.is_file():
+        raise ConfigError(f"{d} exists but is not a gssl run; move it away or choose another --out")
+    changed = diff(from_dict(load_yaml(cfg_path)), job.resolved())
+    if changed:
+        raise ConfigError(f"{d} holds a run with another configuration (differs in {', '.join(changed)}); "
+                          "move it away, or use another --out")
+    if (d / rundir.SUMMARY).is_file():
+        return "done"
+    return "resume" if (d / rundir.CKPT_DIR / "last.pt").is_file() else "restart"
+
+
+def run(jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print) -> int:
+    """Run what is left of the sweep; returns the number of runs that failed."""
+    plan = [(j, status(j)) for j in jobs]
+    todo = [(j, m) for j, m in plan if m != "done"]
+    log(f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run "
+        f"({parallel} at a time)")
+    if dry_run:
+        for j, m in todo:
+            log(f"[{m}] gssl " + shlex.join(j.command(m)[3:]))
+        return 0
+    env = dict(os.environ)
+    if parallel > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    running: list[tuple[Job, subprocess.Popen, float]] = []
+    failed, queue = [], list(todo)
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                j, m = queue.pop(0)
+                j.log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(j.log_path, "ab") as fh:
+                    p = subprocess.Popen(j.command(m), stdout=fh, stderr=subprocess.STDOUT, env=env)
+                running.append((j, p, time.perf_counter()))
+                log(f"started {j.name} seed {j.seed} ({m}) -> {j.run_dir}")
+            time.sleep(0.2)
+            for item in list(running):
+                j, p, t0 = item
+                if p.poll() is None:
+                    continue
+                running.remove(item)
+                secs = time.perf_counter() - t0
+                if p.returncode == 0:
+                    log(f"finished {j.name} seed {j.seed} in {secs:.0f} s")
+                else:
+                    failed.append(j)
+                    log(f"FAILED {j.name} seed {j.seed} (exit {p.returncode}); see {j.log_path}")
+    except KeyboardInterrupt:
+        for _, p, _ in running:
+            p.terminate()
+        for _, p, _ in running:
+            p.wait()
+        raise
+    return len(failed)

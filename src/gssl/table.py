@@ -1,0 +1,203 @@
+"""`gssl table`: runs grouped by method and setting, shaped like the paper's Table 1 / Table 2.
+
+A row is a method: the preset's method name, plus every setting in which the runs differ from that
+preset, except settings shared by all runs in the table (a shortened protocol, say) and the
+dataset and imbalance, which make the columns. A cell is mean +- sample standard deviation over
+seeds with the number of seeds, the paper's published number where the row is the paper's own
+method, and the paired difference against the baseline row (over the seeds both have).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import rundir
+from .config import Config, ConfigError, flatten, from_dict, load_yaml
+from .presets import PRESETS, preset_dict
+
+METRICS = {"final": ("test_acc", "final-epoch top-1 (%)"),
+           "best": ("best_test_acc", "best-epoch top-1 (%), the epoch chosen on the test set (optimistic)")}
+BASELINE_METHODS = ("ldam-drw", "baseline")
+_NOT_METHOD = {"seed", "preset", "device", "tensorboard", "data.root", "data.name", "data.imbalance"}
+
+
+@dataclass
+class Run:
+    path: Path
+    cfg: Config
+    summary: dict | None        # None: unfinished
+
+
+@dataclass
+class Cell:
+    accs: dict[int, float]      # seed -> accuracy
+    unfinished: list[int]
+    paper: float | None
+
+    @property
+    def n(self) -> int:
+        return len(self.accs)
+
+    def mean_std(self) -> tuple[float | None, float | None]:
+        v = list(self.accs.values())
+        if not v:
+            return None, None
+        return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Every run directory (a folder with config.yaml) at or below the given paths."""
+    dirs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ConfigError(f"{p} does not exist; pass run directories or folders holding them")
+        found = [p] if (p / rundir.CONFIG).is_file() else sorted(c.parent for c in p.rglob(rundir.CONFIG))
+        if not found:
+            raise ConfigError(f"{p} holds no gssl runs (no {rundir.CONFIG} at or below it)")
+        dirs += found
+    runs = []
+    for d in dict.fromkeys(dirs):
+        summary = None
+        if (d / rundir.SUMMARY).is_file():
+            try:
+                summary = json.loads((d / rundir.SUMMARY).read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ConfigError(f"{d / rundir.SUMMARY} cannot be read ({e}); re-run `gssl eval {d}` or remove it") from None
+        try:
+            cfg = from_dict(load_yaml(d / rundir.CONFIG))
+        except ConfigError as e:
+            raise ConfigError(f"{d}: {e}") from None
+        runs.append(Run(d, cfg, summary))
+    return runs
+
+
+def setting_of(cfg: Config) -> str:
+    d = cfg.data
+    return d.name if d.imbalance == 1 else f"{d.name} {d.imbalance:g}"
+
+
+def _method_diffs(cfg: Config) -> dict:
+    """(method name, {key: value} where the run departs from its preset)."""
+    flat = flatten(cfg.to_dict())
+    if cfg.preset in PRESETS:
+        ref = flatten(from_dict(preset_dict(cfg.preset)).to_dict())
+        return PRESETS[cfg.preset].method, {k: v for k, v in flat.items() if ref.get(k) != v}
+    return "config", {k: v for k, v in flat.items() if flatten(Config().to_dict()).get(k) != v}
+
+
+def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
+    """Rows (method labels, baseline first), columns (settings) and cells {(row, column): Cell}."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric {metric!r}: choose one of {list(METRICS)}")
+    key, _ = METRICS[metric]
+    parsed = [(r, *_method_diffs(r.cfg)) for r in runs]
+    # differences every run shares (a shortened protocol) describe the table, not a row
+    shared = set.intersection(*[{(k, json.dumps(v)) for k, v in d.items()} for _, _, d in parsed]) if parsed else set()
+    cells: dict[tuple[str, str], Cell] = {}
+    for r, method, diffs in parsed:
+        own = {k: v for k, v in diffs.items() if k not in _NOT_METHOD and (k, json.dumps(v)) not in shared}
+        label = method + (" (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(own.items())) + ")" if own else "")
+        paper = PRESETS[r.cfg.preset].paper_acc if (r.cfg.preset in PRESETS and not own) else None
+        cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, [], paper))
+        if r.summary is None or not isinstance(r.summary.get(key), (int, float)):
+            cell.unfinished.append(r.cfg.seed)
+        elif r.cfg.seed in cell.accs:
+            raise ConfigError(f"{r.path}: a second run of {label} on {setting_of(r.cfg)} with seed {r.cfg.seed}; "
+                              "pass only one of them")
+        else:
+            cell.accs[r.cfg.seed] = float(r.summary[key])
+    rows = sorted({k[0] for k in cells}, key=_row_order)
+    cols = sorted({k[1] for k in cells})
+    if baseline is None:
+        baseline = next((r for r in rows if r in BASELINE_METHODS), None)
+    elif baseline not in rows:
+        raise ConfigError(f"--baseline {baseline!r} is not a row of this table; rows: {rows}")
+    return rows, cols, cells, baseline, sorted(shared)
+
+
+def _short(v) -> str:
+    return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v)
+
+
+def _row_order(label: str):
+    from .presets import BASELINES, METHODS
+    order = ["ldam-drw", "baseline", "erm", *BASELINES, *METHODS]
+    method = label.split(" (")[0]
+    return (order.index(method) if method in order else len(order), label)
+
+
+def paired(cell: Cell, base: Cell) -> tuple[float | None, float | None, int]:
+    """Mean and standard deviation of (method - baseline) over the seeds both finished."""
+    seeds = sorted(set(cell.accs) & set(base.accs))
+    d = [cell.accs[s] - base.accs[s] for s in seeds]
+    if not d:
+        return None, None, 0
+    return statistics.fmean(d), statistics.stdev(d) if len(d) > 1 else None, len(d)
+
+
+def _fmt(mean, std, n=None) -> str:
+    if mean is None:
+        return "-"
+    s = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+    return s + (f" ({n})" if n is not None else "")
+
+
+def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:
+    rows, cols, cells, base, shared = build(runs, metric, baseline)
+    head = ["method"] + [f"{c} {h}" for c in cols for h in ("ours", "paper", f"Δ vs {base or 'baseline'}")]
+    lines = [f"{METRICS[metric][1]}: mean ± std over seeds (number of seeds); Δ paired by seed.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    finished = {c: sorted({s for (_, col), cell in cells.items() if col == c for s in cell.accs}) for c in cols}
+    for r in rows:
+        out = [r]
+        for c in cols:
+            cell = cells.get((r, c))
+            if cell is None:
+                out += ["", "", ""]
+                continue
+            out.append(_fmt(*cell.mean_std(), cell.n))
+            out.append("-" if cell.paper is None else f"{cell.paper:.2f}")
+            b = cells.get((base, c)) if base else None
+            out.append("" if b is None or r == base else _fmt(*paired(cell, b)))
+            missing = [s for s in finished[c] if s not in cell.accs and s not in cell.unfinished]
+            if cell.unfinished:
+                notes.append(f"{r}, {c}: seeds {sorted(cell.unfinished)} unfinished (left out)")
+            if missing:
+                notes.append(f"{r}, {c}: seeds {missing} missing")
+        lines.append("| " + " | ".join(out) + " |")
+    if shared:
+        lines += ["", "Shared by every run (not the paper's protocol): " +
+                  ", ".join(f"{k}={_short(json.loads(v))}" for k, v in shared if k not in _NOT_METHOD)]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:
+    rows, cols, cells, base, _ = build(runs, metric, baseline)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "setting", "metric", "mean", "std", "n", "seeds", "unfinished_seeds", "paper",
+                "baseline", "diff_mean", "diff_std", "diff_n"])
+    for r in rows:
+        for c in cols:
+            cell = cells.get((r, c))
+            if cell is None:
+                continue
+            m, s = cell.mean_std()
+            b = cells.get((base, c)) if base and r != base else None
+            dm, ds, dn = paired(cell, b) if b else (None, None, 0)
+            w.writerow([r, c, METRICS[metric][0], _num(m), _num(s), cell.n, " ".join(map(str, sorted(cell.accs))),
+                        " ".join(map(str, sorted(cell.unfinished))), _num(cell.paper), base or "",
+                        _num(dm), _num(ds), dn])
+    return buf.getvalue()
+
+
+def _num(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"

@@ -1,0 +1,171 @@
+"""`gssl table` on fabricated run directories, and `gssl sweep` on real toy runs."""
+import csv
+import io
+import json
+import statistics
+
+import pytest
+
+from gssl.cli import main
+from gssl.config import to_yaml
+from gssl.presets import resolve
+from gssl.config import parse_set
+
+SHORT = ["optim.epochs=6", "optim.base_epochs=6"]
+
+
+def _fake_run(d, preset, seed, acc=None, best=None, sets=()):
+    """A run directory as `gssl train` leaves it; acc None: unfinished (no summary.json)."""
+    cfg = resolve(preset, None, [parse_set(s) for s in [*SHORT, *sets, f"seed={seed}"]])
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(to_yaml(cfg))
+    if acc is not None:
+        (d / "summary.json").write_text(json.dumps({"test_acc": acc, "best_test_acc": best or acc}))
+    return d
+
+
+BASE = {0: 60.0, 1: 62.0, 2: 61.0}
+LOROT = {0: 63.0, 1: 62.5}                      # seed 2 missing
+LEARNED = {0: 64.0, 1: 65.0, 2: 66.0}
+
+
+@pytest.fixture
+def table_runs(tmp_path):
+    root = tmp_path / "runs"
+    for s, a in BASE.items():
+        _fake_run(root / "ldam" / f"seed{s}", "cifar10-lt0.01-ldam-drw", s, a, best=a + 1)
+    for s, a in LOROT.items():
+        _fake_run(root / "lorot" / f"seed{s}", "cifar10-lt0.01-lorot", s, a)
+    for s, a in LEARNED.items():
+        _fake_run(root / "learned" / f"seed{s}", "cifar10-lt0.01-gated-triple", s, a, sets=["ssl.gate=learned"])
+    _fake_run(root / "learned" / "seed3", "cifar10-lt0.01-gated-triple", 3, None, sets=["ssl.gate=learned"])
+    _fake_run(root / "c100" / "seed0", "cifar100-lt0.01-ldam-drw", 0, 40.0)
+    return root
+
+
+def _rows(md: str) -> dict:
+    out = {}
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith("| method"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out[cells[0]] = cells[1:]
+    return out
+
+
+def test_table_groups_seeds_gives_mean_std_paper_and_paired_difference(table_runs, capsys):
+    assert main(["table", str(table_runs)]) == 0
+    md = capsys.readouterr().out
+    rows = _rows(md)
+    assert list(rows) == ["ldam-drw", "lorot", "gated-triple (ssl.gate=learned)"]
+    # columns: cifar10 0.01 (ours, paper, diff), cifar100 0.01 (ours, paper, diff)
+    base = rows["ldam-drw"]
+    assert base[0] == f"{statistics.fmean(BASE.values()):.2f} ± {statistics.stdev(BASE.values()):.2f} (3)"
+    assert base[1] == "77.03" and base[3] == "40.00 (1)" and base[4] == "42.04"
+    lorot = rows["lorot"]
+    assert lorot[0] == f"{statistics.fmean(LOROT.values()):.2f} ± {statistics.stdev(LOROT.values()):.2f} (2)"
+    assert lorot[1] == "81.82"
+    diffs = [LOROT[s] - BASE[s] for s in (0, 1)]  # paired over the seeds both have
+    assert lorot[2] == f"{statistics.fmean(diffs):.2f} ± {statistics.stdev(diffs):.2f} (2)"
+    learned = rows["gated-triple (ssl.gate=learned)"]
+    assert learned[1] == "-"  # the paper has no learned gate: no published number beside it
+    assert learned[0].endswith("(3)")  # the unfinished seed 3 is left out ...
+    assert "seeds [3] unfinished" in md and "lorot, cifar10 0.01: seeds [2] missing" in md  # ... and said
+    assert "optim.epochs=6" in md.split("Shared by every run")[1]  # the shortened protocol is stated once
+
+
+def test_table_best_metric_is_labelled_and_csv_matches(table_runs, tmp_path, capsys):
+    out = tmp_path / "t.csv"
+    assert main(["table", str(table_runs), "--metric", "best", "--csv", str(out)]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("best-epoch top-1 (%), the epoch chosen on the test set")
+    rows = {(r["method"], r["setting"]): r for r in csv.DictReader(io.StringIO(out.read_text()))}
+    b = rows[("ldam-drw", "cifar10 0.01")]
+    assert float(b["mean"]) == pytest.approx(statistics.fmean(BASE.values()) + 1) and b["n"] == "3"
+    assert b["metric"] == "best_test_acc" and b["seeds"] == "0 1 2"
+    l = rows[("gated-triple (ssl.gate=learned)", "cifar10 0.01")]
+    assert l["unfinished_seeds"] == "3" and l["paper"] == "" and l["diff_n"] == "3"
+    assert float(l["diff_mean"]) == pytest.approx(statistics.fmean(LEARNED[s] - BASE[s] - 1 for s in BASE))
+
+
+def test_table_refuses_duplicates_and_missing_paths(table_runs, tmp_path, capsys):
+    _fake_run(table_runs / "again" / "seed0", "cifar10-lt0.01-lorot", 0, 50.0)
+    assert main(["table", str(table_runs)]) == 2
+    assert "a second run of lorot" in capsys.readouterr().err
+    assert main(["table", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["table", str(tmp_path / "empty")]) == 2
+    assert "holds no gssl runs" in capsys.readouterr().err
+
+
+# --- sweep ------------------------------------------------------------------------------------
+
+def _sweep_file(tmp_path, data_root, out):
+    f = tmp_path / "sweep.yaml"
+    f.write_text(f"""
+out: {out}
+seeds: [0, 1]
+set:
+  data.root: {data_root}
+  data.imbalance: 0.5
+  model.backbone: resnet20
+  optim.batch_size: 32
+  optim.epochs: 1
+  optim.base_epochs: 1
+  optim.milestones: []
+  optim.warmup_epochs: 0
+runs:
+  - {{name: base, preset: cifar10-lt0.01-ldam-drw}}
+  - {{name: learned, preset: cifar10-lt0.01-gated-triple, set: {{ssl.gate: learned}}}}
+""")
+    return f
+
+
+def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    spec = _sweep_file(tmp_path, fake_cifar10, out)
+    assert main(["sweep", str(spec), "--parallel", "2"]) == 0
+    runs = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("summary.json"))
+    assert runs == ["base/seed0", "base/seed1", "learned/seed0", "learned/seed1"]
+    assert "gate: learned" in (out / "learned/seed1/config.yaml").read_text()
+    assert "seed: 1" in (out / "learned/seed1/config.yaml").read_text()
+    capsys.readouterr()
+
+    # again: nothing to do
+    assert main(["sweep", str(spec)]) == 0
+    assert "4 finished already, 0 to run" in capsys.readouterr().out
+
+    # an interrupted run (checkpoint, no summary) is resumed, the others left alone
+    (out / "base/seed1/summary.json").unlink()
+    before = (out / "learned/seed0/summary.json").read_bytes()
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    assert "[resume] gssl train --resume" in capsys.readouterr().out
+    assert main(["sweep", str(spec)]) == 0
+    assert (out / "base/seed1/summary.json").is_file()
+    assert (out / "learned/seed0/summary.json").read_bytes() == before
+    assert "resuming" in (out / "logs/base-seed1.log").read_text()
+
+    # and the table reads the sweep
+    capsys.readouterr()
+    assert main(["table", str(out)]) == 0
+    assert "gated-triple (ssl.gate=learned)" in capsys.readouterr().out
+
+
+def test_sweep_checks_everything_before_running_anything(fake_cifar10, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    spec = _sweep_file(tmp_path, fake_cifar10, out)
+    assert main(["sweep", str(spec), "--set", "optim.lrr=0.1"]) == 2
+    assert "did you mean 'optim.lr'" in capsys.readouterr().err and not out.exists()
+
+    # a folder holding another configuration is never touched
+    other = _fake_run(out / "base" / "seed0", "cifar10-lt0.01-lorot", 0, 50.0)
+    snapshot = {p: p.read_bytes() for p in other.iterdir()}
+    assert main(["sweep", str(spec)]) == 2
+    assert "holds a run with another configuration" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in other.iterdir()} == snapshot
+    assert not (out / "learned").exists()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: x\nruns: [{name: a}]\n")
+    assert main(["sweep", str(bad)]) == 2
+    assert "needs a preset or a config" in capsys.readouterr().err
