@@ -120,7 +120,7 @@ def test_kill_during_the_first_checkpoint_leaves_nothing_to_resume(fake_cifar10,
 def test_non_finite_loss_stops_with_epoch_step_and_terms(fake_cifar10, tmp_path, monkeypatch, capsys, epoch, step):
     """A NaN injected at (0-based) epoch, step: exit 1, message, the last good checkpoint kept."""
     steps_per_epoch, calls = 4, []
-    real = GatedSSL.training_loss
+    real = GatedSSL.loss_from_params
 
     def poisoned(self, *a, **kw):
         loss, stats = real(self, *a, **kw)
@@ -131,7 +131,7 @@ def test_non_finite_loss_stops_with_epoch_step_and_terms(fake_cifar10, tmp_path,
             loss = loss + nan
         return loss, stats
 
-    monkeypatch.setattr(GatedSSL, "training_loss", poisoned)
+    monkeypatch.setattr(GatedSSL, "loss_from_params", poisoned)
     run = tmp_path / "run"
     assert _main(_args(fake_cifar10, run)) == 1
     err = capsys.readouterr().err

@@ -112,6 +112,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
+    compile: bool | None = None            # torch.compile the step and evaluation; null: on CUDA only
+    compile_mode: str = field(default="reduce-overhead", metadata=_choice(
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     tensorboard: bool = False
     preset: str | None = None              # where it came from (informational)
 
@@ -258,7 +261,7 @@ def parse_set(item: str) -> dict:
         value = text
     if isinstance(value, str) and key.split(".")[-1] not in {"name", "root", "backbone", "head", "gate",
                                                              "profile", "flip_axis", "schedule", "device", "preset",
-                                                             "transform"}:
+                                                             "transform", "compile_mode"}:
         try:  # '8/255' and similar fractions for numeric keys
             value = _parse_number(key, value)
         except ConfigError:

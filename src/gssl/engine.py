@@ -25,6 +25,7 @@ from .losses import build_loss, drw_weights
 from .method import GatedSSL
 from .sla import SLASD
 from .ssp import pretrain_rotation
+from .step import Compiled, FiniteWatch
 
 
 class TrainingError(RuntimeError):
@@ -164,7 +165,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     cls_loss = _build_loss(cfg, data.counts).to(device)
     o = cfg.optim
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                          weight_decay=o.weight_decay, foreach=True)
+                          weight_decay=o.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
     _, _, drw_epoch = scaled_schedule(o, cfg.loss.drw_epoch)
     drw_w = drw_weights(data.counts, cfg.loss.drw_beta).to(device)
 
@@ -173,6 +174,11 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
                           device=device)
     test_loader = DeviceLoader(data.test.images, data.test.labels, max(512, o.batch_size), mean=data.mean,
                                std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device)
+    # the fast path: compiled step and evaluation on full batches (static shapes), eager otherwise
+    compiled = cuda if cfg.compile is None else cfg.compile
+    step_fn = Compiled(model.loss_from_params, enabled=compiled, batch=o.batch_size, mode=cfg.compile_mode)
+    eval_fn = Compiled(model, enabled=compiled, batch=test_loader.batch_size, mode=cfg.compile_mode, what="evaluation")
+    watch = FiniteWatch(device)
 
     start, best, best_epoch, history = 0, -1.0, -1, []
     if resume:
@@ -209,24 +215,22 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
             g["lr"] = lr
         cls_loss.set_weight(drw_w if drw_epoch is not None and epoch >= drw_epoch else None)
         loader.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(pretext_seed(cfg.seed, epoch))
+        gen = torch.Generator(device=device).manual_seed(pretext_seed(cfg.seed, epoch))  # drawn where used
 
         model.train()
         sums: dict[str, torch.Tensor] = {}
         seen, t0 = 0, time.perf_counter()
+        watch.reset()
         bar = _progress(loader, epoch, o.epochs, quiet)
         for step, (x, y) in enumerate(bar):
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
+            params = model.sample_params(x, gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss, stats = model.training_loss(x, y, cls_loss, gen)
-            if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={v.float().mean().item():.4g}" for k, v in stats.items() if not k.endswith("correct"))
-                kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir / rundir.CKPT_DIR}"
-                        if epoch > 0 else "no checkpoint was written (the first epoch did not finish)")
-                raise TrainingError(f"non-finite loss at epoch {epoch + 1}/{o.epochs}, step {step + 1}/{len(loader)} "
-                                    f"(metrics.jsonl epoch {epoch}); loss terms: {terms}. {kept}. Lower optim.lr "
-                                    "or check the data")
+                loss, stats = step_fn(x, y, cls_loss, params)
+            watch.update(step, loss, stats)
+            if not cuda:  # reading it is free on CPU; on CUDA once per epoch, below
+                _stop_if_non_finite(watch, epoch, o.epochs, len(loader), run_dir)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -235,11 +239,14 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
                 v = v.detach().float()
                 sums[k] = sums.get(k, 0) + (v if k.endswith("correct") else v * b)
             seen += b
-            if bar is not loader and step % 10 == 0:
+            if bar is not loader and step % (100 if cuda else 10) == 0:  # reading sums synchronises
                 bar.set_postfix(_postfix(sums, seen), refresh=False)
+        _stop_if_non_finite(watch, epoch, o.epochs, len(loader), run_dir)
+        if cuda:
+            torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
 
-        logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda)
+        logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda, fn=eval_fn)
         test_acc = metrics.top1(logits, labels)
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
                "images_per_second": round(seen / train_seconds, 1),
@@ -298,6 +305,18 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     if tb is not None:
         tb.close()
     return summary
+
+
+def _stop_if_non_finite(watch: FiniteWatch, epoch: int, epochs: int, steps: int, run_dir: Path) -> None:
+    bad = watch.first_bad()
+    if bad is None:
+        return
+    step, terms = bad
+    kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir / rundir.CKPT_DIR}"
+            if epoch > 0 else "no checkpoint was written (the first epoch did not finish)")
+    raise TrainingError(f"non-finite loss at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps} "
+                        f"(metrics.jsonl epoch {epoch}); loss terms: "
+                        f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}. {kept}. Lower optim.lr or check the data")
 
 
 @contextlib.contextmanager

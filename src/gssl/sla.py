@@ -82,7 +82,13 @@ class SLASD(nn.Module):
         joint, _ = self.joint_logits(x)
         return aggregate(joint, x.shape[0], self.num_classes)
 
+    def sample_params(self, x: Tensor, generator=None) -> dict:
+        return {}  # every transformation of every image: nothing random
+
     def training_loss(self, x: Tensor, y: Tensor, cls_loss: nn.Module, generator=None):
+        return self.loss_from_params(x, y, cls_loss, {})
+
+    def loss_from_params(self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict):
         m, T = TRANSFORMS[self.transform], self.temperature
         joint, single = self.joint_logits(x)
         joint, single = joint.float(), single.float()

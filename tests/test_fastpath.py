@@ -1,0 +1,123 @@
+"""The fast path: compiled step with eager fallback and static shapes, the deferred non-finite watch,
+and (with CUDA only) the whole CUDA path end to end."""
+import json
+
+import pytest
+import torch
+
+from gssl.losses import build_loss
+from gssl.method import GatedSSL
+from gssl.step import Compiled, FiniteWatch
+
+from conftest import train_tiny_run
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _counting_backend(graphs):
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    return backend
+
+
+def _step_inputs(b=8):
+    torch.manual_seed(0)
+    model = GatedSSL("resnet20", 10, tasks=["lorot", "flip", "channel"], gate="learned")
+    x, y = torch.randn(b, 3, 16, 16), torch.randint(0, 10, (b,))
+    return model, x, y, build_loss("ce"), model.sample_params(x, torch.Generator().manual_seed(1))
+
+
+def test_compiled_step_matches_eager_in_one_graph_and_partial_batches_run_eagerly():
+    model, x, y, loss_fn, params = _step_inputs()
+    graphs = []
+    step = Compiled(model.loss_from_params, enabled=True, batch=8, backend=_counting_backend(graphs))
+    loss_c, stats_c = step(x, y, loss_fn, params)
+    loss_e, stats_e = model.loss_from_params(x, y, loss_fn, params)
+    assert len(graphs) == 1  # the whole step, no graph break
+    assert torch.allclose(loss_c, loss_e, atol=1e-5)
+    assert set(stats_c) == set(stats_e)
+    step(x, y, loss_fn, params)
+    part = {k: v[:5] for k, v in params.items()}
+    loss_p, _ = step(x[:5], y[:5], loss_fn, part)  # the last, partial batch: eager, no recompilation
+    assert len(graphs) == 1
+    assert torch.allclose(loss_p, model.loss_from_params(x[:5], y[:5], loss_fn, part)[0], atol=1e-6)
+    loss_c.backward()  # gradients flow through the compiled graph
+    assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_a_failing_compiler_warns_once_and_training_goes_on_eagerly():
+    model, x, y, loss_fn, params = _step_inputs()
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    step = Compiled(model.loss_from_params, enabled=True, batch=8, backend=broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the step failed.*compile=false"):
+        loss, _ = step(x, y, loss_fn, params)
+    assert not step.active and step.fallbacks == 1
+    assert torch.allclose(loss, model.loss_from_params(x, y, loss_fn, params)[0])
+
+
+def test_finite_watch_keeps_the_first_bad_step_and_its_terms_on_the_device():
+    w = FiniteWatch(torch.device("cpu"))
+    ok, nan = torch.tensor(1.0), torch.tensor(float("nan"))
+    w.update(0, ok, {"loss": ok, "correct": torch.tensor(3)})
+    assert w.first_bad() is None
+    w.update(1, nan, {"loss": nan, "cls_loss": torch.tensor(2.5)})
+    w.update(2, nan, {"loss": nan, "cls_loss": torch.tensor(7.0)})
+    step, terms = w.first_bad()
+    assert step == 1 and terms["cls_loss"] == 2.5 and terms["loss"] != terms["loss"]
+    w.reset()
+    assert w.first_bad() is None
+
+
+def test_engine_compiles_the_step_when_asked(fake_cifar10, tmp_path, monkeypatch):
+    """compile=true on CPU (aot_eager backend: the same capture, no C++ build): the run trains, and
+    matches the eager run closely."""
+    import gssl.step
+    real = torch.compile
+    calls = []
+
+    def compile_aot(fn, **kw):
+        calls.append(kw)
+        return real(fn, backend="aot_eager", dynamic=False)
+
+    monkeypatch.setattr(gssl.step.torch, "compile", compile_aot)
+    run_c = train_tiny_run(fake_cifar10, tmp_path / "compiled", 1, "compile=true", "ssl.gate=learned")
+    monkeypatch.undo()
+    run_e = train_tiny_run(fake_cifar10, tmp_path / "eager", 1, "compile=false", "ssl.gate=learned")
+    assert len(calls) == 2  # the step and the evaluation
+    a = json.loads((run_c / "metrics.jsonl").read_text().splitlines()[0])
+    b = json.loads((run_e / "metrics.jsonl").read_text().splitlines()[0])
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+@cuda
+def test_cuda_fast_path_end_to_end(fake_cifar10, tmp_path):
+    run = train_tiny_run(fake_cifar10, tmp_path / "cuda", 2, "device=cuda", "optim.batch_size=32")
+    s = json.loads((run / "summary.json").read_text())
+    assert s["device"].startswith("cuda") and 0 <= s["test_acc"] <= 100
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] for r in rows)  # finite under bf16 autocast
+
+
+@cuda
+def test_cuda_step_in_bf16_channels_last_is_close_to_fp32():
+    model, x, y, loss_fn, params = _step_inputs(32)
+    model = model.cuda()
+    x, y = x.cuda(), y.cuda()
+    params = {k: v.cuda() for k, v in params.items()}
+    ref, _ = model.loss_from_params(x, y, loss_fn.cuda(), params)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast, _ = model.to(memory_format=torch.channels_last).loss_from_params(
+            x.contiguous(memory_format=torch.channels_last), y, loss_fn, params)
+    assert torch.isfinite(fast) and abs(fast.item() - ref.item()) < 0.05 * abs(ref.item()) + 0.05
+
+
+@cuda
+def test_cuda_pretext_draws_need_no_host_copy():
+    model, x, y, _, _ = _step_inputs(16)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    params = model.cuda().sample_params(x.cuda(), gen)
+    assert all(v.is_cuda for v in params.values())
