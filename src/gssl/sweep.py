@@ -93,7 +93,7 @@ def jobs_from_file(path: str | Path, out: str | None = None, seeds: list[int] | 
         raise ConfigError(f"sweep file {path}: no 'out' folder; add `out: runs/NAME` or pass --out")
     seeds = seeds if seeds is not None else spec.get("seeds", [0])
     common = _sets(spec.get("set"), f"sweep file {path}: set") + list(sets)
-    jobs = []
+    protos = []
     for i, r in enumerate(runs):
         where = f"sweep file {path}: runs[{i}]"
         if not isinstance(r, dict) or not (r.get("preset") or r.get("config")):
@@ -102,13 +102,14 @@ def jobs_from_file(path: str | Path, out: str | None = None, seeds: list[int] | 
         if bad:
             raise ConfigError(f"{where}: unknown keys {sorted(bad)}; allowed: name, preset, config, set")
         name = str(r.get("name") or r.get("preset") or Path(r["config"]).stem)
-        jobs += [Job(name, s, r.get("preset"), r.get("config"), common + _sets(r.get("set"), where), Path(out_dir))
-                 for s in _seeds(seeds, where)]
-    return check_jobs(jobs)
+        protos.append((name, r.get("preset"), r.get("config"), common + _sets(r.get("set"), where)))
+    # seed-major: every run's first seed before any second one, so a sweep cut short still compares
+    return check_jobs([Job(n, s, p, c, list(st), Path(out_dir)) for s in _seeds(seeds, f"sweep file {path}")
+                       for n, p, c, st in protos])
 
 
 def jobs_from_presets(presets: list[str], out: str, seeds: list[int], sets: list[str] = ()) -> list[Job]:
-    return check_jobs([Job(p, s, p, None, list(sets), Path(out)) for p in presets for s in _seeds(seeds, "--seeds")])
+    return check_jobs([Job(p, s, p, None, list(sets), Path(out)) for s in _seeds(seeds, "--seeds") for p in presets])
 
 
 def _seeds(seeds, where: str) -> list[int]:

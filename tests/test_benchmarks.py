@@ -1,0 +1,26 @@
+"""The benchmark suite runs end to end (a smoke check, not a timing test): `benchmarks/run.py --quick`."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_suite_runs_every_section_and_writes_its_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
+                        "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {"env", "step", "transform", "loader", "epoch", "sweep"} <= set(res)
+    assert res["env"]["torch"] and res["env"]["quick"] is True
+    steps = {row["variant"]: row for row in res["step"]}
+    assert set(steps) == {"plain", "+ LoRot-E", "+ gated triple"}
+    assert steps["plain"]["vs_plain_median"] == 1.0 and all(r["images_per_s"] > 0 for r in steps.values())
+    assert res["transform"]["per-sample loop (reference)"]["median_s"] > 0
+    assert res["loader"]["results"][0]["images_per_s"] > 0
+    assert [row["variant"] for row in res["epoch"]] == ["plain", "+ LoRot-E", "+ gated triple"]
+    assert [row["parallel"] for row in res["sweep"]] == [1, 2] and res["sweep"][0]["vs_one"] == 1.0
+    for section in ("[step]", "[transform]", "[loader]", "[epoch]", "[sweep]"):
+        assert section in r.stdout  # each prints its table
