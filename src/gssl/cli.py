@@ -22,6 +22,8 @@ EXAMPLES_TRAIN = """examples:
 EXAMPLES_EVAL = """examples:
   gssl eval runs/c10-triple
   gssl eval runs/c10-triple --checkpoint best
+  gssl eval runs/c10-adv --attack pgd --eps 8/255 --steps 20 --step-size 2/255
+  gssl eval runs/c10-triple --attack fgsm --eps 4/255
 """
 EXAMPLES_PRESETS = """examples:
   gssl presets                          # one line per preset
@@ -73,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", choices=["last", "best"], default="last",
                    help="'last' (final epoch, default) or 'best' (chosen on the test set)")
     e.add_argument("--json", action="store_true", help="print the full JSON report")
+    e.add_argument("--attack", choices=["pgd", "fgsm"], help="also report accuracy under this L-inf attack "
+                   "(pixel space [0, 1], model in eval mode)")
+    e.add_argument("--eps", default="8/255", help="attack radius, a number or fraction (default 8/255)")
+    e.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    e.add_argument("--step-size", default="2/255", help="PGD step size (default 2/255)")
+    e.add_argument("--no-random-start", action="store_true", help="PGD from the clean image")
 
     pr = sub.add_parser("presets", help="list the presets", epilog=EXAMPLES_PRESETS, formatter_class=fmt,
                         description="The paper's protocols (Table 1, Table 2) and a quickstart.")
@@ -163,12 +171,25 @@ def _print_summary(s: dict, run_dir: Path) -> None:
 
 def _eval(args) -> int:
     from .engine import evaluate_run
-    rep = evaluate_run(Path(args.run_dir), args.checkpoint)
+    attack = None
+    if args.attack:
+        from .attacks import Attack
+        from .config import ConfigError, parse_number
+        eps, step = parse_number("--eps", args.eps), parse_number("--step-size", args.step_size)
+        try:
+            attack = Attack(args.attack, eps, step, args.steps, not args.no_random_start)
+        except ValueError as e:
+            raise ConfigError(f"--attack: {e}") from None
+    rep = evaluate_run(Path(args.run_dir), args.checkpoint, attack)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
     print(f"checkpoint {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['num_test']} test images")
     print(f"top-1 {rep['top1']:.2f}%  top-5 {rep['top5']:.2f}%")
+    if "robust_acc" in rep:
+        a = rep["attack"]
+        what = f"{a['kind']}" + (f"-{a['steps']} (step {a['step_size']:.4g})" if a["kind"] == "pgd" else "")
+        print(f"under {what} at eps {a['eps']:.4g}: robust {rep['robust_acc']:.2f}% (clean {rep['clean_acc']:.2f}%)")
     for g in ("many", "medium", "few"):
         if rep[g + "_shot_acc"] is not None:
             print(f"{g}-shot {rep[g + '_shot_acc']:.2f}%")

@@ -40,6 +40,8 @@ class DataConfig:
     test_limit: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
     crop_padding: int = field(default=4, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     hflip: bool = True
+    # "dataset": the dataset's mean/std; "symmetric": inputs in [0, 1] fed as 2x - 1 (the adversarial protocol)
+    normalize: str = field(default="dataset", metadata=_choice("dataset", "symmetric"))
     to_rgb: bool = True                    # replicate greyscale to 3 channels so every pretext task applies (SPEC 10)
 
 
@@ -86,6 +88,21 @@ class PretrainConfig:
 
 
 @dataclass
+class AdvConfig:
+    """PGD/FGSM adversarial training (SPEC section 6); pixel-space L-inf, eps etc. accept fractions (8/255)."""
+    attack: str = field(default="none", metadata=_choice("none", "fgsm", "pgd"))
+    eps: float = field(default=8 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 8/255"))
+    step_size: float = field(default=2 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255"))
+    steps: int = field(default=10, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    random_start: bool = True
+    # what the training attack maximises: "pretext" = classification + gated pretext loss on the
+    # transformed image (the paper), "cls" = classification loss on the untransformed image
+    objective: str = field(default="pretext", metadata=_choice("pretext", "cls"))
+    bn_train: bool = False                 # attack in train mode, BN statistics updated (the reference)
+    eval_steps: int = field(default=20, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no robust evaluation)"))
+
+
+@dataclass
 class OptimConfig:
     epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     base_epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
@@ -109,6 +126,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     sla: SLAConfig = field(default_factory=SLAConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    adv: AdvConfig = field(default_factory=AdvConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
@@ -158,7 +176,7 @@ def _coerce(key: str, value, hint):
         return int(value)
     if hint is float:
         if isinstance(value, str):
-            value = _parse_number(key, value)
+            value = parse_number(key, value)
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**1023:
             value = math.inf  # math.isfinite would overflow converting it
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -171,7 +189,7 @@ def _coerce(key: str, value, hint):
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover - a bug in this module
 
 
-def _parse_number(key: str, text: str) -> float:
+def parse_number(key: str, text: str) -> float:
     """Accept '1e-4' and fractions such as '8/255'."""
     try:
         if "/" in text:
@@ -261,9 +279,10 @@ def parse_set(item: str) -> dict:
         value = text
     if isinstance(value, str) and key.split(".")[-1] not in {"name", "root", "backbone", "head", "gate",
                                                              "profile", "flip_axis", "schedule", "device", "preset",
-                                                             "transform", "compile_mode"}:
+                                                             "transform", "compile_mode", "attack", "objective",
+                                                             "normalize"}:
         try:  # '8/255' and similar fractions for numeric keys
-            value = _parse_number(key, value)
+            value = parse_number(key, value)
         except ConfigError:
             pass
     out: dict = {}

@@ -25,6 +25,7 @@ from .losses import build_loss, drw_weights
 from .method import GatedSSL
 from .sla import SLASD
 from .ssp import pretrain_rotation
+from . import attacks
 from .step import Compiled, FiniteWatch
 
 
@@ -61,7 +62,8 @@ def build_data(cfg: Config) -> Data:
         test = test.subset(first_per_class(test.labels.numpy(), math.ceil(d.test_limit / len(test.classes))))
     if d.to_rgb:
         train, test = train.to_rgb(), test.to_rgb()
-    mean, std = mean_std(d.name, train, channels=train.images.shape[1])
+    C = train.images.shape[1]
+    mean, std = ((0.5,) * C, (0.5,) * C) if d.normalize == "symmetric" else mean_std(d.name, train, channels=C)
     counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
     empty = [name for name, n in zip(train.classes, counts) if n == 0]
     if empty:  # the losses (LDAM margins, DRW weights) need every class present
@@ -179,6 +181,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     step_fn = Compiled(model.loss_from_params, enabled=compiled, batch=o.batch_size, mode=cfg.compile_mode)
     eval_fn = Compiled(model, enabled=compiled, batch=test_loader.batch_size, mode=cfg.compile_mode, what="evaluation")
     watch = FiniteWatch(device)
+    space = attacks.PixelSpace(data.mean, data.std, device)
+    adv = _attack(cfg, cfg.adv.steps) if cfg.adv.attack != "none" else None
 
     start, best, best_epoch, history = 0, -1.0, -1, []
     if resume:
@@ -226,6 +230,12 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             params = model.sample_params(x, gen)
+            if adv is not None:  # adversarial training: the step sees the attacked batch
+                objective = (attacks.training_objective(model, cls_loss, params) if cfg.adv.objective == "pretext"
+                             else attacks.classification_objective(model, cls_loss))
+                with attacks.attack_mode(model, cfg.adv.bn_train), \
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    x = attacks.perturb(objective, x, y, space, adv, gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss, stats = step_fn(x, y, cls_loss, params)
             watch.update(step, loss, stats)
@@ -283,6 +293,10 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     if isinstance(model, SLASD):  # SLA's aggregated inference (M forward passes), beside the single head
         agg, _ = metrics.predict(model, test_loader, device.type, amp=cuda, fn=model.aggregated_logits)
         extra["aggregated_test_acc"] = metrics.top1(agg, labels)
+    if adv is not None and cfg.adv.eval_steps:  # robust accuracy, PGD with eval_steps steps, eval mode
+        clean, robust = attacks.robust_accuracy(model, test_loader, space, _attack(cfg, cfg.adv.eval_steps, "pgd"),
+                                                amp=cuda, seed=cfg.seed)
+        extra.update({"robust_test_acc": robust, "robust_attack": f"pgd-{cfg.adv.eval_steps} eps {cfg.adv.eps:.5g}"})
     if cfg.pretrain.epochs and (run_dir / rundir.CKPT_DIR / "pretrain.pt").is_file():
         pre = rundir.load_checkpoint(run_dir / rundir.CKPT_DIR / "pretrain.pt")["history"]
         extra["pretrain_rotation_acc"] = pre[-1]["acc"] if pre else None
@@ -305,6 +319,11 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     if tb is not None:
         tb.close()
     return summary
+
+
+def _attack(cfg: Config, steps: int, kind: str | None = None) -> attacks.Attack:
+    a = cfg.adv
+    return attacks.Attack(kind or a.attack, a.eps, a.step_size, steps, a.random_start)
 
 
 def _stop_if_non_finite(watch: FiniteWatch, epoch: int, epochs: int, steps: int, run_dir: Path) -> None:
@@ -364,8 +383,9 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def evaluate_run(run_dir: Path, checkpoint: str = "last") -> dict:
-    """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set."""
+def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack | None = None) -> dict:
+    """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set; with
+    `attack`, also the accuracy under it (pixel-space L-inf, model in eval mode)."""
     from .config import from_dict, load_yaml
     run_dir = Path(run_dir)
     cfg_path = run_dir / rundir.CONFIG
@@ -382,12 +402,18 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last") -> dict:
     loader = DeviceLoader(data.test.images, data.test.labels, 512, mean=data.mean, std=data.std,
                           crop_padding=0, hflip=False, shuffle=False, device=device)
     logits, labels = metrics.predict(model, loader, device.type, amp=device.type == "cuda")
-    return write_eval(run_dir, checkpoint, int(ck["epoch"]), logits, labels, data)
+    extra = {}
+    if attack is not None:
+        clean, robust = attacks.robust_accuracy(model, loader, attacks.PixelSpace(data.mean, data.std, device), attack,
+                                                amp=device.type == "cuda", seed=cfg.seed)
+        extra = {"clean_acc": clean, "robust_acc": robust, "attack": vars(attack).copy()}
+    return write_eval(run_dir, checkpoint, int(ck["epoch"]), logits, labels, data, extra)
 
 
-def write_eval(run_dir: Path, checkpoint: str, epoch: int, logits, labels, data: Data) -> dict:
+def write_eval(run_dir: Path, checkpoint: str, epoch: int, logits, labels, data: Data, extra: dict | None = None) -> dict:
     """`gssl eval`'s report of a checkpoint, written to RUN_DIR/eval-<checkpoint>.json and returned."""
     rep = metrics.report(logits, labels, data.counts)
-    rep.update({"checkpoint": checkpoint, "epoch": epoch, "classes": data.train.classes, "class_counts": data.counts})
+    rep.update({"checkpoint": checkpoint, "epoch": epoch, "classes": data.train.classes, "class_counts": data.counts,
+                **(extra or {})})
     rundir.write_json(Path(run_dir) / f"eval-{checkpoint}.json", rep)
     return rep

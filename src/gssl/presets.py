@@ -83,6 +83,12 @@ def _build_presets() -> dict[str, Preset]:
         name = f"tiny-imagenet-{method}"
         presets[name] = Preset(name, "tiny-imagenet.yaml", overlay, f"Tiny-ImageNet, ResNet-18 {what}", _TABLE2[method],
                                  method)
+    for method in ("baseline", "lorot", "gated-triple", "ungated-triple"):
+        what, overlay = METHODS[method]
+        row = "plain" if method == "baseline" else method
+        overlay = merge(overlay, {"optim": {"epochs": 200, "base_epochs": 200}})  # one schedule for every row
+        presets[f"cifar10-adv-{row}"] = Preset(f"cifar10-adv-{row}", "cifar10-adv.yaml", overlay,
+                                               f"PGD adversarial training, CIFAR-10, WRN-40-2 {what}", None, row)
     presets["quickstart"] = Preset("quickstart", "quickstart.yaml", {},
                                    "long-tailed Fashion-MNIST, ResNet-20, gated LoRot-E + Flip + ShuffleChannel, 4 epochs on CPU",
                                    method="quickstart")
