@@ -12,7 +12,6 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,10 @@ import torch
 
 from . import __version__, metrics, rundir
 from .config import Config, ConfigError, scaled_schedule, to_yaml
-from .data import DataError, DeviceLoader, ImageSet, first_per_class, load_dataset, long_tail_indices, mean_std
-from .losses import build_loss, drw_weights
-from .method import GatedSSL
+from .build import Data, build_cls_loss, build_data, build_model, check_method, pick_device  # noqa: F401 (API)
+from .data import DeviceLoader
+from .evaluation import evaluate_run, write_eval  # noqa: F401 (API)
+from .losses import drw_weights
 from .sla import SLASD
 from .ssp import pretrain_rotation
 from . import attacks
@@ -31,74 +31,6 @@ from .step import Compiled, FiniteWatch
 
 class TrainingError(RuntimeError):
     """The run cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
-
-
-@dataclass
-class Data:
-    train: ImageSet
-    test: ImageSet
-    counts: list[int]          # training images per class, after long-tailed subsampling
-    mean: tuple
-    std: tuple
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available; use device=auto or cpu")
-    return torch.device(name)
-
-
-def build_data(cfg: Config) -> Data:
-    d = cfg.data
-    train = load_dataset(d.name, d.root, "train")
-    test = load_dataset(d.name, d.root, "test")
-    if d.max_per_class is not None:  # cap every class first (small, fast runs), keeping the protocol's order
-        train = train.subset(first_per_class(train.labels.numpy(), d.max_per_class))
-    if d.imbalance < 1:
-        train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
-    if d.test_limit is not None:  # balanced: the same number of test images from every class
-        test = test.subset(first_per_class(test.labels.numpy(), math.ceil(d.test_limit / len(test.classes))))
-    if d.to_rgb:
-        train, test = train.to_rgb(), test.to_rgb()
-    C = train.images.shape[1]
-    mean, std = ((0.5,) * C, (0.5,) * C) if d.normalize == "symmetric" else mean_std(d.name, train, channels=C)
-    counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
-    empty = [name for name, n in zip(train.classes, counts) if n == 0]
-    if empty:  # the losses (LDAM margins, DRW weights) need every class present
-        names = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
-        if d.imbalance == 1:
-            raise DataError(f"{d.name}: no training images for {len(empty)} of {len(counts)} classes ({names})")
-        raise ConfigError(f"data.imbalance={d.imbalance}: the long tail leaves {len(empty)} of {len(counts)} classes "
-                          f"with no training images ({names}), as the rarest class keeps int({max(counts)} x "
-                          f"{d.imbalance}) images. Raise data.imbalance"
-                          f"{' or data.max_per_class' if d.max_per_class else ''}, or use more images per class")
-    return Data(train, test, counts, tuple(mean), tuple(std))
-
-
-def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | SLASD:
-    tasks = [] if cfg.ssl.gate == "none" else list(cfg.ssl.tasks)
-    if cfg.sla.transform != "none":
-        check_method(cfg)
-        return SLASD(cfg.model.backbone, num_classes, transform=cfg.sla.transform, head=cfg.model.head,
-                     in_channels=in_channels, temperature=cfg.sla.temperature, joint_scale=cfg.loss.scale)
-    gate = cfg.ssl.gate if tasks else "none"
-    return GatedSSL(cfg.model.backbone, num_classes, tasks=tasks, gate=gate, head=cfg.model.head,
-                    ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis, in_channels=in_channels,
-                    gate_kw={"tau": cfg.ssl.gate_tau} if gate == "learned" else None)
-
-
-def check_method(cfg: Config) -> None:
-    """Settings that cannot go together, refused before any data is read."""
-    if cfg.sla.transform != "none" and cfg.ssl.tasks and cfg.ssl.gate != "none":
-        raise ConfigError(f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
-                          f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none")
-
-
-def _build_loss(cfg: Config, counts: list[int]):
-    kw = {"ldam": {"max_m": cfg.loss.max_margin, "s": cfg.loss.scale}, "focal": {"gamma": cfg.loss.focal_gamma}}
-    return build_loss(cfg.loss.name, counts, **kw.get(cfg.loss.name, {}))
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
@@ -122,19 +54,6 @@ def pretext_seed(seed: int, epoch: int) -> int:
 def versions() -> dict:
     return {"gssl": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
-
-
-def _restore(model, ck, path: Path, opt=None) -> None:
-    """Load a checkpoint's weights, or say plainly why they do not fit this configuration."""
-    try:
-        model.load_state_dict(ck["model"])
-        if opt is not None:
-            opt.load_state_dict(ck["optimizer"])
-        int(ck["epoch"]), float(ck["best_acc"]), int(ck["best_epoch"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise rundir.RunDirError(f"checkpoint {path} does not fit this configuration ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:300]}); was model.* or ssl.* changed since it was "
-                                 "written?") from None
 
 
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = False, quiet: bool = False,
@@ -164,7 +83,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     model = build_model(cfg, n_cls, C).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    cls_loss = _build_loss(cfg, data.counts).to(device)
+    cls_loss = build_cls_loss(cfg, data.counts).to(device)
     o = cfg.optim
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                           weight_decay=o.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
@@ -188,7 +107,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     if resume:
         last_pt = run_dir / rundir.CKPT_DIR / "last.pt"
         ck = rundir.load_checkpoint(last_pt, map_location=device)
-        _restore(model, ck, last_pt, opt)
+        rundir.restore(model, ck, last_pt, opt)
         start, best, best_epoch = int(ck["epoch"]) + 1, float(ck["best_acc"]), int(ck["best_epoch"])
         rundir.remove_temp_files(run_dir)  # halves of writes a kill interrupted
         history = [r for r in rundir.read_metrics(run_dir) if isinstance(r.get("epoch"), int) and r["epoch"] < start]
@@ -381,39 +300,3 @@ def _tensorboard(run_dir: Path):
         raise ConfigError("tensorboard: true needs the tensorboard package; `pip install tensorboard` "
                           "or set tensorboard=false") from None
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack | None = None) -> dict:
-    """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set; with
-    `attack`, also the accuracy under it (pixel-space L-inf, model in eval mode)."""
-    from .config import from_dict, load_yaml
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / rundir.CONFIG
-    if not cfg_path.is_file():
-        raise rundir.RunDirError(f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
-                                 "pass the --out folder of a `gssl train` run")
-    cfg = from_dict(load_yaml(cfg_path))
-    device = pick_device(cfg.device)
-    data = build_data(cfg)
-    model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
-    ck_path = run_dir / rundir.CKPT_DIR / f"{checkpoint}.pt"
-    ck = rundir.load_checkpoint(ck_path, map_location=device)
-    _restore(model, ck, ck_path)
-    loader = DeviceLoader(data.test.images, data.test.labels, 512, mean=data.mean, std=data.std,
-                          crop_padding=0, hflip=False, shuffle=False, device=device)
-    logits, labels = metrics.predict(model, loader, device.type, amp=device.type == "cuda")
-    extra = {}
-    if attack is not None:
-        clean, robust = attacks.robust_accuracy(model, loader, attacks.PixelSpace(data.mean, data.std, device), attack,
-                                                amp=device.type == "cuda", seed=cfg.seed)
-        extra = {"clean_acc": clean, "robust_acc": robust, "attack": vars(attack).copy()}
-    return write_eval(run_dir, checkpoint, int(ck["epoch"]), logits, labels, data, extra)
-
-
-def write_eval(run_dir: Path, checkpoint: str, epoch: int, logits, labels, data: Data, extra: dict | None = None) -> dict:
-    """`gssl eval`'s report of a checkpoint, written to RUN_DIR/eval-<checkpoint>.json and returned."""
-    rep = metrics.report(logits, labels, data.counts)
-    rep.update({"checkpoint": checkpoint, "epoch": epoch, "classes": data.train.classes, "class_counts": data.counts,
-                **(extra or {})})
-    rundir.write_json(Path(run_dir) / f"eval-{checkpoint}.json", rep)
-    return rep

@@ -176,3 +176,16 @@ def prepare(run_dir: Path, *, force: bool) -> Path:
     except OSError as e:
         raise RunDirError(f"cannot prepare {run_dir}: {e.strerror or e}; choose a writable --out") from None
     return run_dir
+
+
+def restore(model, ck, path: Path, opt=None) -> None:
+    """Load a checkpoint's weights, or say plainly why they do not fit this configuration."""
+    try:
+        model.load_state_dict(ck["model"])
+        if opt is not None:
+            opt.load_state_dict(ck["optimizer"])
+        int(ck["epoch"]), float(ck["best_acc"]), int(ck["best_epoch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise RunDirError(f"checkpoint {path} does not fit this configuration ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300]}); was model.* or ssl.* changed since it was "
+                          "written?") from None

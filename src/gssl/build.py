@@ -1,0 +1,83 @@
+"""Building a run's parts from its configuration: the data (with the protocol's long tail, caps and
+normalisation), the model (GatedSSL or the SLA-SD baseline) and the classification loss. The
+training loop (engine.py), evaluation and the analysis tools all build through here."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import Config, ConfigError
+from .data import DataError, ImageSet, first_per_class, load_dataset, long_tail_indices, mean_std
+from .losses import build_loss
+from .method import GatedSSL
+from .sla import SLASD
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available; use device=auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Data:
+    train: ImageSet
+    test: ImageSet
+    counts: list[int]          # training images per class, after long-tailed subsampling
+    mean: tuple
+    std: tuple
+
+
+def build_data(cfg: Config) -> Data:
+    d = cfg.data
+    train = load_dataset(d.name, d.root, "train")
+    test = load_dataset(d.name, d.root, "test")
+    if d.max_per_class is not None:  # cap every class first (small, fast runs), keeping the protocol's order
+        train = train.subset(first_per_class(train.labels.numpy(), d.max_per_class))
+    if d.imbalance < 1:
+        train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
+    if d.test_limit is not None:  # balanced: the same number of test images from every class
+        test = test.subset(first_per_class(test.labels.numpy(), math.ceil(d.test_limit / len(test.classes))))
+    if d.to_rgb:
+        train, test = train.to_rgb(), test.to_rgb()
+    C = train.images.shape[1]
+    mean, std = ((0.5,) * C, (0.5,) * C) if d.normalize == "symmetric" else mean_std(d.name, train, channels=C)
+    counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
+    empty = [name for name, n in zip(train.classes, counts) if n == 0]
+    if empty:  # the losses (LDAM margins, DRW weights) need every class present
+        names = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        if d.imbalance == 1:
+            raise DataError(f"{d.name}: no training images for {len(empty)} of {len(counts)} classes ({names})")
+        raise ConfigError(f"data.imbalance={d.imbalance}: the long tail leaves {len(empty)} of {len(counts)} classes "
+                          f"with no training images ({names}), as the rarest class keeps int({max(counts)} x "
+                          f"{d.imbalance}) images. Raise data.imbalance"
+                          f"{' or data.max_per_class' if d.max_per_class else ''}, or use more images per class")
+    return Data(train, test, counts, tuple(mean), tuple(std))
+
+
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | SLASD:
+    tasks = [] if cfg.ssl.gate == "none" else list(cfg.ssl.tasks)
+    if cfg.sla.transform != "none":
+        check_method(cfg)
+        return SLASD(cfg.model.backbone, num_classes, transform=cfg.sla.transform, head=cfg.model.head,
+                     in_channels=in_channels, temperature=cfg.sla.temperature, joint_scale=cfg.loss.scale)
+    gate = cfg.ssl.gate if tasks else "none"
+    return GatedSSL(cfg.model.backbone, num_classes, tasks=tasks, gate=gate, head=cfg.model.head,
+                    ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis, in_channels=in_channels,
+                    gate_kw={"tau": cfg.ssl.gate_tau} if gate == "learned" else None)
+
+
+def check_method(cfg: Config) -> None:
+    """Settings that cannot go together, refused before any data is read."""
+    if cfg.sla.transform != "none" and cfg.ssl.tasks and cfg.ssl.gate != "none":
+        raise ConfigError(f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
+                          f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none")
+
+
+def build_cls_loss(cfg: Config, counts: list[int]):
+    kw = {"ldam": {"max_m": cfg.loss.max_margin, "s": cfg.loss.scale}, "focal": {"gamma": cfg.loss.focal_gamma}}
+    return build_loss(cfg.loss.name, counts, **kw.get(cfg.loss.name, {}))
