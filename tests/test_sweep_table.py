@@ -169,3 +169,29 @@ def test_sweep_checks_everything_before_running_anything(fake_cifar10, tmp_path,
     bad.write_text("out: x\nruns: [{name: a}]\n")
     assert main(["sweep", str(bad)]) == 2
     assert "needs a preset or a config" in capsys.readouterr().err
+
+
+def test_sweep_spreads_runs_over_gpus_one_per_gpu(tmp_path, monkeypatch, capsys):
+    """Which GPU each run gets (CUDA_VISIBLE_DEVICES), without GPUs: Popen is replaced by a stand-in."""
+    import subprocess
+    from gssl import sweep
+    seen = []
+
+    class FakeProc:
+        def __init__(self, cmd, stdout, stderr, env):
+            seen.append((cmd[cmd.index("--out") + 1], env["CUDA_VISIBLE_DEVICES"]))
+            self.returncode = None
+            self.polls = 0
+
+        def poll(self):
+            self.polls += 1
+            if self.polls > 1:
+                self.returncode = 0
+            return self.returncode
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProc)
+    jobs = sweep.jobs_from_presets(["quickstart"], str(tmp_path / "s"), [0, 1, 2, 3, 4])
+    assert sweep.run(jobs, gpus=["2", "5"]) == 0
+    gpus = [g for _, g in seen]
+    assert sorted(set(gpus)) == ["2", "5"] and gpus[:2] == ["2", "5"]
+    assert "on GPU 2" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -151,9 +152,12 @@ def _train(args) -> int:
             raise ConfigError("name a --preset (see `gssl presets`) or a --config FILE.yaml")
         cfg = resolve(args.preset, load_yaml(args.config) if args.config else None, sets)
         name = args.preset or Path(args.config).stem
+        if not args.out and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise ConfigError("under torchrun, name the run directory with --out DIR (every rank must agree on it)")
         run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = engine.train(cfg, run_dir, force=args.force, quiet=args.quiet)
-    _print_summary(summary, run_dir)
+    if summary:  # (under torchrun only rank 0 has one)
+        _print_summary(summary, run_dir)
     return 0
 
 
@@ -333,6 +337,8 @@ def _sweep_parsers(sub, fmt) -> None:
                    help="override one key in every run (repeatable)")
     s.add_argument("--out", metavar="DIR", help="sweep folder (default: the file's `out`)")
     s.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at a time (default 1)")
+    s.add_argument("--gpus", metavar="IDS", help="spread the runs over these GPUs, e.g. 0,1,2,3 (one run per GPU "
+                   "at a time, more with --parallel)")
     s.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
 
     t = sub.add_parser("table", help="results of runs as a Markdown (and CSV) table", epilog=EXAMPLES_TABLE,
@@ -360,7 +366,10 @@ def _sweep(args) -> int:
         jobs = sweep.jobs_from_presets(args.presets, args.out, args.seeds or [0], args.sets)
     else:
         raise ConfigError("name a sweep file or at least one --preset; see `gssl sweep --help`")
-    failed = sweep.run(jobs, args.parallel, args.dry_run)
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    if args.gpus is not None and not gpus:
+        raise ConfigError("--gpus: expected GPU ids such as 0,1")
+    failed = sweep.run(jobs, args.parallel, args.dry_run, gpus=gpus)
     if failed:
         print(f"gssl: {failed} run(s) failed; fix the cause and run the same sweep again to go on", file=sys.stderr)
         return 1

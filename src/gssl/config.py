@@ -103,6 +103,14 @@ class AdvConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Used only under torchrun (docs/distributed.md)."""
+    sync_bn: bool = False                  # SyncBatchNorm: batch statistics over the global batch
+    scale_lr: bool = False                 # lr x world size (linear scaling with the global batch)
+    timeout_s: int = field(default=600, metadata=_check(lambda v: v >= 10, "seconds >= 10"))
+
+
+@dataclass
 class OptimConfig:
     epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     base_epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
@@ -127,6 +135,7 @@ class Config:
     sla: SLAConfig = field(default_factory=SLAConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))

@@ -25,7 +25,7 @@ from .evaluation import evaluate_run, write_eval  # noqa: F401 (API)
 from .losses import drw_weights
 from .sla import SLASD
 from .ssp import pretrain_rotation
-from . import attacks
+from . import attacks, distributed
 from .step import Compiled, FiniteWatch
 
 
@@ -60,12 +60,22 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
           log=print) -> dict:
     """Train (resume=False: a fresh run in run_dir, replacing an earlier one only if force) or continue
     run_dir from its last checkpoint. Errors before the first epoch are ConfigError, DataError or
-    RunDirError and change nothing on disk; errors once training runs are TrainingError."""
-    run_dir = Path(run_dir)
+    RunDirError and change nothing on disk; errors once training runs are TrainingError. Under
+    torchrun every rank calls this; rank 0 alone writes."""
+    d, device_name = distributed.setup(cfg.device, cfg.distributed.timeout_s)
+    try:
+        return _train(cfg, Path(run_dir), d, device_name, resume, force, quiet or not d.main, log)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, resume: bool, force: bool,
+           quiet: bool, log) -> dict:
     if not resume:
         rundir.check_out(run_dir, force=force)
+    distributed.barrier(d)  # every rank has looked before rank 0 changes anything
     check_method(cfg)
-    device = pick_device(cfg.device)
+    device = pick_device(device_name)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
 
@@ -80,9 +90,11 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
         raise ConfigError(f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
                           f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]")
+    distributed.check_same(d, "the class counts (LDAM margins, DRW weights)", data.counts, device)
     model = build_model(cfg, n_cls, C).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
+    step_module, model = distributed.wrap(d, model, cfg.distributed.sync_bn, device)  # DDP under torchrun
     cls_loss = build_cls_loss(cfg, data.counts).to(device)
     o = cfg.optim
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
@@ -92,12 +104,12 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
 
     loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean, std=data.std,
                           crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True, seed=cfg.seed,
-                          device=device)
+                          device=device, rank=d.rank, world=d.world)
     test_loader = DeviceLoader(data.test.images, data.test.labels, max(512, o.batch_size), mean=data.mean,
                                std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device)
     # the fast path: compiled step and evaluation on full batches (static shapes), eager otherwise
     compiled = cuda if cfg.compile is None else cfg.compile
-    step_fn = Compiled(model.loss_from_params, enabled=compiled, batch=o.batch_size, mode=cfg.compile_mode)
+    step_fn = Compiled(step_module, enabled=compiled, batch=o.batch_size, mode=cfg.compile_mode)
     eval_fn = Compiled(model, enabled=compiled, batch=test_loader.batch_size, mode=cfg.compile_mode, what="evaluation")
     watch = FiniteWatch(device)
     space = attacks.PixelSpace(data.mean, data.std, device)
@@ -109,16 +121,20 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
         ck = rundir.load_checkpoint(last_pt, map_location=device)
         rundir.restore(model, ck, last_pt, opt)
         start, best, best_epoch = int(ck["epoch"]) + 1, float(ck["best_acc"]), int(ck["best_epoch"])
-        rundir.remove_temp_files(run_dir)  # halves of writes a kill interrupted
         history = [r for r in rundir.read_metrics(run_dir) if isinstance(r.get("epoch"), int) and r["epoch"] < start]
-        rundir.write_metrics(run_dir, history)  # drop epochs the checkpoint does not cover
-        rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())  # a --force'd change, now it fits
-        log(f"resuming {run_dir} at epoch {start + 1}")
+        distributed.barrier(d)  # every rank has read before rank 0 rewrites
+        if d.main:
+            rundir.remove_temp_files(run_dir)  # halves of writes a kill interrupted
+            rundir.write_metrics(run_dir, history)  # drop epochs the checkpoint does not cover
+            rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())  # a --force'd change, now it fits
+        if d.main:
+            log(f"resuming {run_dir} at epoch {start + 1}")
     else:
-        rundir.prepare(run_dir, force=force)  # only now: a refused run leaves the old one intact
-        rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())
-        rundir.write_metrics(run_dir, [])
-        if cfg.pretrain.epochs:  # SSP: rotation pre-training on the same training images, then start from it
+        if d.main:
+            rundir.prepare(run_dir, force=force)  # only now: a refused run leaves the old one intact
+            rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())
+            rundir.write_metrics(run_dir, [])
+        if cfg.pretrain.epochs:  # (every rank pre-trains alike; DDP starts them all from rank 0's weights)  # SSP: rotation pre-training on the same training images, then start from it
             pre_loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean,
                                       std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
                                       shuffle=True, seed=cfg.seed + 1, device=device)
@@ -126,14 +142,18 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
                                     weight_decay=o.weight_decay, seed=cfg.seed, log=(lambda m: None) if quiet else log)
             if not all(math.isfinite(r["loss"]) for r in pre):
                 raise TrainingError("SSP pre-training diverged (non-finite rotation loss); lower pretrain.lr")
-            with _write_failure_stops(run_dir, 0):
-                rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "pretrain.pt",
-                                       {"backbone": model.backbone.state_dict(), "history": pre})
-    tb = _tensorboard(run_dir) if cfg.tensorboard else None
+            if d.main:
+                with _write_failure_stops(run_dir, 0):
+                    rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "pretrain.pt",
+                                           {"backbone": model.backbone.state_dict(), "history": pre})
+            if d.enabled:  # the supervised run starts from rank 0's pre-trained weights on every rank
+                for t in model.state_dict().values():
+                    torch.distributed.broadcast(t, 0)
+    tb = _tensorboard(run_dir) if cfg.tensorboard and d.main else None
 
     t_run = time.perf_counter()
     for epoch in range(start, o.epochs):
-        lr = lr_at(cfg, epoch)
+        lr = lr_at(cfg, epoch) * (d.world if cfg.distributed.scale_lr else 1)
         for g in opt.param_groups:
             g["lr"] = lr
         cls_loss.set_weight(drw_w if drw_epoch is not None and epoch >= drw_epoch else None)
@@ -148,7 +168,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
         for step, (x, y) in enumerate(bar):
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            params = model.sample_params(x, gen)
+            params = distributed.global_params(d, model, x, gen, *loader.shard(step))
             if adv is not None:  # adversarial training: the step sees the attacked batch
                 objective = (attacks.training_objective(model, cls_loss, params) if cfg.adv.objective == "pretext"
                              else attacks.classification_objective(model, cls_loss))
@@ -174,6 +194,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
         if cuda:
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
+        sums, seen = distributed.all_sum(d, sums, seen)  # metrics and gate weights over every rank
 
         logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda, fn=eval_fn)
         test_acc = metrics.top1(logits, labels)
@@ -186,6 +207,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
         history.append(row)
         if test_acc > best:
             best, best_epoch = test_acc, epoch
+        if not d.main:
+            continue
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                  "best_acc": best, "best_epoch": best_epoch, "config": cfg.to_dict()}
         with _write_failure_stops(run_dir, epoch):
@@ -205,6 +228,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
 
     if start >= o.epochs:  # resumed a finished run: evaluate what is there
         history = rundir.read_metrics(run_dir)
+    distributed.barrier(d)
+    if not d.main:
+        return {}
     logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda)
     rep = metrics.report(logits, labels, data.counts)
     last = history[-1] if history else {}

@@ -152,8 +152,12 @@ def status(job: Job) -> str:
     return "resume" if (d / rundir.CKPT_DIR / "last.pt").is_file() else "restart"
 
 
-def run(jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print) -> int:
-    """Run what is left of the sweep; returns the number of runs that failed."""
+def run(jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print, gpus: list[str] | None = None) -> int:
+    """Run what is left of the sweep; returns the number of runs that failed. With `gpus`, each run
+    gets one of them to itself (CUDA_VISIBLE_DEVICES), as many at a time as there are GPUs unless
+    `parallel` says more (several small runs per GPU)."""
+    if gpus:
+        parallel = max(parallel, len(gpus))
     plan = [(j, status(j)) for j in jobs]
     todo = [(j, m) for j, m in plan if m != "done"]
     log(f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run "
@@ -165,20 +169,25 @@ def run(jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print) ->
     env = dict(os.environ)
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
-    running: list[tuple[Job, subprocess.Popen, float]] = []
+    running: list[tuple[Job, subprocess.Popen, float, str | None]] = []
     failed, queue = [], list(todo)
     try:
         while queue or running:
             while queue and len(running) < parallel:
                 j, m = queue.pop(0)
                 j.log_path.parent.mkdir(parents=True, exist_ok=True)
+                job_env, where = env, ""
+                if gpus:  # the least busy GPU
+                    busy = [g for _, _, _, g in running]
+                    gpu = min(gpus, key=lambda g: (busy.count(g), gpus.index(g)))
+                    job_env, where = {**env, "CUDA_VISIBLE_DEVICES": gpu}, f" on GPU {gpu}"
                 with open(j.log_path, "ab") as fh:
-                    p = subprocess.Popen(j.command(m), stdout=fh, stderr=subprocess.STDOUT, env=env)
-                running.append((j, p, time.perf_counter()))
-                log(f"started {j.name} seed {j.seed} ({m}) -> {j.run_dir}")
+                    p = subprocess.Popen(j.command(m), stdout=fh, stderr=subprocess.STDOUT, env=job_env)
+                running.append((j, p, time.perf_counter(), gpu if gpus else None))
+                log(f"started {j.name} seed {j.seed} ({m}){where} -> {j.run_dir}")
             time.sleep(0.2)
             for item in list(running):
-                j, p, t0 = item
+                j, p, t0, _ = item
                 if p.poll() is None:
                     continue
                 running.remove(item)
@@ -189,9 +198,9 @@ def run(jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print) ->
                     failed.append(j)
                     log(f"FAILED {j.name} seed {j.seed} (exit {p.returncode}); see {j.log_path}")
     except KeyboardInterrupt:
-        for _, p, _ in running:
+        for _, p, _, _ in running:
             p.terminate()
-        for _, p, _ in running:
+        for _, p, _, _ in running:
             p.wait()
         raise
     return len(failed)

@@ -1,0 +1,121 @@
+"""Data-parallel training under torchrun, with PyTorch's own DistributedDataParallel.
+
+`torchrun --nproc_per_node N -m gssl train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; `setup()` then
+joins the process group (NCCL on CUDA, gloo on CPU) and every rank trains on its slice of each global
+batch (DeviceLoader's rank/world). Only rank 0 writes the run directory. Without those variables
+everything here is a no-op and a run is an ordinary single process.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False            # we created the process group (and tear it down)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_name: str, timeout_s: int = 600) -> tuple[Dist, str]:
+    """(Dist, device name for this rank). Joins the process group if torchrun started us."""
+    if dist.is_available() and dist.is_initialized():
+        d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        d = Dist(dist.get_rank(), dist.get_world_size(), local, owned=True)
+    else:
+        return Dist(), device_name
+    if device_name == "cpu" or (device_name == "auto" and not torch.cuda.is_available()):
+        return d, "cpu"
+    return d, f"cuda:{d.local_rank}"
+
+
+def teardown(d: Dist) -> None:
+    if d.owned and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def all_sum(d: Dist, values: dict[str, torch.Tensor], seen: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Sum the epoch's metric sums and sample count over ranks (one collective)."""
+    if not d.enabled:
+        return values, seen
+    keys = list(values)  # the same order on every rank: the same code filled it
+    device = values[keys[0]].device if keys else torch.device("cpu")
+    flat = torch.stack([values[k].detach().float().reshape(()) for k in keys] + [torch.tensor(float(seen), device=device)])
+    dist.all_reduce(flat)
+    return {k: flat[i] for i, k in enumerate(keys)}, int(flat[-1].item())
+
+
+def check_same(d: Dist, what: str, values: list[float], device) -> None:
+    """Refuse to train if ranks disagree (e.g. class counts, hence LDAM margins and DRW weights)."""
+    if not d.enabled:
+        return
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    lo, hi = t.clone(), t.clone()
+    dist.all_reduce(lo, dist.ReduceOp.MIN)
+    dist.all_reduce(hi, dist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError(f"ranks disagree on {what}; every rank must read the same dataset and configuration")
+
+
+class StepModule(nn.Module):
+    """The training step as a module, so DDP's forward hooks see it and average the gradients."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y, cls_loss, params):
+        return self.model.loss_from_params(x, y, cls_loss, params)
+
+
+def wrap(d: Dist, model: nn.Module, sync_bn: bool, device: torch.device):
+    """(the step callable, the model). Under DDP the step goes through DistributedDataParallel;
+    the reference gate's parameters get no gradient (its output is detached), hence
+    find_unused_parameters for that gate alone."""
+    if not d.enabled:
+        return model.loss_from_params, model
+    if sync_bn:
+        if device.type != "cuda":
+            from .config import ConfigError
+            raise ConfigError("distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU "
+                              "each rank normalises with its own batch's statistics; set distributed.sync_bn=false")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp = nn.parallel.DistributedDataParallel(StepModule(model), device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=getattr(model, "gate_mode", "") == "reference")
+    return ddp, model
+
+
+def global_params(d: Dist, model, x: torch.Tensor, gen: torch.Generator, size: int, start: int) -> dict:
+    """Pretext parameters drawn for the whole global batch of `size` (as one process would draw them),
+    then this rank's rows [start, start + len(x))."""
+    if not d.enabled:
+        return model.sample_params(x, gen)
+    full = model.sample_params(x[:1].expand(size, *x.shape[1:]), gen)
+    b = x.shape[0]
+    return {k: v[start:start + b] if v.dim() and v.shape[0] == size else v for k, v in full.items()}

@@ -1,0 +1,122 @@
+"""Data-parallel training under torchrun, on CPU with gloo and 2 processes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gssl import rundir
+from gssl.data import DeviceLoader
+from gssl.distributed import Dist, global_params
+from gssl.method import GatedSSL
+
+from conftest import train_tiny_run
+
+TINY = ["--preset", "cifar10-lt0.01-gated-triple", "--set", "optim.base_epochs=2", "--set", "model.backbone=resnet20",
+        "--set", "data.imbalance=1.0", "--set", "optim.milestones=[]", "--set", "optim.warmup_epochs=0",
+        "--set", "loss.name=ce", "--set", "loss.drw_epoch=null", "--set", "ssl.gate=learned", "--quiet"]
+
+
+def _torchrun(args, cwd, env_extra=None, nproc=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "gssl", "train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("n", [64, 70, 65])  # full batches only; a partial one split 3/3; one of 1 (< 2 ranks)
+def test_ranks_split_every_global_batch_like_one_process(n):
+    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(n)
+    kw = dict(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2, hflip=True, seed=3)
+    one = list(DeviceLoader(images, labels, 16, **kw))
+    ranks = [list(DeviceLoader(images, labels, 8, rank=r, world=2, **kw)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1])  # every rank takes the same number of steps: no deadlock
+    full = n // 16
+    for i in range(len(ranks[0])):
+        x = torch.cat([ranks[0][i][0], ranks[1][i][0]])
+        y = torch.cat([ranks[0][i][1], ranks[1][i][1]])
+        assert torch.equal(y, one[i][1]) and torch.equal(x, one[i][0])  # same images, crops and flips
+    if n % 16 == 1:
+        assert len(ranks[0]) == full  # a last batch smaller than the world is dropped on every rank
+    elif n % 16:
+        assert len(ranks[0]) == full + 1 and len(ranks[0][-1][1]) == len(ranks[1][-1][1]) == 3
+
+
+def test_each_rank_gets_its_slice_of_the_global_pretext_draw():
+    model = GatedSSL("resnet20", 10, tasks=["lorot", "flip", "channel"], gate="learned")
+    x = torch.randn(16, 3, 8, 8)
+    whole = model.sample_params(x, torch.Generator().manual_seed(5))
+    for r in (0, 1):
+        part = global_params(Dist(rank=r, world=2), model, x[:8], torch.Generator().manual_seed(5), 16, 8 * r)
+        assert all(torch.equal(part[k], whole[k][8 * r:8 * r + 8]) for k in whole)
+
+
+def _weights(run):
+    sd = rundir.load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    return {k: v for k, v in sd.items() if "running_" not in k and "num_batches" not in k}
+
+
+def test_two_processes_with_batch_b_train_like_one_with_2b(fake_cifar10, tmp_path, monkeypatch):
+    """Per-rank batch 8 on 2 ranks against batch 16 in one process whose batch norm normalises each half
+    with its own statistics, as each rank does (PyTorch's SyncBatchNorm is GPU-only). 50 images: 3 full
+    global batches and a last one of 2, split 1/1. Tolerance 1e-6: float rounding (measured 6e-8); at
+    lr 0.1 over many steps the rounding grows chaotically (5e-3 after 13 steps), as between any two
+    float orders of summation."""
+    work = tmp_path / "work"
+    work.mkdir()
+    few = ["--set", "data.max_per_class=5", "--set", "optim.lr=0.01"]
+    r = _torchrun([*TINY, *few, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=1", "--set",
+                   "optim.batch_size=8", "--out", "ddp"], cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in work.iterdir()) == ["ddp"]  # rank 1 wrote nothing anywhere
+    assert sorted(p.name for p in (work / "ddp").iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl",
+                                                                 "summary.json"]
+    assert "final test accuracy" in r.stdout and r.stdout.count("final test accuracy") == 1
+
+    real = torch.nn.modules.batchnorm._BatchNorm.forward
+
+    def ghost(self, x):  # normalise each half of the batch on its own, as the two ranks do
+        if self.training and x.shape[0] >= 2:
+            return torch.cat([real(self, c) for c in x.split((x.shape[0] + 1) // 2)])
+        return real(self, x)
+    monkeypatch.setattr(torch.nn.modules.batchnorm._BatchNorm, "forward", ghost)
+    sets = [a for a in TINY[2:] if a not in ("--set", "--quiet")]
+    one = train_tiny_run(fake_cifar10, tmp_path / "one", 1, *sets, "optim.batch_size=16", "data.max_per_class=5",
+                         "optim.lr=0.01")
+    a, b = _weights(work / "ddp"), _weights(one)
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-6, f"largest parameter difference {worst:.2e}"
+    m1 = json.loads((work / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
+    m2 = json.loads((one / "metrics.jsonl").read_text().splitlines()[0])
+    assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)  # metrics summed over ranks
+    assert m1["gate_lorot"] == pytest.approx(m2["gate_lorot"], rel=1e-5)
+    assert m1["train_acc"] == pytest.approx(m2["train_acc"])
+
+
+def test_a_killed_rank_ends_the_job_and_resume_under_two_processes_is_exact(fake_cifar10, tmp_path):
+    args = [*TINY, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=2", "--set", "optim.batch_size=8"]
+    full = _torchrun([*args, "--out", "full"], cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _torchrun([*args, "--out", "killed"], cwd=tmp_path, env_extra={"GSSL_FAULT": "kill-during-write:last.pt:2"})
+    assert killed.returncode != 0  # the job came down (no hang: the call has a timeout)
+    assert rundir.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 0
+    resumed = _torchrun(["--resume", "killed", "--quiet"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (rundir.load_checkpoint(tmp_path / r / "checkpoints" / "last.pt")["model"] for r in ("full", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_needs_an_explicit_run_directory(fake_cifar10, tmp_path):
+    r = _torchrun([*TINY, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=1"], cwd=tmp_path)
+    assert r.returncode != 0 and "under torchrun, name the run directory with --out" in r.stderr
+
+
+def test_sync_bn_on_cpu_is_refused_with_the_reason(fake_cifar10, tmp_path):
+    r = _torchrun([*TINY, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=1", "--set",
+                   "distributed.sync_bn=true", "--out", "x"], cwd=tmp_path)
+    assert r.returncode != 0 and "SyncBatchNorm is GPU-only" in r.stderr
+    assert not (tmp_path / "x").exists()
