@@ -1,7 +1,8 @@
 """The paper's protocols as named presets: a protocol YAML (configs/) plus a method overlay.
 
-Table 1: long-tailed CIFAR-10/100 at ratios 0.01, 0.02, 0.05 x six methods; Table 2: Tiny-ImageNet
-x six methods; plus `quickstart`. Each preset records the paper's published top-1 where one exists,
+Table 1: long-tailed CIFAR-10/100 at ratios 0.01, 0.02, 0.05 x (six methods + five baselines gssl runs
+itself: ERM, SSP, SLA-SD x 2, LoRot-I); Table 2: Tiny-ImageNet x six methods; adversarial training on
+CIFAR-10 (the longer paper) x four; plus `quickstart`. Each preset records the paper's published top-1 where one exists,
 so tables can print it beside our numbers.
 """
 from __future__ import annotations
