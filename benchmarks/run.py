@@ -44,16 +44,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def step_fn(backbone, batch, side, tasks, gate, device, compiled):
+def step_fn(backbone, batch, side, tasks, gate, device, compiled, channels_last=None):
     torch.manual_seed(0)
     model = GatedSSL(backbone, 10, tasks=tasks, gate=gate).to(device)
     cuda = device.type == "cuda"
-    if cuda:
+    channels_last = cuda if channels_last is None else channels_last
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if cuda else {"foreach": True}))
     loss_fn = build_loss("ce").to(device)
     x = torch.randn(batch, 3, side, side, device=device)
-    if cuda:
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(10, (batch,), device=device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -78,6 +79,9 @@ def bench_step(device, reps, quick):
     for backbone, batch, side in shapes:
         for compiled in modes:
             fns = {name: step_fn(backbone, batch, side, t, g, device, compiled) for name, (t, g) in VARIANTS.items()}
+            if device.type == "cpu":  # is channels_last worth it on CPU? (the engine uses it on CUDA only)
+                fns["+ gated triple, channels_last"] = step_fn(backbone, batch, side, *VARIANTS["+ gated triple"],
+                                                               device, compiled, channels_last=True)
             inner = max(1, 20 if device.type == "cuda" else 1)  # steps per timed call (amortise the sync)
 
             def many(f):
@@ -93,9 +97,9 @@ def bench_step(device, reps, quick):
                              "images_per_s": batch * inner / r["median_s"], "vs_plain_median": r["ratio_median"],
                              "vs_plain_paired": r["ratio_paired"]})
     print(f"\n[step] training step on {device}")
-    print(f"{'model':9} {'batch':>5} {'px':>3} {'compiled':>8}  {'variant':16} {'images/s':>10} {'x plain (median/paired)':>24}")
+    print(f"{'model':9} {'batch':>5} {'px':>3} {'compiled':>8}  {'variant':30} {'images/s':>10} {'x plain (median/paired)':>24}")
     for r in rows:
-        print(f"{r['model']:9} {r['batch']:>5} {r['px']:>3} {str(r['compiled']):>8}  {r['variant']:16} "
+        print(f"{r['model']:9} {r['batch']:>5} {r['px']:>3} {str(r['compiled']):>8}  {r['variant']:30} "
               f"{r['images_per_s']:>10,.0f} {r['vs_plain_median']:>11.3f}x {r['vs_plain_paired']:>10.3f}x")
     return rows
 

@@ -16,7 +16,7 @@ def test_benchmark_suite_runs_every_section_and_writes_its_json(tmp_path):
     assert {"env", "step", "transform", "loader", "epoch", "sweep"} <= set(res)
     assert res["env"]["torch"] and res["env"]["quick"] is True
     steps = {row["variant"]: row for row in res["step"]}
-    assert set(steps) == {"plain", "+ LoRot-E", "+ gated triple"}
+    assert set(steps) == {"plain", "+ LoRot-E", "+ gated triple", "+ gated triple, channels_last"}
     assert steps["plain"]["vs_plain_median"] == 1.0 and all(r["images_per_s"] > 0 for r in steps.values())
     assert res["transform"]["per-sample loop (reference)"]["median_s"] > 0
     assert res["loader"]["results"][0]["images_per_s"] > 0

@@ -195,3 +195,15 @@ def test_sweep_spreads_runs_over_gpus_one_per_gpu(tmp_path, monkeypatch, capsys)
     gpus = [g for _, g in seen]
     assert sorted(set(gpus)) == ["2", "5"] and gpus[:2] == ["2", "5"]
     assert "on GPU 2" in capsys.readouterr().out
+
+
+def test_sweep_grid_expands_every_combination_with_readable_names(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["sweep", "--preset", "quickstart", "--grid", "ssl.gate=[reference,learned]",
+                 "--grid", "ssl.ratio=[0.1,0.5]", "--seeds", "0", "1", "--out", str(out), "--dry-run"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[new]")]
+    assert len(lines) == 8  # 2 gates x 2 ratios x 2 seeds
+    assert any("--set ssl.gate=learned --set ssl.ratio=0.5 --set seed=1 --out " + str(out / "quickstart+gate-learned+ratio-0.5" / "seed1") in l
+               for l in lines)
+    assert main(["sweep", "--preset", "quickstart", "--grid", "ssl.gate=learned", "--out", str(out)]) == 2
+    assert "expected KEY=[V1,V2,...]" in capsys.readouterr().err

@@ -318,6 +318,8 @@ EXAMPLES_SWEEP = """examples:
   gssl sweep configs/sweeps/cifar10-lt-cpu.yaml --set data.root=~/data/cifar-10-jpg.tar.gz
   gssl sweep --preset cifar10-lt0.01-ldam-drw --preset cifar10-lt0.01-gated-triple --seeds 0 1 2 \\
              --set optim.epochs=20 --out runs/c10 --parallel 2
+  gssl sweep --preset cifar10-lt0.01-gated-triple --grid 'ssl.gate=[reference,learned,uniform]' \\
+             --grid 'ssl.ratio=[0.1,0.5]' --seeds 0 1 --out runs/gates   # 6 settings x 2 seeds
   gssl sweep my-sweep.yaml --dry-run              # the commands it would run
 """
 EXAMPLES_TABLE = """examples:
@@ -335,6 +337,9 @@ def _sweep_parsers(sub, fmt) -> None:
     s.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's, or 0)")
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key in every run (repeatable)")
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]",
+                   help="run every preset/run with each value, e.g. --grid 'ssl.gate=[reference,learned]' (repeatable: "
+                   "every combination)")
     s.add_argument("--out", metavar="DIR", help="sweep folder (default: the file's `out`)")
     s.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at a time (default 1)")
     s.add_argument("--gpus", metavar="IDS", help="spread the runs over these GPUs, e.g. 0,1,2,3 (one run per GPU "
@@ -359,11 +364,11 @@ def _sweep(args) -> int:
     if args.file and args.presets:
         raise ConfigError("give a sweep file or --preset, not both")
     if args.file:
-        jobs = sweep.jobs_from_file(args.file, args.out, args.seeds, args.sets)
+        jobs = sweep.jobs_from_file(args.file, args.out, args.seeds, args.sets, sweep.parse_grid(args.grid))
     elif args.presets:
         if not args.out:
             raise ConfigError("--preset needs --out DIR for the sweep folder")
-        jobs = sweep.jobs_from_presets(args.presets, args.out, args.seeds or [0], args.sets)
+        jobs = sweep.jobs_from_presets(args.presets, args.out, args.seeds or [0], args.sets, sweep.parse_grid(args.grid))
     else:
         raise ConfigError("name a sweep file or at least one --preset; see `gssl sweep --help`")
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None

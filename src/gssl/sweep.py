@@ -11,12 +11,14 @@ A sweep file (YAML):
     out: runs/cifar10-lt-cpu
     seeds: [0, 1, 2]
     set: {optim.epochs: 6, data.test_limit: 2000}      # for every run
+    grid: {ssl.gate: [reference, learned]}             # every run x every combination (optional)
     runs:
       - {name: ldam-drw, preset: cifar10-lt0.01-ldam-drw}
       - {name: gated-triple-learned, preset: cifar10-lt0.01-gated-triple, set: {ssl.gate: learned}}
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -79,12 +81,42 @@ def _sets(values, where: str) -> list[str]:
     raise ConfigError(f"{where}: expected a mapping of key: value or a list of 'key=value', got {values!r}")
 
 
+def _grid(grid, where: str) -> list[tuple[str, list[str]]]:
+    """{key: [values]} -> [(name suffix, ['key=value', ...])] over every combination ([('', [])] if none)."""
+    if not grid:
+        return [("", [])]
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{where}: grid must map keys to non-empty lists of values, e.g. {{ssl.gate: [reference, learned]}}")
+    out = []
+    for combo in itertools.product(*grid.values()):
+        pairs = dict(zip(grid, combo))
+        suffix = "+".join(f"{k.split('.')[-1]}-{re.sub(r'[^A-Za-z0-9._-]', '', str(v))}" for k, v in pairs.items())
+        out.append(("+" + suffix, _sets(pairs, where)))
+    return out
+
+
+def parse_grid(items: list[str]) -> dict:
+    """--grid 'ssl.gate=[reference,learned]' (repeatable) -> {'ssl.gate': ['reference', 'learned']}."""
+    import yaml
+    grid = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError:
+            values = None
+        if not key or not isinstance(values, list) or not values:
+            raise ConfigError(f"--grid {item!r}: expected KEY=[V1,V2,...], e.g. --grid 'ssl.gate=[reference,learned]'")
+        grid[key] = values
+    return grid
+
+
 def jobs_from_file(path: str | Path, out: str | None = None, seeds: list[int] | None = None,
-                   sets: list[str] = ()) -> list[Job]:
+                   sets: list[str] = (), grid: dict | None = None) -> list[Job]:
     spec = load_yaml(path)
-    unknown = set(spec) - {"out", "seeds", "set", "runs"}
+    unknown = set(spec) - {"out", "seeds", "set", "runs", "grid"}
     if unknown:
-        raise ConfigError(f"sweep file {path}: unknown keys {sorted(unknown)}; allowed: out, seeds, set, runs")
+        raise ConfigError(f"sweep file {path}: unknown keys {sorted(unknown)}; allowed: out, seeds, set, grid, runs")
     runs = spec.get("runs")
     if not isinstance(runs, list) or not runs:
         raise ConfigError(f"sweep file {path}: 'runs' must be a non-empty list of {{name, preset|config, set}}")
@@ -102,14 +134,18 @@ def jobs_from_file(path: str | Path, out: str | None = None, seeds: list[int] | 
         if bad:
             raise ConfigError(f"{where}: unknown keys {sorted(bad)}; allowed: name, preset, config, set")
         name = str(r.get("name") or r.get("preset") or Path(r["config"]).stem)
-        protos.append((name, r.get("preset"), r.get("config"), common + _sets(r.get("set"), where)))
+        for suffix, cell in _grid({**(spec.get("grid") or {}), **(grid or {})}, f"sweep file {path}: grid"):
+            protos.append((name + suffix, r.get("preset"), r.get("config"), common + _sets(r.get("set"), where) + cell))
     # seed-major: every run's first seed before any second one, so a sweep cut short still compares
     return check_jobs([Job(n, s, p, c, list(st), Path(out_dir)) for s in _seeds(seeds, f"sweep file {path}")
                        for n, p, c, st in protos])
 
 
-def jobs_from_presets(presets: list[str], out: str, seeds: list[int], sets: list[str] = ()) -> list[Job]:
-    return check_jobs([Job(p, s, p, None, list(sets), Path(out)) for s in _seeds(seeds, "--seeds") for p in presets])
+def jobs_from_presets(presets: list[str], out: str, seeds: list[int], sets: list[str] = (),
+                      grid: dict | None = None) -> list[Job]:
+    cells = _grid(grid, "--grid")
+    return check_jobs([Job(p + suffix, s, p, None, list(sets) + cell, Path(out))
+                       for s in _seeds(seeds, "--seeds") for p in presets for suffix, cell in cells])
 
 
 def _seeds(seeds, where: str) -> list[int]:
