@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from .config import Config, ConfigError
-from .data import DataError, ImageSet, first_per_class, load_dataset, long_tail_indices, mean_std
+from .data import (DataError, ImageSet, first_per_class, labeled_unlabeled_split, load_dataset, long_tail_indices,
+                   mean_std)
 from .losses import build_loss
 from .method import GatedSSL
 from .sla import SLASD
@@ -30,6 +31,7 @@ class Data:
     counts: list[int]          # training images per class, after long-tailed subsampling
     mean: tuple
     std: tuple
+    unlabeled: ImageSet | None = None  # FixMatch: the training images whose labels training never reads
 
 
 def build_data(cfg: Config) -> Data:
@@ -40,10 +42,15 @@ def build_data(cfg: Config) -> Data:
         train = train.subset(first_per_class(train.labels.numpy(), d.max_per_class))
     if d.imbalance < 1:
         train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
+    unlabeled = None
+    if cfg.semi.labels_per_class is not None:  # FixMatch: a few labelled images per class, the rest unlabelled
+        lab, unl = labeled_unlabeled_split(train.labels.numpy(), cfg.semi.labels_per_class, cfg.semi.split_seed)
+        train, unlabeled = train.subset(lab), train.subset(unl)
     if d.test_limit is not None:  # balanced: the same number of test images from every class
         test = test.subset(first_per_class(test.labels.numpy(), math.ceil(d.test_limit / len(test.classes))))
     if d.to_rgb:
         train, test = train.to_rgb(), test.to_rgb()
+        unlabeled = unlabeled.to_rgb() if unlabeled is not None else None
     C = train.images.shape[1]
     mean, std = ((0.5,) * C, (0.5,) * C) if d.normalize == "symmetric" else mean_std(d.name, train, channels=C)
     counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
@@ -56,7 +63,7 @@ def build_data(cfg: Config) -> Data:
                           f"with no training images ({names}), as the rarest class keeps int({max(counts)} x "
                           f"{d.imbalance}) images. Raise data.imbalance"
                           f"{' or data.max_per_class' if d.max_per_class else ''}, or use more images per class")
-    return Data(train, test, counts, tuple(mean), tuple(std))
+    return Data(train, test, counts, tuple(mean), tuple(std), unlabeled)
 
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | SLASD:

@@ -103,6 +103,19 @@ class AdvConfig:
 
 
 @dataclass
+class SemiConfig:
+    """FixMatch (SPEC section 7): off unless labels_per_class is set."""
+    labels_per_class: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1,
+                                                                        "an integer >= 1, or null (supervised only)"))
+    mu: int = field(default=7, metadata=_check(lambda v: v >= 1, "an integer >= 1 (unlabelled per labelled image)"))
+    threshold: float = field(default=0.95, metadata=_check(lambda v: 0 <= v <= 1, "a confidence in [0, 1]"))
+    lambda_u: float = field(default=1.0, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
+    ema: float = field(default=0.999, metadata=_check(lambda v: 0 <= v < 1, "a decay in [0, 1); 0: no EMA"))
+    steps_per_epoch: int = field(default=1024, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    split_seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
+
+
+@dataclass
 class DistributedConfig:
     """Used only under torchrun (docs/distributed.md)."""
     sync_bn: bool = False                  # SyncBatchNorm: batch statistics over the global batch
@@ -124,6 +137,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [160, 180], metadata=_check(
         lambda v: all(m >= 0 for m in v) and list(v) == sorted(v), "a sorted list of epochs >= 0"))
     gamma: float = field(default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a factor in (0, 1]"))
+    decay_norm_and_bias: bool = True       # false: no weight decay on batch-norm weights and biases (FixMatch)
 
 
 @dataclass
@@ -135,6 +149,7 @@ class Config:
     sla: SLAConfig = field(default_factory=SLAConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))

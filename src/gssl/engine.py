@@ -25,7 +25,7 @@ from .evaluation import evaluate_run, write_eval  # noqa: F401 (API)
 from .losses import drw_weights
 from .sla import SLASD
 from .ssp import pretrain_rotation
-from . import attacks, distributed
+from . import attacks, distributed, semisup
 from .step import Compiled, FiniteWatch
 
 
@@ -97,7 +97,9 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     step_module, model = distributed.wrap(d, model, cfg.distributed.sync_bn, device)  # DDP under torchrun
     cls_loss = build_cls_loss(cfg, data.counts).to(device)
     o = cfg.optim
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+    groups = [{"params": [p for p in model.parameters() if p.dim() > 1 or o.decay_norm_and_bias]},
+              {"params": [p for p in model.parameters() if p.dim() <= 1 and not o.decay_norm_and_bias], "weight_decay": 0.0}]
+    opt = torch.optim.SGD([g for g in groups if g["params"]], lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                           weight_decay=o.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
     _, _, drw_epoch = scaled_schedule(o, cfg.loss.drw_epoch)
     drw_w = drw_weights(data.counts, cfg.loss.drw_beta).to(device)
@@ -107,10 +109,21 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
                           device=device, rank=d.rank, world=d.world)
     test_loader = DeviceLoader(data.test.images, data.test.labels, max(512, o.batch_size), mean=data.mean,
                                std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device)
+    semi = data.unlabeled is not None  # FixMatch: unlabelled batches of mu x B, weak and strong views, EMA
+    if semi and d.enabled:
+        raise ConfigError("semi-supervised training (semi.labels_per_class) does not run under torchrun yet; "
+                          "run it as one process")
+    u_loader = DeviceLoader(data.unlabeled.images, data.unlabeled.labels, o.batch_size * cfg.semi.mu, mean=data.mean,
+                            std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True,
+                            seed=cfg.seed + 1, device=device) if semi else None
+    strong = semisup.StrongAugment(data.mean, data.std, device) if semi else None
+    ema = semisup.ema_model(model, cfg.semi.ema) if semi and cfg.semi.ema > 0 else None
+    eval_net = ema.module if ema is not None else model
+    steps = cfg.semi.steps_per_epoch if semi else len(loader)
     # the fast path: compiled step and evaluation on full batches (static shapes), eager otherwise
     compiled = cuda if cfg.compile is None else cfg.compile
     step_fn = Compiled(step_module, enabled=compiled, batch=o.batch_size, mode=cfg.compile_mode)
-    eval_fn = Compiled(model, enabled=compiled, batch=test_loader.batch_size, mode=cfg.compile_mode, what="evaluation")
+    eval_fn = Compiled(eval_net, enabled=compiled, batch=test_loader.batch_size, mode=cfg.compile_mode, what="evaluation")
     watch = FiniteWatch(device)
     space = attacks.PixelSpace(data.mean, data.std, device)
     adv = _attack(cfg, cfg.adv.steps) if cfg.adv.attack != "none" else None
@@ -120,6 +133,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         last_pt = run_dir / rundir.CKPT_DIR / "last.pt"
         ck = rundir.load_checkpoint(last_pt, map_location=device)
         rundir.restore(model, ck, last_pt, opt)
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         start, best, best_epoch = int(ck["epoch"]) + 1, float(ck["best_acc"]), int(ck["best_epoch"])
         history = [r for r in rundir.read_metrics(run_dir) if isinstance(r.get("epoch"), int) and r["epoch"] < start]
         distributed.barrier(d)  # every rank has read before rank 0 rewrites
@@ -164,39 +179,51 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         sums: dict[str, torch.Tensor] = {}
         seen, t0 = 0, time.perf_counter()
         watch.reset()
-        bar = _progress(loader, epoch, o.epochs, quiet)
+        batches = semisup.cycle(loader, steps, epoch) if semi else loader
+        unlabeled = semisup.cycle(u_loader, steps, epoch) if semi else None
+        bar = _progress(batches, epoch, o.epochs, quiet, steps)
         for step, (x, y) in enumerate(bar):
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            params = distributed.global_params(d, model, x, gen, *loader.shard(step))
-            if adv is not None:  # adversarial training: the step sees the attacked batch
-                objective = (attacks.training_objective(model, cls_loss, params) if cfg.adv.objective == "pretext"
-                             else attacks.classification_objective(model, cls_loss))
-                with attacks.attack_mode(model, cfg.adv.bn_train), \
-                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    x = attacks.perturb(objective, x, y, space, adv, gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss, stats = step_fn(x, y, cls_loss, params)
+            if semi:  # FixMatch: labelled, weak and strong views in one forward pass
+                xu, yu = next(unlabeled)
+                xs = strong(xu, gen)
+                params = model.sample_params(torch.cat([x, xu, xs]), gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    loss, stats = semisup.fixmatch_loss(model, x, y, xu, xs, yu, cls_loss, params,
+                                                        cfg.semi.threshold, cfg.semi.lambda_u)
+            else:
+                params = distributed.global_params(d, model, x, gen, *loader.shard(step))
+                if adv is not None:  # adversarial training: the step sees the attacked batch
+                    objective = (attacks.training_objective(model, cls_loss, params) if cfg.adv.objective == "pretext"
+                                 else attacks.classification_objective(model, cls_loss))
+                    with attacks.attack_mode(model, cfg.adv.bn_train), \
+                            torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                        x = attacks.perturb(objective, x, y, space, adv, gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    loss, stats = step_fn(x, y, cls_loss, params)
             watch.update(step, loss, stats)
             if not cuda:  # reading it is free on CPU; on CUDA once per epoch, below
-                _stop_if_non_finite(watch, epoch, o.epochs, len(loader), run_dir)
+                _stop_if_non_finite(watch, epoch, o.epochs, steps, run_dir)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             b = y.shape[0]
             for k, v in stats.items():  # device-side sums; read once per epoch
                 v = v.detach().float()
                 sums[k] = sums.get(k, 0) + (v if k.endswith("correct") else v * b)
             seen += b
-            if bar is not loader and step % (100 if cuda else 10) == 0:  # reading sums synchronises
+            if bar is not batches and step % (100 if cuda else 10) == 0:  # reading sums synchronises
                 bar.set_postfix(_postfix(sums, seen), refresh=False)
-        _stop_if_non_finite(watch, epoch, o.epochs, len(loader), run_dir)
+        _stop_if_non_finite(watch, epoch, o.epochs, steps, run_dir)
         if cuda:
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
         sums, seen = distributed.all_sum(d, sums, seen)  # metrics and gate weights over every rank
 
-        logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda, fn=eval_fn)
+        logits, labels = metrics.predict(eval_net, test_loader, device.type, amp=cuda, fn=eval_fn)
         test_acc = metrics.top1(logits, labels)
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
                "images_per_second": round(seen / train_seconds, 1),
@@ -210,7 +237,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         if not d.main:
             continue
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                 "best_acc": best, "best_epoch": best_epoch, "config": cfg.to_dict()}
+                 "best_acc": best, "best_epoch": best_epoch, "config": cfg.to_dict(),
+                 **({"ema": ema.state_dict()} if ema is not None else {})}
         with _write_failure_stops(run_dir, epoch):
             rundir.write_metrics(run_dir, history)
             if best_epoch == epoch:
@@ -231,7 +259,7 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     distributed.barrier(d)
     if not d.main:
         return {}
-    logits, labels = metrics.predict(model, test_loader, device.type, amp=cuda)
+    logits, labels = metrics.predict(eval_net, test_loader, device.type, amp=cuda)
     rep = metrics.report(logits, labels, data.counts)
     last = history[-1] if history else {}
     extra = {}
@@ -312,11 +340,12 @@ def _postfix(sums: dict, seen: int) -> dict:
     return out
 
 
-def _progress(loader, epoch: int, epochs: int, quiet: bool):
+def _progress(batches, epoch: int, epochs: int, quiet: bool, total: int):
     if quiet:
-        return loader
+        return batches
     from tqdm import tqdm
-    return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
+                file=sys.stderr)
 
 
 def _tensorboard(run_dir: Path):

@@ -24,6 +24,8 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
     ck_path = run_dir / rundir.CKPT_DIR / f"{checkpoint}.pt"
     ck = rundir.load_checkpoint(ck_path, map_location=device)
     rundir.restore(model, ck, ck_path)
+    if "ema" in ck:  # FixMatch runs are judged by their EMA weights, as in training
+        model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")})
     loader = DeviceLoader(data.test.images, data.test.labels, 512, mean=data.mean, std=data.std,
                           crop_padding=0, hflip=False, shuffle=False, device=device)
     logits, labels = metrics.predict(model, loader, device.type, amp=device.type == "cuda")

@@ -68,14 +68,22 @@ class GatedSSL(nn.Module):
         self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Pure part of the training step. Returns (total loss, detached stats tensors)."""
+        logits, ssl_total, stats = self.train_forward(x, params)
+        loss_cls = cls_loss(logits, y)
+        total = loss_cls + ssl_total
+        stats.update({"cls_loss": loss_cls.detach(), "correct": (logits.argmax(1) == y).sum(), "loss": total.detach()})
+        return total, stats
+
+    def train_forward(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The transformed batch through the backbone once: (class logits, ssl_ratio x gated pretext loss
+        + the gate's own term, stats). FixMatch calls this on its labelled, weak and strong views at once."""
         labels = {}
         if self.pretext is not None:
             x, labels = self.pretext.apply(x, params)
         feat = self.backbone(x)
         logits = self.classifier(feat)
-        loss_cls = cls_loss(logits, y)
-        stats = {"cls_loss": loss_cls.detach(), "correct": (logits.argmax(1) == y).sum()}
-        total, aux = loss_cls, loss_cls.new_zeros(())
+        ssl_total = logits.new_zeros((), dtype=torch.float32)
+        stats: dict[str, Tensor] = {"aux": ssl_total.detach()}
         if self.pretext is not None:
             # Per-sample CE on each head; raw cosines when the heads are cosine (SPEC section 4).
             losses = torch.stack(
@@ -83,15 +91,13 @@ class GatedSSL(nn.Module):
                 dim=1,
             )
             gated = self.gate(feat, losses)
-            aux = gated.aux_loss
-            total = loss_cls + self.ssl_ratio * gated.pretext_loss + aux
+            ssl_total = self.ssl_ratio * gated.pretext_loss + gated.aux_loss
+            stats["aux"] = gated.aux_loss.detach()
             per_task = losses.detach().mean(0)
             for i, t in enumerate(self.tasks):
                 stats[f"ssl_{t}"] = per_task[i]
                 stats[f"gate_{t}"] = gated.weights[i]
-        stats["aux"] = aux.detach()
-        stats["loss"] = total.detach()
-        return total, stats
+        return logits, ssl_total, stats
 
     def training_loss(
         self, x: Tensor, y: Tensor, cls_loss: nn.Module, generator: torch.Generator

@@ -2,7 +2,7 @@
 
 Table 1: long-tailed CIFAR-10/100 at ratios 0.01, 0.02, 0.05 x (six methods + five baselines gssl runs
 itself: ERM, SSP, SLA-SD x 2, LoRot-I); Table 2: Tiny-ImageNet x six methods; adversarial training on
-CIFAR-10 (the longer paper) x four; plus `quickstart`. Each preset records the paper's published top-1 where one exists,
+CIFAR-10 and FixMatch with 4,000 labels (the longer paper) x four each; plus `quickstart`. Each preset records the paper's published top-1 where one exists,
 so tables can print it beside our numbers.
 """
 from __future__ import annotations
@@ -90,6 +90,15 @@ def _build_presets() -> dict[str, Preset]:
         overlay = merge(overlay, {"optim": {"epochs": 200, "base_epochs": 200}})  # one schedule for every row
         presets[f"cifar10-adv-{row}"] = Preset(f"cifar10-adv-{row}", "cifar10-adv.yaml", overlay,
                                                f"PGD adversarial training, CIFAR-10, WRN-40-2 {what}", None, row)
+    semi = {"supervised": ("supervised only, on the same 4,000 labels (lambda_u = 0)",
+                           {"ssl": {"tasks": [], "gate": "none"}, "semi": {"lambda_u": 0.0, "mu": 1}}),
+            "fixmatch": ("FixMatch", METHODS["baseline"][1]),
+            "fixmatch-lorot": ("FixMatch + LoRot-E", {"ssl": {"tasks": ["lorot"], "gate": "uniform"}}),
+            "fixmatch-gated-triple": ("FixMatch + gated LoRot-E + Flip + ShuffleChannel",
+                                      {"ssl": {"tasks": ["lorot", "flip", "channel"], "gate": "reference"}})}
+    for row, (what, overlay) in semi.items():
+        presets[f"cifar10-4000-{row}"] = Preset(f"cifar10-4000-{row}", "cifar10-semi.yaml", overlay,
+                                                f"CIFAR-10 with 4,000 labels, WRN-28-2: {what}", None, row)
     presets["quickstart"] = Preset("quickstart", "quickstart.yaml", {},
                                    "long-tailed Fashion-MNIST, ResNet-20, gated LoRot-E + Flip + ShuffleChannel, 4 epochs on CPU",
                                    method="quickstart")

@@ -1,0 +1,88 @@
+"""FixMatch with the gated pretext loss: threshold, EMA, no label leak, end to end at toy scale."""
+import json
+
+import pytest
+import torch
+
+from gssl import rundir
+from gssl.cli import main
+from gssl.config import from_dict
+from gssl.build import build_data
+from gssl.losses import build_loss
+from gssl.method import GatedSSL
+from gssl.presets import preset_dict
+from gssl.semisup import ema_model, fixmatch_loss, pseudo_labels
+
+from conftest import train_tiny_run
+
+SEMI = ["semi.labels_per_class=4", "semi.mu=2", "semi.steps_per_epoch=3", "semi.threshold=0.5",
+        "data.imbalance=1.0", "loss.name=ce", "loss.drw_epoch=null"]
+
+
+def test_threshold_masks_exactly_the_confident_predictions():
+    logits = torch.log(torch.tensor([[0.96, 0.02, 0.02], [0.5, 0.3, 0.2], [0.05, 0.95, 0.0 + 1e-9]]))
+    label, mask = pseudo_labels(logits, 0.95)
+    assert label.tolist() == [0, 0, 1] and mask.tolist() == [1.0, 0.0, 1.0]
+    assert pseudo_labels(logits, 0.0)[1].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_ema_update_is_exact():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = ema_model(model, 0.9)
+    start = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model(torch.randn(8, 3))  # moves the batch-norm buffers too
+    ema.update_parameters(model)  # the first update copies
+    ema.update_parameters(model)
+    now = model.state_dict()
+    for k, v in ema.module.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, now[k]), k  # after copying, the same weights: average of equal values
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in ema.module.named_parameters()}
+    ema.update_parameters(model)
+    for k, v in ema.module.named_parameters():
+        assert torch.allclose(v, 0.9 * before[k] + 0.1 * dict(model.named_parameters())[k], atol=1e-6)
+    assert start  # (the EMA started as a copy of the model)
+
+
+def test_the_unlabelled_loss_never_reads_true_labels_and_the_split_is_disjoint(fake_cifar10):
+    torch.manual_seed(0)
+    model = GatedSSL("resnet20", 10, tasks=["lorot", "flip", "channel"], gate="learned")
+    xl, yl = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    xu, xs = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    params = model.sample_params(torch.cat([xl, xu, xs]), torch.Generator().manual_seed(0))
+    args = (model, xl, yl, xu, xs)
+    a, sa = fixmatch_loss(*args, torch.randint(0, 10, (8,)), build_loss("ce"), params, 0.0, 1.0)
+    b, sb = fixmatch_loss(*args, torch.randint(0, 10, (8,)), build_loss("ce"), params, 0.0, 1.0)
+    assert torch.equal(a, b) and sa["mask_rate"] == 1.0  # other true labels, the same loss
+    cfg = from_dict({**preset_dict("cifar10-4000-fixmatch"), "data": {"name": "cifar10", "root": str(fake_cifar10),
+                     "imbalance": 1.0}, "semi": {"labels_per_class": 4}})
+    data = build_data(cfg)
+    assert len(data.train.labels) == 40 and data.counts == [4] * 10
+    assert len(data.unlabeled.labels) == 200 - 40
+    lab = {bytes(im.numpy()) for im in data.train.images}
+    assert not any(bytes(im.numpy()) in lab for im in data.unlabeled.images)
+
+
+def test_fixmatch_trains_end_to_end_with_its_metrics_and_ema_evaluation(fake_cifar10, tmp_path, capsys):
+    run = train_tiny_run(fake_cifar10, tmp_path / "fm", 2, *SEMI)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert 0 <= r["mask_rate"] <= 1 and 0 <= r["pseudo_label_acc"] <= 1 and r["unlabeled_loss"] >= 0
+        assert {"gate_lorot", "gate_flip", "gate_channel"} <= set(r)
+    ck = rundir.load_checkpoint(run / "checkpoints" / "last.pt")
+    assert "ema" in ck
+    s = json.loads((run / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0  # gssl eval judges the EMA weights, as training did
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["top1"] == pytest.approx(s["test_acc"])
+    # resume continues the EMA too
+    assert main(["train", "--resume", str(run), "--set", "optim.epochs=3", "--force", "--quiet"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
