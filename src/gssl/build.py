@@ -85,6 +85,19 @@ def check_method(cfg: Config) -> None:
                           f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none")
 
 
+def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:
+    """What the images must be for the chosen transforms, refused before training with how to fix it."""
+    if cfg.sla.transform == "rotation" and H != W:
+        raise ConfigError(f"sla.transform=rotation needs square images, but {cfg.data.name} images are {H}x{W}; "
+                          "use sla.transform=channel or none")
+    if cfg.sla.transform == "channel" and C != 3:
+        raise ConfigError(f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {C}; "
+                          "set data.to_rgb=true or use sla.transform=rotation")
+    if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
+        raise ConfigError(f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
+                          f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]")
+
+
 def build_cls_loss(cfg: Config, counts: list[int]):
     kw = {"ldam": {"max_m": cfg.loss.max_margin, "s": cfg.loss.scale}, "focal": {"gamma": cfg.loss.focal_gamma}}
     return build_loss(cfg.loss.name, counts, **kw.get(cfg.loss.name, {}))

@@ -19,7 +19,8 @@ import torch
 
 from . import __version__, metrics, rundir
 from .config import Config, ConfigError, scaled_schedule, to_yaml
-from .build import Data, build_cls_loss, build_data, build_model, check_method, pick_device  # noqa: F401 (API)
+from .build import (Data, build_cls_loss, build_data, build_model, check_method, check_shapes,  # noqa: F401 (API)
+                    pick_device)
 from .data import DeviceLoader
 from .evaluation import evaluate_run, write_eval  # noqa: F401 (API)
 from .losses import drw_weights
@@ -80,16 +81,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     torch.manual_seed(cfg.seed)
 
     data = build_data(cfg)
-    n_cls, (C, H, W) = len(data.train.classes), data.train.images.shape[1:]
-    if cfg.sla.transform == "rotation" and H != W:
-        raise ConfigError(f"sla.transform=rotation needs square images, but {cfg.data.name} images are {H}x{W}; "
-                          "use sla.transform=channel or none")
-    if cfg.sla.transform == "channel" and C != 3:
-        raise ConfigError(f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {C}; "
-                          "set data.to_rgb=true or use sla.transform=rotation")
-    if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
-        raise ConfigError(f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
-                          f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]")
+    n_cls, C = len(data.train.classes), data.train.images.shape[1]
+    check_shapes(cfg, *data.train.images.shape[1:])
     distributed.check_same(d, "the class counts (LDAM margins, DRW weights)", data.counts, device)
     model = build_model(cfg, n_cls, C).to(device)
     if cuda:
@@ -142,14 +135,13 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
             rundir.remove_temp_files(run_dir)  # halves of writes a kill interrupted
             rundir.write_metrics(run_dir, history)  # drop epochs the checkpoint does not cover
             rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())  # a --force'd change, now it fits
-        if d.main:
             log(f"resuming {run_dir} at epoch {start + 1}")
     else:
         if d.main:
             rundir.prepare(run_dir, force=force)  # only now: a refused run leaves the old one intact
             rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())
             rundir.write_metrics(run_dir, [])
-        if cfg.pretrain.epochs:  # (every rank pre-trains alike; DDP starts them all from rank 0's weights)  # SSP: rotation pre-training on the same training images, then start from it
+        if cfg.pretrain.epochs:  # SSP: rotation pre-training on the training images (every rank alike)
             pre_loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean,
                                       std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
                                       shuffle=True, seed=cfg.seed + 1, device=device)
