@@ -100,6 +100,7 @@ class AdvConfig:
     objective: str = field(default="pretext", metadata=_choice("pretext", "cls"))
     bn_train: bool = False                 # attack in train mode, BN statistics updated (the reference)
     eval_steps: int = field(default=20, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no robust evaluation)"))
+    eval_step_size: float = field(default=2 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255"))
 
 
 @dataclass

@@ -261,7 +261,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     if adv is not None and cfg.adv.eval_steps:  # robust accuracy, PGD with eval_steps steps, eval mode
         clean, robust = attacks.robust_accuracy(model, test_loader, space, _attack(cfg, cfg.adv.eval_steps, "pgd"),
                                                 amp=cuda, seed=cfg.seed)
-        extra.update({"robust_test_acc": robust, "robust_attack": f"pgd-{cfg.adv.eval_steps} eps {cfg.adv.eps:.5g}"})
+        extra.update({"robust_test_acc": robust, "robust_attack": f"pgd-{cfg.adv.eval_steps} eps {cfg.adv.eps:.5g} "
+                                                                  f"step {cfg.adv.eval_step_size:.5g}"})
     if cfg.pretrain.epochs and (run_dir / rundir.CKPT_DIR / "pretrain.pt").is_file():
         pre = rundir.load_checkpoint(run_dir / rundir.CKPT_DIR / "pretrain.pt")["history"]
         extra["pretrain_rotation_acc"] = pre[-1]["acc"] if pre else None
@@ -287,8 +288,10 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
 
 
 def _attack(cfg: Config, steps: int, kind: str | None = None) -> attacks.Attack:
+    """The training attack, or (kind="pgd") the final robust evaluation with its own step size."""
     a = cfg.adv
-    return attacks.Attack(kind or a.attack, a.eps, a.step_size, steps, a.random_start)
+    step = a.eval_step_size if kind == "pgd" else a.step_size
+    return attacks.Attack(kind or a.attack, a.eps, step, steps, a.random_start)
 
 
 def _stop_if_non_finite(watch: FiniteWatch, epoch: int, epochs: int, steps: int, run_dir: Path) -> None:
