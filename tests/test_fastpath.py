@@ -121,3 +121,10 @@ def test_cuda_pretext_draws_need_no_host_copy():
     gen = torch.Generator(device="cuda").manual_seed(0)
     params = model.cuda().sample_params(x.cuda(), gen)
     assert all(v.is_cuda for v in params.values())
+
+
+def test_channels_last_on_cpu_is_an_option_with_the_same_training(fake_cifar10, tmp_path):
+    a = train_tiny_run(fake_cifar10, tmp_path / "nhwc", 1, "channels_last=true")
+    b = train_tiny_run(fake_cifar10, tmp_path / "nchw", 1, "channels_last=false")
+    ra, rb = (json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in (a, b))
+    assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-3)

@@ -156,6 +156,7 @@ class Config:
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
     compile: bool | None = None            # torch.compile the step and evaluation; null: on CUDA only
+    channels_last: bool | None = None      # NHWC activations; null: on CUDA only (docs/performance.md)
     compile_mode: str = field(default="reduce-overhead", metadata=_choice(
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     tensorboard: bool = False

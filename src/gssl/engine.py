@@ -85,7 +85,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     check_shapes(cfg, *data.train.images.shape[1:])
     distributed.check_same(d, "the class counts (LDAM margins, DRW weights)", data.counts, device)
     model = build_model(cfg, n_cls, C).to(device)
-    if cuda:
+    channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_module, model = distributed.wrap(d, model, cfg.distributed.sync_bn, device)  # DDP under torchrun
     cls_loss = build_cls_loss(cfg, data.counts).to(device)
@@ -175,7 +176,7 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         unlabeled = semisup.cycle(u_loader, steps, epoch) if semi else None
         bar = _progress(batches, epoch, o.epochs, quiet, steps)
         for step, (x, y) in enumerate(bar):
-            if cuda:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if semi:  # FixMatch: labelled, weak and strong views in one forward pass
                 xu, yu = next(unlabeled)
