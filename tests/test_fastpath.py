@@ -124,7 +124,13 @@ def test_cuda_pretext_draws_need_no_host_copy():
 
 
 def test_channels_last_on_cpu_is_an_option_with_the_same_training(fake_cifar10, tmp_path):
+    model, x, y, loss_fn, params = _step_inputs()
+    ref, _ = model.loss_from_params(x, y, loss_fn, params)
+    nhwc, _ = model.to(memory_format=torch.channels_last).loss_from_params(
+        x.contiguous(memory_format=torch.channels_last), y, loss_fn, params)
+    assert torch.allclose(ref, nhwc, rtol=1e-5)  # the same step, another memory layout
     a = train_tiny_run(fake_cifar10, tmp_path / "nhwc", 1, "channels_last=true")
     b = train_tiny_run(fake_cifar10, tmp_path / "nchw", 1, "channels_last=false")
     ra, rb = (json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in (a, b))
-    assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-3)
+    # over an epoch, float rounding in another summation order drifts a little (batch 16, lr 0.1)
+    assert ra["loss"] == pytest.approx(rb["loss"], rel=0.05)
