@@ -176,6 +176,36 @@ def test_whole_image_rotation():
     assert torch.equal(rotation_transform(y, (4 - labels["rotation"]) % 4), x)
 
 
+def test_jigsaw_moves_quadrants_as_labelled():
+    from gssl.pretext import TILE_ORDERS, _tile_permutation_table, jigsaw_transform
+    assert _tile_permutation_table("cpu").tolist() == [list(p) for p in TILE_ORDERS]
+    x = torch.randn(48, 3, 8, 6)
+    tiles = torch.arange(48) % 24
+    y = jigsaw_transform(x, tiles)
+    for i in range(48):
+        quads = [x[i, :, r * 4:(r + 1) * 4, c * 3:(c + 1) * 3] for r in (0, 1) for c in (0, 1)]
+        order = TILE_ORDERS[int(tiles[i])]
+        for pos in range(4):
+            r, c = divmod(pos, 2)
+            assert torch.equal(y[i, :, r * 4:(r + 1) * 4, c * 3:(c + 1) * 3], quads[order[pos]])
+    assert torch.equal(jigsaw_transform(x, torch.zeros(48, dtype=torch.long)), x)  # label 0 is the identity
+    with pytest.raises(ValueError, match="even"):
+        jigsaw_transform(torch.zeros(1, 3, 5, 6), torch.zeros(1, dtype=torch.long))
+
+
+def test_jigsaw_with_rotation_is_jigsaw_then_rotation():
+    from gssl.pretext import jigsaw_transform
+    x = torch.randn(16, 3, 8, 8)
+    pre = build_pretext(["rotation", "jigsaw"])
+    params = pre.sample(x, torch.Generator().manual_seed(1))
+    y, labels = pre.apply(x, params)
+    assert set(labels) == {"rotation", "jigsaw"} and pre.num_classes == {"rotation": 4, "jigsaw": 24}
+    assert torch.equal(y, rotation_transform(jigsaw_transform(x, labels["jigsaw"]), labels["rotation"]))
+    assert labels["jigsaw"].unique().numel() > 8  # drawn per image
+    with pytest.raises(ValueError, match="whole-image"):
+        build_pretext(["lorot", "jigsaw"])
+
+
 def test_sampler_is_deterministic_and_covers_values():
     x = torch.zeros(4096, 3, 4, 4)
     pretext = build_pretext(["lorot", "flip", "channel"])

@@ -8,7 +8,9 @@ SPEC section 2. The G-SSL tasks share one random quadrant per sample (2x2 grid: 
     order, patch = patch[perm[c]] (label c, 6 classes).
 
 Baselines: LoRot-I (one random square per batch, side 2..W/2, rotation k per sample, label k) and
-whole-image rotation (label k).
+whole-image rotation (label k). For contrastive pre-training (ScatSimCLR's regularisers): a 2x2 jigsaw
+(the four quadrants permuted, label = index of the permutation in itertools.permutations(range(4))
+order, 24 classes), on the whole image and combinable with whole-image rotation (jigsaw first).
 
 Implementation: every task here only moves pixels, so the composite is one per-sample pixel
 permutation of the quadrant. We pull every sample's quadrant out with advanced indexing, map each
@@ -31,7 +33,8 @@ import torch
 from torch import Tensor
 
 PERMUTATIONS = tuple(itertools.permutations((0, 1, 2)))  # index 0 is the identity
-PARAM_ORDER = ("rotation", "flip", "perm")  # draw order (ops are applied flip, rotation, perm)
+TILE_ORDERS = tuple(itertools.permutations(range(4)))  # the 2x2 jigsaw's labels; index 0 is the identity
+PARAM_ORDER = ("rotation", "flip", "perm", "tiles")  # draw order (ops are applied tiles, flip, rotation, perm)
 REGIONS = ("quadrant", "square", "image")
 
 
@@ -45,6 +48,19 @@ def _permutation_table(device) -> Tensor:
     hi = 2 - (first == 2).long()  # larger one: 1 if channel 2 is taken, else 2
     odd = (c % 2).bool()
     return torch.stack([first, torch.where(odd, hi, lo), torch.where(odd, lo, hi)], dim=1)
+
+
+def _tile_permutation_table(device) -> Tensor:
+    """The 24 permutations of range(4) as a [24, 4] tensor in itertools order, computed on `device`
+    (no host copy): the Lehmer code c // 6, c // 2 % 3, c % 2, 0 picks the k-th tile still unused."""
+    c = torch.arange(24, device=device)
+    free = torch.ones(24, 4, dtype=torch.bool, device=device)
+    cols = []
+    for k in (c // 6, c // 2 % 3, c % 2, torch.zeros_like(c)):
+        pick = ((free.long().cumsum(1) == (k + 1).unsqueeze(1)) & free).long().argmax(1)
+        cols.append(pick)
+        free = free & (torch.arange(4, device=device) != pick.unsqueeze(1))
+    return torch.stack(cols, dim=1)
 
 
 def _like(out: Tensor, x: Tensor) -> Tensor:
@@ -159,6 +175,20 @@ def rotation_transform(x: Tensor, rotation: Tensor) -> Tensor:
     return _like(_transform_patches(x.contiguous(), rotation, None, None, "H"), x)
 
 
+def jigsaw_transform(x: Tensor, tiles: Tensor) -> Tensor:
+    """2x2 jigsaw: output quadrant i (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) of image b
+    is input quadrant PERM[tiles[b]][i], PERM = itertools.permutations(range(4)); index 0 is the identity."""
+    B, C, H, W = x.shape
+    if H % 2 or W % 2:
+        raise ValueError(f"the 2x2 jigsaw needs even H and W, got {H}x{W}")
+    h, w = H // 2, W // 2
+    quads = x.contiguous().view(B, C, 2, h, 2, w).permute(0, 2, 4, 1, 3, 5).reshape(B, 4, C, h, w)
+    src = _tile_permutation_table(x.device)[tiles]  # [B, 4]
+    out = quads[torch.arange(B, device=x.device).unsqueeze(1), src]  # [B, 4, C, h, w]
+    out = out.view(B, 2, 2, C, h, w).permute(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+    return _like(out, x)
+
+
 @dataclass(frozen=True)
 class PretextTask:
     """One pretext task: which region it acts on, which transform parameters it draws (name ->
@@ -194,6 +224,8 @@ register_task(PretextTask("lorot_i", 4, "square", {"rotation": 4}, lambda p: p["
                           "LoRot-I: rotation of one random square per batch"))
 register_task(PretextTask("rotation", 4, "image", {"rotation": 4}, lambda p: p["rotation"],
                           "whole-image rotation (RotNet/SSP)"))
+register_task(PretextTask("jigsaw", 24, "image", {"tiles": 24}, lambda p: p["tiles"],
+                          "2x2 jigsaw: which permutation of the four quadrants"))
 
 
 class Pretext:
@@ -213,7 +245,8 @@ class Pretext:
         if len(regions) > 1:
             raise ValueError(
                 f"tasks {list(tasks)} act on different regions ({', '.join(sorted(regions))}); "
-                "quadrant tasks (lorot, flip, channel) cannot be combined with lorot_i or rotation"
+                "quadrant tasks (lorot, flip, channel) cannot be combined with lorot_i or the whole-image "
+                "tasks (rotation, jigsaw)"
             )
         draws: dict[str, int] = {}
         for t in tasks:
@@ -258,7 +291,10 @@ class Pretext:
         elif self.region == "square":
             x = square_transform(x, params["side"], params["top"], params["left"], ops["rotation"])
         else:
-            x = rotation_transform(x, ops["rotation"])
+            if ops["tiles"] is not None:
+                x = jigsaw_transform(x, ops["tiles"])
+            if ops["rotation"] is not None:
+                x = rotation_transform(x, ops["rotation"])
         return x, {t: TASKS[t].label(params) for t in self.tasks}
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:

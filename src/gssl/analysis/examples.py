@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from ..pretext import PERMUTATIONS, TASKS, build_pretext
+from ..pretext import PERMUTATIONS, TASKS, TILE_ORDERS, build_pretext
 from .gradcam import default_layer, grad_cam
 from .run import Run, normalised, one_per_class
 
 
 def gradcam_examples(run: Run, n: int = 8, layer: str | None = None) -> dict:
     """Grad-CAM for the true and for the predicted class of n test images (one per class in turn)."""
+    if run.cfg.contrastive.views:
+        from ..config import ConfigError
+        raise ConfigError(f"{run.name} is a contrastive pre-training run: it has no classifier whose evidence Grad-CAM "
+                          "could show")
     ld = run.loaded()
     layer = layer or default_layer(ld.model)
     idx = torch.as_tensor(one_per_class(ld.data.test.labels, n))
@@ -35,6 +39,8 @@ def _describe(task: str, p: dict, i: int) -> str:
         return f"channels: {'RGB'[perm[0]]}{'RGB'[perm[1]]}{'RGB'[perm[2]]}\n-> label {label}"
     if task in ("lorot_i", "rotation"):
         return f"{task}: rot {90 * int(p['rotation'][i])}°\n-> label {label}"
+    if task == "jigsaw":
+        return f"jigsaw: tiles {''.join(map(str, TILE_ORDERS[int(p['tiles'][i])]))}\n-> label {label}"
     return f"{task}\n-> label {label}"
 
 
@@ -51,6 +57,8 @@ def _params(pretext, x: torch.Tensor) -> dict:
         p["flip"] = (i + 1) % 2
     if "perm" in p:
         p["perm"] = 1 + i % 5
+    if "tiles" in p:
+        p["tiles"] = 1 + (7 * i) % 23
     return p
 
 
