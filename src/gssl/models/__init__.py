@@ -11,6 +11,7 @@ import torch.nn as nn
 from .heads import CosineLinear, build_head
 from .resnet import ResNet18, resnet18
 from .resnet_cifar import ResNetCifar, resnet20, resnet32, resnet44, resnet56, resnet110
+from .scattering import ScatNet, Scattering2D, scatnet
 from .wideresnet import WideResNet, wrn28_2, wrn40_2
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
@@ -22,6 +23,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "wrn28_2": wrn28_2,
     "wrn40_2": wrn40_2,
+    "scatnet": scatnet,  # the fixed scattering transform + a trainable adapter (ScatSimCLR)
 }
 
 
@@ -39,4 +41,6 @@ __all__ = [
     "ResNetCifar",
     "ResNet18",
     "WideResNet",
+    "ScatNet",
+    "Scattering2D",
 ]
