@@ -57,3 +57,138 @@ def test_knn_and_linear_probe_classify_separable_features():
     # and they are not fooled into it: shuffled labels give chance
     ys = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
     assert (knn_predict(x, ys, xt, 4, k=5).argmax(1) == yt).float().mean() < 0.6
+
+
+def test_nt_xent_counts_anchors_whose_nearest_is_a_positive():
+    torch.manual_seed(0)
+    z = torch.randn(8, 16)
+    _, correct = nt_xent(torch.stack([z, z + 0.01 * torch.randn_like(z)]), 0.5, with_correct=True)
+    assert correct.item() == 8  # per image: 16 anchors / 2 views
+    _, correct = nt_xent(torch.stack([z, torch.randn(8, 16)]), 0.5, with_correct=True)
+    assert correct.item() < 8
+
+
+def _simclr(**kw):
+    from gssl.contrastive import SimCLR
+    torch.manual_seed(0)
+    return SimCLR("resnet20", proj_dim=16, proj_hidden=32, **kw)
+
+
+def test_simclr_step_regularised_by_gated_pretext_tasks_reaches_every_part():
+    from gssl.fusion import BatchFusion
+    model = _simclr(views=2, tasks=["rotation", "jigsaw"], gate="learned",
+                    fusion=BatchFusion(3, patch=8, dim=16, heads=2))
+    model.fusion.set_progress(0.5)
+    x = torch.randn(2 * 6, 3, 16, 16)  # two views of six images, view-major
+    params = model.sample_params(x, torch.Generator().manual_seed(0))
+    assert set(params) == {"rotation", "tiles"}
+    loss, stats = model.loss_from_params(x, torch.zeros(6, dtype=torch.long), None, params)
+    assert {"contrastive_loss", "ssl_rotation", "ssl_jigsaw", "gate_rotation", "gate_jigsaw", "correct"} <= set(stats)
+    assert 0 <= stats["correct"] <= 6
+    assert loss.item() > stats["contrastive_loss"].item()  # the pretext term is added
+    loss.backward()
+    for part in (model.backbone, model.classifier, model.heads, model.gate, model.fusion):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), type(part).__name__
+    assert model(torch.randn(3, 3, 16, 16)).shape == (3, model.backbone.feat_dim)  # the representation
+
+
+def test_simclr_without_tasks_is_plain_nt_xent_on_the_projection():
+    model = _simclr(views=3)
+    x = torch.randn(3 * 4, 3, 16, 16)
+    loss, stats = model.loss_from_params(x, torch.zeros(4, dtype=torch.long), None, {})
+    model.eval()  # the same batch statistics would differ in train mode; compare the projection in eval mode
+    loss_eval, _ = model.loss_from_params(x, torch.zeros(4, dtype=torch.long), None, {})
+    z = model.classifier(model.backbone(x)).view(3, 4, -1)
+    assert loss_eval.item() == pytest.approx(nt_xent(z, 0.5).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(stats["contrastive_loss"].item())
+
+
+def test_frozen_eval_knn_and_linear_on_a_backbone():
+    from gssl.contrastive import frozen_eval
+
+    class Loader(list):
+        pass
+    x, y = _clusters(n_per=40)
+    xt, yt = _clusters(n_per=10, seed=1)
+    ident = torch.nn.Identity()
+    train, test = Loader([(x[:80], y[:80]), (x[80:], y[80:])]), Loader([(xt, yt)])
+    out = frozen_eval(ident, train, test, 4, knn_k=5, linear_epochs=30)
+    assert out["knn_acc"] > 95 and (out["linear_logits"].argmax(1) == yt).float().mean() > 0.95
+    assert torch.equal(out["labels"], yt) and out["knn_scores"].shape == (40, 4)
+    assert "linear_logits" not in frozen_eval(ident, train, test, 4, knn_k=5)
+
+
+TINY = ["model.backbone=resnet20", "optim.batch_size=16", "optim.epochs=2", "optim.base_epochs=2",
+        "optim.warmup_epochs=0", "contrastive.knn_k=5", "contrastive.linear_epochs=5"]
+
+
+def _train(preset, data_root, out, *sets):
+    from gssl.cli import main
+    args = ["train", "--preset", preset, "--set", f"data.root={data_root}", "--out", str(out), "--quiet"]
+    for s in (*TINY, *sets):
+        args += ["--set", s]
+    assert main(args) == 0
+    return out
+
+
+def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar10, tmp_path, capsys):
+    import json
+    from gssl.cli import main
+    run = _train("cifar10-simclr-gated-pretext", fake_cifar10, tmp_path / "simclr", "fusion.enabled=true")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["contrastive_loss"] > 0 and 0 <= r["test_acc"] <= 100 and 0 <= r["train_acc"] <= 100
+        assert r["gate_rotation"] + r["gate_jigsaw"] == pytest.approx(1, abs=1e-4) and r["ssl_jigsaw"] > 0
+    s = json.loads((run / "summary.json").read_text())
+    assert s["test_acc_protocol"].startswith("linear probe (5 epochs)") and 0 <= s["knn_test_acc"] <= 100
+    assert s["test_acc"] > 10  # the fake classes are tinted: even 2 epochs' features separate some
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0  # a contrastive run is judged by the linear probe by default
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["protocol"].startswith("linear") and rep["top1"] == pytest.approx(s["test_acc"], abs=1e-6)
+    assert main(["eval", str(run), "--protocol", "knn", "--knn-k", "5", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["top1"] == pytest.approx(s["knn_test_acc"]) and (run / "eval-last-knn.json").is_file()
+    assert main(["eval", str(run), "--protocol", "classifier"]) == 2  # no classifier to use
+    assert "no classifier" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--set", "optim.epochs=3", "--force", "--quiet"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_scatsimclr_with_three_views_trains_only_the_adapter(fake_cifar10, tmp_path):
+    import json
+    run = _train("cifar10-scatsimclr-pretext", fake_cifar10, tmp_path / "scat", "contrastive.views=3",
+                 "optim.epochs=1", "optim.base_epochs=1")
+    s = json.loads((run / "summary.json").read_text())
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["contrastive_loss"] > 0 and row["ssl_rotation"] > 0 and row["ssl_jigsaw"] > 0
+    assert 0 <= s["test_acc"] <= 100 and 0 <= s["knn_test_acc"] <= 100
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert any(k.startswith("backbone.layer1") for k in state) and not any("scattering" in k for k in state)
+
+
+def test_a_supervised_run_can_be_judged_by_a_linear_probe_too(tiny_run, capsys):
+    import json
+    from gssl.cli import main
+    capsys.readouterr()
+    assert main(["eval", str(tiny_run), "--protocol", "linear", "--linear-epochs", "3", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["protocol"].startswith("linear (3 epochs") and len(rep["per_class_acc"]) == 10
+    assert (tiny_run / "eval-last-linear.json").is_file()
+    (tiny_run / "eval-last-linear.json").unlink()  # the run is shared with other tests
+    assert main(["eval", str(tiny_run), "--protocol", "knn", "--attack", "pgd"]) == 2  # attacks need the classifier
+
+
+@pytest.mark.parametrize("sets, match", [
+    ({"fusion": {"enabled": True}}, "plug-in for contrastive"),
+    ({"contrastive": {"views": 2}, "adv": {"attack": "pgd"}}, "does not combine with adv.attack"),
+    ({"contrastive": {"views": 2}, "semi": {"labels_per_class": 4}}, "semi.labels_per_class"),
+])
+def test_contrastive_settings_that_cannot_go_together_are_refused(sets, match):
+    from gssl.build import check_method
+    from gssl.config import ConfigError, from_dict
+    with pytest.raises(ConfigError, match=match):
+        check_method(from_dict(sets))
+    with pytest.raises(ConfigError, match="views"):
+        from_dict({"contrastive": {"views": 1}})

@@ -11,6 +11,8 @@ import torch
 from .config import Config, ConfigError
 from .data import (DataError, ImageSet, first_per_class, labeled_unlabeled_split, load_dataset, long_tail_indices,
                    mean_std)
+from .contrastive import SimCLR
+from .fusion import BatchFusion
 from .losses import build_loss
 from .method import GatedSSL
 from .sla import SLASD
@@ -66,8 +68,16 @@ def build_data(cfg: Config) -> Data:
     return Data(train, test, counts, tuple(mean), tuple(std), unlabeled)
 
 
-def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | SLASD:
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | SLASD | SimCLR:
     tasks = [] if cfg.ssl.gate == "none" else list(cfg.ssl.tasks)
+    gate_kw = {"tau": cfg.ssl.gate_tau} if cfg.ssl.gate == "learned" else None
+    if cfg.contrastive.views:
+        c, f = cfg.contrastive, cfg.fusion
+        fusion = (BatchFusion(in_channels, patch=f.patch, dim=f.dim, heads=f.heads, layers=f.layers,
+                              strength=f.strength) if f.enabled else None)
+        return SimCLR(cfg.model.backbone, views=c.views, temperature=c.temperature, proj_dim=c.proj_dim,
+                      proj_hidden=c.proj_hidden, tasks=tasks, gate=cfg.ssl.gate if tasks else "none",
+                      ssl_ratio=cfg.ssl.ratio, in_channels=in_channels, gate_kw=gate_kw, fusion=fusion)
     if cfg.sla.transform != "none":
         check_method(cfg)
         return SLASD(cfg.model.backbone, num_classes, transform=cfg.sla.transform, head=cfg.model.head,
@@ -75,7 +85,7 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | S
     gate = cfg.ssl.gate if tasks else "none"
     return GatedSSL(cfg.model.backbone, num_classes, tasks=tasks, gate=gate, head=cfg.model.head,
                     ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis, in_channels=in_channels,
-                    gate_kw={"tau": cfg.ssl.gate_tau} if gate == "learned" else None)
+                    gate_kw=gate_kw)
 
 
 def check_method(cfg: Config) -> None:
@@ -83,6 +93,16 @@ def check_method(cfg: Config) -> None:
     if cfg.sla.transform != "none" and cfg.ssl.tasks and cfg.ssl.gate != "none":
         raise ConfigError(f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
                           f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none")
+    if cfg.contrastive.views:
+        others = [k for k, on in (("sla.transform", cfg.sla.transform != "none"), ("adv.attack", cfg.adv.attack != "none"),
+                                  ("semi.labels_per_class", cfg.semi.labels_per_class is not None),
+                                  ("pretrain.epochs", cfg.pretrain.epochs > 0)) if on]
+        if others:
+            raise ConfigError(f"contrastive.views={cfg.contrastive.views} (SimCLR pre-training) does not combine with "
+                              f"{', '.join(others)}; set contrastive.views=0 or turn those off")
+    elif cfg.fusion.enabled:
+        raise ConfigError("fusion.enabled=true is a plug-in for contrastive pre-training; set contrastive.views=2 "
+                          "(or more), or fusion.enabled=false")
 
 
 def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:
@@ -93,6 +113,9 @@ def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:
     if cfg.sla.transform == "channel" and C != 3:
         raise ConfigError(f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {C}; "
                           "set data.to_rgb=true or use sla.transform=rotation")
+    if cfg.fusion.enabled and (H % cfg.fusion.patch or W % cfg.fusion.patch):
+        raise ConfigError(f"fusion.patch={cfg.fusion.patch} must divide the image sides ({cfg.data.name}: {H}x{W}); "
+                          "pick a patch size that does")
     if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
         raise ConfigError(f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
                           f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]")

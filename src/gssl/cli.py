@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     e.add_argument("--step-size", default="2/255", help="PGD step size (default 2/255)")
     e.add_argument("--no-random-start", action="store_true", help="PGD from the clean image")
+    e.add_argument("--protocol", choices=["classifier", "linear", "knn"], help="the run's classifier (default), or a "
+                   "linear probe / k-NN on the frozen backbone's features (default for contrastive runs: linear)")
+    e.add_argument("--knn-k", type=int, help="neighbours for --protocol knn (default: the run's contrastive.knn_k)")
+    e.add_argument("--linear-epochs", type=int, help="epochs of the linear probe (default: the run's "
+                   "contrastive.linear_epochs, or 100)")
 
     pr = sub.add_parser("presets", help="list the presets", epilog=EXAMPLES_PRESETS, formatter_class=fmt,
                         description="The paper's protocols (Table 1, Table 2) and a quickstart.")
@@ -184,11 +189,13 @@ def _eval(args) -> int:
             attack = Attack(args.attack, eps, step, args.steps, not args.no_random_start)
         except ValueError as e:
             raise ConfigError(f"--attack: {e}") from None
-    rep = evaluate_run(Path(args.run_dir), args.checkpoint, attack)
+    rep = evaluate_run(Path(args.run_dir), args.checkpoint, attack, protocol=args.protocol, knn_k=args.knn_k,
+                       linear_epochs=args.linear_epochs)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
-    print(f"checkpoint {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['num_test']} test images")
+    print(f"checkpoint {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['num_test']} test images, "
+          f"{rep['protocol']}")
     print(f"top-1 {rep['top1']:.2f}%  top-5 {rep['top5']:.2f}%")
     if "robust_acc" in rep:
         a = rep["attack"]
@@ -205,7 +212,7 @@ def _eval(args) -> int:
         print("confusion matrix (rows: true class, columns: predicted):")
         for row in cm:
             print("  " + " ".join(f"{v:5d}" for v in row))
-    print(f"written to {Path(args.run_dir) / ('eval-' + rep['checkpoint'] + '.json')}")
+    print(f"written to {Path(args.run_dir) / rep['file']}")
     return 0
 
 

@@ -48,15 +48,15 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = field(default="resnet32", metadata=_choice(
-        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "wrn28_2", "wrn40_2"))
+        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "wrn28_2", "wrn40_2", "scatnet"))
     head: str = field(default="cosine", metadata=_choice("linear", "cosine"))
 
 
 @dataclass
 class SSLConfig:
     tasks: list[str] = field(default_factory=list, metadata=_check(
-        lambda v: set(v) <= {"lorot", "flip", "channel", "lorot_i", "rotation"} and len(set(v)) == len(v),
-        "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation]"))
+        lambda v: set(v) <= {"lorot", "flip", "channel", "lorot_i", "rotation", "jigsaw"} and len(set(v)) == len(v),
+        "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw]"))
     gate: str = field(default="reference", metadata=_choice("reference", "learned", "uniform", "none"))
     ratio: float = field(default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
     flip_axis: str = field(default="H", metadata=_choice("H", "W"))
@@ -117,6 +117,33 @@ class SemiConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    """SimCLR pre-training with pretext regularisation (docs/contrastive.md): off unless views >= 2.
+    The pretext tasks and their gate come from ssl.*; the test accuracy per epoch is k-NN, the final one
+    a linear probe on the frozen backbone."""
+    views: int = field(default=0, metadata=_check(lambda v: v == 0 or v >= 2, "0 (off) or a number of views >= 2"))
+    temperature: float = field(default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    proj_dim: int = field(default=128, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    proj_hidden: int = field(default=512, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    crop_min_scale: float = field(default=0.2, metadata=_check(lambda v: 0 < v <= 1, "a fraction in (0, 1]"))
+    knn_k: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    knn_temperature: float = field(default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    linear_epochs: int = field(default=100, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: k-NN only)"))
+    linear_lr: float = field(default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+
+
+@dataclass
+class FusionConfig:
+    """Adaptive batch fusion ahead of the backbone in contrastive pre-training (gssl.fusion)."""
+    enabled: bool = False
+    patch: int = field(default=8, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing the image side"))
+    dim: int = field(default=64, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    heads: int = field(default=4, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing fusion.dim"))
+    layers: int = field(default=1, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    strength: float = field(default=1.0, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
+
+
+@dataclass
 class DistributedConfig:
     """Used only under torchrun (docs/distributed.md)."""
     sync_bn: bool = False                  # SyncBatchNorm: batch statistics over the global batch
@@ -151,6 +178,8 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     adv: AdvConfig = field(default_factory=AdvConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))

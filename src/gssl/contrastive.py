@@ -1,29 +1,76 @@
-"""Pieces for contrastive pre-training and its evaluation (the neighbouring systems' issue, first part).
+"""Contrastive pre-training with pretext regularisation (ScatSimCLR, Kinakh et al. 2021), and how a
+frozen representation is judged.
 
-`nt_xent`: SimCLR's normalised temperature-scaled cross-entropy over V views of each image (V = 2 is
-SimCLR). `knn_predict` and `linear_probe`: the two standard ways to judge a frozen representation.
+`SimCLR`: SimCLR (Chen et al. 2020) on V views of every image, the NT-Xent loss on a projection head,
+plus the pretext tasks (whole-image rotation, LoRot-E, 2x2 jigsaw, ...) predicted from the same forward
+pass and weighted by any gate mode, exactly as GatedSSL weights them beside the classifier; optionally
+with batch fusion (gssl.fusion) ahead of the backbone. `knn_predict`, `linear_probe` and `frozen_eval`:
+k-NN and linear evaluation of the backbone's pooled features.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import metrics
+from .method import GatedSSL
 
-def nt_xent(views: Tensor, temperature: float = 0.5) -> Tensor:
+
+def nt_xent(views: Tensor, temperature: float = 0.5, *, with_correct: bool = False):
     """views: [V, N, D] projections of N images under V augmentations. Every embedding's positives
     are the other V - 1 views of its image, its negatives every view of the other images; the loss
-    is the mean over anchors and positives of -log softmax over all other embeddings."""
+    is the mean over anchors and positives of -log softmax over all other embeddings.
+    with_correct: also the number of anchors whose most similar other embedding is one of its
+    positives, divided by V (so it counts images, like a classifier's correct count)."""
     v, n, _ = views.shape
     if v < 2:
         raise ValueError(f"NT-Xent needs at least 2 views, got {v}")
     z = F.normalize(views.reshape(v * n, -1).float(), dim=1)
     sim = z @ z.T / temperature
     eye = torch.eye(v * n, dtype=torch.bool, device=z.device)
-    logp = sim.masked_fill(eye, float("-inf")).log_softmax(dim=1)
+    logits = sim.masked_fill(eye, float("-inf"))
     image = torch.arange(v * n, device=z.device) % n
     positive = (image[:, None] == image[None, :]) & ~eye
-    return -(logp[positive]).mean()
+    loss = -(logits.log_softmax(dim=1)[positive]).mean()
+    if not with_correct:
+        return loss
+    nearest = logits.argmax(1)
+    return loss, (image[nearest] == image).float().sum().detach() / v
+
+
+class SimCLR(GatedSSL):
+    """The step gets the V views of each image stacked as [V*N] (view-major). GatedSSL's train_forward
+    applies the pretext transforms, the batch fusion and ONE backbone pass; its `classifier` is here the
+    projection head (Linear-ReLU-Linear, SimCLR v1). `forward` is the representation (pooled backbone
+    feature): a contrastive model has no classifier; it is judged by k-NN or a linear probe."""
+
+    def __init__(self, backbone: str, *, views: int = 2, temperature: float = 0.5, proj_dim: int = 128,
+                 proj_hidden: int = 512, tasks: Sequence[str] = (), gate: str = "uniform", ssl_ratio: float = 1.0,
+                 in_channels: int = 3, gate_kw: Optional[dict] = None, fusion: Optional[nn.Module] = None):
+        super().__init__(backbone, proj_dim, tasks=tasks, gate=gate, head="linear", ssl_ratio=ssl_ratio,
+                         flip_axis="W", in_channels=in_channels, gate_kw=gate_kw)
+        d = self.backbone.feat_dim
+        self.classifier = nn.Sequential(nn.Linear(d, proj_hidden), nn.ReLU(inplace=True),
+                                        nn.Linear(proj_hidden, proj_dim))
+        self.views, self.temperature = views, temperature
+        if fusion is not None:
+            fusion.groups = views  # samples communicate within a view, never with their own positive
+            self.fusion = fusion
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def loss_from_params(self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]):
+        """x: [V*N] views; y and cls_loss are not used (no labels in pre-training)."""
+        z, ssl_total, stats = self.train_forward(x, params)
+        loss_c, correct = nt_xent(z.float().view(self.views, -1, z.shape[1]), self.temperature, with_correct=True)
+        total = loss_c + ssl_total
+        stats.update({"contrastive_loss": loss_c.detach(), "correct": correct, "loss": total.detach()})
+        return total, stats
 
 
 @torch.no_grad()
@@ -44,9 +91,12 @@ def knn_predict(train_feat: Tensor, train_labels: Tensor, feat: Tensor, num_clas
 def linear_probe(train_feat: Tensor, train_labels: Tensor, num_classes: int, *, epochs: int = 100,
                  lr: float = 0.1, weight_decay: float = 0.0, batch_size: int = 1024, seed: int = 0) -> torch.nn.Linear:
     """A linear classifier on frozen (standardised by the caller, if wanted) features: SGD with
-    momentum and a cosine schedule, full passes over shuffled features."""
+    momentum and a cosine schedule, full passes over shuffled features. Zero-initialised (the problem is
+    convex) and shuffled by its own seeded generator, so the same features give the same probe anywhere."""
     g = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(train_feat.shape[1], num_classes).to(train_feat.device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     x, y = train_feat.detach().float(), train_labels
@@ -58,3 +108,23 @@ def linear_probe(train_feat: Tensor, train_labels: Tensor, num_classes: int, *, 
             opt.step()
         sched.step()
     return head
+
+
+def frozen_eval(backbone: nn.Module, train_loader, test_loader, num_classes: int, *, device_type: str = "cpu",
+                amp: bool = False, knn_k: int = 200, knn_temperature: float = 0.1, linear_epochs: int = 0,
+                linear_lr: float = 0.1, seed: int = 0) -> dict:
+    """k-NN accuracy (percent) and class scores of the test features against the (un-augmented) training
+    features and, if linear_epochs, the linear probe's test logits, on features standardised by the training
+    mean and std."""
+    train_feat, train_y = metrics.predict(backbone, train_loader, device_type, amp=amp)
+    test_feat, test_y = metrics.predict(backbone, test_loader, device_type, amp=amp)
+    scores = knn_predict(train_feat, train_y, test_feat, num_classes, knn_k, knn_temperature)
+    out = {"knn_acc": metrics.top1(scores, test_y), "knn_scores": scores, "labels": test_y}
+    if linear_epochs:
+        mean, std = train_feat.mean(0), train_feat.std(0).clamp_min(1e-6)
+        with torch.enable_grad():
+            head = linear_probe((train_feat - mean) / std, train_y, num_classes, epochs=linear_epochs, lr=linear_lr,
+                                seed=seed)
+        with torch.no_grad():
+            out["linear_logits"] = head((test_feat - mean) / std)
+    return out

@@ -23,6 +23,8 @@ from .build import (Data, build_cls_loss, build_data, build_model, check_method,
                     pick_device)
 from .data import DeviceLoader
 from .evaluation import evaluate_run, write_eval  # noqa: F401 (API)
+from .contrastive import frozen_eval
+from .data.views import ViewAugment
 from .losses import drw_weights
 from .sla import SLASD
 from .ssp import pretrain_rotation
@@ -104,9 +106,14 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     test_loader = DeviceLoader(data.test.images, data.test.labels, max(512, o.batch_size), mean=data.mean,
                                std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device)
     semi = data.unlabeled is not None  # FixMatch: unlabelled batches of mu x B, weak and strong views, EMA
-    if semi and d.enabled:
-        raise ConfigError("semi-supervised training (semi.labels_per_class) does not run under torchrun yet; "
-                          "run it as one process")
+    c = cfg.contrastive
+    contrast = c.views >= 2  # SimCLR: V augmented views of every image; k-NN test accuracy per epoch
+    if (semi or contrast) and d.enabled:
+        raise ConfigError(f"{'semi-supervised training (semi.labels_per_class)' if semi else 'contrastive pre-training'}"
+                          " does not run under torchrun yet; run it as one process")
+    views = ViewAugment(data.mean, data.std, device, crop_scale=(c.crop_min_scale, 1.0)) if contrast else None
+    bank_loader = DeviceLoader(data.train.images, data.train.labels, max(512, o.batch_size), mean=data.mean,
+                               std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device) if contrast else None
     u_loader = DeviceLoader(data.unlabeled.images, data.unlabeled.labels, o.batch_size * cfg.semi.mu, mean=data.mean,
                             std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True,
                             seed=cfg.seed + 1, device=device) if semi else None
@@ -116,7 +123,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     steps = cfg.semi.steps_per_epoch if semi else len(loader)
     # the fast path: compiled step and evaluation on full batches (static shapes), eager otherwise
     compiled = cuda if cfg.compile is None else cfg.compile
-    step_fn = Compiled(step_module, enabled=compiled, batch=o.batch_size, mode=cfg.compile_mode)
+    step_fn = Compiled(step_module, enabled=compiled, batch=o.batch_size * (c.views if contrast else 1),
+                       mode=cfg.compile_mode)
     eval_fn = Compiled(eval_net, enabled=compiled, batch=test_loader.batch_size, mode=cfg.compile_mode, what="evaluation")
     watch = FiniteWatch(device)
     space = attacks.PixelSpace(data.mean, data.std, device)
@@ -185,6 +193,13 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                     loss, stats = semisup.fixmatch_loss(model, x, y, xu, xs, yu, cls_loss, params,
                                                         cfg.semi.threshold, cfg.semi.lambda_u)
+            elif contrast:  # SimCLR: the V views stacked view-major, the pretext tasks on every view
+                if model.fusion is not None:  # batch fusion grows with training progress
+                    model.fusion.set_progress((epoch * steps + step) / max(1, o.epochs * steps - 1))
+                xv = views.views(x, gen, c.views).flatten(0, 1)
+                params = model.sample_params(xv, gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    loss, stats = step_fn(xv, y, cls_loss, params)
             else:
                 params = distributed.global_params(d, model, x, gen, *loader.shard(step))
                 if adv is not None:  # adversarial training: the step sees the attacked batch
@@ -216,8 +231,12 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         train_seconds = time.perf_counter() - t0
         sums, seen = distributed.all_sum(d, sums, seen)  # metrics and gate weights over every rank
 
-        logits, labels = metrics.predict(eval_net, test_loader, device.type, amp=cuda, fn=eval_fn)
-        test_acc = metrics.top1(logits, labels)
+        if contrast:  # no classifier: k-NN on the frozen features
+            test_acc = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type, amp=cuda,
+                                   knn_k=c.knn_k, knn_temperature=c.knn_temperature)["knn_acc"]
+        else:
+            logits, labels = metrics.predict(eval_net, test_loader, device.type, amp=cuda, fn=eval_fn)
+            test_acc = metrics.top1(logits, labels)
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
                "images_per_second": round(seen / train_seconds, 1),
                "train_acc": 100.0 * sums["correct"].item() / seen, "test_acc": test_acc}
@@ -252,10 +271,18 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     distributed.barrier(d)
     if not d.main:
         return {}
-    logits, labels = metrics.predict(eval_net, test_loader, device.type, amp=cuda)
+    extra = {}
+    if contrast:  # judged by a linear probe on the frozen backbone (and k-NN), as contrastive methods are
+        fe = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type, amp=cuda,
+                         knn_k=c.knn_k, knn_temperature=c.knn_temperature, linear_epochs=c.linear_epochs,
+                         linear_lr=c.linear_lr, seed=cfg.seed)
+        logits, labels = fe.get("linear_logits", fe["knn_scores"]), fe["labels"]
+        final = f"linear probe ({c.linear_epochs} epochs) on the frozen backbone" if c.linear_epochs else f"{c.knn_k}-NN"
+        extra.update({"knn_test_acc": fe["knn_acc"], "test_acc_protocol": f"{final}; per-epoch test_acc is {c.knn_k}-NN"})
+    else:
+        logits, labels = metrics.predict(eval_net, test_loader, device.type, amp=cuda)
     rep = metrics.report(logits, labels, data.counts)
     last = history[-1] if history else {}
-    extra = {}
     if isinstance(model, SLASD):  # SLA's aggregated inference (M forward passes), beside the single head
         agg, _ = metrics.predict(model, test_loader, device.type, amp=cuda, fn=model.aggregated_logits)
         extra["aggregated_test_acc"] = metrics.top1(agg, labels)

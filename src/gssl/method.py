@@ -55,6 +55,7 @@ class GatedSSL(nn.Module):
             self.gate = build_gate(gate, dim, len(self.tasks), **kw)
         self.ssl_ratio = ssl_ratio
         self.gate_mode = gate
+        self.fusion: Optional[nn.Module] = None  # contrastive pre-training's batch fusion (gssl.fusion), if any
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits (cosines for a cosine head) of the untransformed image."""
@@ -80,6 +81,8 @@ class GatedSSL(nn.Module):
         labels = {}
         if self.pretext is not None:
             x, labels = self.pretext.apply(x, params)
+        if self.fusion is not None:
+            x = self.fusion(x)
         feat = self.backbone(x)
         logits = self.classifier(feat)
         ssl_total = logits.new_zeros((), dtype=torch.float32)

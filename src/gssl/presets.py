@@ -2,7 +2,8 @@
 
 Table 1: long-tailed CIFAR-10/100 at ratios 0.01, 0.02, 0.05 x (six methods + five baselines gssl runs
 itself: ERM, SSP, SLA-SD x 2, LoRot-I); Table 2: Tiny-ImageNet x six methods; adversarial training on
-CIFAR-10 and FixMatch with 4,000 labels (the longer paper) x four each; plus `quickstart`. Each preset records the paper's published top-1 where one exists,
+CIFAR-10 and FixMatch with 4,000 labels (the longer paper) x four each; contrastive pre-training on CIFAR-10
+(SimCLR / ScatSimCLR x plain, pretext, gated pretext, batch fusion, and SimCLR + LoRot-E); plus `quickstart`. Each preset records the paper's published top-1 where one exists,
 so tables can print it beside our numbers.
 """
 from __future__ import annotations
@@ -99,6 +100,20 @@ def _build_presets() -> dict[str, Preset]:
     for row, (what, overlay) in semi.items():
         presets[f"cifar10-4000-{row}"] = Preset(f"cifar10-4000-{row}", "cifar10-semi.yaml", overlay,
                                                 f"CIFAR-10 with 4,000 labels, WRN-28-2: {what}", None, row)
+    rows = {"": ("SimCLR", {}),
+            "-pretext": ("SimCLR + rotation + 2x2 jigsaw regularisation (ungated, weights 1)",
+                         {"ssl": {"tasks": ["rotation", "jigsaw"], "gate": "uniform"}}),
+            "-gated-pretext": ("SimCLR + gated rotation + 2x2 jigsaw regularisation (learned gate)",
+                               {"ssl": {"tasks": ["rotation", "jigsaw"], "gate": "learned"}}),
+            "-fusion": ("SimCLR + adaptive batch fusion", {"fusion": {"enabled": True}})}
+    for backbone, stem, what_b in (("resnet18", "simclr", "ResNet-18"), ("scatnet", "scatsimclr", "ScatNet (J=2, L=8) + adapter")):
+        for row, (what, overlay) in rows.items():
+            name = f"cifar10-{stem}{row}"
+            presets[name] = Preset(name, "cifar10-simclr.yaml", merge(overlay, {"model": {"backbone": backbone}}),
+                                   f"contrastive pre-training on CIFAR-10, {what_b}: {what}", None, f"{stem}{row}")
+    presets["cifar10-simclr-lorot"] = Preset(
+        "cifar10-simclr-lorot", "cifar10-simclr.yaml", {"ssl": {"tasks": ["lorot"], "gate": "uniform"}},
+        "contrastive pre-training on CIFAR-10, ResNet-18: SimCLR + LoRot-E regularisation", None, "simclr-lorot")
     presets["quickstart"] = Preset("quickstart", "quickstart.yaml", {},
                                    "long-tailed Fashion-MNIST, ResNet-20, gated LoRot-E + Flip + ShuffleChannel, 4 epochs on CPU",
                                    method="quickstart")

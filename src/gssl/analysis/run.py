@@ -15,6 +15,7 @@ import torch
 
 from .. import rundir
 from ..config import Config, from_dict
+from ..contrastive import SimCLR
 from ..data import first_per_class
 
 
@@ -104,12 +105,16 @@ class Run:
     def evaluation(self) -> dict:
         """gssl eval's report for the checkpoint: eval-<checkpoint>.json when it is for this checkpoint's
         epoch, else computed here (and written, as `gssl eval` would)."""
-        p = self.path / f"eval-{self.checkpoint}.json"
+        contrastive = bool(self.cfg.contrastive.views)  # no classifier: a linear probe on the frozen backbone
+        p = self.path / f"eval-{self.checkpoint}{'-linear' if contrastive else ''}.json"
         epoch = self.checkpoint_epoch()
         if p.is_file():
             rep = rundir.read_json(p)
             if rep.get("epoch") == epoch and "confusion_matrix" in rep:
                 return rep
+        if contrastive:
+            from ..evaluation import evaluate_run
+            return evaluate_run(self.path, self.checkpoint, protocol="linear")
         from ..engine import write_eval
         ld = self.loaded()
         logits, labels = predict_features(ld, ld.data.test.images, ld.data.test.labels)[1:]
@@ -123,13 +128,16 @@ def normalised(ld: Loaded, images_uint8: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_features(ld: Loaded, images: torch.Tensor, labels: torch.Tensor, batch: int = 500):
-    """(pooled backbone features [N, D], logits [N, classes], labels [N]), float32 on the CPU."""
+    """(pooled backbone features [N, D], logits [N, classes], labels [N]), float32 on the CPU. A contrastive
+    run has no classifier (its `classifier` is the projection head): its logits are None."""
     feats, logits = [], []
+    contrastive = isinstance(ld.model, SimCLR)
     for i in range(0, len(images), batch):
         f = ld.model.backbone(normalised(ld, images[i:i + batch])).float()
         feats.append(f)
-        logits.append(ld.model.classifier(f).float())
-    return torch.cat(feats).cpu(), torch.cat(logits).cpu(), labels.clone()
+        if not contrastive:
+            logits.append(ld.model.classifier(f).float())
+    return torch.cat(feats).cpu(), None if contrastive else torch.cat(logits).cpu(), labels.clone()
 
 
 def balanced_indices(labels: torch.Tensor, n: int) -> np.ndarray:

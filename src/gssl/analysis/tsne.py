@@ -65,7 +65,8 @@ def tsne_of_run(run: Run, max_images: int = 2000, perplexity: float = PERPLEXITY
     if log:
         log(f"t-SNE of {len(idx)} test images ({run.name}, checkpoint {run.checkpoint}, epoch {epoch + 1})")
     feats, logits, labels = predict_features(ld, ld.data.test.images[idx], ld.data.test.labels[idx])
-    out = {"features": feats.numpy(), "labels": labels.numpy(), "preds": logits.argmax(1).numpy(),
+    preds = labels if logits is None else logits.argmax(1)  # a contrastive run predicts nothing: none marked wrong
+    out = {"features": feats.numpy(), "labels": labels.numpy(), "preds": preds.numpy(),
            "embedding": embed(feats.numpy(), perplexity)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
