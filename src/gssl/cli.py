@@ -7,6 +7,7 @@ non-finite loss, a checkpoint write that failed), which keeps its last complete 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -381,7 +382,7 @@ def _sweep(args) -> int:
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     if args.gpus is not None and not gpus:
         raise ConfigError("--gpus: expected GPU ids such as 0,1")
-    failed = sweep.run(jobs, args.parallel, args.dry_run, gpus=gpus)
+    failed = sweep.run(jobs, args.parallel, args.dry_run, gpus=gpus, log=functools.partial(print, flush=True))
     if failed:
         print(f"gssl: {failed} run(s) failed; fix the cause and run the same sweep again to go on", file=sys.stderr)
         return 1
