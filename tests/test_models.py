@@ -15,8 +15,11 @@ COUNTS = {
     "resnet18": 11_168_832,
     "wrn28_2": 1_466_320,
     "wrn40_2": 2_242_256,
+    # no published count: BN over 243 scattering maps (486) + 3x3 conv 243->128 (279,936) + BN (256)
+    # + two residual blocks of 128 channels (2 x 295,424); the scattering itself has none
+    "scatnet": 871_526,
 }
-FEAT = {"resnet18": 512, "wrn28_2": 128, "wrn40_2": 128}
+FEAT = {"resnet18": 512, "wrn28_2": 128, "wrn40_2": 128, "scatnet": 128}
 
 
 def n_params(m):

@@ -52,11 +52,16 @@ class ModelConfig:
     head: str = field(default="cosine", metadata=_choice("linear", "cosine"))
 
 
+# pretext tasks that can share a run: they must transform the same region of the image
+TASK_GROUPS = ({"lorot", "flip", "channel"}, {"lorot_i"}, {"rotation", "jigsaw"})
+
+
 @dataclass
 class SSLConfig:
     tasks: list[str] = field(default_factory=list, metadata=_check(
-        lambda v: set(v) <= {"lorot", "flip", "channel", "lorot_i", "rotation", "jigsaw"} and len(set(v)) == len(v),
-        "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw]"))
+        lambda v: len(set(v)) == len(v) and any(set(v) <= group for group in TASK_GROUPS),
+        "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw], all acting on one "
+        "region: quadrant tasks (lorot, flip, channel), lorot_i, or whole-image tasks (rotation, jigsaw)"))
     gate: str = field(default="reference", metadata=_choice("reference", "learned", "uniform", "none"))
     ratio: float = field(default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
     flip_axis: str = field(default="H", metadata=_choice("H", "W"))
