@@ -120,3 +120,60 @@ def test_sync_bn_on_cpu_is_refused_with_the_reason(fake_cifar10, tmp_path):
                    "distributed.sync_bn=true", "--out", "x"], cwd=tmp_path)
     assert r.returncode != 0 and "SyncBatchNorm is GPU-only" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _contrast_rank(rank, world, init_file, z_full, out):
+    import torch.distributed as dist
+    from gssl.contrastive import gather_views, nt_xent
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    n = z_full.shape[1] // world
+    z = z_full[:, rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    zs, w = gather_views(z)
+    loss, correct = nt_xent(zs, 0.5, with_correct=True)
+    loss.backward()
+    torch.save({"loss": loss.item(), "grad": z.grad, "world": w, "correct": correct.item() / w}, out / f"{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_nt_xent_under_two_ranks_sees_every_negative_and_has_the_one_process_gradient(tmp_path):
+    """Each rank gathers the other's views; after DDP's average over ranks its gradient is the
+    one-process gradient of the global batch's NT-Xent."""
+    import torch.multiprocessing as mp
+    from gssl.contrastive import nt_xent
+    z_full = torch.randn(3, 8, 5, generator=torch.Generator().manual_seed(0))  # 3 views of 8 images
+    mp.spawn(_contrast_rank, args=(2, tmp_path / "init", z_full, tmp_path), nprocs=2, join=True)
+    z = z_full.clone().requires_grad_(True)
+    loss, correct = nt_xent(z, 0.5, with_correct=True)
+    loss.backward()
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
+    for r, p in enumerate(parts):
+        assert p["world"] == 2 and p["loss"] == pytest.approx(loss.item(), rel=1e-6)
+        assert torch.allclose(p["grad"] / 2, z.grad[:, 4 * r:4 * r + 4], atol=1e-7)  # DDP averages over 2 ranks
+    assert sum(p["correct"] for p in parts) == pytest.approx(correct.item())
+
+
+@pytest.mark.parametrize("preset, sets", [
+    ("cifar10-4000-fixmatch-gated-triple", ["semi.labels_per_class=4", "semi.mu=2", "semi.steps_per_epoch=3",
+                                            "semi.threshold=0.5", "loss.name=ce", "optim.batch_size=4"]),
+    ("cifar10-simclr-gated-pretext", ["contrastive.knn_k=5", "contrastive.linear_epochs=2", "optim.batch_size=8",
+                                      "fusion.enabled=true", "data.max_per_class=9"]),
+])
+def test_fixmatch_and_simclr_presets_train_under_torchrun(fake_cifar10, tmp_path, preset, sets):
+    args = ["--preset", preset, "--set", f"data.root={fake_cifar10}", "--set", "model.backbone=resnet20",
+            "--set", "optim.epochs=2", "--set", "optim.base_epochs=2", "--set", "optim.warmup_epochs=0", "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    r = _torchrun([*args, "--out", "ddp"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # rank 1 wrote nothing anywhere
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(0 <= row["train_acc"] <= 100 and row["loss"] > 0 for row in rows)
+    assert r.stdout.count("final test accuracy") == 1
+    if "semi" in sets[0]:
+        assert all(0 <= row["mask_rate"] <= 1 for row in rows) and "ema" in rundir.load_checkpoint(
+            tmp_path / "ddp" / "checkpoints" / "last.pt")
+    else:
+        assert all(row["contrastive_loss"] > 0 for row in rows)
+        resumed = _torchrun(["--resume", "ddp", "--set", "optim.epochs=3", "--force", "--quiet"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 3

@@ -42,6 +42,22 @@ def nt_xent(views: Tensor, temperature: float = 0.5, *, with_correct: bool = Fal
     return loss, (image[nearest] == image).float().sum().detach() / v
 
 
+def gather_views(z: Tensor) -> tuple[Tensor, int]:
+    """[V, n, D] projections of this rank's n images -> ([V, world * n, D] of every rank's, world).
+
+    PyTorch's differentiable all-gather sends each rank's share of the gradient back to it, summed
+    over ranks; every rank computes the same global loss, so a rank's gradient is world x its part
+    of the one-process gradient, and DDP's average over ranks makes it exactly the one-process
+    gradient. Without torchrun it returns z as it is."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return z, 1
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return z, 1
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(z.contiguous()), dim=1), world
+
+
 class SimCLR(GatedSSL):
     """The step gets the V views of each image stacked as [V*N] (view-major). GatedSSL's train_forward
     applies the pretext transforms, the batch fusion and ONE backbone pass; its `classifier` is here the
@@ -65,9 +81,12 @@ class SimCLR(GatedSSL):
         return self.backbone(x)
 
     def loss_from_params(self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]):
-        """x: [V*N] views; y and cls_loss are not used (no labels in pre-training)."""
+        """x: [V*N] views; y and cls_loss are not used (no labels in pre-training). Under torchrun the
+        negatives are every rank's views (gather_views), as one process with the global batch has."""
         z, ssl_total, stats = self.train_forward(x, params)
-        loss_c, correct = nt_xent(z.float().view(self.views, -1, z.shape[1]), self.temperature, with_correct=True)
+        zs, world = gather_views(z.float().view(self.views, -1, z.shape[1]))
+        loss_c, correct = nt_xent(zs, self.temperature, with_correct=True)
+        correct = correct / world  # every rank counts the global batch; the epoch sums over ranks
         total = loss_c + ssl_total
         stats.update({"contrastive_loss": loss_c.detach(), "correct": correct, "loss": total.detach()})
         return total, stats

@@ -90,8 +90,9 @@ class StepModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, y, cls_loss, params):
-        return self.model.loss_from_params(x, y, cls_loss, params)
+    def forward(self, *args, fn=None):
+        """The method's own step, or `fn(model, *args)` (FixMatch's loss over three batches)."""
+        return fn(self.model, *args) if fn is not None else self.model.loss_from_params(*args)
 
 
 def wrap(d: Dist, model: nn.Module, sync_bn: bool, device: torch.device):

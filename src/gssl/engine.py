@@ -100,23 +100,22 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     _, _, drw_epoch = scaled_schedule(o, cfg.loss.drw_epoch)
     drw_w = drw_weights(data.counts, cfg.loss.drw_beta).to(device)
 
-    loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean, std=data.std,
-                          crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True, seed=cfg.seed,
-                          device=device, rank=d.rank, world=d.world)
-    test_loader = DeviceLoader(data.test.images, data.test.labels, max(512, o.batch_size), mean=data.mean,
-                               std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device)
     semi = data.unlabeled is not None  # FixMatch: unlabelled batches of mu x B, weak and strong views, EMA
     c = cfg.contrastive
     contrast = c.views >= 2  # SimCLR: V augmented views of every image; k-NN test accuracy per epoch
-    if (semi or contrast) and d.enabled:
-        raise ConfigError(f"{'semi-supervised training (semi.labels_per_class)' if semi else 'contrastive pre-training'}"
-                          " does not run under torchrun yet; run it as one process")
+    # under torchrun SimCLR gathers every rank's views, which needs equal shares: no uneven last batch
+    loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean, std=data.std,
+                          crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True, seed=cfg.seed,
+                          device=device, rank=d.rank, world=d.world, drop_last=contrast and d.enabled)
+    test_loader = DeviceLoader(data.test.images, data.test.labels, max(512, o.batch_size), mean=data.mean,
+                               std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device)
     views = ViewAugment(data.mean, data.std, device, crop_scale=(c.crop_min_scale, 1.0)) if contrast else None
     bank_loader = DeviceLoader(data.train.images, data.train.labels, max(512, o.batch_size), mean=data.mean,
                                std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device) if contrast else None
     u_loader = DeviceLoader(data.unlabeled.images, data.unlabeled.labels, o.batch_size * cfg.semi.mu, mean=data.mean,
                             std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True,
-                            seed=cfg.seed + 1, device=device) if semi else None
+                            seed=cfg.seed + 1, device=device, rank=d.rank, world=d.world) if semi else None
+    semi_step = (step_module if d.enabled else distributed.StepModule(model)) if semi else None
     strong = semisup.StrongAugment(data.mean, data.std, device) if semi else None
     ema = semisup.ema_model(model, cfg.semi.ema) if semi and cfg.semi.ema > 0 else None
     eval_net = ema.module if ema is not None else model
@@ -174,7 +173,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
             g["lr"] = lr
         cls_loss.set_weight(drw_w if drw_epoch is not None and epoch >= drw_epoch else None)
         loader.set_epoch(epoch)
-        gen = torch.Generator(device=device).manual_seed(pretext_seed(cfg.seed, epoch))  # drawn where used
+        # drawn where used; under torchrun FixMatch's and SimCLR's augmentations are drawn per rank
+        gen = torch.Generator(device=device).manual_seed(pretext_seed(cfg.seed, epoch) + (d.rank if semi or contrast else 0))
 
         model.train()
         sums: dict[str, torch.Tensor] = {}
@@ -191,8 +191,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
                 xs = strong(xu, gen)
                 params = model.sample_params(torch.cat([x, xu, xs]), gen)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    loss, stats = semisup.fixmatch_loss(model, x, y, xu, xs, yu, cls_loss, params,
-                                                        cfg.semi.threshold, cfg.semi.lambda_u)
+                    loss, stats = semi_step(x, y, xu, xs, yu, cls_loss, params, cfg.semi.threshold,
+                                            cfg.semi.lambda_u, fn=semisup.fixmatch_loss)
             elif contrast:  # SimCLR: the V views stacked view-major, the pretext tasks on every view
                 if model.fusion is not None:  # batch fusion grows with training progress
                     model.fusion.set_progress((epoch * steps + step) / max(1, o.epochs * steps - 1))
