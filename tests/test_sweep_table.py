@@ -87,6 +87,24 @@ def test_table_best_metric_is_labelled_and_csv_matches(table_runs, tmp_path, cap
     assert float(l["diff_mean"]) == pytest.approx(statistics.fmean(LEARNED[s] - BASE[s] - 1 for s in BASE))
 
 
+def test_table_of_contrastive_runs_knn_metric_and_baseline_by_method_name(tmp_path, capsys):
+    root = tmp_path / "runs"
+    accs = {"cifar10-simclr": (40.0, 41.0, 38.0, 39.0), "cifar10-simclr-pretext": (42.0, 40.0, 40.0, 41.0)}
+    for preset, (a0, a1, k0, k1) in accs.items():
+        for seed, (acc, knn) in enumerate(((a0, k0), (a1, k1))):
+            d = _fake_run(root / preset / f"seed{seed}", preset, seed, acc)
+            (d / "summary.json").write_text(json.dumps({"test_acc": acc, "best_test_acc": acc, "knn_test_acc": knn}))
+    assert main(["table", str(root), "--metric", "knn"]) == 0
+    md = capsys.readouterr().out
+    rows = _rows(md)
+    assert md.startswith("k-NN top-1 (%) on the frozen backbone")
+    assert list(rows) == ["simclr", "simclr-pretext"]  # SimCLR is the default baseline, first
+    assert rows["simclr"][0] == "38.50 ± 0.71 (2)" and rows["simclr-pretext"][2] == "2.00 ± 0.00 (2)"
+    assert main(["table", str(root), "--baseline", "simclr-pretext"]) == 0  # by method name, moved first
+    rows = _rows(capsys.readouterr().out)
+    assert list(rows) == ["simclr-pretext", "simclr"] and rows["simclr"][2] == "-0.50 ± 2.12 (2)"
+
+
 def test_table_refuses_duplicates_and_missing_paths(table_runs, tmp_path, capsys):
     _fake_run(table_runs / "again" / "seed0", "cifar10-lt0.01-lorot", 0, 50.0)
     assert main(["table", str(table_runs)]) == 2

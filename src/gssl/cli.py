@@ -358,9 +358,11 @@ def _sweep_parsers(sub, fmt) -> None:
                        formatter_class=fmt, description="Group runs by method and setting: mean +- std over "
                        "seeds, the paper's number, the paired difference against the baseline row.")
     t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
-    t.add_argument("--metric", choices=["final", "best"], default="final",
-                   help="final-epoch accuracy (default) or best epoch (chosen on the test set)")
-    t.add_argument("--baseline", metavar="ROW", help="the row differences are taken against (default: LDAM-DRW)")
+    t.add_argument("--metric", choices=["final", "best", "knn"], default="final",
+                   help="final-epoch accuracy (default), best epoch (chosen on the test set), or k-NN on the "
+                   "frozen backbone (contrastive runs)")
+    t.add_argument("--baseline", metavar="ROW", help="the row (or method) differences are taken against "
+                   "(default: LDAM-DRW, baseline, supervised or SimCLR, whichever is there)")
     t.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
 
 

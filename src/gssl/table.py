@@ -21,8 +21,9 @@ from .config import Config, ConfigError, flatten, from_dict, load_yaml
 from .presets import PRESETS, preset_dict
 
 METRICS = {"final": ("test_acc", "final-epoch top-1 (%)"),
-           "best": ("best_test_acc", "best-epoch top-1 (%), the epoch chosen on the test set (optimistic)")}
-BASELINE_METHODS = ("ldam-drw", "baseline")
+           "best": ("best_test_acc", "best-epoch top-1 (%), the epoch chosen on the test set (optimistic)"),
+           "knn": ("knn_test_acc", "k-NN top-1 (%) on the frozen backbone (contrastive runs)")}
+BASELINE_METHODS = ("ldam-drw", "baseline", "supervised", "simclr")
 _NOT_METHOD = {"seed", "preset", "device", "tensorboard", "data.root", "data.name", "data.imbalance"}
 
 
@@ -115,8 +116,13 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
     cols = sorted({k[1] for k in cells})
     if baseline is None:
         baseline = next((r for r in rows if r in BASELINE_METHODS), None)
-    elif baseline not in rows:
-        raise ConfigError(f"--baseline {baseline!r} is not a row of this table; rows: {rows}")
+    elif baseline not in rows:  # a method name stands for its one row, whatever its own settings
+        named = [r for r in rows if r.split(" (")[0] == baseline]
+        if len(named) != 1:
+            raise ConfigError(f"--baseline {baseline!r} is not a row of this table; rows: {rows}")
+        baseline = named[0]
+    if baseline is not None:
+        rows = [baseline] + [r for r in rows if r != baseline]
     return rows, cols, cells, baseline, sorted(shared)
 
 
