@@ -143,6 +143,10 @@ def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar1
     s = json.loads((run / "summary.json").read_text())
     assert s["test_acc_protocol"].startswith("linear probe (5 epochs)") and 0 <= s["knn_test_acc"] <= 100
     assert s["test_acc"] > 10  # the fake classes are tinted: even 2 epochs' features separate some
+    from gssl.analysis.report import summary_rows
+    from gssl.analysis.run import Run
+    header, rows = summary_rows([Run(run)])  # the report says the best epoch is a k-NN figure
+    assert rows[0][header.index("best test % (epoch)")].endswith(", 5-NN")
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0  # a contrastive run is judged by the linear probe by default
     rep = json.loads(capsys.readouterr().out)

@@ -88,6 +88,8 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
         gates = s.get("gate_weights") or {k[5:]: v for k, v in last.items() if k.startswith("gate_")}
         done = f"{len(r.rows)}/{c.optim.epochs}" if len(r.rows) != c.optim.epochs else str(c.optim.epochs)
         best = "-" if "best_test_acc" not in s else f"{s['best_test_acc']:.2f} ({s['best_epoch'] + 1})"
+        if c.contrastive.views and best != "-":  # final: the linear probe; per epoch: k-NN
+            best += f", {c.contrastive.knn_k}-NN"
         final = s.get("test_acc", last.get("test_acc"))
         rows.append([r.name, c.preset or "-", f"{c.data.name} (imbalance {c.data.imbalance:g})", c.model.backbone,
                      ", ".join(r.tasks()) or "none", c.ssl.gate if r.tasks() else "-", c.loss.name, done, _pct(final),
