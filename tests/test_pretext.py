@@ -275,3 +275,12 @@ def test_permutation_table_matches_itertools():
     from gssl.pretext import PERMUTATIONS, _permutation_table
 
     assert _permutation_table("cpu").tolist() == [list(p) for p in PERMUTATIONS] == [list(p) for p in PERMS]
+
+
+def test_the_config_groups_tasks_by_the_regions_they_act_on():
+    """config.TASK_GROUPS (torch-free, for parse-time checks) must say what the task registry says."""
+    from gssl.config import TASK_GROUPS
+    by_region = {}
+    for name, task in TASKS.items():
+        by_region.setdefault(task.region, set()).add(name)
+    assert sorted(map(sorted, TASK_GROUPS)) == sorted(map(sorted, by_region.values()))

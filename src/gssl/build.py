@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from .config import Config, ConfigError
-from .data import (DataError, ImageSet, first_per_class, labeled_unlabeled_split, load_dataset, long_tail_indices,
-                   mean_std)
+from .data import (DataError, DeviceLoader, ImageSet, first_per_class, labeled_unlabeled_split, load_dataset,
+                   long_tail_indices, mean_std)
 from .contrastive import SimCLR
 from .fusion import BatchFusion
 from .losses import build_loss
@@ -34,6 +34,12 @@ class Data:
     mean: tuple
     std: tuple
     unlabeled: ImageSet | None = None  # FixMatch: the training images whose labels training never reads
+
+
+def ordered_loader(split: ImageSet, data: Data, batch_size: int, device) -> DeviceLoader:
+    """Un-augmented, in order: the test set, or the training images' features for k-NN and a linear probe."""
+    return DeviceLoader(split.images, split.labels, batch_size, mean=data.mean, std=data.std, crop_padding=0,
+                        hflip=False, shuffle=False, device=device)
 
 
 def build_data(cfg: Config) -> Data:
@@ -70,19 +76,19 @@ def build_data(cfg: Config) -> Data:
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | SLASD | SimCLR:
     tasks = [] if cfg.ssl.gate == "none" else list(cfg.ssl.tasks)
-    gate_kw = {"tau": cfg.ssl.gate_tau} if cfg.ssl.gate == "learned" else None
+    gate = cfg.ssl.gate if tasks else "none"
+    gate_kw = {"tau": cfg.ssl.gate_tau} if gate == "learned" else None
     if cfg.contrastive.views:
         c, f = cfg.contrastive, cfg.fusion
         fusion = (BatchFusion(in_channels, patch=f.patch, dim=f.dim, heads=f.heads, layers=f.layers,
                               strength=f.strength) if f.enabled else None)
         return SimCLR(cfg.model.backbone, views=c.views, temperature=c.temperature, proj_dim=c.proj_dim,
-                      proj_hidden=c.proj_hidden, tasks=tasks, gate=cfg.ssl.gate if tasks else "none",
+                      proj_hidden=c.proj_hidden, tasks=tasks, gate=gate,
                       ssl_ratio=cfg.ssl.ratio, in_channels=in_channels, gate_kw=gate_kw, fusion=fusion)
     if cfg.sla.transform != "none":
         check_method(cfg)
         return SLASD(cfg.model.backbone, num_classes, transform=cfg.sla.transform, head=cfg.model.head,
                      in_channels=in_channels, temperature=cfg.sla.temperature, joint_scale=cfg.loss.scale)
-    gate = cfg.ssl.gate if tasks else "none"
     return GatedSSL(cfg.model.backbone, num_classes, tasks=tasks, gate=gate, head=cfg.model.head,
                     ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis, in_channels=in_channels,
                     gate_kw=gate_kw)

@@ -52,7 +52,8 @@ class ModelConfig:
     head: str = field(default="cosine", metadata=_choice("linear", "cosine"))
 
 
-# pretext tasks that can share a run: they must transform the same region of the image
+# pretext tasks that can share a run: they transform the same region of the image (pretext.TASKS[t].region;
+# written out here so that parsing a config needs no torch, and kept equal by tests/test_pretext.py)
 TASK_GROUPS = ({"lorot", "flip", "channel"}, {"lorot_i"}, {"rotation", "jigsaw"})
 
 

@@ -134,7 +134,7 @@ def frozen_eval(backbone: nn.Module, train_loader, test_loader, num_classes: int
                 linear_lr: float = 0.1, seed: int = 0) -> dict:
     """k-NN accuracy (percent) and class scores of the test features against the (un-augmented) training
     features and, if linear_epochs, the linear probe's test logits, on features standardised by the training
-    mean and std."""
+    mean and std. "logits" are what judges the representation: the probe's if it was trained, else k-NN's."""
     train_feat, train_y = metrics.predict(backbone, train_loader, device_type, amp=amp)
     test_feat, test_y = metrics.predict(backbone, test_loader, device_type, amp=amp)
     scores = knn_predict(train_feat, train_y, test_feat, num_classes, knn_k, knn_temperature)
@@ -146,4 +146,5 @@ def frozen_eval(backbone: nn.Module, train_loader, test_loader, num_classes: int
                                 seed=seed)
         with torch.no_grad():
             out["linear_logits"] = head((test_feat - mean) / std)
+    out["logits"] = out.get("linear_logits", scores)
     return out

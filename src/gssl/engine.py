@@ -20,7 +20,7 @@ import torch
 from . import __version__, metrics, rundir
 from .config import Config, ConfigError, scaled_schedule, to_yaml
 from .build import (Data, build_cls_loss, build_data, build_model, check_method, check_shapes,  # noqa: F401 (API)
-                    pick_device)
+                    ordered_loader, pick_device)
 from .data import DeviceLoader
 from .evaluation import evaluate_run, write_eval  # noqa: F401 (API)
 from .contrastive import frozen_eval
@@ -107,11 +107,9 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean, std=data.std,
                           crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True, seed=cfg.seed,
                           device=device, rank=d.rank, world=d.world, drop_last=contrast and d.enabled)
-    test_loader = DeviceLoader(data.test.images, data.test.labels, max(512, o.batch_size), mean=data.mean,
-                               std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device)
+    test_loader = ordered_loader(data.test, data, max(512, o.batch_size), device)
     views = ViewAugment(data.mean, data.std, device, crop_scale=(c.crop_min_scale, 1.0)) if contrast else None
-    bank_loader = DeviceLoader(data.train.images, data.train.labels, max(512, o.batch_size), mean=data.mean,
-                               std=data.std, crop_padding=0, hflip=False, shuffle=False, device=device) if contrast else None
+    bank_loader = ordered_loader(data.train, data, max(512, o.batch_size), device) if contrast else None
     u_loader = DeviceLoader(data.unlabeled.images, data.unlabeled.labels, o.batch_size * cfg.semi.mu, mean=data.mean,
                             std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True,
                             seed=cfg.seed + 1, device=device, rank=d.rank, world=d.world) if semi else None
@@ -276,7 +274,7 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         fe = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type, amp=cuda,
                          knn_k=c.knn_k, knn_temperature=c.knn_temperature, linear_epochs=c.linear_epochs,
                          linear_lr=c.linear_lr, seed=cfg.seed)
-        logits, labels = fe.get("linear_logits", fe["knn_scores"]), fe["labels"]
+        logits, labels = fe["logits"], fe["labels"]
         final = f"linear probe ({c.linear_epochs} epochs) on the frozen backbone" if c.linear_epochs else f"{c.knn_k}-NN"
         extra.update({"knn_test_acc": fe["knn_acc"], "test_acc_protocol": f"{final}; per-epoch test_acc is {c.knn_k}-NN"})
     else:

@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import attacks, metrics, rundir
-from .build import Data, build_data, build_model, pick_device
+from .build import Data, build_data, build_model, ordered_loader, pick_device
 from .contrastive import frozen_eval
-from .data import DeviceLoader
 
 
 def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack | None = None, *,
@@ -42,19 +41,16 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
     rundir.restore(model, ck, ck_path)
     if "ema" in ck:  # FixMatch runs are judged by their EMA weights, as in training
         model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")})
-    loader = DeviceLoader(data.test.images, data.test.labels, 512, mean=data.mean, std=data.std,
-                          crop_padding=0, hflip=False, shuffle=False, device=device)
-    extra = {"protocol": protocol}
+    loader = ordered_loader(data.test, data, 512, device)
+    extra = {}
     if protocol == "classifier":
         logits, labels = metrics.predict(model, loader, device.type, amp=device.type == "cuda")
     else:
-        train = DeviceLoader(data.train.images, data.train.labels, 512, mean=data.mean, std=data.std, crop_padding=0,
-                             hflip=False, shuffle=False, device=device)
-        fe = frozen_eval(model.backbone, train, loader, len(data.train.classes), device_type=device.type,
+        fe = frozen_eval(model.backbone, ordered_loader(data.train, data, 512, device), loader, len(data.train.classes), device_type=device.type,
                          amp=device.type == "cuda", knn_k=knn_k, knn_temperature=cfg.contrastive.knn_temperature,
                          linear_epochs=linear_epochs if protocol == "linear" else 0, linear_lr=cfg.contrastive.linear_lr,
                          seed=cfg.seed)
-        logits, labels = fe.get("linear_logits", fe["knn_scores"]), fe["labels"]
+        logits, labels = fe["logits"], fe["labels"]
         extra.update({"knn_acc": fe["knn_acc"], "protocol": f"{protocol} ({f'{knn_k}-NN' if protocol == 'knn' else f'{linear_epochs} epochs'}"
                       " on the frozen backbone)"})
     if attack is not None:

@@ -114,4 +114,6 @@ class ViewAugment:
 
     def views(self, x: Tensor, generator: torch.Generator, v: int) -> Tensor:
         """[v, N, C, H, W]: v independent views of every image of a normalised batch."""
-        return torch.stack([self(x, generator) for _ in range(v)])
+        pixels = self.space.to_pixels(x)
+        return torch.stack([self.space.to_model(self.apply(pixels, self.sample(x.shape[0], generator, x.device)))
+                            for _ in range(v)])
