@@ -11,7 +11,7 @@ from gssl.build import build_data
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
 from gssl.presets import preset_dict
-from gssl.semisup import ema_model, fixmatch_loss, pseudo_labels
+from gssl.semisup import EMA, fixmatch_loss, pseudo_labels
 
 from conftest import train_tiny_run
 
@@ -27,28 +27,30 @@ def test_threshold_masks_exactly_the_confident_predictions():
 
 
 def test_ema_update_is_exact():
+    """ema = decay * ema + (1 - decay) * current from a copy of the initial model (FixMatch's EMA),
+    parameters and float buffers alike; integer buffers are copied."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    ema = ema_model(model, 0.9)
+    ema = EMA(model, 0.9)
     start = {k: v.clone() for k, v in ema.module.state_dict().items()}
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-        model(torch.randn(8, 3))  # moves the batch-norm buffers too
-    ema.update_parameters(model)  # the first update copies
-    ema.update_parameters(model)
-    now = model.state_dict()
-    for k, v in ema.module.state_dict().items():
-        if v.is_floating_point():
-            assert torch.allclose(v, now[k]), k  # after copying, the same weights: average of equal values
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    before = {k: v.clone() for k, v in ema.module.named_parameters()}
-    ema.update_parameters(model)
-    for k, v in ema.module.named_parameters():
-        assert torch.allclose(v, 0.9 * before[k] + 0.1 * dict(model.named_parameters())[k], atol=1e-6)
-    assert start  # (the EMA started as a copy of the model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())  # starts as a copy
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0 + step)
+            model(torch.randn(8, 3))  # moves the batch-norm buffers too
+        before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+        ema.update(model)
+        now = model.state_dict()
+        for k, v in ema.module.state_dict().items():
+            if v.is_floating_point():
+                assert torch.allclose(v, 0.9 * before[k] + 0.1 * now[k], atol=1e-6), k
+                assert not torch.allclose(v, now[k]), k  # an average, not a copy
+            else:
+                assert torch.equal(v, now[k]), k
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    # runs saved with torch's AveragedModel (an extra n_averaged entry) still load
+    ema.load_state_dict({**ema.state_dict(), "n_averaged": torch.tensor(5)})
 
 
 def test_the_unlabelled_loss_never_reads_true_labels_and_the_split_is_disjoint(fake_cifar10):

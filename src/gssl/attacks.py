@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .step import autocast
+
 
 @dataclass(frozen=True)
 class Attack:
@@ -103,7 +105,7 @@ ATTACKS = {"fgsm", "pgd"}
 
 
 @torch.no_grad()
-def robust_accuracy(model, loader, space: PixelSpace, attack: Attack, *, amp: bool = False,
+def robust_accuracy(model, loader, space: PixelSpace, attack: Attack, *, precision: str = "fp32",
                     seed: int = 0) -> tuple[float, float]:
     """(clean, robust) top-1 in percent over a loader, the model in eval mode throughout; weights
     and batch-norm statistics are left exactly as they were."""
@@ -113,7 +115,7 @@ def robust_accuracy(model, loader, space: PixelSpace, attack: Attack, *, amp: bo
     clean = robust = n = 0
     with attack_mode(model, train_mode=False):
         for x, y in loader:
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(device_type, precision):
                 clean += (model(x).argmax(1) == y).sum().item()
                 x_adv = perturb(objective, x, y, space, attack, gen)
                 robust += (model(x_adv).argmax(1) == y).sum().item()

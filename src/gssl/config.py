@@ -190,7 +190,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
-    compile: bool | None = None            # torch.compile the step and evaluation; null: on CUDA only
+    compile: bool | None = None            # torch.compile the step and evaluation; null: CUDA, or a long CPU run
+    precision: str | None = field(default=None, metadata=_choice(  # null: bf16 on CUDA, fp32 on CPU
+        None, "bf16", "fp16", "fp32"))
     channels_last: bool | None = None      # NHWC activations; null: on CUDA only (docs/performance.md)
     compile_mode: str = field(default="reduce-overhead", metadata=_choice(
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
@@ -340,7 +342,7 @@ def parse_set(item: str) -> dict:
         value = text
     if isinstance(value, str) and key.split(".")[-1] not in {"name", "root", "backbone", "head", "gate",
                                                              "profile", "flip_axis", "schedule", "device", "preset",
-                                                             "transform", "compile_mode", "attack", "objective",
+                                                             "transform", "compile_mode", "precision", "attack", "objective",
                                                              "normalize"}:
         try:  # '8/255' and similar fractions for numeric keys
             value = parse_number(key, value)

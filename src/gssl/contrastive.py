@@ -35,7 +35,9 @@ def nt_xent(views: Tensor, temperature: float = 0.5, *, with_correct: bool = Fal
     logits = sim.masked_fill(eye, float("-inf"))
     image = torch.arange(v * n, device=z.device) % n
     positive = (image[:, None] == image[None, :]) & ~eye
-    loss = -(logits.log_softmax(dim=1)[positive]).mean()
+    # a masked sum over a known count, not boolean indexing: that needs nonzero (a host sync and graph break)
+    log_prob = torch.where(positive, logits.log_softmax(dim=1), 0.0)
+    loss = -log_prob.sum() / (v * n * (v - 1))
     if not with_correct:
         return loss
     nearest = logits.argmax(1)
@@ -130,13 +132,13 @@ def linear_probe(train_feat: Tensor, train_labels: Tensor, num_classes: int, *, 
 
 
 def frozen_eval(backbone: nn.Module, train_loader, test_loader, num_classes: int, *, device_type: str = "cpu",
-                amp: bool = False, knn_k: int = 200, knn_temperature: float = 0.1, linear_epochs: int = 0,
+                precision: str = "fp32", knn_k: int = 200, knn_temperature: float = 0.1, linear_epochs: int = 0,
                 linear_lr: float = 0.1, seed: int = 0) -> dict:
     """k-NN accuracy (percent) and class scores of the test features against the (un-augmented) training
     features and, if linear_epochs, the linear probe's test logits, on features standardised by the training
     mean and std. "logits" are what judges the representation: the probe's if it was trained, else k-NN's."""
-    train_feat, train_y = metrics.predict(backbone, train_loader, device_type, amp=amp)
-    test_feat, test_y = metrics.predict(backbone, test_loader, device_type, amp=amp)
+    train_feat, train_y = metrics.predict(backbone, train_loader, device_type, precision)
+    test_feat, test_y = metrics.predict(backbone, test_loader, device_type, precision)
     scores = knn_predict(train_feat, train_y, test_feat, num_classes, knn_k, knn_temperature)
     out = {"knn_acc": metrics.top1(scores, test_y), "knn_scores": scores, "labels": test_y}
     if linear_epochs:

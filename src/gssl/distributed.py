@@ -96,11 +96,11 @@ class StepModule(nn.Module):
 
 
 def wrap(d: Dist, model: nn.Module, sync_bn: bool, device: torch.device):
-    """(the step callable, the model). Under DDP the step goes through DistributedDataParallel;
+    """(the step callable, the model): StepModule(model), under DDP through DistributedDataParallel;
     the reference gate's parameters get no gradient (its output is detached), hence
     find_unused_parameters for that gate alone."""
     if not d.enabled:
-        return model.loss_from_params, model
+        return StepModule(model), model
     if sync_bn:
         if device.type != "cuda":
             from .config import ConfigError

@@ -29,7 +29,7 @@ from .losses import drw_weights
 from .sla import SLASD
 from .ssp import pretrain_rotation
 from . import attacks, distributed, semisup
-from .step import Compiled, FiniteWatch
+from .step import Compiled, FiniteWatch, autocast, resolve_precision
 
 
 class TrainingError(RuntimeError):
@@ -52,6 +52,32 @@ def pretext_seed(seed: int, epoch: int) -> int:
     """The pretext parameters' stream for one epoch; unlike gssl.data.epoch_seed (the loader's), so the
     quadrant and rotation draws are not the crop and flip draws over again."""
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+# On CPU, compile=null compiles when the run sees at least this many training images: compiling takes
+# 25-50 s on 2 cores and the compiled ResNet step is about 1.35x the eager one (docs/performance.md),
+# so it repays itself after roughly 100,000 images; this leaves a margin, and keeps the quickstart eager.
+CPU_COMPILE_MIN_IMAGES = 300_000
+
+
+def use_compile(cfg: Config, device: torch.device, train_images: int) -> bool:
+    """`compile`, or when null: always on CUDA; on CPU when the run is long enough to repay compiling."""
+    if cfg.compile is not None:
+        return cfg.compile
+    if device.type == "cuda":
+        return True
+    per_epoch = cfg.semi.steps_per_epoch * cfg.optim.batch_size if cfg.semi.labels_per_class else train_images
+    return cfg.optim.epochs * per_epoch >= CPU_COMPILE_MIN_IMAGES
+
+
+def compile_mode(cfg: Config, d: distributed.Dist) -> str:
+    """Under DDP, no CUDA graphs: DDP's bucketed all-reduce splits the compiled graph, and batch-norm
+    buffer updates ("mutated inputs") make inductor skip CUDA graphs anyway (docs/performance.md)."""
+    if d.enabled and cfg.compile_mode == "reduce-overhead":
+        return "default"
+    if d.enabled and cfg.compile_mode == "max-autotune":
+        return "max-autotune-no-cudagraphs"
+    return cfg.compile_mode
 
 
 def versions() -> dict:
@@ -80,6 +106,10 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     check_method(cfg)
     device = pick_device(device_name)
     cuda = device.type == "cuda"
+    precision = resolve_precision(cfg.precision, device)
+    if cuda:  # static shapes: let cuDNN pick its fastest kernels once; float32 matmuls stay IEEE (as the reference)
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("highest")
     torch.manual_seed(cfg.seed)
 
     data = build_data(cfg)
@@ -97,6 +127,7 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
               {"params": [p for p in model.parameters() if p.dim() <= 1 and not o.decay_norm_and_bias], "weight_decay": 0.0}]
     opt = torch.optim.SGD([g for g in groups if g["params"]], lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                           weight_decay=o.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # fp16 needs loss scaling
     _, _, drw_epoch = scaled_schedule(o, cfg.loss.drw_epoch)
     drw_w = drw_weights(data.counts, cfg.loss.drw_beta).to(device)
 
@@ -113,16 +144,15 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     u_loader = DeviceLoader(data.unlabeled.images, data.unlabeled.labels, o.batch_size * cfg.semi.mu, mean=data.mean,
                             std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True,
                             seed=cfg.seed + 1, device=device, rank=d.rank, world=d.world) if semi else None
-    semi_step = (step_module if d.enabled else distributed.StepModule(model)) if semi else None
     strong = semisup.StrongAugment(data.mean, data.std, device) if semi else None
-    ema = semisup.ema_model(model, cfg.semi.ema) if semi and cfg.semi.ema > 0 else None
+    ema = semisup.EMA(model, cfg.semi.ema) if semi and cfg.semi.ema > 0 else None
     eval_net = ema.module if ema is not None else model
     steps = cfg.semi.steps_per_epoch if semi else len(loader)
     # the fast path: compiled step and evaluation on full batches (static shapes), eager otherwise
-    compiled = cuda if cfg.compile is None else cfg.compile
-    step_fn = Compiled(step_module, enabled=compiled, batch=o.batch_size * (c.views if contrast else 1),
-                       mode=cfg.compile_mode)
-    eval_fn = Compiled(eval_net, enabled=compiled, batch=test_loader.batch_size, mode=cfg.compile_mode, what="evaluation")
+    compiled = use_compile(cfg, device, len(data.train.labels))
+    mode = compile_mode(cfg, d)
+    step_fn = Compiled(step_module, enabled=compiled, batch=o.batch_size * (c.views if contrast else 1), mode=mode)
+    eval_fn = Compiled(eval_net, enabled=compiled, batch=test_loader.batch_size, mode=mode, what="evaluation")
     watch = FiniteWatch(device)
     space = attacks.PixelSpace(data.mean, data.std, device)
     adv = _attack(cfg, cfg.adv.steps) if cfg.adv.attack != "none" else None
@@ -169,7 +199,7 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         lr = lr_at(cfg, epoch) * (d.world if cfg.distributed.scale_lr else 1)
         for g in opt.param_groups:
             g["lr"] = lr
-        cls_loss.set_weight(drw_w if drw_epoch is not None and epoch >= drw_epoch else None)
+        cls_loss.set_weight(drw_w if drw_epoch is not None and epoch >= drw_epoch else None)  # in place
         loader.set_epoch(epoch)
         # drawn where used; under torchrun FixMatch's and SimCLR's augmentations are drawn per rank
         gen = torch.Generator(device=device).manual_seed(pretext_seed(cfg.seed, epoch) + (d.rank if semi or contrast else 0))
@@ -188,34 +218,38 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
                 xu, yu = next(unlabeled)
                 xs = strong(xu, gen)
                 params = model.sample_params(torch.cat([x, xu, xs]), gen)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    loss, stats = semi_step(x, y, xu, xs, yu, cls_loss, params, cfg.semi.threshold,
-                                            cfg.semi.lambda_u, fn=semisup.fixmatch_loss)
+                with autocast(device.type, precision):
+                    loss, stats = step_fn(x, y, xu, xs, yu, cls_loss, params, cfg.semi.threshold,
+                                          cfg.semi.lambda_u, fn=semisup.fixmatch_loss)
             elif contrast:  # SimCLR: the V views stacked view-major, the pretext tasks on every view
                 if model.fusion is not None:  # batch fusion grows with training progress
                     model.fusion.set_progress((epoch * steps + step) / max(1, o.epochs * steps - 1))
                 xv = views.views(x, gen, c.views).flatten(0, 1)
                 params = model.sample_params(xv, gen)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                with autocast(device.type, precision):
                     loss, stats = step_fn(xv, y, cls_loss, params)
             else:
                 params = distributed.global_params(d, model, x, gen, *loader.shard(step))
                 if adv is not None:  # adversarial training: the step sees the attacked batch
                     objective = (attacks.training_objective(model, cls_loss, params) if cfg.adv.objective == "pretext"
                                  else attacks.classification_objective(model, cls_loss))
-                    with attacks.attack_mode(model, cfg.adv.bn_train), \
-                            torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    with attacks.attack_mode(model, cfg.adv.bn_train), autocast(device.type, precision):
                         x = attacks.perturb(objective, x, y, space, adv, gen)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                with autocast(device.type, precision):
                     loss, stats = step_fn(x, y, cls_loss, params)
             watch.update(step, loss, stats)
             if not cuda:  # reading it is free on CPU; on CUDA once per epoch, below
                 _stop_if_non_finite(watch, epoch, o.epochs, steps, run_dir)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             if ema is not None:
-                ema.update_parameters(model)
+                ema.update(model)
             b = y.shape[0]
             for k, v in stats.items():  # device-side sums; read once per epoch
                 v = v.detach().float()
@@ -230,10 +264,10 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         sums, seen = distributed.all_sum(d, sums, seen)  # metrics and gate weights over every rank
 
         if contrast:  # no classifier: k-NN on the frozen features
-            test_acc = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type, amp=cuda,
-                                   knn_k=c.knn_k, knn_temperature=c.knn_temperature)["knn_acc"]
+            test_acc = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type,
+                                   precision=precision, knn_k=c.knn_k, knn_temperature=c.knn_temperature)["knn_acc"]
         else:
-            logits, labels = metrics.predict(eval_net, test_loader, device.type, amp=cuda, fn=eval_fn)
+            logits, labels = metrics.predict(eval_net, test_loader, device.type, precision=precision, fn=eval_fn)
             test_acc = metrics.top1(logits, labels)
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
                "images_per_second": round(seen / train_seconds, 1),
@@ -271,22 +305,22 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         return {}
     extra = {}
     if contrast:  # judged by a linear probe on the frozen backbone (and k-NN), as contrastive methods are
-        fe = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type, amp=cuda,
+        fe = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type, precision=precision,
                          knn_k=c.knn_k, knn_temperature=c.knn_temperature, linear_epochs=c.linear_epochs,
                          linear_lr=c.linear_lr, seed=cfg.seed)
         logits, labels = fe["logits"], fe["labels"]
         final = f"linear probe ({c.linear_epochs} epochs) on the frozen backbone" if c.linear_epochs else f"{c.knn_k}-NN"
         extra.update({"knn_test_acc": fe["knn_acc"], "test_acc_protocol": f"{final}; per-epoch test_acc is {c.knn_k}-NN"})
     else:
-        logits, labels = metrics.predict(eval_net, test_loader, device.type, amp=cuda)
+        logits, labels = metrics.predict(eval_net, test_loader, device.type, precision=precision)
     rep = metrics.report(logits, labels, data.counts)
     last = history[-1] if history else {}
     if isinstance(model, SLASD):  # SLA's aggregated inference (M forward passes), beside the single head
-        agg, _ = metrics.predict(model, test_loader, device.type, amp=cuda, fn=model.aggregated_logits)
+        agg, _ = metrics.predict(model, test_loader, device.type, precision=precision, fn=model.aggregated_logits)
         extra["aggregated_test_acc"] = metrics.top1(agg, labels)
     if adv is not None and cfg.adv.eval_steps:  # robust accuracy, PGD with eval_steps steps, eval mode
         clean, robust = attacks.robust_accuracy(model, test_loader, space, _attack(cfg, cfg.adv.eval_steps, "pgd"),
-                                                amp=cuda, seed=cfg.seed)
+                                                precision=precision, seed=cfg.seed)
         extra.update({"robust_test_acc": robust, "robust_attack": f"pgd-{cfg.adv.eval_steps} eps {cfg.adv.eps:.5g} "
                                                                   f"step {cfg.adv.eval_step_size:.5g}"})
     if cfg.pretrain.epochs and (run_dir / rundir.CKPT_DIR / "pretrain.pt").is_file():
@@ -303,7 +337,9 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         "epochs": o.epochs, "images_per_second": _mean([r["images_per_second"] for r in history]),
         "wall_seconds": round(sum(r["seconds"] for r in history), 2),
         "wall_seconds_this_process": round(time.perf_counter() - t_run, 2),
-        "device": _device_name(device), "seed": cfg.seed, "versions": versions(),
+        "device": _device_name(device), "precision": precision, "compiled": compiled,
+        "compiled_steps": step_fn.compiled_calls, "compile_fallbacks": step_fn.fallbacks + eval_fn.fallbacks,
+        "seed": cfg.seed, "versions": versions(),
         "preset": cfg.preset, "command": " ".join(sys.argv), **extra,
     }
     with _write_failure_stops(run_dir, o.epochs):

@@ -6,6 +6,7 @@ from pathlib import Path
 from . import attacks, metrics, rundir
 from .build import Data, build_data, build_model, ordered_loader, pick_device
 from .contrastive import frozen_eval
+from .step import resolve_precision
 
 
 def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack | None = None, *,
@@ -34,6 +35,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
     if knn_k < 1 or linear_epochs < 1:
         raise ConfigError(f"--knn-k ({knn_k}) and --linear-epochs ({linear_epochs}) must be >= 1")
     device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     data = build_data(cfg)
     model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
     ck_path = run_dir / rundir.CKPT_DIR / f"{checkpoint}.pt"
@@ -44,10 +46,10 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
     loader = ordered_loader(data.test, data, 512, device)
     extra = {}
     if protocol == "classifier":
-        logits, labels = metrics.predict(model, loader, device.type, amp=device.type == "cuda")
+        logits, labels = metrics.predict(model, loader, device.type, precision)
     else:
         fe = frozen_eval(model.backbone, ordered_loader(data.train, data, 512, device), loader, len(data.train.classes), device_type=device.type,
-                         amp=device.type == "cuda", knn_k=knn_k, knn_temperature=cfg.contrastive.knn_temperature,
+                         precision=precision, knn_k=knn_k, knn_temperature=cfg.contrastive.knn_temperature,
                          linear_epochs=linear_epochs if protocol == "linear" else 0, linear_lr=cfg.contrastive.linear_lr,
                          seed=cfg.seed)
         logits, labels = fe["logits"], fe["labels"]
@@ -55,7 +57,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
                       " on the frozen backbone)"})
     if attack is not None:
         clean, robust = attacks.robust_accuracy(model, loader, attacks.PixelSpace(data.mean, data.std, device), attack,
-                                                amp=device.type == "cuda", seed=cfg.seed)
+                                                precision=precision, seed=cfg.seed)
         extra.update({"clean_acc": clean, "robust_acc": robust, "attack": vars(attack).copy()})
     return write_eval(run_dir, checkpoint, int(ck["epoch"]), logits, labels, data, extra,
                       name=f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}"))

@@ -40,8 +40,15 @@ class _Weighted(nn.Module):
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
     def set_weight(self, weight: Optional[Tensor]) -> None:
-        """Per-class weights (e.g. drw_weights) or None for uniform; follows the logits' device."""
-        self.weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
+        """Per-class weights (e.g. drw_weights) or None for uniform; follows the logits' device. A loss
+        built with a weight keeps that tensor and has new values copied into it (None: ones), so a
+        compiled step sees the same input before and after DRW switches on and does not recompile."""
+        if self.weight is None:
+            self.weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
+        elif weight is None:
+            self.weight.fill_(1.0)
+        else:
+            self.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
 
     def _w(self, logits: Tensor) -> Optional[Tensor]:
         # .to is a no-op when the weight already lives on the logits' device.
@@ -84,7 +91,10 @@ class FocalLoss(_Weighted):
 
 
 def build_loss(name: str, class_counts: Optional[Sequence[int]] = None, **kw) -> nn.Module:
-    """name: "ce" | "ldam" (needs class_counts; kw max_m, s) | "focal" (kw gamma). kw weight too."""
+    """name: "ce" | "ldam" (needs class_counts; kw max_m, s) | "focal" (kw gamma). kw weight too; with
+    class_counts and no weight, the weight starts as ones (uniform), ready for DRW's in-place switch."""
+    if class_counts is not None and kw.get("weight") is None:
+        kw["weight"] = torch.ones(len(class_counts))
     if name == "ce":
         return CrossEntropyLoss(**kw)
     if name == "ldam":

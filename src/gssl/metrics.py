@@ -7,24 +7,27 @@ from __future__ import annotations
 
 import torch
 
+from .step import autocast
+
 MANY, FEW = 100, 20
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader, device_type: str = "cpu", amp: bool = False,
+def predict(model: torch.nn.Module, loader, device_type: str = "cpu", precision: str = "fp32",
             fn=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class logits (float32, CPU) and labels for a whole loader, model in eval mode; `fn(x)` instead
-    of `model(x)` gives other logits (SLA's aggregated inference)."""
+    """Class logits (float32) and labels for a whole loader, on the loader's device, model in eval mode;
+    `fn(x)` instead of `model(x)` gives other logits (SLA's aggregated inference). Each batch's output is
+    copied: a compiled `fn` under CUDA graphs returns the same static buffer on every call."""
     fn = fn or model
     was_training = model.training
     model.eval()
     outs, ys = [], []
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+    with autocast(device_type, precision):
         for x, y in loader:
-            outs.append(fn(x).float())
+            outs.append(fn(x).to(torch.float32, copy=True))
             ys.append(y)
     model.train(was_training)
-    return torch.cat(outs).cpu(), torch.cat(ys).cpu()
+    return torch.cat(outs), torch.cat(ys)
 
 
 def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

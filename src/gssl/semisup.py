@@ -13,10 +13,11 @@ accuracy. Evaluation uses an exponential moving average of the weights (and buff
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .attacks import PixelSpace
 from .data.randaugment import RandAugment
@@ -58,9 +59,32 @@ class StrongAugment:
         return self.space.to_model(self.ra(self.space.to_pixels(x), generator))
 
 
-def ema_model(model, decay: float) -> AveragedModel:
-    """EMA of parameters and buffers: ema = decay * ema + (1 - decay) * current, after each step."""
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+class EMA(torch.nn.Module):
+    """Exponential moving average of the weights and float buffers, kept on the model's device:
+    ema = decay * ema + (1 - decay) * current after each step, from a copy of the initial model (as
+    FixMatch's own EMA). One foreach lerp per step, no host synchronisation; integer buffers (batch
+    norm's step count) are copied. `module` is the averaged model; state_dict keys are "module.*"."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        mine, theirs = self._floats(self.module), self._floats(model)
+        torch._foreach_lerp_(mine, theirs, 1.0 - self.decay)
+        for a, b in zip(self.module.buffers(), model.buffers()):
+            if not a.is_floating_point():
+                a.copy_(b)
+
+    @staticmethod
+    def _floats(model: torch.nn.Module) -> list[Tensor]:
+        return [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        state = {k: v for k, v in state.items() if k != "n_averaged"}  # runs saved with AveragedModel
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
 
 def cycle(loader, steps: int, epoch: int):

@@ -35,7 +35,8 @@ def expand(x: Tensor, transform: str) -> Tensor:
     if transform == "channel":
         if x.shape[1] != 3:
             raise ValueError(f"sla.transform=channel needs 3-channel images, got {x.shape[1]}")
-        return torch.cat([x[:, list(p)] for p in PERMUTATIONS])
+        # channels picked one by one: an index list would become a host-side constant tensor in the graph
+        return torch.cat([torch.stack([x[:, c] for c in p], dim=1) for p in PERMUTATIONS])
     raise ValueError(f"unknown SLA transform {transform!r}; choose one of {sorted(TRANSFORMS)}")
 
 

@@ -1,42 +1,91 @@
-"""The training step's machinery for the fast path: a compiled function with an eager fallback, and
-a non-finite-loss watch that does not force a host synchronisation per step.
+"""The training step's machinery for the fast path: a compiled function with an eager fallback, the
+numeric precision, and a non-finite-loss watch that does not force a host synchronisation per step.
 
-Compilation (`torch.compile`, CUDA by default) sees only full batches, so shapes stay static and CUDA
-graphs can be used; the last partial batch of an epoch runs eagerly instead of recompiling. If
-compiling or running the compiled function fails, gssl warns once and goes on eagerly.
+Compilation (`torch.compile`) sees only full batches, so shapes stay static and CUDA graphs can be used;
+the last partial batch of an epoch runs eagerly instead of recompiling. If compiling or running the
+compiled function fails, or its loss comes back without a gradient, gssl warns once and goes on eagerly.
+
+Why a step's statistics leave the compiled graph packed into one fresh vector: a graph whose outputs
+alias each other loses the loss's gradient. With no pretext task, `loss_cls + 0` is folded to
+`loss_cls`, and `stats["cls_loss"] = loss_cls.detach()` is functionalised to an alias of the same
+buffer; AOTAutograd then returns the loss as an alias of a non-differentiable output, and the first
+`backward()` fails ("element 0 of tensors does not require grad"). `torch.stack` of the statistics
+allocates a new buffer, so no statistic can alias the loss whatever the step computes.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
 from torch import Tensor
 
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """The config's `precision`; null means bf16 autocast on CUDA and float32 (as the reference) on CPU."""
+    return precision or ("bf16" if device.type == "cuda" else "fp32")
+
+
+def autocast(device_type: str, precision: str):
+    """Autocast to the precision's dtype; a no-op for fp32."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def packed_step(step):
+    """`step(...) -> (loss, stats)` as `(loss, keys, values)`, values one new float32 vector (see above)."""
+    def packed(*args, **kwargs):
+        loss, stats = step(*args, **kwargs)
+        return loss, tuple(stats), torch.stack([v.detach().float().reshape(()) for v in stats.values()])
+    return packed
+
 
 class Compiled:
-    """`fn` compiled for inputs whose first dimension is `batch`; anything else, or any failure, eager."""
+    """`fn` compiled for inputs whose first dimension is `batch`; anything else, or any failure, eager.
+
+    what="step": `fn` returns (loss, stats); the compiled graph returns them packed (`packed_step`), and a
+    loss without grad_fn while grad is enabled counts as a failure. Any other `what` (evaluation): the
+    outputs are copied, since under CUDA graphs they live in a static buffer the next replay overwrites."""
 
     def __init__(self, fn, *, enabled: bool, batch: int, mode: str = "default", what: str = "step",
                  backend="inductor"):
         self.eager, self.batch, self.what = fn, batch, what
         kw = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
-        self.compiled = torch.compile(fn, backend=backend, dynamic=False, **kw) if enabled else None
+        target = packed_step(fn) if what == "step" else fn
+        self.compiled = torch.compile(target, backend=backend, dynamic=False, **kw) if enabled else None
         self.fallbacks = 0
+        self.compiled_calls = 0
 
     @property
     def active(self) -> bool:
         return self.compiled is not None
 
-    def __call__(self, x: Tensor, *args):
+    def __call__(self, x: Tensor, *args, **kwargs):
         if self.compiled is not None and x.shape[0] == self.batch:
             try:
-                return self.compiled(x, *args)
+                out = self._run_compiled(x, *args, **kwargs)
+                self.compiled_calls += 1
+                return out
             except Exception as e:  # noqa: BLE001 - any compiler failure: keep training, eagerly
-                warnings.warn(f"torch.compile of the {self.what} failed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); continuing without compilation. "
-                              "Set compile=false to skip the attempt", RuntimeWarning, stacklevel=2)
-                self.compiled, self.fallbacks = None, self.fallbacks + 1
-        return self.eager(x, *args)
+                self._give_up(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        return self.eager(x, *args, **kwargs)
+
+    def _run_compiled(self, x: Tensor, *args, **kwargs):
+        if self.what != "step":
+            out = self.compiled(x, *args, **kwargs)
+            return out.clone() if isinstance(out, Tensor) else tuple(o.clone() for o in out)
+        loss, keys, values = self.compiled(x, *args, **kwargs)
+        if torch.is_grad_enabled() and loss.grad_fn is None:
+            raise RuntimeError("the compiled step returned a loss without grad_fn (it would not train)")
+        values = values.clone()  # its own memory: the next CUDA-graph replay reuses the graph's
+        return loss.clone(), {k: values[i] for i, k in enumerate(keys)}
+
+    def _give_up(self, why: str) -> None:
+        warnings.warn(f"torch.compile of the {self.what} failed ({why}); continuing without compilation. "
+                      "Set compile=false to skip the attempt", RuntimeWarning, stacklevel=3)
+        self.compiled, self.fallbacks = None, self.fallbacks + 1
 
 
 class FiniteWatch:

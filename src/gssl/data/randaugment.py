@@ -80,7 +80,9 @@ def contrast(x, m):
 
 def sharpness(x, m):
     """Blend with PIL's smoothing filter (border pixels kept): factor < 1 blurs."""
-    k = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], device=x.device) / 13
+    k = torch.ones(3, 3, device=x.device)  # built on the device: no host-to-device copy per call
+    k[1, 1] = 5.0
+    k = k / 13
     c = x.shape[1]
     smooth = F.conv2d(x, k.expand(c, 1, 3, 3), padding=1, groups=c)
     inner = torch.zeros_like(x[:1, :1], dtype=torch.bool)
