@@ -80,6 +80,18 @@ def test_indices_match_ldam_reference(ratio, profile):
     assert np.bincount(labels[idx], minlength=10).tolist() == long_tail_counts(5000, 10, ratio, profile)
 
 
+def test_class_grouped_copy_selects_the_same_images_as_the_interleaved_batches():
+    """The JPEG copy lists each class's images in batch order but classes one after another; the pickles
+    interleave them. The split reads each class's indices in order, so both select the same images."""
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(10), 500)
+    rng.shuffle(labels)  # pickle layout: position i holds image i
+    grouped = np.argsort(labels, kind="stable")  # JPEG layout: position j holds image grouped[j]
+    from_pickles = long_tail_indices(labels, 0.01, seed=0)
+    from_jpegs = grouped[long_tail_indices(labels[grouped], 0.01, seed=0)]
+    np.testing.assert_array_equal(from_jpegs, from_pickles)
+
+
 def test_indices_leave_global_numpy_state_alone():
     before = np.random.get_state()[1].copy()
     long_tail_indices(np.repeat(np.arange(10), 100), 0.1, seed=5)

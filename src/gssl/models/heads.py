@@ -5,6 +5,10 @@
 weights, no bias. Its output lies in [-1, 1]; LDAM scales it by s = 30, pretext CEs use it raw
 (SPEC section 4). The cosine is computed in float32 even under autocast: bf16 cosines times s = 30
 would quantise logits to about 0.1.
+
+The init matters although the forward pass normalises the weight away: SGD's step on a class
+direction scales as 1/||w||^2, so the reference's unit-norm class vectors start about 21x faster than
+raw uniform(-1, 1) ones (norm about 4.6 for 64 inputs), and weight decay acts on that norm too.
 """
 
 import torch
@@ -17,9 +21,11 @@ class CosineLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        # Stored [out, in] like nn.Linear. Init as LDAM-DRW: uniform(-1, 1) (the renorm there only
-        # changes the scale, which normalisation removes).
-        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1))
+        # LDAM-DRW's recipe on its [in, out] layout: uniform(-1, 1), then every class vector (column)
+        # scaled to norm 1 by renorm(1e-5) * 1e5. Transposed to nn.Linear's [out, in]: the same values
+        # as the reference's layer drawn from the same RNG state.
+        w = torch.empty(in_features, out_features).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+        self.weight = nn.Parameter(w.t().contiguous())
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
