@@ -7,6 +7,7 @@ from gssl.models import BACKBONES, CosineLinear, build_backbone, build_head
 # published CIFAR numbers (ResNet-20/32/44/56/110: 0.27/0.46/0.66/0.85/1.7M; ResNet-18 11.17M;
 # WRN-28-2 1.47M as in FixMatch).
 COUNTS = {
+    "resnet8": 74_640,  # 1 block per stage: 0.08M with the classifier
     "resnet20": 269_072,
     "resnet32": 463_504,
     "resnet44": 657_936,

@@ -48,7 +48,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = field(default="resnet32", metadata=_choice(
-        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "wrn28_2", "wrn40_2", "scatnet"))
+        "resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "wrn28_2", "wrn40_2", "scatnet"))
     head: str = field(default="cosine", metadata=_choice("linear", "cosine"))
 
 

@@ -150,6 +150,8 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     steps = cfg.semi.steps_per_epoch if semi else len(loader)
     # the fast path: compiled step and evaluation on full batches (static shapes), eager otherwise
     compiled = use_compile(cfg, device, len(data.train.labels))
+    if compiled:  # a run compiles its own graphs: none of an earlier run in this process count against it
+        torch.compiler.reset()
     mode = compile_mode(cfg, d)
     step_fn = Compiled(step_module, enabled=compiled, batch=o.batch_size * (c.views if contrast else 1), mode=mode)
     eval_fn = Compiled(eval_net, enabled=compiled, batch=test_loader.batch_size, mode=mode, what="evaluation")
@@ -182,7 +184,10 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
                                       std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
                                       shuffle=True, seed=cfg.seed + 1, device=device)
             pre = pretrain_rotation(model.backbone, pre_loader, epochs=cfg.pretrain.epochs, lr=cfg.pretrain.lr,
-                                    weight_decay=o.weight_decay, seed=cfg.seed, log=(lambda m: None) if quiet else log)
+                                    weight_decay=o.weight_decay, seed=cfg.seed, log=(lambda m: None) if quiet else log,
+                                    compile=compiled, precision=precision)
+            if compiled:  # the pre-training step's graphs are done with; the supervised step compiles afresh
+                torch.compiler.reset()
             if not all(math.isfinite(r["loss"]) for r in pre):
                 raise TrainingError("SSP pre-training diverged (non-finite rotation loss); lower pretrain.lr")
             if d.main:

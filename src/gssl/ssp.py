@@ -14,16 +14,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .pretext import rotation_transform
+from .step import Compiled, autocast
 
 
 def pretrain_rotation(backbone: nn.Module, loader, *, epochs: int, lr: float, weight_decay: float,
-                      momentum: float = 0.9, seed: int = 0, log=print) -> list[dict]:
+                      momentum: float = 0.9, seed: int = 0, log=print, compile: bool = False,
+                      precision: str = "fp32") -> list[dict]:
     """Train `backbone` in place on rotation prediction; returns per-epoch {epoch, lr, loss, acc}.
-    SGD with a cosine schedule; `loader` yields (images, labels) and the labels are ignored."""
+    SGD with a cosine schedule; `loader` yields (images, labels) and the labels are ignored. The step
+    is compiled like the supervised one when `compile` (full batches; the last partial one eagerly)."""
     device = next(backbone.parameters()).device
     head = nn.Linear(backbone.feat_dim, 4).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+
+    def rotation_step(x: torch.Tensor, k: torch.Tensor):
+        logits = head(backbone(rotation_transform(x, k))).float()
+        return F.cross_entropy(logits, k), {"correct": (logits.argmax(1) == k).sum()}
+
+    step = Compiled(rotation_step, enabled=compile, batch=loader.batch_size, what="step")
     backbone.train()
     history = []
     for epoch in range(epochs):
@@ -31,17 +40,17 @@ def pretrain_rotation(backbone: nn.Module, loader, *, epochs: int, lr: float, we
         for g in opt.param_groups:
             g["lr"] = lr_e
         loader.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(seed * 7_777 + epoch)
+        gen = torch.Generator(device=device).manual_seed(seed * 7_777 + epoch)  # drawn where used: no copy
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for x, _ in loader:
-            k = torch.randint(4, (x.shape[0],), generator=gen).to(device)
-            logits = head(backbone(rotation_transform(x, k))).float()
-            loss = F.cross_entropy(logits, k)
+            k = torch.randint(4, (x.shape[0],), generator=gen, device=device)
+            with autocast(device.type, precision):
+                loss, stats = step(x, k)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.detach() * x.shape[0]
-            correct += (logits.argmax(1) == k).sum()
+            correct += stats["correct"]
             seen += x.shape[0]
         row = {"epoch": epoch, "lr": lr_e, "loss": loss_sum.item() / seen, "acc": 100.0 * correct.item() / seen}
         history.append(row)

@@ -10,11 +10,12 @@ import torch.nn as nn
 
 from .heads import CosineLinear, build_head
 from .resnet import ResNet18, resnet18
-from .resnet_cifar import ResNetCifar, resnet20, resnet32, resnet44, resnet56, resnet110
+from .resnet_cifar import ResNetCifar, resnet8, resnet20, resnet32, resnet44, resnet56, resnet110
 from .scattering import ScatNet, Scattering2D, scatnet
 from .wideresnet import WideResNet, wrn28_2, wrn40_2
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet8": resnet8,
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet44": resnet44,

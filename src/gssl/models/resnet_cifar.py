@@ -79,6 +79,11 @@ class ResNetCifar(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(self.forward_features(x), 1), 1)
 
 
+def resnet8(in_channels: int = 3) -> ResNetCifar:
+    """One block per stage: the smallest of the family, for quick trials and the compiler's tests."""
+    return ResNetCifar(8, in_channels)
+
+
 def resnet20(in_channels: int = 3) -> ResNetCifar:
     return ResNetCifar(20, in_channels)
 
