@@ -191,3 +191,50 @@ def test_simclr_with_and_without_batch_fusion(cifar600, tmp_path, fusion):
     assert_compiled_matches_eager(cifar600, tmp_path, "cifar10-simclr-gated-pretext", f"fusion.enabled={fusion}",
                                   "contrastive.knn_k=5", "contrastive.linear_epochs=2", "loss.drw_epoch=null",
                                   "optim.schedule=step")
+
+
+def _scenario_steps():
+    """(name, step function, its arguments) for every scenario's step, at toy size."""
+    from gssl.contrastive import SimCLR
+    from gssl.fusion import BatchFusion
+    from gssl.losses import build_loss
+    from gssl.semisup import fixmatch_loss
+    from gssl.sla import SLASD
+    from gssl.ssp import rotation_transform
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    ldam = build_loss("ldam", [8, 6, 5, 4, 3, 3, 2, 2, 1, 1])
+    out = []
+    for gate, tasks in (("none", []), ("reference", ["lorot", "flip", "channel"]), ("learned", ["lorot", "flip"]),
+                        ("uniform", ["lorot_i"])):
+        m = GatedSSL("resnet8", 10, tasks=tasks, gate=gate, head="cosine")
+        out.append((f"gated {gate}", m.loss_from_params, (x, y, ldam, m.sample_params(x, gen))))
+    sla = SLASD("resnet8", 10, transform="channel", head="cosine")
+    out.append(("sla-sd", sla.loss_from_params, (x, y, ldam, {})))
+    fm = GatedSSL("resnet8", 10, tasks=["lorot", "flip", "channel"], gate="learned", head="linear")
+    xu = torch.randn(16, 3, 16, 16)
+    fm_args = (fm, x, y, xu, xu.flip(3), torch.randint(0, 10, (16,)), build_loss("ce", [1] * 10),
+               fm.sample_params(torch.randn(40, 3, 16, 16), gen), 0.5, 1.0)
+    out.append(("fixmatch", fixmatch_loss, fm_args))
+    for fusion in (None, BatchFusion(3, patch=8, dim=16, heads=2)):
+        sc = SimCLR("resnet8", views=2, tasks=["rotation"], gate="learned", fusion=fusion)
+        out.append((f"simclr fusion={fusion is not None}", sc.loss_from_params,
+                    (x, y, None, sc.sample_params(x, gen))))
+    bb, head = GatedSSL("resnet8", 10).backbone, torch.nn.Linear(64, 4)
+    k = torch.randint(4, (8,))
+    out.append(("ssp rotation", lambda x, k: torch.nn.functional.cross_entropy(head(bb(rotation_transform(x, k))), k),
+                (x, k)))
+    return out
+
+
+def test_every_scenario_step_is_one_graph():
+    """No graph break (each would be a host sync and a separate graph): dynamo's explain on every step."""
+    broken = {}
+    for name, fn, args in _scenario_steps():
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(packed_step(fn) if name != "ssp rotation" else fn)(*args)
+        if explained.graph_break_count or explained.graph_count != 1:
+            broken[name] = [str(b.reason)[:200] for b in explained.break_reasons]
+    assert not broken, broken

@@ -184,8 +184,21 @@ def restore(model, ck, path: Path, opt=None) -> None:
         model.load_state_dict(ck["model"])
         if opt is not None:
             opt.load_state_dict(ck["optimizer"])
+            match_parameter_layout(opt)
         int(ck["epoch"]), float(ck["best_acc"]), int(ck["best_epoch"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise RunDirError(f"checkpoint {path} does not fit this configuration ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:300]}); was model.* or ssl.* changed since it was "
                           "written?") from None
+
+
+def match_parameter_layout(opt) -> None:
+    """Give every optimiser buffer its parameter's strides. A checkpoint written in one memory format
+    (NCHW on CPU, say) and resumed in another (channels_last on a GPU) would otherwise pair NHWC
+    parameters with NCHW momentum buffers, which the fused SGD kernel rejects on CUDA and, on CPU,
+    silently mis-updates."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, buf in opt.state.get(p, {}).items():
+                if isinstance(buf, torch.Tensor) and buf.shape == p.shape and buf.stride() != p.stride():
+                    opt.state[p][name] = torch.empty_like(p, dtype=buf.dtype).copy_(buf)
