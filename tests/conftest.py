@@ -51,3 +51,13 @@ def tiny_run(fake_cifar10, tmp_path_factory) -> Path:
         if "GSSL_CACHE" not in os.environ:
             mp.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
         return train_tiny_run(fake_cifar10, tmp_path_factory.mktemp("tiny-run") / "run", 2, "ssl.gate=learned")
+
+
+def initial_weights(run: Path) -> dict:
+    """A run's model as the engine initialised it (its config, seed and build) before any step."""
+    import torch
+    from gssl.build import build_model
+    from gssl.config import from_dict, load_yaml
+    cfg = from_dict(load_yaml(run / "config.yaml"))
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, 10, 3).state_dict()

@@ -19,7 +19,7 @@ from gssl.cli import main
 from gssl.method import GatedSSL
 from gssl.step import Compiled, packed_step
 
-from conftest import write_fake_cifar10
+from conftest import initial_weights, write_fake_cifar10
 
 # lr 0.01: at 0.1 a fresh LDAM model amplifies rounding differences chaotically within a few steps
 TINY = ["model.backbone=resnet8", "optim.batch_size=16", "optim.lr=0.01", "optim.epochs=2", "optim.base_epochs=2",
@@ -45,15 +45,6 @@ def _weights(run):
     return rundir.load_checkpoint(run / "checkpoints" / "last.pt")["model"]
 
 
-def _initial_weights(run):
-    """The model as the engine initialised it (same seed, same build) before any step."""
-    from gssl.build import build_model
-    from gssl.config import from_dict, load_yaml
-    cfg = from_dict(load_yaml(run / "config.yaml"))
-    torch.manual_seed(cfg.seed)
-    return build_model(cfg, 10, 3).state_dict()
-
-
 def assert_compiled_matches_eager(root, tmp_path, preset, *sets, rtol=0.05):
     """Compiled and eager training move the weights alike: the distance between the two runs' final
     weights is under rtol of the distance the eager run travelled from the initial weights. Not bit
@@ -70,7 +61,8 @@ def assert_compiled_matches_eager(root, tmp_path, preset, *sets, rtol=0.05):
     fell_back = [str(w.message) for w in caught if "torch.compile of the" in str(w.message)]
     assert s["compiled"] and s["compile_fallbacks"] == 0 and not fell_back, fell_back
     assert s["compiled_steps"] > 0
-    a, b, start = _weights(compiled), _weights(eager), _initial_weights(eager)
+    assert s["compiled_eval_batches"] == (0 if "knn_test_acc" in s else 2)  # 1 a epoch; k-NN: eager
+    a, b, start = _weights(compiled), _weights(eager), initial_weights(eager)
     assert a.keys() == b.keys() == start.keys()
     assert all(torch.equal(a[k], b[k]) for k in a if not a[k].is_floating_point())  # batch-norm step counts
     keys = [k for k in a if a[k].is_floating_point()]

@@ -12,7 +12,7 @@ from gssl.data import DeviceLoader
 from gssl.distributed import Dist, global_params
 from gssl.method import GatedSSL
 
-from conftest import train_tiny_run
+from conftest import initial_weights, train_tiny_run
 
 TINY = ["--preset", "cifar10-lt0.01-gated-triple", "--set", "optim.base_epochs=2", "--set", "model.backbone=resnet20",
         "--set", "data.imbalance=1.0", "--set", "optim.milestones=[]", "--set", "optim.warmup_epochs=0",
@@ -177,3 +177,24 @@ def test_fixmatch_and_simclr_presets_train_under_torchrun(fake_cifar10, tmp_path
         resumed = _torchrun(["--resume", "ddp", "--set", "optim.epochs=3", "--force", "--quiet"], cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_compiled_step_under_ddp_trains_like_the_eager_ddp_run(fake_cifar10, tmp_path):
+    """compile=true under torchrun (gloo, inductor): the step compiles in the mode chosen for DDP (no CUDA
+    graphs, docs/performance.md), runs compiled on every full batch without falling back, and moves the
+    weights as the eager DDP run does (to rounding: inductor's batch-norm backward rounds differently)."""
+    args = [*TINY, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=1", "--set", "optim.batch_size=8",
+            "--set", "model.backbone=resnet8", "--set", "data.max_per_class=8", "--set", "optim.lr=0.01"]
+    runs = {}
+    for compiled in ("true", "false"):
+        r = _torchrun([*args, "--set", f"compile={compiled}", "--out", f"c-{compiled}"], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "torch.compile of the" not in r.stderr, r.stderr[-3000:]  # gssl's fallback warning
+        runs[compiled] = tmp_path / f"c-{compiled}"
+    s = json.loads((runs["true"] / "summary.json").read_text())
+    assert s["compiled"] and s["compiled_steps"] == 5 and s["compile_fallbacks"] == 0  # 80 images / (2 x 8)
+    a, b = _weights(runs["true"]), _weights(runs["false"])
+    start = initial_weights(runs["false"])
+    apart = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
+    travelled = torch.cat([(b[k] - start[k]).flatten() for k in a]).norm()
+    assert 0 < apart < 0.05 * travelled, f"{apart / travelled:.1%} of the update apart"

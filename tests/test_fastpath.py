@@ -134,3 +134,36 @@ def test_channels_last_on_cpu_is_an_option_with_the_same_training(fake_cifar10, 
     ra, rb = (json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in (a, b))
     # over an epoch, float rounding in another summation order drifts a little (batch 16, lr 0.1)
     assert ra["loss"] == pytest.approx(rb["loss"], rel=0.05)
+
+
+def test_compile_default_repays_itself_on_cpu_and_is_on_for_cuda():
+    """compile=null: CUDA always; CPU only when the run sees enough images to repay compiling (a 200-epoch
+    long-tailed CIFAR-10 run does, the quickstart does not); an explicit setting always wins."""
+    from gssl.engine import CPU_COMPILE_MIN_IMAGES, compile_mode, use_compile
+    from gssl.distributed import Dist
+    from gssl.presets import resolve as preset_config
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    lt = preset_config("cifar10-lt0.01-gated-triple")
+    assert use_compile(lt, cpu, 12_406) and use_compile(lt, gpu, 12_406)
+    quick = preset_config("quickstart")
+    assert not use_compile(quick, cpu, 6_000) and use_compile(quick, gpu, 6_000)
+    lt.compile = False
+    assert not use_compile(lt, gpu, 12_406)
+    lt.compile, lt.optim.epochs = None, 30
+    assert use_compile(lt, cpu, 12_406) == (30 * 12_406 >= CPU_COMPILE_MIN_IMAGES)
+    assert compile_mode(lt, Dist()) == "reduce-overhead"
+    assert compile_mode(lt, Dist(rank=0, world=2)) == "default"  # no CUDA graphs under DDP
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_precision_is_a_setting_recorded_in_the_summary(fake_cifar10, tmp_path, precision):
+    run = train_tiny_run(fake_cifar10, tmp_path / precision, 1, f"precision={precision}", "model.backbone=resnet8")
+    s = json.loads((run / "summary.json").read_text())
+    assert s["precision"] == precision and s["test_acc"] == s["test_acc"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] for r in rows)  # finite
+
+
+def test_precision_default_is_fp32_on_cpu(tiny_run):
+    assert json.loads((tiny_run / "summary.json").read_text())["precision"] == "fp32"

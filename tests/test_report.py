@@ -87,6 +87,7 @@ def test_report_of_one_run_has_every_section(run_copy, capsys):
     assert len(page.images) == len(names)
     text = (run_copy / "report.html").read_text()
     assert "learned" in text and "lorot" in text and run_copy.name in text
+    assert "cpu (" in text and ", fp32<" in text  # where and in which precision it trained
     assert _png((run_copy / "report" / "gradcam.png").read_bytes()).width > 6 * 100  # 6 columns of images
     assert (run_copy / "eval-last.json").is_file()  # the confusion matrix, computed once like `gssl eval`
 

@@ -343,7 +343,7 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         "wall_seconds": round(sum(r["seconds"] for r in history), 2),
         "wall_seconds_this_process": round(time.perf_counter() - t_run, 2),
         "device": _device_name(device), "precision": precision, "compiled": compiled,
-        "compiled_steps": step_fn.compiled_calls, "compile_fallbacks": step_fn.fallbacks + eval_fn.fallbacks,
+        "compiled_steps": step_fn.compiled_calls, "compiled_eval_batches": eval_fn.compiled_calls, "compile_fallbacks": step_fn.fallbacks + eval_fn.fallbacks,
         "seed": cfg.seed, "versions": versions(),
         "preset": cfg.preset, "command": " ".join(sys.argv), **extra,
     }

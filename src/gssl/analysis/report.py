@@ -80,7 +80,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
     header = ["run", "preset", "data", "backbone", "tasks", "gate", "loss", "epochs", "final test %", "best test % (epoch)",
-              "many %", "medium %", "few %", "final gate weights"]
+              "many %", "medium %", "few %", "final gate weights", "device, precision"]
     rows = []
     for r in runs:
         c, s = r.cfg, r.summary
@@ -94,8 +94,18 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
         rows.append([r.name, c.preset or "-", f"{c.data.name} (imbalance {c.data.imbalance:g})", c.model.backbone,
                      ", ".join(r.tasks()) or "none", c.ssl.gate if r.tasks() else "-", c.loss.name, done, _pct(final),
                      best, _pct(s.get("many_shot_acc")), _pct(s.get("medium_shot_acc")), _pct(s.get("few_shot_acc")),
-                     ", ".join(f"{k} {v:.3f}" for k, v in gates.items()) or "-"])
+                     ", ".join(f"{k} {v:.3f}" for k, v in gates.items()) or "-", _device(s)])
     return header, rows
+
+
+def _device(summary: dict) -> str:
+    """Where and how the run computed: device, precision, and whether the step was compiled."""
+    if "device" not in summary:
+        return "-"
+    how = [summary.get("precision") or "precision not recorded"]
+    if summary.get("compiled"):
+        how.append("compiled")
+    return f"{summary['device']}, {', '.join(how)}"
 
 
 def gate_verdict(run: Run) -> str:
