@@ -167,3 +167,34 @@ def test_precision_is_a_setting_recorded_in_the_summary(fake_cifar10, tmp_path, 
 
 def test_precision_default_is_fp32_on_cpu(tiny_run):
     assert json.loads((tiny_run / "summary.json").read_text())["precision"] == "fp32"
+
+
+@cuda
+def test_cuda_fixmatch_preparation_and_ema_never_synchronise():
+    """RandAugment's constants are made on the device and the EMA is one foreach lerp: with CUDA's sync
+    debug mode set to error, a FixMatch batch's strong view and an EMA update run without a host sync."""
+    from gssl.semisup import EMA, StrongAugment
+    model = GatedSSL("resnet8", 10, tasks=["lorot", "flip", "channel"], gate="learned").cuda()
+    ema = EMA(model, 0.999)
+    strong = StrongAugment((0.5,) * 3, (0.25,) * 3, torch.device("cuda"))
+    x = torch.randn(64, 3, 32, 32, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        xs = strong(x, gen)
+        model.sample_params(torch.cat([x, xs]), gen)
+        ema.update(model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert xs.shape == x.shape
+
+
+@cuda
+def test_cuda_frozen_features_stay_on_the_device():
+    """SimCLR's per-epoch k-NN searches the feature bank where the features are, not on host cores."""
+    from gssl import metrics
+    net = torch.nn.Linear(4, 3).cuda()
+    batches = [(torch.randn(5, 4, device="cuda"), torch.randint(0, 3, (5,), device="cuda")) for _ in range(2)]
+    feats, labels = metrics.predict(net, batches, "cuda")
+    assert feats.is_cuda and labels.is_cuda

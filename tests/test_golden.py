@@ -1,0 +1,103 @@
+"""Golden outputs: short CPU runs of every scenario family give the numbers recorded in tests/golden/.
+
+They were recorded before the loop was redesigned (one loop, scenarios as plug-ins), so that the
+redesign can show it changed nothing it did not mean to. Timings, versions and the command line are
+not compared. Re-record, after an intended change of numbers, with
+
+    GSSL_RECORD_GOLDEN=1 python -m pytest tests/test_golden.py
+
+and say in the commit which change moved which numbers.
+"""
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from gssl.cli import main
+
+GOLDEN = Path(__file__).parent / "golden"
+TINY = ["model.backbone=resnet8", "optim.batch_size=16", "optim.epochs=2", "optim.base_epochs=2",
+        "optim.warmup_epochs=1", "optim.milestones=[1]", "optim.gamma=0.5", "data.imbalance=0.5", "loss.drw_epoch=1",
+        "compile=false"]
+SEMI = ["semi.labels_per_class=4", "semi.mu=2", "semi.steps_per_epoch=3", "semi.threshold=0.5", "data.imbalance=1.0",
+        "loss.drw_epoch=null", "optim.schedule=step"]
+SIMCLR = ["contrastive.knn_k=5", "contrastive.linear_epochs=3", "loss.drw_epoch=null", "optim.schedule=step"]
+SCENARIOS = {
+    "ldam-drw": ("cifar10-lt0.01-ldam-drw", []),
+    "gated-triple-reference": ("cifar10-lt0.01-gated-triple", []),
+    "gated-triple-learned": ("cifar10-lt0.01-gated-triple", ["ssl.gate=learned"]),
+    "ungated-triple": ("cifar10-lt0.01-ungated-triple", []),
+    "lorot-i": ("cifar10-lt0.01-lorot-i", []),
+    "erm": ("cifar10-lt0.01-erm", []),
+    "ssp": ("cifar10-lt0.01-ssp", ["pretrain.epochs=1"]),
+    "sla-sd": ("cifar10-lt0.01-sla-sd", []),
+    "adversarial": ("cifar10-lt0.01-gated-triple", ["adv.attack=pgd", "adv.steps=2", "adv.eval_steps=2",
+                                                     "adv.eps=8/255"]),
+    "fixmatch": ("cifar10-4000-fixmatch-gated-triple", [*SEMI, "optim.batch_size=8"]),
+    "simclr": ("cifar10-simclr-gated-pretext", SIMCLR),
+    "simclr-fusion": ("cifar10-simclr-fusion", SIMCLR),
+}
+NOT_COMPARED = {"seconds", "images_per_second", "wall_seconds", "wall_seconds_this_process", "command", "versions"}
+
+
+def _numbers(obj):
+    """The run's record without what legitimately varies between two identical runs."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items() if k not in NOT_COMPARED}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
+def _record(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return _numbers({"metrics": rows, "summary": json.loads((run / "summary.json").read_text())})
+
+
+def _differences(want, got, where=""):
+    """Every place where got differs from want: floats to 1e-6 relative (another CPU's kernels may round
+    the last bits differently; a changed computation moves them far more), anything else exactly."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        out = [f"{where}.{k}: missing" for k in want if k not in got]
+        out += [f"{where}.{k}: new" for k in got if k not in want]
+        return out + [d for k in want if k in got for d in _differences(want[k], got[k], f"{where}.{k}")]
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        return [d for i, (a, b) in enumerate(zip(want, got)) for d in _differences(a, b, f"{where}[{i}]")]
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        same = math.isclose(want, got, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(want) and math.isnan(got))
+        return [] if same else [f"{where}: {want!r} -> {got!r}"]
+    return [] if want == got else [f"{where}: {want!r} -> {got!r}"]
+
+
+@pytest.fixture(scope="module")
+def golden_data(tmp_path_factory):
+    from conftest import write_fake_cifar10
+    return write_fake_cifar10(tmp_path_factory.mktemp("fake-cifar10-golden"), per_class_train=20, per_class_test=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_reproduces_its_golden_record(golden_data, tmp_path, name):
+    preset, sets = SCENARIOS[name]
+    args = ["train", "--preset", preset, "--set", f"data.root={golden_data}", "--out", str(tmp_path / name), "--quiet"]
+    for s in (*TINY, *sets):
+        args += ["--set", s]
+    assert main(args) == 0
+    got = _record(tmp_path / name)
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("GSSL_RECORD_GOLDEN"):
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    want = json.loads(path.read_text())
+    diffs = _differences(want, got)
+    assert not diffs, f"{len(diffs)} differences from {path.name}, first: " + "; ".join(diffs[:8])
+
+
+def test_the_comparison_sees_a_changed_number_and_ignores_timings():
+    rec = {"metrics": [{"epoch": 0, "loss": 2.302585, "test_acc": 10.0}], "summary": {"test_acc": 10.0}}
+    assert _differences(rec, json.loads(json.dumps(rec))) == []
+    moved = {"metrics": [{"epoch": 0, "loss": 2.3026, "test_acc": 10.0}], "summary": {"test_acc": 10.0}}
+    assert _differences(rec, moved) == [".metrics[0].loss: 2.302585 -> 2.3026"]
+    assert _numbers({"seconds": 3.0, "images_per_second": 9.0, "loss": 1.0}) == {"loss": 1.0}
