@@ -137,3 +137,12 @@ def test_tensorboard_events_are_written_when_asked(fake_cifar10, tmp_path):
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert {"test_acc", "train_acc", "loss", "lr", "gate_lorot"} <= set(tags)
+
+
+def test_the_cli_module_runs_as_a_script():
+    """`python -m gssl.cli` reaches every subcommand (its __main__ block once stood above some parsers)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "gssl.cli", "presets"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "cifar10-lt0.01-ldam-drw" in r.stdout

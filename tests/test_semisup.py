@@ -88,3 +88,31 @@ def test_fixmatch_trains_end_to_end_with_its_metrics_and_ema_evaluation(fake_cif
     # resume continues the EMA too
     assert main(["train", "--resume", str(run), "--set", "optim.epochs=3", "--force", "--quiet"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_report_and_eval_of_a_fixmatch_run_both_judge_the_ema_weights(fake_cifar10, tmp_path, capsys):
+    """Regression: `gssl report` evaluated the raw weights and wrote eval-last.json, the file `gssl eval`
+    writes from the EMA weights, so its content depended on which command ran last."""
+    run = train_tiny_run(fake_cifar10, tmp_path / "fm", 2, *SEMI, "semi.ema=0.5")
+    s = json.loads((run / "summary.json").read_text())
+    assert main(["report", str(run), "--no-tsne", "--gradcam-images", "2"]) == 0
+    by_report = json.loads((run / "eval-last.json").read_text())
+    (run / "eval-last.json").unlink()
+    assert main(["eval", str(run), "--json"]) == 0
+    by_eval = json.loads((run / "eval-last.json").read_text())
+    assert by_report["confusion_matrix"] == by_eval["confusion_matrix"]
+    assert by_report["top1"] == pytest.approx(s["test_acc"]) == pytest.approx(by_eval["top1"])
+    # the weights every command judges are the EMA's, which differ from the raw weights here
+    import torch
+    from gssl.build import build_data
+    from gssl.config import from_dict, load_yaml
+    from gssl.evaluation import load_model
+    cfg = from_dict(load_yaml(run / "config.yaml"))
+    model, ck = load_model(run, cfg, "last", build_data(cfg), torch.device("cpu"))
+    ema = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    judged = model.state_dict()
+    assert all(torch.equal(judged[k], ema[k]) for k in judged)
+    assert any(not torch.equal(judged[k], ck["model"][k]) for k in judged if judged[k].is_floating_point())
+    from gssl.analysis.run import Run
+    for_report = Run(run).loaded().model.state_dict()  # what the report's figures and evaluation use
+    assert all(torch.equal(for_report[k].cpu(), ema[k]) for k in for_report)

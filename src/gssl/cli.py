@@ -316,10 +316,6 @@ def _analyze(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 # --- sweep and table ---------------------------------------------------------------------------
 
 EXAMPLES_SWEEP = """examples:
@@ -400,3 +396,7 @@ def _table(args) -> int:
         write_atomic(Path(args.csv), table.to_csv(runs, args.metric, args.baseline).encode())
         print(f"\nCSV written to {args.csv}")
     return 0
+
+
+if __name__ == "__main__":  # last, so every parser above is defined
+    raise SystemExit(main())

@@ -37,12 +37,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     data = build_data(cfg)
-    model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
-    ck_path = run_dir / rundir.CKPT_DIR / f"{checkpoint}.pt"
-    ck = rundir.load_checkpoint(ck_path, map_location=device)
-    rundir.restore(model, ck, ck_path)
-    if "ema" in ck:  # FixMatch runs are judged by their EMA weights, as in training
-        model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")})
+    model, ck = load_model(run_dir, cfg, checkpoint, data, device)
     loader = ordered_loader(data.test, data, 512, device)
     extra = {}
     if protocol == "classifier":
@@ -61,6 +56,19 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
         extra.update({"clean_acc": clean, "robust_acc": robust, "attack": vars(attack).copy()})
     return write_eval(run_dir, checkpoint, int(ck["epoch"]), logits, labels, data, extra,
                       name=f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}"))
+
+
+def load_model(run_dir: Path, cfg, checkpoint: str, data: Data, device) -> tuple:
+    """(model with the weights a run is judged by, the checkpoint): the EMA weights where the run kept an
+    EMA (FixMatch), as its per-epoch and final evaluation used; `gssl eval`, `gssl report` and
+    `gssl analyze` all load through here."""
+    model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
+    ck_path = Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
+    ck = rundir.load_checkpoint(ck_path, map_location=device)
+    rundir.restore(model, ck, ck_path)
+    if "ema" in ck:
+        model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")})
+    return model, ck
 
 
 def write_eval(run_dir: Path, checkpoint: str, epoch: int, logits, labels, data: Data, extra: dict | None = None,

@@ -88,13 +88,12 @@ class Run:
     def loaded(self) -> Loaded:
         """Data and model, rebuilt from the saved config and the checkpoint (once per Run)."""
         if self._loaded is None:
-            from ..engine import build_data, build_model, pick_device
-            ck = rundir.load_checkpoint(self.checkpoint_path, map_location="cpu")
+            from ..build import build_data, pick_device
+            from ..evaluation import load_model
             device = pick_device(self.cfg.device)
             data = build_data(self.cfg)
-            model = build_model(self.cfg, len(data.train.classes), data.train.images.shape[1])
-            model.load_state_dict(ck["model"])
-            self._loaded = Loaded(model.to(device).eval(), data, device, int(ck["epoch"]), self.checkpoint)
+            model, ck = load_model(self.path, self.cfg, self.checkpoint, data, device)
+            self._loaded = Loaded(model.eval(), data, device, int(ck["epoch"]), self.checkpoint)
         return self._loaded
 
     def checkpoint_epoch(self) -> int:
