@@ -21,7 +21,7 @@ def test_training_loss_stats_and_gradients(gate):
     model = GatedSSL("resnet20", 10, tasks=TRIPLE, gate=gate)
     x, y = batch()
     loss, stats = model.training_loss(x, y, build_loss("ce"), torch.Generator().manual_seed(0))
-    keys = {"loss", "cls_loss", "correct", "aux"} | {f"{p}_{t}" for p in ("ssl", "gate") for t in TRIPLE}
+    keys = {"loss", "cls_loss", "correct", "aux"} | {f"{p}_{t}" for p in ("ssl", "gate", "pretext_acc") for t in TRIPLE}
     assert set(stats) == keys
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in stats.values())
     assert torch.isfinite(loss) and 0 <= stats["correct"] <= 8
@@ -138,3 +138,19 @@ def test_compiled_step_matches_eager_forward_and_backward():
     ref.backward()
     assert torch.allclose(loss, ref, atol=1e-5)
     assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(compiled, model.parameters()))
+
+
+def test_pretext_accuracy_is_each_heads_share_of_right_answers():
+    """pretext_acc_<task>: percent of the batch whose transformation the head names correctly, computed
+    independently from the heads' logits on the transformed batch."""
+    torch.manual_seed(0)
+    model = GatedSSL("resnet8", 10, tasks=TRIPLE, gate="uniform")
+    x, _ = batch(B=16)
+    params = model.sample_params(x, torch.Generator().manual_seed(3))
+    _, _, stats = model.train_forward(x, params)
+    xt, labels = model.pretext.apply(x, params)
+    feat = model.backbone(xt)
+    for t in TRIPLE:
+        right = (model.heads[t](feat).argmax(1) == labels[t]).float().mean().item()
+        assert stats[f"pretext_acc_{t}"].item() == pytest.approx(100 * right)
+    assert labels["flip"].unique().numel() == 2  # both flip labels are drawn in a batch of 16

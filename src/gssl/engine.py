@@ -274,9 +274,12 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
         else:
             logits, labels = metrics.predict(eval_net, test_loader, device.type, precision=precision, fn=eval_fn)
             test_acc = metrics.top1(logits, labels)
+            shots = metrics.report(logits, labels, data.counts)  # many/medium/few-shot, every epoch
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
                "images_per_second": round(seen / train_seconds, 1),
                "train_acc": 100.0 * sums["correct"].item() / seen, "test_acc": test_acc}
+        if not contrast:
+            row.update({f"test_{g}_shot_acc": shots[f"{g}_shot_acc"] for g in ("many", "medium", "few")})
         row.update({k: v.item() / seen for k, v in sums.items() if not k.endswith("correct")})
         row.update({f"{k[:-len('_correct')]}_train_acc": 100.0 * v.item() / seen
                     for k, v in sums.items() if k.endswith("_correct")})

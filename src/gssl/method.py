@@ -89,9 +89,9 @@ class GatedSSL(nn.Module):
         stats: dict[str, Tensor] = {"aux": ssl_total.detach()}
         if self.pretext is not None:
             # Per-sample CE on each head; raw cosines when the heads are cosine (SPEC section 4).
+            head_logits = {t: self.heads[t](feat).float() for t in self.tasks}
             losses = torch.stack(
-                [F.cross_entropy(self.heads[t](feat).float(), labels[t], reduction="none") for t in self.tasks],
-                dim=1,
+                [F.cross_entropy(head_logits[t], labels[t], reduction="none") for t in self.tasks], dim=1
             )
             gated = self.gate(feat, losses)
             ssl_total = self.ssl_ratio * gated.pretext_loss + gated.aux_loss
@@ -100,6 +100,8 @@ class GatedSSL(nn.Module):
             for i, t in enumerate(self.tasks):
                 stats[f"ssl_{t}"] = per_task[i]
                 stats[f"gate_{t}"] = gated.weights[i]
+                # the pretext head's training accuracy, percent: has the head learned anything yet?
+                stats[f"pretext_acc_{t}"] = 100.0 * (head_logits[t].argmax(1) == labels[t]).float().mean()
         return logits, ssl_total, stats
 
     def training_loss(
