@@ -166,7 +166,23 @@ def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10
     # and the table reads the sweep
     capsys.readouterr()
     assert main(["table", str(out)]) == 0
-    assert "gated-triple (ssl.gate=learned)" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "gated-triple (ssl.gate=learned)" in table
+
+    # a fresh checkout holds only the committed records (results/: config, metrics, summary; no
+    # checkpoints, no logs): the sweep counts them finished and the table reads the same numbers
+    import shutil
+    records = tmp_path / "checkout" / "sweep"
+    for summary in out.rglob("summary.json"):
+        dest = records / summary.parent.relative_to(out)
+        dest.mkdir(parents=True)
+        for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+            shutil.copy(summary.parent / name, dest / name)
+    spec.write_text(spec.read_text().replace(str(out), str(records)))
+    assert main(["sweep", str(spec)]) == 0
+    assert "4 finished already, 0 to run" in capsys.readouterr().out
+    assert main(["table", str(records)]) == 0
+    assert capsys.readouterr().out.replace(str(records), str(out)) == table
 
 
 def test_sweep_checks_everything_before_running_anything(fake_cifar10, tmp_path, capsys):
