@@ -15,9 +15,19 @@ def test_benchmark_suite_runs_every_section_and_writes_its_json(tmp_path):
     res = json.loads(out.read_text())
     assert {"env", "step", "transform", "loader", "epoch", "sweep"} <= set(res)
     assert res["env"]["torch"] and res["env"]["quick"] is True
-    steps = {row["variant"]: row for row in res["step"]}
-    assert set(steps) == {"plain", "+ LoRot-E", "+ gated triple", "+ gated triple, channels_last"}
-    assert steps["plain"]["vs_plain_median"] == 1.0 and all(r["images_per_s"] > 0 for r in steps.values())
+    steps = {(row["layout"], row["variant"]): row for row in res["step"]}
+    layouts = ["eager", "channels_last", "compiled", "compiled + channels_last"]
+    assert set(steps) == {(lay, v) for lay in layouts for v in ("plain", "+ LoRot-E", "+ gated triple")}
+    assert len(res["step"]) == len(steps)
+    assert {r["precision"] for r in steps.values()} == {"fp32"}  # bf16 against fp32 on CUDA only
+    assert all(r["images_per_s"] > 0 and r["first_call_s"] > 0 for r in steps.values())
+    assert all(r["vs_plain_median"] == 1.0 for (_, v), r in steps.items() if v == "plain")
+    assert all(r["speedup_paired"] == 1.0 for (lay, _), r in steps.items() if lay == "eager")
+    for (lay, _), row in steps.items():  # compiled rows ran compiled, their compile time apart
+        compiled = lay.startswith("compiled")
+        assert row["compiled"] is compiled and row["channels_last"] is lay.endswith("channels_last")
+        assert (row["compile_s"] is not None, row["compiled_calls"] > 0) == (compiled, compiled)
+        assert row["compile_fallbacks"] == 0
     assert res["transform"]["per-sample loop (reference)"]["median_s"] > 0
     assert res["loader"]["results"][0]["images_per_s"] > 0
     assert [row["variant"] for row in res["epoch"]] == ["plain", "+ LoRot-E", "+ gated triple"]
