@@ -4,9 +4,10 @@ Each scenario trains the same tiny run twice through `gssl train`, compiled and 
 that the compiled path really ran (steps counted, no fallback), that it never recompiled (dynamo's
 error_on_recompile turns a recompilation into a fallback, which fails the test: this covers the DRW
 switch, the warm-up and the compiled evaluation between epochs), and that the weights after training
-match the eager run's up to rounding (see assert_compiled_matches_eager). The test set (600 images) is larger than one 512-image
-evaluation batch, so the compiled evaluation runs too.
+match the eager run's up to rounding (see assert_compiled_matches_eager). The test set (600 images)
+is larger than one 512-image evaluation batch, so the compiled evaluation runs too.
 """
+
 import json
 import warnings
 
@@ -22,19 +23,40 @@ from gssl.step import Compiled, packed_step
 from conftest import initial_weights, write_fake_cifar10
 
 # lr 0.01: at 0.1 a fresh LDAM model amplifies rounding differences chaotically within a few steps
-TINY = ["model.backbone=resnet8", "optim.batch_size=16", "optim.lr=0.01", "optim.epochs=2", "optim.base_epochs=2",
-        "optim.warmup_epochs=1", "optim.milestones=[1]", "optim.gamma=0.5", "data.imbalance=0.5",
-        "loss.drw_epoch=1"]
+TINY = [
+    "model.backbone=resnet8",
+    "optim.batch_size=16",
+    "optim.lr=0.01",
+    "optim.epochs=2",
+    "optim.base_epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.milestones=[1]",
+    "optim.gamma=0.5",
+    "data.imbalance=0.5",
+    "loss.drw_epoch=1",
+]
 
 
 @pytest.fixture(scope="module")
 def cifar600(tmp_path_factory):
-    return write_fake_cifar10(tmp_path_factory.mktemp("fake-cifar10-600"), per_class_train=20, per_class_test=60)
+    return write_fake_cifar10(
+        tmp_path_factory.mktemp("fake-cifar10-600"), per_class_train=20, per_class_test=60
+    )
 
 
 def _train(root, out, preset, sets, compile_):
-    args = ["train", "--preset", preset, "--set", f"data.root={root}", "--out", str(out), "--quiet",
-            "--set", f"compile={str(compile_).lower()}"]
+    args = [
+        "train",
+        "--preset",
+        preset,
+        "--set",
+        f"data.root={root}",
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        f"compile={str(compile_).lower()}",
+    ]
     for s in (*TINY, *sets):
         args += ["--set", s]
     assert main(args) == 0, f"training {out} failed"
@@ -69,7 +91,9 @@ def assert_compiled_matches_eager(root, tmp_path, preset, *sets, rtol=0.05):
     apart = torch.cat([(a[k] - b[k]).flatten().double() for k in keys]).norm()
     travelled = torch.cat([(b[k] - start[k]).flatten().double() for k in keys]).norm()
     assert travelled > 0
-    assert apart < rtol * travelled, f"compiled and eager runs are {apart / travelled:.1%} of the update apart"
+    assert apart < rtol * travelled, (
+        f"compiled and eager runs are {apart / travelled:.1%} of the update apart"
+    )
     return s
 
 
@@ -81,7 +105,8 @@ def test_the_no_task_step_keeps_its_gradient_under_inductor():
     model = GatedSSL("resnet8", 10, tasks=[], gate="none", head="linear")
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
     loss, keys, values = torch.compile(packed_step(model.loss_from_params), dynamic=False)(
-        x, y, torch.nn.CrossEntropyLoss(), {})
+        x, y, torch.nn.CrossEntropyLoss(), {}
+    )
     assert loss.requires_grad and loss.grad_fn is not None
     eager, stats = model.loss_from_params(x, y, torch.nn.CrossEntropyLoss(), {})
     assert keys == tuple(stats)
@@ -119,6 +144,7 @@ def test_compiled_evaluation_outputs_survive_the_next_call():
             buf = static.setdefault("out", torch.empty_like(out[0]))
             buf.copy_(out[0])
             return [buf]
+
         return run
 
     batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(3)]
@@ -154,8 +180,9 @@ def test_erm_and_sla_sd(cifar600, tmp_path):
 
 @pytest.mark.slow
 def test_ssp_pretraining_and_supervised_stage(cifar600, tmp_path):
-    assert_compiled_matches_eager(cifar600, tmp_path, "cifar10-lt0.01-ssp", "pretrain.epochs=1", "pretrain.lr=0.01",
-                                  rtol=0.1)  # two stages of training: more room to drift
+    assert_compiled_matches_eager(
+        cifar600, tmp_path, "cifar10-lt0.01-ssp", "pretrain.epochs=1", "pretrain.lr=0.01", rtol=0.1
+    )  # two stages of training: more room to drift
 
 
 @pytest.mark.slow
@@ -163,26 +190,50 @@ def test_adversarial_training(cifar600, tmp_path):
     """The attack runs eagerly (it differentiates with respect to the input inside the step), the
     training step on the attacked batch is compiled."""
     # the attack's sign(gradient) turns rounding differences into different perturbations: a wider margin
-    s = assert_compiled_matches_eager(cifar600, tmp_path, "cifar10-lt0.01-gated-triple", "adv.attack=pgd",
-                                      "adv.steps=2", "adv.eval_steps=1", "adv.eps=8/255", rtol=0.2)
+    s = assert_compiled_matches_eager(
+        cifar600,
+        tmp_path,
+        "cifar10-lt0.01-gated-triple",
+        "adv.attack=pgd",
+        "adv.steps=2",
+        "adv.eval_steps=1",
+        "adv.eps=8/255",
+        rtol=0.2,
+    )
     assert s["robust_test_acc"] <= s["test_acc"] + 1e-9
 
 
 @pytest.mark.slow
 def test_fixmatch(cifar600, tmp_path):
     s = assert_compiled_matches_eager(
-        cifar600, tmp_path, "cifar10-4000-fixmatch-gated-triple", "semi.labels_per_class=4", "semi.mu=2",
-        "semi.steps_per_epoch=3", "semi.threshold=0.5", "data.imbalance=1.0", "loss.drw_epoch=null",
-        "optim.batch_size=8", "optim.schedule=step")
+        cifar600,
+        tmp_path,
+        "cifar10-4000-fixmatch-gated-triple",
+        "semi.labels_per_class=4",
+        "semi.mu=2",
+        "semi.steps_per_epoch=3",
+        "semi.threshold=0.5",
+        "data.imbalance=1.0",
+        "loss.drw_epoch=null",
+        "optim.batch_size=8",
+        "optim.schedule=step",
+    )
     assert s["compiled_steps"] == 6  # every FixMatch step is a full batch
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["false", "true"])
 def test_simclr_with_and_without_batch_fusion(cifar600, tmp_path, fusion):
-    assert_compiled_matches_eager(cifar600, tmp_path, "cifar10-simclr-gated-pretext", f"fusion.enabled={fusion}",
-                                  "contrastive.knn_k=5", "contrastive.linear_epochs=2", "loss.drw_epoch=null",
-                                  "optim.schedule=step")
+    assert_compiled_matches_eager(
+        cifar600,
+        tmp_path,
+        "cifar10-simclr-gated-pretext",
+        f"fusion.enabled={fusion}",
+        "contrastive.knn_k=5",
+        "contrastive.linear_epochs=2",
+        "loss.drw_epoch=null",
+        "optim.schedule=step",
+    )
 
 
 def _scenario_steps():
@@ -199,25 +250,49 @@ def _scenario_steps():
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
     ldam = build_loss("ldam", [8, 6, 5, 4, 3, 3, 2, 2, 1, 1])
     out = []
-    for gate, tasks in (("none", []), ("reference", ["lorot", "flip", "channel"]), ("learned", ["lorot", "flip"]),
-                        ("uniform", ["lorot_i"])):
+    for gate, tasks in (
+        ("none", []),
+        ("reference", ["lorot", "flip", "channel"]),
+        ("learned", ["lorot", "flip"]),
+        ("uniform", ["lorot_i"]),
+    ):
         m = GatedSSL("resnet8", 10, tasks=tasks, gate=gate, head="cosine")
         out.append((f"gated {gate}", m.loss_from_params, (x, y, ldam, m.sample_params(x, gen))))
     sla = SLASD("resnet8", 10, transform="channel", head="cosine")
     out.append(("sla-sd", sla.loss_from_params, (x, y, ldam, {})))
     fm = GatedSSL("resnet8", 10, tasks=["lorot", "flip", "channel"], gate="learned", head="linear")
     xu = torch.randn(16, 3, 16, 16)
-    fm_args = (fm, x, y, xu, xu.flip(3), torch.randint(0, 10, (16,)), build_loss("ce", [1] * 10),
-               fm.sample_params(torch.randn(40, 3, 16, 16), gen), 0.5, 1.0)
+    fm_args = (
+        fm,
+        x,
+        y,
+        xu,
+        xu.flip(3),
+        torch.randint(0, 10, (16,)),
+        build_loss("ce", [1] * 10),
+        fm.sample_params(torch.randn(40, 3, 16, 16), gen),
+        0.5,
+        1.0,
+    )
     out.append(("fixmatch", fixmatch_loss, fm_args))
     for fusion in (None, BatchFusion(3, patch=8, dim=16, heads=2)):
         sc = SimCLR("resnet8", views=2, tasks=["rotation"], gate="learned", fusion=fusion)
-        out.append((f"simclr fusion={fusion is not None}", sc.loss_from_params,
-                    (x, y, None, sc.sample_params(x, gen))))
+        out.append(
+            (
+                f"simclr fusion={fusion is not None}",
+                sc.loss_from_params,
+                (x, y, None, sc.sample_params(x, gen)),
+            )
+        )
     bb, head = GatedSSL("resnet8", 10).backbone, torch.nn.Linear(64, 4)
     k = torch.randint(4, (8,))
-    out.append(("ssp rotation", lambda x, k: torch.nn.functional.cross_entropy(head(bb(rotation_transform(x, k))), k),
-                (x, k)))
+    out.append(
+        (
+            "ssp rotation",
+            lambda x, k: torch.nn.functional.cross_entropy(head(bb(rotation_transform(x, k))), k),
+            (x, k),
+        )
+    )
     return out
 
 

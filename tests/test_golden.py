@@ -8,6 +8,7 @@ not compared. Re-record, after an intended change of numbers, with
 
 and say in the commit which change moved which numbers.
 """
+
 import json
 import math
 import os
@@ -18,11 +19,27 @@ import pytest
 from gssl.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
-TINY = ["model.backbone=resnet8", "optim.batch_size=16", "optim.epochs=2", "optim.base_epochs=2",
-        "optim.warmup_epochs=1", "optim.milestones=[1]", "optim.gamma=0.5", "data.imbalance=0.5", "loss.drw_epoch=1",
-        "compile=false"]
-SEMI = ["semi.labels_per_class=4", "semi.mu=2", "semi.steps_per_epoch=3", "semi.threshold=0.5", "data.imbalance=1.0",
-        "loss.drw_epoch=null", "optim.schedule=step"]
+TINY = [
+    "model.backbone=resnet8",
+    "optim.batch_size=16",
+    "optim.epochs=2",
+    "optim.base_epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.milestones=[1]",
+    "optim.gamma=0.5",
+    "data.imbalance=0.5",
+    "loss.drw_epoch=1",
+    "compile=false",
+]
+SEMI = [
+    "semi.labels_per_class=4",
+    "semi.mu=2",
+    "semi.steps_per_epoch=3",
+    "semi.threshold=0.5",
+    "data.imbalance=1.0",
+    "loss.drw_epoch=null",
+    "optim.schedule=step",
+]
 SIMCLR = ["contrastive.knn_k=5", "contrastive.linear_epochs=3", "loss.drw_epoch=null", "optim.schedule=step"]
 SCENARIOS = {
     "ldam-drw": ("cifar10-lt0.01-ldam-drw", []),
@@ -33,13 +50,22 @@ SCENARIOS = {
     "erm": ("cifar10-lt0.01-erm", []),
     "ssp": ("cifar10-lt0.01-ssp", ["pretrain.epochs=1"]),
     "sla-sd": ("cifar10-lt0.01-sla-sd", []),
-    "adversarial": ("cifar10-lt0.01-gated-triple", ["adv.attack=pgd", "adv.steps=2", "adv.eval_steps=2",
-                                                     "adv.eps=8/255"]),
+    "adversarial": (
+        "cifar10-lt0.01-gated-triple",
+        ["adv.attack=pgd", "adv.steps=2", "adv.eval_steps=2", "adv.eps=8/255"],
+    ),
     "fixmatch": ("cifar10-4000-fixmatch-gated-triple", [*SEMI, "optim.batch_size=8"]),
     "simclr": ("cifar10-simclr-gated-pretext", SIMCLR),
     "simclr-fusion": ("cifar10-simclr-fusion", SIMCLR),
 }
-NOT_COMPARED = {"seconds", "images_per_second", "wall_seconds", "wall_seconds_this_process", "command", "versions"}
+NOT_COMPARED = {
+    "seconds",
+    "images_per_second",
+    "wall_seconds",
+    "wall_seconds_this_process",
+    "command",
+    "versions",
+}
 
 
 def _numbers(obj):
@@ -74,14 +100,26 @@ def _differences(want, got, where=""):
 @pytest.fixture(scope="module")
 def golden_data(tmp_path_factory):
     from conftest import write_fake_cifar10
-    return write_fake_cifar10(tmp_path_factory.mktemp("fake-cifar10-golden"), per_class_train=20, per_class_test=10)
+
+    return write_fake_cifar10(
+        tmp_path_factory.mktemp("fake-cifar10-golden"), per_class_train=20, per_class_test=10
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_scenario_reproduces_its_golden_record(golden_data, tmp_path, name):
     preset, sets = SCENARIOS[name]
-    args = ["train", "--preset", preset, "--set", f"data.root={golden_data}", "--out", str(tmp_path / name), "--quiet"]
+    args = [
+        "train",
+        "--preset",
+        preset,
+        "--set",
+        f"data.root={golden_data}",
+        "--out",
+        str(tmp_path / name),
+        "--quiet",
+    ]
     for s in (*TINY, *sets):
         args += ["--set", s]
     assert main(args) == 0
