@@ -117,7 +117,9 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
     check_shapes(cfg, *data.train.images.shape[1:])
     distributed.check_same(d, "the class counts (LDAM margins, DRW weights)", data.counts, device)
     model = build_model(cfg, n_cls, C).to(device)
-    channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+    # NHWC activations: 1.34x the eager CPU step, about 1.02x once compiled (inductor picks NHWC for
+    # convolutions itself); the usual choice on CUDA (docs/performance.md)
+    channels_last = True if cfg.channels_last is None else cfg.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_module, model = distributed.wrap(d, model, cfg.distributed.sync_bn, device)  # DDP under torchrun
