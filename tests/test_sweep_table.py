@@ -179,7 +179,9 @@ def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10
         for name in ("config.yaml", "metrics.jsonl", "summary.json"):
             shutil.copy(summary.parent / name, dest / name)
     spec.write_text(spec.read_text().replace(str(out), str(records)))
-    assert main(["sweep", str(spec)]) == 0
+    moved = tmp_path / "elsewhere"  # the fresh checkout's data lie somewhere else: still the same runs
+    shutil.copytree(fake_cifar10, moved)
+    assert main(["sweep", str(spec), "--set", f"data.root={moved}"]) == 0
     assert "4 finished already, 0 to run" in capsys.readouterr().out
     assert main(["table", str(records)]) == 0
     assert capsys.readouterr().out.replace(str(records), str(out)) == table

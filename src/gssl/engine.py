@@ -300,7 +300,7 @@ def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, re
             rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "last.pt", state)
         if tb is not None:
             for k, v in row.items():
-                if k != "epoch":
+                if k != "epoch" and v is not None:  # a shot group with no class has no accuracy
                     tb.add_scalar(k, v, epoch)
             tb.flush()
         if not quiet:

@@ -179,7 +179,9 @@ def status(job: Job) -> str:
     cfg_path = d / rundir.CONFIG
     if not cfg_path.is_file():
         raise ConfigError(f"{d} exists but is not a gssl run; move it away or choose another --out")
-    changed = diff(from_dict(load_yaml(cfg_path)), job.resolved())
+    # where the data lies is the machine's business: a record made from /work/shared/data is the same run
+    # when a fresh checkout elsewhere points data.root at its own copy
+    changed = [k for k in diff(from_dict(load_yaml(cfg_path)), job.resolved()) if k != "data.root"]
     if changed:
         raise ConfigError(f"{d} holds a run with another configuration (differs in {', '.join(changed)}); "
                           "move it away, or use another --out")
