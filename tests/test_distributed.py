@@ -133,6 +133,7 @@ def _contrast_rank(rank, world, init_file, z_full, out):
     loss, correct = nt_xent(zs, 0.5, with_correct=True)
     loss.backward()
     torch.save({"loss": loss.item(), "grad": z.grad, "world": w, "correct": correct.item() / w}, out / f"{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other's last collective is in flight (SIGABRT)
     dist.destroy_process_group()
 
 
