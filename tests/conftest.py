@@ -31,6 +31,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
 
 
+# Two epochs of ResNet-8 that cross every schedule event: warm-up, a decay and DRW at epoch 1.
+TWO_EPOCHS_EVERY_EVENT = ["model.backbone=resnet8", "optim.batch_size=16", "optim.epochs=2", "optim.base_epochs=2",
+                          "optim.warmup_epochs=1", "optim.milestones=[1]", "optim.gamma=0.5", "data.imbalance=0.5",
+                          "loss.drw_epoch=1"]
+
+# FixMatch at toy scale: 4 labels per class, 2 x the batch unlabelled, 3 steps an epoch
+TINY_FIXMATCH = ["semi.labels_per_class=4", "semi.mu=2", "semi.steps_per_epoch=3", "semi.threshold=0.5",
+                 "data.imbalance=1.0", "loss.drw_epoch=null", "optim.schedule=step"]
+
+
 def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> Path:
     """A real `gssl train` run on the fake CIFAR-10 (ResNet-20, gated LoRot-E + flip + channel, batch 16, constant lr)."""
     from gssl.cli import main

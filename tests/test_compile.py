@@ -20,21 +20,10 @@ from gssl.cli import main
 from gssl.method import GatedSSL
 from gssl.step import Compiled, packed_step
 
-from conftest import initial_weights, write_fake_cifar10
+from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, initial_weights, write_fake_cifar10
 
 # lr 0.01: at 0.1 a fresh LDAM model amplifies rounding differences chaotically within a few steps
-TINY = [
-    "model.backbone=resnet8",
-    "optim.batch_size=16",
-    "optim.lr=0.01",
-    "optim.epochs=2",
-    "optim.base_epochs=2",
-    "optim.warmup_epochs=1",
-    "optim.milestones=[1]",
-    "optim.gamma=0.5",
-    "data.imbalance=0.5",
-    "loss.drw_epoch=1",
-]
+TINY = [*TWO_EPOCHS_EVERY_EVENT, "optim.lr=0.01"]
 
 
 @pytest.fixture(scope="module")
@@ -209,14 +198,8 @@ def test_fixmatch(cifar600, tmp_path):
         cifar600,
         tmp_path,
         "cifar10-4000-fixmatch-gated-triple",
-        "semi.labels_per_class=4",
-        "semi.mu=2",
-        "semi.steps_per_epoch=3",
-        "semi.threshold=0.5",
-        "data.imbalance=1.0",
-        "loss.drw_epoch=null",
+        *TINY_FIXMATCH,
         "optim.batch_size=8",
-        "optim.schedule=step",
     )
     assert s["compiled_steps"] == 6  # every FixMatch step is a full batch
 

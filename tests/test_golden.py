@@ -18,28 +18,11 @@ import pytest
 
 from gssl.cli import main
 
+from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT
+
 GOLDEN = Path(__file__).parent / "golden"
-TINY = [
-    "model.backbone=resnet8",
-    "optim.batch_size=16",
-    "optim.epochs=2",
-    "optim.base_epochs=2",
-    "optim.warmup_epochs=1",
-    "optim.milestones=[1]",
-    "optim.gamma=0.5",
-    "data.imbalance=0.5",
-    "loss.drw_epoch=1",
-    "compile=false",
-]
-SEMI = [
-    "semi.labels_per_class=4",
-    "semi.mu=2",
-    "semi.steps_per_epoch=3",
-    "semi.threshold=0.5",
-    "data.imbalance=1.0",
-    "loss.drw_epoch=null",
-    "optim.schedule=step",
-]
+TINY = [*TWO_EPOCHS_EVERY_EVENT, "compile=false"]
+SEMI = TINY_FIXMATCH
 SIMCLR = ["contrastive.knn_k=5", "contrastive.linear_epochs=3", "loss.drw_epoch=null", "optim.schedule=step"]
 SCENARIOS = {
     "ldam-drw": ("cifar10-lt0.01-ldam-drw", []),
