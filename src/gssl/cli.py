@@ -329,6 +329,7 @@ EXAMPLES_SWEEP = """examples:
 EXAMPLES_TABLE = """examples:
   gssl table runs/cifar10-lt-cpu                  # every run below the folder
   gssl table runs/c10/*/seed* --metric best --csv results.csv
+  gssl table results/cifar10-lt-45ep --figures docs/figures/cifar10-lt-45ep   # + the sweep's figures (PNG)
 """
 
 
@@ -360,6 +361,9 @@ def _sweep_parsers(sub, fmt) -> None:
     t.add_argument("--baseline", metavar="ROW", help="the row (or method) differences are taken against "
                    "(default: LDAM-DRW, baseline, supervised or SimCLR, whichever is there)")
     t.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    t.add_argument("--figures", metavar="OUT_DIR", help="also draw the sweep's figures from the run "
+                   "records alone (test accuracy and pretext-head accuracy per epoch, gate weights, per-class "
+                   "accuracy against class size) as PNGs into OUT_DIR; a row is the folder above seed<k>")
 
 
 def _sweep(args) -> int:
@@ -395,6 +399,10 @@ def _table(args) -> int:
     if args.csv:
         write_atomic(Path(args.csv), table.to_csv(runs, args.metric, args.baseline).encode())
         print(f"\nCSV written to {args.csv}")
+    if args.figures:
+        from .analysis import curves
+        print()
+        curves.write_figures(runs, args.figures)
     return 0
 
 

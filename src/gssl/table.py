@@ -4,7 +4,8 @@ A row is a method: the preset's method name, plus every setting in which the run
 preset, except settings shared by all runs in the table (a shortened protocol, say) and the
 dataset and imbalance, which make the columns. A cell is mean +- sample standard deviation over
 seeds with the number of seeds, the paper's published number where the row is the paper's own
-method, and the paired difference against the baseline row (over the seeds both have).
+method (also on another schedule: the column header gives the paper's length), and the paired
+difference against the baseline row (over the seeds both have).
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ METRICS = {"final": ("test_acc", "final-epoch top-1 (%)"),
            "knn": ("knn_test_acc", "k-NN top-1 (%) on the frozen backbone (contrastive runs)")}
 BASELINE_METHODS = ("ldam-drw", "baseline", "supervised", "simclr")
 _NOT_METHOD = {"seed", "preset", "device", "tensorboard", "data.root", "data.name", "data.imbalance"}
+# A row that departs from its paper preset only in these still runs the paper's method (on another schedule,
+# or another machine), so the paper's number is shown beside it; the column header says at which length.
+_SCHEDULE = {"optim.epochs", "optim.base_epochs", "optim.warmup_epochs", "optim.milestones", "loss.drw_epoch"}
+_NOT_PAPER_METHOD = _SCHEDULE | {"seed", "preset", "device", "tensorboard", "data.root", "compile",
+                                 "compile_mode", "channels_last"}
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Cell:
     accs: dict[int, float]      # seed -> accuracy
     unfinished: list[int]
     paper: float | None
+    paper_epochs: int | None = None     # the length of the paper's run, for the column header
 
     @property
     def n(self) -> int:
@@ -103,8 +110,8 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
     for r, method, diffs in parsed:
         own = {k: v for k, v in diffs.items() if k not in _NOT_METHOD and (k, json.dumps(v)) not in shared}
         label = method + (" (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(own.items())) + ")" if own else "")
-        paper = PRESETS[r.cfg.preset].paper_acc if (r.cfg.preset in PRESETS and not own) else None
-        cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, [], paper))
+        paper, paper_epochs = _paper_number(r.cfg, diffs)
+        cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, [], paper, paper_epochs))
         if r.summary is None or not isinstance(r.summary.get(key), (int, float)):
             cell.unfinished.append(r.cfg.seed)
         elif r.cfg.seed in cell.accs:
@@ -116,6 +123,9 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
     cols = sorted({k[1] for k in cells})
     if baseline is None:
         baseline = next((r for r in rows if r in BASELINE_METHODS), None)
+        if baseline is None:  # e.g. "ldam-drw (loss.drw_epoch=36)": the one row of a baseline method
+            named = [r for r in rows if r.split(" (")[0] in BASELINE_METHODS]
+            baseline = named[0] if len(named) == 1 else None
     elif baseline not in rows:  # a method name stands for its one row, whatever its own settings
         named = [r for r in rows if r.split(" (")[0] == baseline]
         if len(named) != 1:
@@ -124,6 +134,28 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
     if baseline is not None:
         rows = [baseline] + [r for r in rows if r != baseline]
     return rows, cols, cells, baseline, sorted(shared)
+
+
+def _paper_number(cfg: Config, diffs: dict) -> tuple[float | None, int | None]:
+    """The preset's published top-1 and its epochs, when the run departs from the preset only in its schedule.
+
+    Every departure counts, also one all runs share (a table of learned-gate runs only is not the paper's).
+    Turning DRW on or off is a change of method, moving it is a change of schedule."""
+    preset = PRESETS.get(cfg.preset)
+    if preset is None or preset.paper_acc is None:
+        return None, None
+    ref = from_dict(preset_dict(cfg.preset))
+    for key, value in diffs.items():
+        drw_switched = key == "loss.drw_epoch" and (value is None or ref.loss.drw_epoch is None)
+        if key not in _NOT_PAPER_METHOD or drw_switched:
+            return None, None
+    return preset.paper_acc, ref.optim.epochs
+
+
+def _paper_header(cells: dict, column: str) -> str:
+    epochs = sorted({cell.paper_epochs for (_, col), cell in cells.items()
+                     if col == column and cell.paper is not None})
+    return "paper" + (f" ({'/'.join(map(str, epochs))} ep.)" if epochs else "")
 
 
 def _short(v) -> str:
@@ -155,7 +187,8 @@ def _fmt(mean, std, n=None) -> str:
 
 def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:
     rows, cols, cells, base, shared = build(runs, metric, baseline)
-    head = ["method"] + [f"{c} {h}" for c in cols for h in ("ours", "paper", f"Δ vs {base or 'baseline'}")]
+    head = ["method"] + [f"{c} {h}" for c in cols
+                         for h in ("ours", _paper_header(cells, c), f"Δ vs {base or 'baseline'}")]
     lines = [f"{METRICS[metric][1]}: mean ± std over seeds (number of seeds); Δ paired by seed.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
@@ -190,7 +223,7 @@ def to_csv(runs: list[Run], metric: str = "final", baseline: str | None = None) 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "setting", "metric", "mean", "std", "n", "seeds", "unfinished_seeds", "paper",
-                "baseline", "diff_mean", "diff_std", "diff_n"])
+                "baseline", "diff_mean", "diff_std", "diff_n", "paper_epochs"])
     for r in rows:
         for c in cols:
             cell = cells.get((r, c))
@@ -201,7 +234,7 @@ def to_csv(runs: list[Run], metric: str = "final", baseline: str | None = None) 
             dm, ds, dn = paired(cell, b) if b else (None, None, 0)
             w.writerow([r, c, METRICS[metric][0], _num(m), _num(s), cell.n, " ".join(map(str, sorted(cell.accs))),
                         " ".join(map(str, sorted(cell.unfinished))), _num(cell.paper), base or "",
-                        _num(dm), _num(ds), dn])
+                        _num(dm), _num(ds), dn, cell.paper_epochs or ""])
     return buf.getvalue()
 
 
