@@ -87,7 +87,7 @@ def test_simclr_step_regularised_by_gated_pretext_tasks_reaches_every_part():
     assert 0 <= stats["correct"] <= 6
     assert loss.item() > stats["contrastive_loss"].item()  # the pretext term is added
     loss.backward()
-    for part in (model.backbone, model.classifier, model.heads, model.gate, model.fusion):
+    for part in (model.backbone, model.projection, model.pretext.heads, model.pretext.gate, model.fusion):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), type(part).__name__
     assert model(torch.randn(3, 3, 16, 16)).shape == (3, model.backbone.feat_dim)  # the representation
 
@@ -98,7 +98,7 @@ def test_simclr_without_tasks_is_plain_nt_xent_on_the_projection():
     loss, stats = model.loss_from_params(x, torch.zeros(4, dtype=torch.long), None, {})
     model.eval()  # the same batch statistics would differ in train mode; compare the projection in eval mode
     loss_eval, _ = model.loss_from_params(x, torch.zeros(4, dtype=torch.long), None, {})
-    z = model.classifier(model.backbone(x)).view(3, 4, -1)
+    z = model.projection(model.backbone(x)).view(3, 4, -1)
     assert loss_eval.item() == pytest.approx(nt_xent(z, 0.5).item(), rel=1e-5)
     assert loss.item() == pytest.approx(stats["contrastive_loss"].item())
 

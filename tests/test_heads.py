@@ -103,11 +103,11 @@ def test_long_tailed_model_init_is_the_references():
         if isinstance(m, nn.BatchNorm2d):
             assert (m.weight == 1).all() and (m.bias == 0).all()
             assert (m.momentum, m.eps, m.affine, m.track_running_stats) == (0.1, 1e-5, True, True)
-    cosine = [model.classifier, *model.heads.values()]
+    cosine = [model.classifier, *model.pretext.heads.values()]
     assert all(isinstance(h, CosineLinear) for h in cosine) and len(cosine) == 4
     for h in cosine:
         assert (h.weight.norm(dim=1) - 1).abs().max() < 1e-6
-    assert isinstance(model.gate, ReferenceGate)
-    gate = model.gate.linear
+    assert isinstance(model.pretext.gate, ReferenceGate)
+    gate = model.pretext.gate.linear
     assert gate.weight.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.35)  # 3 x 64 draws: loose
     assert gate.bias.abs().max() <= 1 / math.sqrt(64)  # nn.Linear's default bias, as the reference's

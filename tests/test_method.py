@@ -26,8 +26,8 @@ def test_training_loss_stats_and_gradients(gate):
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in stats.values())
     assert torch.isfinite(loss) and 0 <= stats["correct"] <= 8
     loss.backward()
-    assert all(model.heads[t].weight.grad is not None for t in TRIPLE)
-    gate_grads = [p.grad for p in model.gate.parameters()]
+    assert all(model.pretext.heads[t].weight.grad is not None for t in TRIPLE)
+    gate_grads = [p.grad for p in model.pretext.gate.parameters()]
     if gate == "reference":
         assert gate_grads and all(g is None for g in gate_grads)  # the reference gate never learns
     elif gate == "learned":
@@ -43,10 +43,10 @@ def test_loss_is_the_documented_formula():
     x, y = batch()
     params = model.sample_params(x, torch.Generator().manual_seed(1))
     loss, stats = model.loss_from_params(x, y, build_loss("ce"), params)
-    xt, labels = model.pretext.apply(x, params)
+    xt, labels = model.pretext.transform(x, params)
     feat = model.backbone(xt)
     cls = F.cross_entropy(model.classifier(feat), y)
-    ssl = sum(F.cross_entropy(model.heads[t](feat), labels[t]) for t in TRIPLE)
+    ssl = sum(F.cross_entropy(model.pretext.heads[t](feat), labels[t]) for t in TRIPLE)
     assert torch.allclose(loss, cls + 0.1 * ssl, atol=1e-5)
     assert torch.allclose(stats["cls_loss"], cls, atol=1e-6)
     assert not torch.allclose(model(x), model.classifier(feat))  # test time: untransformed image
@@ -57,8 +57,8 @@ def test_cosine_heads_with_ldam_use_raw_cosines_for_pretext():
     x, y = batch()
     params = model.sample_params(x, torch.Generator().manual_seed(0))
     loss, stats = model.loss_from_params(x, y, build_loss("ldam", COUNTS), params)
-    xt, labels = model.pretext.apply(x, params)
-    cos = model.heads["lorot"](model.backbone(xt))
+    xt, labels = model.pretext.transform(x, params)
+    cos = model.pretext.heads["lorot"](model.backbone(xt))
     assert cos.abs().max() <= 1 + 1e-6
     assert torch.allclose(stats["ssl_lorot"], F.cross_entropy(cos, labels["lorot"]), atol=1e-5)
     assert stats["gate_lorot"].item() == pytest.approx(1.0)  # one task: softmax of one logit
@@ -67,7 +67,7 @@ def test_cosine_heads_with_ldam_use_raw_cosines_for_pretext():
 @pytest.mark.parametrize("kw", [{"tasks": []}, {"tasks": TRIPLE, "gate": "none"}])
 def test_plain_supervised(kw):
     model = GatedSSL("resnet20", 10, **kw)
-    assert model.pretext is None and model.gate is None and len(model.heads) == 0
+    assert model.pretext is None and not [n for n, _ in model.named_parameters() if not n.startswith(("backbone", "classifier"))]
     x, y = batch()
     loss, stats = model.training_loss(x, y, build_loss("ce"), torch.Generator())
     assert set(stats) == {"loss", "cls_loss", "correct", "aux"}
@@ -148,9 +148,37 @@ def test_pretext_accuracy_is_each_heads_share_of_right_answers():
     x, _ = batch(B=16)
     params = model.sample_params(x, torch.Generator().manual_seed(3))
     _, _, stats = model.train_forward(x, params)
-    xt, labels = model.pretext.apply(x, params)
+    xt, labels = model.pretext.transform(x, params)
     feat = model.backbone(xt)
     for t in TRIPLE:
-        right = (model.heads[t](feat).argmax(1) == labels[t]).float().mean().item()
+        right = (model.pretext.heads[t](feat).argmax(1) == labels[t]).float().mean().item()
         assert stats[f"pretext_acc_{t}"].item() == pytest.approx(100 * right)
     assert labels["flip"].unique().numel() == 2  # both flip labels are drawn in a batch of 16
+
+
+def test_checkpoints_from_before_the_pretext_component_still_load():
+    """Old run directories name the pretext parts heads.* and gate.*; they load under pretext.*."""
+    torch.manual_seed(0)
+    model = GatedSSL("resnet8", 10, tasks=TRIPLE, gate="learned", head="cosine")
+    old = {k.replace("pretext.", "", 1): v.clone() for k, v in model.state_dict().items()}
+    assert any(k.startswith("heads.") for k in old) and any(k.startswith("gate.") for k in old)
+    torch.manual_seed(1)
+    fresh = GatedSSL("resnet8", 10, tasks=TRIPLE, gate="learned", head="cosine")
+    fresh.load_state_dict(old)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def test_pretext_scale_multiplies_the_head_logits_before_the_cross_entropy():
+    torch.manual_seed(0)
+    faithful = GatedSSL("resnet8", 10, tasks=["lorot"], gate="uniform", head="cosine")
+    scaled = GatedSSL("resnet8", 10, tasks=["lorot"], gate="uniform", head="cosine", pretext_scale=30.0)
+    scaled.load_state_dict(faithful.state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    params = faithful.sample_params(x, torch.Generator().manual_seed(0))
+    feat = faithful.backbone(faithful.pretext.transform(x, params)[0])
+    labels = faithful.pretext.transform(x, params)[1]["lorot"]
+    cos = faithful.pretext.heads["lorot"](feat)
+    _, _, stats_1 = faithful.train_forward(x, params)
+    _, _, stats_30 = scaled.train_forward(x, params)
+    assert torch.allclose(stats_1["ssl_lorot"], F.cross_entropy(cos, labels), atol=1e-5)
+    assert torch.allclose(stats_30["ssl_lorot"], F.cross_entropy(30 * cos, labels), atol=1e-4)

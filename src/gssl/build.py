@@ -91,7 +91,7 @@ def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | S
                      in_channels=in_channels, temperature=cfg.sla.temperature, joint_scale=cfg.loss.scale)
     return GatedSSL(cfg.model.backbone, num_classes, tasks=tasks, gate=gate, head=cfg.model.head,
                     ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis, in_channels=in_channels,
-                    gate_kw=gate_kw)
+                    gate_kw=gate_kw, pretext_scale=cfg.ssl.pretext_scale)
 
 
 def check_method(cfg: Config) -> None:

@@ -67,6 +67,11 @@ class SSLConfig:
     ratio: float = field(default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
     flip_axis: str = field(default="H", metadata=_choice("H", "W"))
     gate_tau: float = field(default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    # A DEVIATION from the reference when != 1: multiplies a cosine pretext head's logits before the
+    # cross-entropy. The reference feeds raw cosines in [-1, 1] (loss >= 1.1 for 16 classes), and on a
+    # CPU budget its heads stay near chance (docs/results.md); s = 30 is LDAM's own classifier scale.
+    pretext_scale: float = field(default=1.0, metadata=_check(lambda v: v > 0 and math.isfinite(v),
+                                                              "a finite number > 0 (1 = the reference)"))
 
 
 @dataclass

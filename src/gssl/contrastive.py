@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import metrics
-from .method import GatedSSL
+from .method import LEGACY_PRETEXT_KEYS, build_gated_pretext, pretext_forward, rename_legacy_keys
+from .models import build_backbone
 
 
 def nt_xent(views: Tensor, temperature: float = 0.5, *, with_correct: bool = False):
@@ -60,32 +61,39 @@ def gather_views(z: Tensor) -> tuple[Tensor, int]:
     return torch.cat(all_gather(z.contiguous()), dim=1), world
 
 
-class SimCLR(GatedSSL):
-    """The step gets the V views of each image stacked as [V*N] (view-major). GatedSSL's train_forward
-    applies the pretext transforms, the batch fusion and ONE backbone pass; its `classifier` is here the
-    projection head (Linear-ReLU-Linear, SimCLR v1). `forward` is the representation (pooled backbone
-    feature): a contrastive model has no classifier; it is judged by k-NN or a linear probe."""
+class SimCLR(nn.Module):
+    """The step gets the V views of each image stacked as [V*N] (view-major); the pretext transforms, the
+    batch fusion and ONE backbone pass (gssl.method.pretext_forward) feed the projection head
+    (Linear-ReLU-Linear, SimCLR v1) and the gated pretext term. `forward` is the representation (pooled
+    backbone feature): a contrastive model has no classifier; it is judged by k-NN or a linear probe."""
 
     def __init__(self, backbone: str, *, views: int = 2, temperature: float = 0.5, proj_dim: int = 128,
                  proj_hidden: int = 512, tasks: Sequence[str] = (), gate: str = "uniform", ssl_ratio: float = 1.0,
                  in_channels: int = 3, gate_kw: Optional[dict] = None, fusion: Optional[nn.Module] = None):
-        super().__init__(backbone, proj_dim, tasks=tasks, gate=gate, head="linear", ssl_ratio=ssl_ratio,
-                         flip_axis="W", in_channels=in_channels, gate_kw=gate_kw)
-        d = self.backbone.feat_dim
-        self.classifier = nn.Sequential(nn.Linear(d, proj_hidden), nn.ReLU(inplace=True),
+        super().__init__()
+        self.backbone = build_backbone(backbone, in_channels)
+        dim = self.backbone.feat_dim
+        self.pretext = build_gated_pretext(tasks, gate, dim, head="linear", ratio=ssl_ratio, flip_axis="W",
+                                           gate_kw=gate_kw)
+        self.projection = nn.Sequential(nn.Linear(dim, proj_hidden), nn.ReLU(inplace=True),
                                         nn.Linear(proj_hidden, proj_dim))
         self.views, self.temperature = views, temperature
+        self.fusion = fusion
         if fusion is not None:
             fusion.groups = views  # samples communicate within a view, never with their own positive
-            self.fusion = fusion
+        self.register_load_state_dict_pre_hook(
+            rename_legacy_keys({**LEGACY_PRETEXT_KEYS, "classifier.": "projection."}))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
+    def sample_params(self, x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        return {} if self.pretext is None else self.pretext.sample(x, generator)
+
     def loss_from_params(self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]):
         """x: [V*N] views; y and cls_loss are not used (no labels in pre-training). Under torchrun the
         negatives are every rank's views (gather_views), as one process with the global batch has."""
-        z, ssl_total, stats = self.train_forward(x, params)
+        z, ssl_total, stats = pretext_forward(self.backbone, self.projection, self.pretext, x, params, self.fusion)
         zs, world = gather_views(z.float().view(self.views, -1, z.shape[1]))
         loss_c, correct = nt_xent(zs, self.temperature, with_correct=True)
         correct = correct / world  # every rank counts the global batch; the epoch sums over ranks

@@ -108,8 +108,13 @@ def wrap(d: Dist, model: nn.Module, sync_bn: bool, device: torch.device):
                               "each rank normalises with its own batch's statistics; set distributed.sync_bn=false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = nn.parallel.DistributedDataParallel(StepModule(model), device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=getattr(model, "gate_mode", "") == "reference")
+                                              find_unused_parameters=_frozen_gate(model))
     return ddp, model
+
+
+def _frozen_gate(model: nn.Module) -> bool:
+    pretext = getattr(model, "pretext", None)
+    return pretext is not None and pretext.gate_mode == "reference"
 
 
 def global_params(d: Dist, model, x: torch.Tensor, gen: torch.Generator, size: int, start: int) -> dict:

@@ -1,4 +1,5 @@
-"""GatedSSL: backbone + classifier head + one head per pretext task + gate (SPEC section 1).
+"""The gated pretext term, the paper's idea as one component, and GatedSSL, the network that carries it
+beside a classifier (SPEC section 1).
 
 Training step, as the authors' code: transform the batch (one shared quadrant per sample), ONE
 backbone forward on the transformed batch, classifier loss on it too, a per-sample cross-entropy
@@ -9,8 +10,7 @@ per pretext head, the gate weights the pretext losses:
 At test time (`forward`) the image is not transformed and only the classifier head is used.
 
 The random draw (`sample_params`) is kept apart from the pure, compile-friendly part
-(`loss_from_params`), so `torch.compile` can be applied to the latter alone if generator use
-ever breaks its graph.
+(`loss_from_params`): the draw runs eagerly, the rest compiles as one graph.
 """
 
 from typing import Optional, Sequence
@@ -25,37 +25,86 @@ from .models import build_backbone, build_head
 from .pretext import build_pretext
 
 
+class GatedPretext(nn.Module):
+    """Pretext transform + one head per task + the gate: what any network (a classifier, SimCLR's
+    encoder, FixMatch's) adds to train on the gated pretext loss from its own forward pass.
+
+    `sample` draws the per-sample parameters (eager), `transform` applies them to the batch before the
+    backbone, and `forward(feat, labels)` returns ssl_ratio x the gated pretext loss + the gate's own
+    term, with the statistics that say whether each head learns."""
+
+    def __init__(self, tasks: Sequence[str], feat_dim: int, *, gate: str = "reference", head: str = "linear",
+                 ratio: float = 0.1, flip_axis: str = "H", gate_kw: Optional[dict] = None, scale: float = 1.0):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.transformer = build_pretext(self.tasks, flip_axis)
+        classes = self.transformer.num_classes
+        self.heads = nn.ModuleDict({task: build_head(head, feat_dim, classes[task]) for task in self.tasks})
+        gate_kw = {"num_classes": [classes[task] for task in self.tasks], **(gate_kw or {})}
+        self.gate = build_gate(gate, feat_dim, len(self.tasks), **gate_kw)
+        self.gate_mode, self.ratio = gate, ratio
+        self.scale = scale  # 1 = the reference's raw cosines; anything else is a labelled deviation
+
+    def sample(self, x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        return self.transformer.sample(x, generator)
+
+    def transform(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.transformer.apply(x, params)
+
+    def forward(self, feat: Tensor, labels: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        # per-sample CE on each head; raw cosines when the heads are cosine (SPEC section 4)
+        head_logits = {task: self.heads[task](feat).float() * self.scale for task in self.tasks}
+        losses = torch.stack(
+            [F.cross_entropy(head_logits[task], labels[task], reduction="none") for task in self.tasks], dim=1
+        )
+        gated = self.gate(feat, losses)
+        stats: dict[str, Tensor] = {"aux": gated.aux_loss.detach()}
+        per_task = losses.detach().mean(0)
+        for i, task in enumerate(self.tasks):
+            stats[f"ssl_{task}"] = per_task[i]
+            stats[f"gate_{task}"] = gated.weights[i]
+            # the pretext head's training accuracy, percent: has the head learned anything yet?
+            stats[f"pretext_acc_{task}"] = 100.0 * (head_logits[task].argmax(1) == labels[task]).float().mean()
+        return self.ratio * gated.pretext_loss + gated.aux_loss, stats
+
+
+def build_gated_pretext(tasks: Sequence[str], gate: str, feat_dim: int, **kw) -> Optional[GatedPretext]:
+    """The component, or None when there is nothing to gate (no tasks, or gate "none")."""
+    if gate == "none" or not tasks:
+        return None
+    return GatedPretext(tasks, feat_dim, gate=gate, **kw)
+
+
+def rename_legacy_keys(renames: dict[str, str]):
+    """A load_state_dict pre-hook: checkpoints written before the pretext term became a component name
+    its parts heads.* and gate.* (and SimCLR's projection classifier.*); read them under the new names."""
+    def hook(module, state_dict, prefix, *_):
+        for key in list(state_dict):
+            for old, new in renames.items():
+                if key.startswith(prefix + old):
+                    state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+    return hook
+
+
+LEGACY_PRETEXT_KEYS = {"heads.": "pretext.heads.", "gate.": "pretext.gate."}
+
+
 class GatedSSL(nn.Module):
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        *,
-        tasks: Sequence[str] = (),
-        gate: str = "reference",
-        head: str = "linear",
-        ssl_ratio: float = 0.1,
-        flip_axis: str = "H",
-        in_channels: int = 3,
-        gate_kw: Optional[dict] = None,
-    ):
+    """Backbone + classifier head, and the gated pretext term when there are tasks."""
+
+    def __init__(self, backbone: str, num_classes: int, *, tasks: Sequence[str] = (), gate: str = "reference",
+                 head: str = "linear", ssl_ratio: float = 0.1, flip_axis: str = "H", in_channels: int = 3,
+                 gate_kw: Optional[dict] = None, pretext_scale: float = 1.0):
         super().__init__()
         self.backbone = build_backbone(backbone, in_channels)
-        dim = self.backbone.feat_dim
-        self.classifier = build_head(head, dim, num_classes)
-        self.tasks = [] if gate == "none" else list(tasks)
-        self.pretext = build_pretext(self.tasks, flip_axis) if self.tasks else None
-        self.heads = nn.ModuleDict()
-        self.gate = None
-        if self.pretext is not None:
-            classes = self.pretext.num_classes
-            for t in self.tasks:
-                self.heads[t] = build_head(head, dim, classes[t])
-            kw = {"num_classes": [classes[t] for t in self.tasks], **(gate_kw or {})}
-            self.gate = build_gate(gate, dim, len(self.tasks), **kw)
-        self.ssl_ratio = ssl_ratio
-        self.gate_mode = gate
-        self.fusion: Optional[nn.Module] = None  # contrastive pre-training's batch fusion (gssl.fusion), if any
+        self.classifier = build_head(head, self.backbone.feat_dim, num_classes)
+        self.pretext = build_gated_pretext(tasks, gate, self.backbone.feat_dim, head=head, ratio=ssl_ratio,
+                                           flip_axis=flip_axis, gate_kw=gate_kw, scale=pretext_scale)
+        self.register_load_state_dict_pre_hook(rename_legacy_keys(LEGACY_PRETEXT_KEYS))
+
+    @property
+    def tasks(self) -> list[str]:
+        return [] if self.pretext is None else self.pretext.tasks
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits (cosines for a cosine head) of the untransformed image."""
@@ -65,46 +114,41 @@ class GatedSSL(nn.Module):
         """The random part of a training step: pretext parameters for this batch ({} if none)."""
         return {} if self.pretext is None else self.pretext.sample(x, generator)
 
-    def loss_from_params(
-        self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_from_params(self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
         """Pure part of the training step. Returns (total loss, detached stats tensors)."""
         logits, ssl_total, stats = self.train_forward(x, params)
         loss_cls = cls_loss(logits, y)
         total = loss_cls + ssl_total
-        stats.update({"cls_loss": loss_cls.detach(), "correct": (logits.argmax(1) == y).sum(), "loss": total.detach()})
+        stats.update({"cls_loss": loss_cls.detach(), "correct": (logits.argmax(1) == y).sum(),
+                      "loss": total.detach()})
         return total, stats
+
+    def training_loss(self, x: Tensor, y: Tensor, cls_loss: nn.Module, generator: torch.Generator
+                      ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Draw and step in one call (tests, notebooks); the engine keeps the two apart."""
+        return self.loss_from_params(x, y, cls_loss, self.sample_params(x, generator))
 
     def train_forward(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The transformed batch through the backbone once: (class logits, ssl_ratio x gated pretext loss
         + the gate's own term, stats). FixMatch calls this on its labelled, weak and strong views at once."""
-        labels = {}
-        if self.pretext is not None:
-            x, labels = self.pretext.apply(x, params)
-        if self.fusion is not None:
-            x = self.fusion(x)
-        feat = self.backbone(x)
-        logits = self.classifier(feat)
-        ssl_total = logits.new_zeros((), dtype=torch.float32)
-        stats: dict[str, Tensor] = {"aux": ssl_total.detach()}
-        if self.pretext is not None:
-            # Per-sample CE on each head; raw cosines when the heads are cosine (SPEC section 4).
-            head_logits = {t: self.heads[t](feat).float() for t in self.tasks}
-            losses = torch.stack(
-                [F.cross_entropy(head_logits[t], labels[t], reduction="none") for t in self.tasks], dim=1
-            )
-            gated = self.gate(feat, losses)
-            ssl_total = self.ssl_ratio * gated.pretext_loss + gated.aux_loss
-            stats["aux"] = gated.aux_loss.detach()
-            per_task = losses.detach().mean(0)
-            for i, t in enumerate(self.tasks):
-                stats[f"ssl_{t}"] = per_task[i]
-                stats[f"gate_{t}"] = gated.weights[i]
-                # the pretext head's training accuracy, percent: has the head learned anything yet?
-                stats[f"pretext_acc_{t}"] = 100.0 * (head_logits[t].argmax(1) == labels[t]).float().mean()
-        return logits, ssl_total, stats
+        return pretext_forward(self.backbone, self.classifier, self.pretext, x, params)
 
-    def training_loss(
-        self, x: Tensor, y: Tensor, cls_loss: nn.Module, generator: torch.Generator
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.loss_from_params(x, y, cls_loss, self.sample_params(x, generator))
+
+def pretext_forward(backbone: nn.Module, head: nn.Module, pretext: Optional[GatedPretext], x: Tensor,
+                    params: dict[str, Tensor], fusion: Optional[nn.Module] = None
+                    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """One backbone pass over the (pretext-transformed, then fused) batch: (head output, the pretext term,
+    stats). The shared forward of every network that carries a GatedPretext."""
+    labels = {}
+    if pretext is not None:
+        x, labels = pretext.transform(x, params)
+    if fusion is not None:
+        x = fusion(x)
+    feat = backbone(x)
+    out = head(feat)
+    if pretext is None:
+        ssl_total = out.new_zeros((), dtype=torch.float32)
+        return out, ssl_total, {"aux": ssl_total.detach()}
+    ssl_total, stats = pretext(feat, labels)
+    return out, ssl_total, stats

@@ -68,7 +68,6 @@ class SLASD(nn.Module):
         self.joint = build_head(head, dim, num_classes * TRANSFORMS[transform])
         self.transform, self.num_classes, self.temperature = transform, num_classes, temperature
         self.joint_scale = joint_scale if head == "cosine" else 1.0
-        self.tasks, self.gate = [], None  # no gated pretext tasks (engine and report read these)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.backbone(x))
