@@ -10,7 +10,7 @@ from gssl.attacks import Attack, PixelSpace, classification_objective, perturb, 
 from gssl.cli import main
 from gssl.config import from_dict, load_yaml
 from gssl.data import DeviceLoader
-from gssl.engine import build_data, build_model
+from gssl.build import build_data, build_model
 
 from conftest import train_tiny_run
 

@@ -11,7 +11,7 @@ def test_every_preset_loads_validates_and_round_trips():
         cfg = resolve(name)
         assert cfg.preset == name
         again = from_dict(yaml.safe_load(to_yaml(cfg)))
-        assert again == cfg, name
+        assert diff(again, cfg) == [] and to_yaml(again) == to_yaml(cfg), name
 
 
 def test_presets_cover_table1_and_table2():
@@ -107,4 +107,44 @@ def test_all_keys_are_dotted_and_complete():
     keys = all_keys()
     assert "optim.lr" in keys and "ssl.tasks" in keys and "seed" in keys
     assert len(keys) == len(set(keys))
-    assert Config() == from_dict({})
+    assert Config(method="supervised") == from_dict({})
+
+
+@pytest.mark.parametrize("preset, method", [
+    ("cifar10-lt0.01-gated-triple", "supervised"), ("cifar10-lt0.01-sla-sd", "sla-sd"),
+    ("cifar10-4000-fixmatch-gated-triple", "fixmatch"), ("cifar10-simclr", "simclr"),
+])
+def test_the_method_is_named_in_every_resolved_config(preset, method):
+    cfg = resolve(preset)
+    assert cfg.method == method
+    assert yaml.safe_load(to_yaml(cfg))["method"] == method
+
+
+def test_old_config_files_without_method_load_with_the_method_their_sections_ask_for():
+    assert from_dict({"semi": {"labels_per_class": 4}}).method == "fixmatch"
+    assert from_dict({"contrastive": {"views": 2}}).method == "simclr"
+    assert from_dict({"sla": {"transform": "rotation"}, "ssl": {"tasks": []}}).method == "sla-sd"
+    assert from_dict({"adv": {"attack": "pgd"}}).method == "supervised"  # a wrapper, not a method
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"method": "fixmatch"}, r"method fixmatch needs semi\.labels_per_class"),
+    ({"method": "supervised", "semi": {"labels_per_class": 4}}, r"semi\.labels_per_class is set.*set method=fixmatch"),
+    ({"method": "moco"}, r"'moco' is not a gssl method; choose one of \['supervised'"),
+    ({"semi": {"labels_per_class": 4}, "contrastive": {"views": 2}}, r"ask for two methods at once"),
+    ({"method": "fixmatch", "semi": {"labels_per_class": 4}, "adv": {"attack": "pgd"}}, "does not combine with FixMatch"),
+])
+def test_a_method_its_settings_contradict_is_refused(values, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(values)
+
+
+def test_config_yaml_holds_only_the_sections_the_run_uses():
+    sections = lambda preset: {k for k, v in yaml.safe_load(to_yaml(resolve(preset))).items() if isinstance(v, dict)}
+    common = {"data", "model", "ssl", "optim", "distributed"}
+    assert sections("cifar10-lt0.01-gated-triple") == common | {"loss"}
+    assert sections("cifar10-4000-fixmatch-gated-triple") == common | {"loss", "semi"}
+    assert sections("cifar10-simclr") == common | {"contrastive", "fusion"}
+    assert sections("cifar10-lt0.01-sla-sd") == common | {"loss", "sla"}
+    adversarial = resolve("cifar10-lt0.01-gated-triple", sets=[parse_set("adv.attack=pgd")])
+    assert "adv" in yaml.safe_load(to_yaml(adversarial)) and "semi" not in yaml.safe_load(to_yaml(adversarial))

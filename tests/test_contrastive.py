@@ -190,7 +190,7 @@ def test_a_supervised_run_can_be_judged_by_a_linear_probe_too(tiny_run, capsys):
     ({"contrastive": {"views": 2}, "semi": {"labels_per_class": 4}}, "semi.labels_per_class"),
 ])
 def test_contrastive_settings_that_cannot_go_together_are_refused(sets, match):
-    from gssl.build import check_method
+    from gssl.scenarios import check as check_method
     from gssl.config import ConfigError, from_dict
     with pytest.raises(ConfigError, match=match):
         check_method(from_dict(sets))

@@ -1,5 +1,5 @@
 """Building a run's parts from its configuration: the data (with the protocol's long tail, caps and
-normalisation), the model (GatedSSL or the SLA-SD baseline) and the classification loss. The
+normalisation), the model (its method's network) and the classification loss. The
 training loop (engine.py), evaluation and the analysis tools all build through here."""
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ import torch
 from .config import Config, ConfigError
 from .data import (DataError, DeviceLoader, ImageSet, first_per_class, labeled_unlabeled_split, load_dataset,
                    long_tail_indices, mean_std)
-from .contrastive import SimCLR
-from .fusion import BatchFusion
 from .losses import build_loss
-from .method import GatedSSL
-from .sla import SLASD
 
 
 def pick_device(name: str) -> torch.device:
@@ -74,41 +70,10 @@ def build_data(cfg: Config) -> Data:
     return Data(train, test, counts, tuple(mean), tuple(std), unlabeled)
 
 
-def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL | SLASD | SimCLR:
-    tasks = [] if cfg.ssl.gate == "none" else list(cfg.ssl.tasks)
-    gate = cfg.ssl.gate if tasks else "none"
-    gate_kw = {"tau": cfg.ssl.gate_tau} if gate == "learned" else None
-    if cfg.contrastive.views:
-        c, f = cfg.contrastive, cfg.fusion
-        fusion = (BatchFusion(in_channels, patch=f.patch, dim=f.dim, heads=f.heads, layers=f.layers,
-                              strength=f.strength) if f.enabled else None)
-        return SimCLR(cfg.model.backbone, views=c.views, temperature=c.temperature, proj_dim=c.proj_dim,
-                      proj_hidden=c.proj_hidden, tasks=tasks, gate=gate,
-                      ssl_ratio=cfg.ssl.ratio, in_channels=in_channels, gate_kw=gate_kw, fusion=fusion)
-    if cfg.sla.transform != "none":
-        check_method(cfg)
-        return SLASD(cfg.model.backbone, num_classes, transform=cfg.sla.transform, head=cfg.model.head,
-                     in_channels=in_channels, temperature=cfg.sla.temperature, joint_scale=cfg.loss.scale)
-    return GatedSSL(cfg.model.backbone, num_classes, tasks=tasks, gate=gate, head=cfg.model.head,
-                    ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis, in_channels=in_channels,
-                    gate_kw=gate_kw, pretext_scale=cfg.ssl.pretext_scale)
-
-
-def check_method(cfg: Config) -> None:
-    """Settings that cannot go together, refused before any data is read."""
-    if cfg.sla.transform != "none" and cfg.ssl.tasks and cfg.ssl.gate != "none":
-        raise ConfigError(f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
-                          f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none")
-    if cfg.contrastive.views:
-        others = [k for k, on in (("sla.transform", cfg.sla.transform != "none"), ("adv.attack", cfg.adv.attack != "none"),
-                                  ("semi.labels_per_class", cfg.semi.labels_per_class is not None),
-                                  ("pretrain.epochs", cfg.pretrain.epochs > 0)) if on]
-        if others:
-            raise ConfigError(f"contrastive.views={cfg.contrastive.views} (SimCLR pre-training) does not combine with "
-                              f"{', '.join(others)}; set contrastive.views=0 or turn those off")
-    elif cfg.fusion.enabled:
-        raise ConfigError("fusion.enabled=true is a plug-in for contrastive pre-training; set contrastive.views=2 "
-                          "(or more), or fusion.enabled=false")
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
+    """The network of the config's method (gssl.scenarios), initialised from the global torch seed."""
+    from .scenarios import scenario_class  # the scenarios build their parts through this module
+    return scenario_class(cfg).build_model(cfg, num_classes, in_channels)
 
 
 def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:

@@ -180,7 +180,7 @@ def _print_summary(s: dict, run_dir: Path) -> None:
 
 
 def _eval(args) -> int:
-    from .engine import evaluate_run
+    from .evaluation import evaluate_run
     attack = None
     if args.attack:
         from .attacks import Attack

@@ -181,6 +181,9 @@ class OptimConfig:
 
 @dataclass
 class Config:
+    # the way of training: supervised, sla-sd, fixmatch, simclr (gssl.scenarios); null in config files
+    # written before it existed, where the sections say which (from_dict fills it in)
+    method: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
@@ -317,7 +320,12 @@ def _unknown_key_message(key: str) -> str:
 
 
 def from_dict(values: dict) -> Config:
-    return _build(Config, values)
+    """A checked Config, its `method` named (inferred from the sections for older config files)."""
+    from .scenarios import check, method_of  # the registry imports this module
+    cfg = _build(Config, values)
+    cfg.method = method_of(cfg)
+    check(cfg)
+    return cfg
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -378,13 +386,21 @@ def load_yaml(path: str | Path) -> dict:
     return values
 
 
+def used_dict(cfg: Config) -> dict:
+    """The configuration without the sections its method does not read (an FixMatch run has no `adv`)."""
+    from .scenarios import used_sections
+    sections = used_sections(cfg)
+    return {key: value for key, value in cfg.to_dict().items() if not isinstance(value, dict) or key in sections}
+
+
 def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """What a run directory's config.yaml holds: the sections the run uses, every key of each."""
+    return yaml.safe_dump(used_dict(cfg), sort_keys=False)
 
 
 def diff(a: Config, b: Config) -> list[str]:
-    """Dotted keys whose values differ between two configurations."""
-    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    """Dotted keys whose values differ between two configurations, over the sections they use."""
+    fa, fb = flatten(used_dict(a)), flatten(used_dict(b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 

@@ -84,32 +84,36 @@ def check_same(d: Dist, what: str, values: list[float], device) -> None:
 
 
 class StepModule(nn.Module):
-    """The training step as a module, so DDP's forward hooks see it and average the gradients."""
+    """The training step as a module, so DDP's forward hooks see it and average the gradients:
+    forward(*args) is `loss_fn(model, *args)`, the scenario's pure loss."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, loss_fn):
         super().__init__()
-        self.model = model
+        self.model, self.loss_fn = model, loss_fn
 
-    def forward(self, *args, fn=None):
-        """The method's own step, or `fn(model, *args)` (FixMatch's loss over three batches)."""
-        return fn(self.model, *args) if fn is not None else self.model.loss_from_params(*args)
+    def forward(self, *args):
+        return self.loss_fn(self.model, *args)
 
 
-def wrap(d: Dist, model: nn.Module, sync_bn: bool, device: torch.device):
-    """(the step callable, the model): StepModule(model), under DDP through DistributedDataParallel;
-    the reference gate's parameters get no gradient (its output is detached), hence
-    find_unused_parameters for that gate alone."""
+def convert_sync_bn(d: Dist, model: nn.Module, sync_bn: bool, device: torch.device) -> nn.Module:
+    """The model with SyncBatchNorm under torchrun when asked (CUDA only), else as it is."""
+    if not (d.enabled and sync_bn):
+        return model
+    if device.type != "cuda":
+        from .config import ConfigError
+        raise ConfigError("distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU "
+                          "each rank normalises with its own batch's statistics; set distributed.sync_bn=false")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def step_module(d: Dist, model: nn.Module, loss_fn, device: torch.device) -> nn.Module:
+    """StepModule(model, loss_fn), under torchrun inside DistributedDataParallel; the reference gate's
+    parameters get no gradient (its output is detached), hence find_unused_parameters for that gate alone."""
+    step = StepModule(model, loss_fn)
     if not d.enabled:
-        return StepModule(model), model
-    if sync_bn:
-        if device.type != "cuda":
-            from .config import ConfigError
-            raise ConfigError("distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU "
-                              "each rank normalises with its own batch's statistics; set distributed.sync_bn=false")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = nn.parallel.DistributedDataParallel(StepModule(model), device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=_frozen_gate(model))
-    return ddp, model
+        return step
+    return nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=_frozen_gate(model))
 
 
 def _frozen_gate(model: nn.Module) -> bool:

@@ -1,4 +1,7 @@
-"""The training loop: read it top to bottom.
+"""The training loop: infrastructure only. Everything particular to a way of training (its batches, the
+random preparation of a batch, its loss, its evaluation) is a Scenario (gssl.scenarios); `fit` runs any
+of them: learning rate, precision, compilation, DDP, metric sums, the non-finite watch, checkpoints,
+logging.
 
 Determinism: the model is initialised from the seed, and every epoch's randomness (sample order,
 crop, flip, pretext parameters) is drawn from generators seeded by (seed, epoch) alone. A run
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
 import platform
 import sys
 import time
@@ -17,23 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, metrics, rundir
+from . import __version__, distributed, metrics, rundir, scenarios
+from .build import build_cls_loss, build_data, build_model, check_shapes, pick_device
 from .config import Config, ConfigError, scaled_schedule, to_yaml
-from .build import (Data, build_cls_loss, build_data, build_model, check_method, check_shapes,  # noqa: F401 (API)
-                    ordered_loader, pick_device)
-from .data import DeviceLoader
-from .evaluation import evaluate_run, write_eval  # noqa: F401 (API)
-from .contrastive import frozen_eval
-from .data.views import ViewAugment
-from .losses import drw_weights
-from .sla import SLASD
-from .ssp import pretrain_rotation
-from . import attacks, distributed, semisup
-from .step import Compiled, FiniteWatch, autocast, resolve_precision
+from .scenarios import Context, Scenario
+from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
+__all__ = ["TrainingError", "fit", "lr_at", "train"]
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
@@ -61,22 +55,21 @@ def pretext_seed(seed: int, epoch: int) -> int:
 CPU_COMPILE_MIN_IMAGES = 300_000
 
 
-def use_compile(cfg: Config, device: torch.device, train_images: int) -> bool:
+def use_compile(cfg: Config, device: torch.device, images_per_epoch: int) -> bool:
     """`compile`, or when null: always on CUDA; on CPU when the run is long enough to repay compiling."""
     if cfg.compile is not None:
         return cfg.compile
     if device.type == "cuda":
         return True
-    per_epoch = cfg.semi.steps_per_epoch * cfg.optim.batch_size if cfg.semi.labels_per_class else train_images
-    return cfg.optim.epochs * per_epoch >= CPU_COMPILE_MIN_IMAGES
+    return cfg.optim.epochs * images_per_epoch >= CPU_COMPILE_MIN_IMAGES
 
 
-def compile_mode(cfg: Config, d: distributed.Dist) -> str:
+def compile_mode(cfg: Config, dist: distributed.Dist) -> str:
     """Under DDP, no CUDA graphs: DDP's bucketed all-reduce splits the compiled graph, and batch-norm
     buffer updates ("mutated inputs") make inductor skip CUDA graphs anyway (docs/performance.md)."""
-    if d.enabled and cfg.compile_mode == "reduce-overhead":
+    if dist.enabled and cfg.compile_mode == "reduce-overhead":
         return "default"
-    if d.enabled and cfg.compile_mode == "max-autotune":
+    if dist.enabled and cfg.compile_mode == "max-autotune":
         return "max-autotune-no-cudagraphs"
     return cfg.compile_mode
 
@@ -92,279 +85,254 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
     run_dir from its last checkpoint. Errors before the first epoch are ConfigError, DataError or
     RunDirError and change nothing on disk; errors once training runs are TrainingError. Under
     torchrun every rank calls this; rank 0 alone writes."""
-    d, device_name = distributed.setup(cfg.device, cfg.distributed.timeout_s)
+    dist, device_name = distributed.setup(cfg.device, cfg.distributed.timeout_s)
+    run_dir = Path(run_dir)
     try:
-        return _train(cfg, Path(run_dir), d, device_name, resume, force, quiet or not d.main, log)
+        if not resume:
+            rundir.check_out(run_dir, force=force)
+        distributed.barrier(dist)  # every rank has looked before rank 0 changes anything
+        scenarios.check(cfg)
+        ctx = build_context(cfg, run_dir, dist, device_name, quiet or not dist.main, log)
+        return fit(ctx, scenarios.build(ctx), resume=resume, force=force, log=log)
     finally:
-        distributed.teardown(d)
+        distributed.teardown(dist)
 
 
-def _train(cfg: Config, run_dir: Path, d: distributed.Dist, device_name: str, resume: bool, force: bool,
-           quiet: bool, log) -> dict:
-    if not resume:
-        rundir.check_out(run_dir, force=force)
-    distributed.barrier(d)  # every rank has looked before rank 0 changes anything
-    check_method(cfg)
+def build_context(cfg: Config, run_dir: Path, dist: distributed.Dist, device_name: str, quiet: bool,
+                  log=print) -> Context:
+    """The data, the model (on its device, NHWC, SyncBN if asked) and the loss, from the seed."""
     device = pick_device(device_name)
-    cuda = device.type == "cuda"
-    precision = resolve_precision(cfg.precision, device)
-    if cuda:  # static shapes: let cuDNN pick its fastest kernels once; float32 matmuls stay IEEE (as the reference)
+    if device.type == "cuda":  # static shapes: let cuDNN pick its kernels once; float32 matmuls stay IEEE
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("highest")
     torch.manual_seed(cfg.seed)
-
     data = build_data(cfg)
-    n_cls, C = len(data.train.classes), data.train.images.shape[1]
     check_shapes(cfg, *data.train.images.shape[1:])
-    distributed.check_same(d, "the class counts (LDAM margins, DRW weights)", data.counts, device)
-    model = build_model(cfg, n_cls, C).to(device)
+    distributed.check_same(dist, "the class counts (LDAM margins, DRW weights)", data.counts, device)
+    model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
     # NHWC activations: 1.34x the eager CPU step, about 1.02x once compiled (inductor picks NHWC for
     # convolutions itself); the usual choice on CUDA (docs/performance.md)
-    channels_last = True if cfg.channels_last is None else cfg.channels_last
-    if channels_last:
+    if channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
-    step_module, model = distributed.wrap(d, model, cfg.distributed.sync_bn, device)  # DDP under torchrun
-    cls_loss = build_cls_loss(cfg, data.counts).to(device)
-    o = cfg.optim
-    groups = [{"params": [p for p in model.parameters() if p.dim() > 1 or o.decay_norm_and_bias]},
-              {"params": [p for p in model.parameters() if p.dim() <= 1 and not o.decay_norm_and_bias], "weight_decay": 0.0}]
-    opt = torch.optim.SGD([g for g in groups if g["params"]], lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                          weight_decay=o.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # fp16 needs loss scaling
-    _, _, drw_epoch = scaled_schedule(o, cfg.loss.drw_epoch)
-    drw_w = drw_weights(data.counts, cfg.loss.drw_beta).to(device)
+    model = distributed.convert_sync_bn(dist, model, cfg.distributed.sync_bn, device)
+    _, _, drw_epoch = scaled_schedule(cfg.optim, cfg.loss.drw_epoch)
+    return Context(cfg, data, model, device, dist, resolve_precision(cfg.precision, device), compiled=False,
+                   cls_loss=build_cls_loss(cfg, data.counts).to(device), drw_epoch=drw_epoch, run_dir=run_dir,
+                   quiet=quiet, log=(lambda message: None) if quiet else log)
 
-    semi = data.unlabeled is not None  # FixMatch: unlabelled batches of mu x B, weak and strong views, EMA
-    c = cfg.contrastive
-    contrast = c.views >= 2  # SimCLR: V augmented views of every image; k-NN test accuracy per epoch
-    # under torchrun SimCLR gathers every rank's views, which needs equal shares: no uneven last batch
-    loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean, std=data.std,
-                          crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True, seed=cfg.seed,
-                          device=device, rank=d.rank, world=d.world, drop_last=contrast and d.enabled)
-    test_loader = ordered_loader(data.test, data, max(512, o.batch_size), device)
-    views = ViewAugment(data.mean, data.std, device, crop_scale=(c.crop_min_scale, 1.0)) if contrast else None
-    bank_loader = ordered_loader(data.train, data, max(512, o.batch_size), device) if contrast else None
-    u_loader = DeviceLoader(data.unlabeled.images, data.unlabeled.labels, o.batch_size * cfg.semi.mu, mean=data.mean,
-                            std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, shuffle=True,
-                            seed=cfg.seed + 1, device=device, rank=d.rank, world=d.world) if semi else None
-    strong = semisup.StrongAugment(data.mean, data.std, device) if semi else None
-    ema = semisup.EMA(model, cfg.semi.ema) if semi and cfg.semi.ema > 0 else None
-    eval_net = ema.module if ema is not None else model
-    steps = cfg.semi.steps_per_epoch if semi else len(loader)
-    # the fast path: compiled step and evaluation on full batches (static shapes), eager otherwise
-    compiled = use_compile(cfg, device, len(data.train.labels))
-    if compiled:  # a run compiles its own graphs: none of an earlier run in this process count against it
+
+def channels_last(cfg: Config) -> bool:
+    return True if cfg.channels_last is None else cfg.channels_last
+
+
+@dataclass
+class Loop:
+    """The per-step machinery fit() hands to each epoch."""
+    step: Compiled
+    evaluate: Compiled
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    watch: FiniteWatch
+
+
+@dataclass
+class Progress:
+    start: int = 0
+    best: float = -1.0
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
+
+
+def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool = False, log=print) -> dict:
+    """Train `scenario` for cfg.optim.epochs, checkpointing each epoch; returns the run's summary."""
+    cfg, dist = ctx.cfg, ctx.dist
+    ctx.compiled = use_compile(cfg, ctx.device, scenario.images_per_epoch)
+    if ctx.compiled:  # a run compiles its own graphs: none of an earlier run in this process count against it
         torch.compiler.reset()
-    mode = compile_mode(cfg, d)
-    step_fn = Compiled(step_module, enabled=compiled, batch=o.batch_size * (c.views if contrast else 1), mode=mode)
-    eval_fn = Compiled(eval_net, enabled=compiled, batch=test_loader.batch_size, mode=mode, what="evaluation")
-    watch = FiniteWatch(device)
-    space = attacks.PixelSpace(data.mean, data.std, device)
-    adv = _attack(cfg, cfg.adv.steps) if cfg.adv.attack != "none" else None
-
-    start, best, best_epoch, history = 0, -1.0, -1, []
-    if resume:
-        last_pt = run_dir / rundir.CKPT_DIR / "last.pt"
-        ck = rundir.load_checkpoint(last_pt, map_location=device)
-        rundir.restore(model, ck, last_pt, opt)
-        if ema is not None:
-            ema.load_state_dict(ck["ema"])
-        start, best, best_epoch = int(ck["epoch"]) + 1, float(ck["best_acc"]), int(ck["best_epoch"])
-        history = [r for r in rundir.read_metrics(run_dir) if isinstance(r.get("epoch"), int) and r["epoch"] < start]
-        distributed.barrier(d)  # every rank has read before rank 0 rewrites
-        if d.main:
-            rundir.remove_temp_files(run_dir)  # halves of writes a kill interrupted
-            rundir.write_metrics(run_dir, history)  # drop epochs the checkpoint does not cover
-            rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())  # a --force'd change, now it fits
-            log(f"resuming {run_dir} at epoch {start + 1}")
-    else:
-        if d.main:
-            rundir.prepare(run_dir, force=force)  # only now: a refused run leaves the old one intact
-            rundir.write_atomic(run_dir / rundir.CONFIG, to_yaml(cfg).encode())
-            rundir.write_metrics(run_dir, [])
-        if cfg.pretrain.epochs:  # SSP: rotation pre-training on the training images (every rank alike)
-            pre_loader = DeviceLoader(data.train.images, data.train.labels, o.batch_size, mean=data.mean,
-                                      std=data.std, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
-                                      shuffle=True, seed=cfg.seed + 1, device=device)
-            pre = pretrain_rotation(model.backbone, pre_loader, epochs=cfg.pretrain.epochs, lr=cfg.pretrain.lr,
-                                    weight_decay=o.weight_decay, seed=cfg.seed, log=(lambda m: None) if quiet else log,
-                                    compile=compiled, precision=precision)
-            if compiled:  # the pre-training step's graphs are done with; the supervised step compiles afresh
-                torch.compiler.reset()
-            if not all(math.isfinite(r["loss"]) for r in pre):
-                raise TrainingError("SSP pre-training diverged (non-finite rotation loss); lower pretrain.lr")
-            if d.main:
-                with _write_failure_stops(run_dir, 0):
-                    rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "pretrain.pt",
-                                           {"backbone": model.backbone.state_dict(), "history": pre})
-            if d.enabled:  # the supervised run starts from rank 0's pre-trained weights on every rank
-                for t in model.state_dict().values():
-                    torch.distributed.broadcast(t, 0)
-    tb = _tensorboard(run_dir) if cfg.tensorboard and d.main else None
-
-    t_run = time.perf_counter()
-    for epoch in range(start, o.epochs):
-        lr = lr_at(cfg, epoch) * (d.world if cfg.distributed.scale_lr else 1)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        cls_loss.set_weight(drw_w if drw_epoch is not None and epoch >= drw_epoch else None)  # in place
-        loader.set_epoch(epoch)
-        # drawn where used; under torchrun FixMatch's and SimCLR's augmentations are drawn per rank
-        gen = torch.Generator(device=device).manual_seed(pretext_seed(cfg.seed, epoch) + (d.rank if semi or contrast else 0))
-
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
-        seen, t0 = 0, time.perf_counter()
-        watch.reset()
-        batches = semisup.cycle(loader, steps, epoch) if semi else loader
-        unlabeled = semisup.cycle(u_loader, steps, epoch) if semi else None
-        bar = _progress(batches, epoch, o.epochs, quiet, steps)
-        for step, (x, y) in enumerate(bar):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if semi:  # FixMatch: labelled, weak and strong views in one forward pass
-                xu, yu = next(unlabeled)
-                xs = strong(xu, gen)
-                params = model.sample_params(torch.cat([x, xu, xs]), gen)
-                with autocast(device.type, precision):
-                    loss, stats = step_fn(x, y, xu, xs, yu, cls_loss, params, cfg.semi.threshold,
-                                          cfg.semi.lambda_u, fn=semisup.fixmatch_loss)
-            elif contrast:  # SimCLR: the V views stacked view-major, the pretext tasks on every view
-                if model.fusion is not None:  # batch fusion grows with training progress
-                    model.fusion.set_progress((epoch * steps + step) / max(1, o.epochs * steps - 1))
-                xv = views.views(x, gen, c.views).flatten(0, 1)
-                params = model.sample_params(xv, gen)
-                with autocast(device.type, precision):
-                    loss, stats = step_fn(xv, y, cls_loss, params)
-            else:
-                params = distributed.global_params(d, model, x, gen, *loader.shard(step))
-                if adv is not None:  # adversarial training: the step sees the attacked batch
-                    objective = (attacks.training_objective(model, cls_loss, params) if cfg.adv.objective == "pretext"
-                                 else attacks.classification_objective(model, cls_loss))
-                    with attacks.attack_mode(model, cfg.adv.bn_train), autocast(device.type, precision):
-                        x = attacks.perturb(objective, x, y, space, adv, gen)
-                with autocast(device.type, precision):
-                    loss, stats = step_fn(x, y, cls_loss, params)
-            watch.update(step, loss, stats)
-            if not cuda:  # reading it is free on CPU; on CUDA once per epoch, below
-                _stop_if_non_finite(watch, epoch, o.epochs, steps, run_dir)
-            opt.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            if ema is not None:
-                ema.update(model)
-            b = y.shape[0]
-            for k, v in stats.items():  # device-side sums; read once per epoch
-                v = v.detach().float()
-                sums[k] = sums.get(k, 0) + (v if k.endswith("correct") else v * b)
-            seen += b
-            if bar is not batches and step % (100 if cuda else 10) == 0:  # reading sums synchronises
-                bar.set_postfix(_postfix(sums, seen), refresh=False)
-        _stop_if_non_finite(watch, epoch, o.epochs, steps, run_dir)
-        if cuda:
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t0
-        sums, seen = distributed.all_sum(d, sums, seen)  # metrics and gate weights over every rank
-
-        if contrast:  # no classifier: k-NN on the frozen features
-            test_acc = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type,
-                                   precision=precision, knn_k=c.knn_k, knn_temperature=c.knn_temperature)["knn_acc"]
-        else:
-            logits, labels = metrics.predict(eval_net, test_loader, device.type, precision=precision, fn=eval_fn)
-            test_acc = metrics.top1(logits, labels)
-            shots = metrics.report(logits, labels, data.counts)  # many/medium/few-shot, every epoch
-        row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
-               "images_per_second": round(seen / train_seconds, 1),
-               "train_acc": 100.0 * sums["correct"].item() / seen, "test_acc": test_acc}
-        if not contrast:
-            row.update({f"test_{g}_shot_acc": shots[f"{g}_shot_acc"] for g in ("many", "medium", "few")})
-        row.update({k: v.item() / seen for k, v in sums.items() if not k.endswith("correct")})
-        row.update({f"{k[:-len('_correct')]}_train_acc": 100.0 * v.item() / seen
-                    for k, v in sums.items() if k.endswith("_correct")})
-        history.append(row)
-        if test_acc > best:
-            best, best_epoch = test_acc, epoch
-        if not d.main:
-            continue
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                 "best_acc": best, "best_epoch": best_epoch, "config": cfg.to_dict(),
-                 **({"ema": ema.state_dict()} if ema is not None else {})}
-        with _write_failure_stops(run_dir, epoch):
-            rundir.write_metrics(run_dir, history)
-            if best_epoch == epoch:
-                rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "best.pt", state)
-            rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / "last.pt", state)
-        if tb is not None:
-            for k, v in row.items():
-                if k != "epoch" and v is not None:  # a shot group with no class has no accuracy
-                    tb.add_scalar(k, v, epoch)
-            tb.flush()
-        if not quiet:
-            gates = " ".join(f"{k[5:]}={row[k]:.3f}" for k in row if k.startswith("gate_"))
-            log(f"epoch {epoch + 1}/{o.epochs} lr {lr:.4g} loss {row['loss']:.4f} train {row['train_acc']:.2f}% "
-                f"test {test_acc:.2f}% {gates} ({row['images_per_second']:.0f} img/s)")
-
-    if start >= o.epochs:  # resumed a finished run: evaluate what is there
-        history = rundir.read_metrics(run_dir)
-    distributed.barrier(d)
-    if not d.main:
+    mode = compile_mode(cfg, dist)
+    loop = Loop(
+        step=Compiled(distributed.step_module(dist, ctx.model, scenario.loss, ctx.device), enabled=ctx.compiled,
+                      batch=scenario.step_batch, mode=mode),
+        evaluate=Compiled(scenario.eval_model, enabled=ctx.compiled, batch=scenario.test_loader.batch_size,
+                          mode=mode, what="evaluation"),
+        optimizer=build_optimizer(cfg, ctx.model, ctx.device),
+        scaler=torch.amp.GradScaler(ctx.device.type) if ctx.precision == "fp16" else None,  # fp16 loss scaling
+        watch=FiniteWatch(ctx.device))
+    progress = (resume_from_checkpoint(ctx, scenario, loop.optimizer, log) if resume
+                else start_fresh(ctx, scenario, force))
+    board = _tensorboard(ctx.run_dir) if cfg.tensorboard and dist.main else None
+    started = time.perf_counter()
+    for epoch in range(progress.start, cfg.optim.epochs):
+        lr = lr_at(cfg, epoch) * (dist.world if cfg.distributed.scale_lr else 1)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = lr
+        scenario.start_epoch(epoch)
+        epoch_start = time.perf_counter()
+        sums, seen, train_seconds = train_epoch(ctx, scenario, loop, epoch)
+        row = {"epoch": epoch, "lr": lr, **scenario.evaluate_epoch(loop.evaluate)}
+        row = epoch_row(row, sums, seen, train_seconds, time.perf_counter() - epoch_start)
+        progress.history.append(row)
+        if row["test_acc"] > progress.best:
+            progress.best, progress.best_epoch = row["test_acc"], epoch
+        if dist.main:
+            save_epoch(ctx, scenario, loop.optimizer, progress, epoch, board)
+            ctx.log(epoch_line(row, cfg.optim.epochs))
+    if progress.start >= cfg.optim.epochs:  # resumed a finished run: evaluate what is there
+        progress.history = rundir.read_metrics(ctx.run_dir)
+    distributed.barrier(dist)
+    if not dist.main:
         return {}
-    extra = {}
-    if contrast:  # judged by a linear probe on the frozen backbone (and k-NN), as contrastive methods are
-        fe = frozen_eval(model.backbone, bank_loader, test_loader, n_cls, device_type=device.type, precision=precision,
-                         knn_k=c.knn_k, knn_temperature=c.knn_temperature, linear_epochs=c.linear_epochs,
-                         linear_lr=c.linear_lr, seed=cfg.seed)
-        logits, labels = fe["logits"], fe["labels"]
-        final = f"linear probe ({c.linear_epochs} epochs) on the frozen backbone" if c.linear_epochs else f"{c.knn_k}-NN"
-        extra.update({"knn_test_acc": fe["knn_acc"], "test_acc_protocol": f"{final}; per-epoch test_acc is {c.knn_k}-NN"})
-    else:
-        logits, labels = metrics.predict(eval_net, test_loader, device.type, precision=precision)
-    rep = metrics.report(logits, labels, data.counts)
-    last = history[-1] if history else {}
-    if isinstance(model, SLASD):  # SLA's aggregated inference (M forward passes), beside the single head
-        agg, _ = metrics.predict(model, test_loader, device.type, precision=precision, fn=model.aggregated_logits)
-        extra["aggregated_test_acc"] = metrics.top1(agg, labels)
-    if adv is not None and cfg.adv.eval_steps:  # robust accuracy, PGD with eval_steps steps, eval mode
-        clean, robust = attacks.robust_accuracy(model, test_loader, space, _attack(cfg, cfg.adv.eval_steps, "pgd"),
-                                                precision=precision, seed=cfg.seed)
-        extra.update({"robust_test_acc": robust, "robust_attack": f"pgd-{cfg.adv.eval_steps} eps {cfg.adv.eps:.5g} "
-                                                                  f"step {cfg.adv.eval_step_size:.5g}"})
-    if cfg.pretrain.epochs and (run_dir / rundir.CKPT_DIR / "pretrain.pt").is_file():
-        pre = rundir.load_checkpoint(run_dir / rundir.CKPT_DIR / "pretrain.pt")["history"]
-        extra["pretrain_rotation_acc"] = pre[-1]["acc"] if pre else None
-    summary = {
-        "test_acc": rep["top1"], "top5_acc": rep["top5"],
-        "best_test_acc": best, "best_epoch": best_epoch,
-        "best_selected_on": "test set, as the reference code does (no validation split): optimistic",
-        "per_class_acc": rep["per_class_acc"], "many_shot_acc": rep["many_shot_acc"],
-        "medium_shot_acc": rep["medium_shot_acc"], "few_shot_acc": rep["few_shot_acc"],
-        "class_counts": data.counts, "classes": data.train.classes,
-        "gate_weights": {k[5:]: v for k, v in last.items() if k.startswith("gate_")},
-        "epochs": o.epochs, "images_per_second": _mean([r["images_per_second"] for r in history]),
-        "wall_seconds": round(sum(r["seconds"] for r in history), 2),
-        "wall_seconds_this_process": round(time.perf_counter() - t_run, 2),
-        "device": _device_name(device), "precision": precision, "compiled": compiled,
-        "compiled_steps": step_fn.compiled_calls, "compiled_eval_batches": eval_fn.compiled_calls, "compile_fallbacks": step_fn.fallbacks + eval_fn.fallbacks,
-        "seed": cfg.seed, "versions": versions(),
-        "preset": cfg.preset, "command": " ".join(sys.argv), **extra,
-    }
-    with _write_failure_stops(run_dir, o.epochs):
-        rundir.write_json(run_dir / rundir.SUMMARY, summary)
-    if tb is not None:
-        tb.close()
+    summary = final_summary(ctx, scenario, loop, progress, time.perf_counter() - started)
+    with _write_failure_stops(ctx.run_dir, cfg.optim.epochs):
+        rundir.write_json(ctx.run_dir / rundir.SUMMARY, summary)
+    if board is not None:
+        board.close()
     return summary
 
 
-def _attack(cfg: Config, steps: int, kind: str | None = None) -> attacks.Attack:
-    """The training attack, or (kind="pgd") the final robust evaluation with its own step size."""
-    a = cfg.adv
-    step = a.eval_step_size if kind == "pgd" else a.step_size
-    return attacks.Attack(kind or a.attack, a.eps, step, steps, a.random_start)
+def build_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) -> torch.optim.SGD:
+    """SGD; without weight decay on batch-norm weights and biases when optim.decay_norm_and_bias is false."""
+    optim = cfg.optim
+    decayed = [p for p in model.parameters() if p.dim() > 1 or optim.decay_norm_and_bias]
+    undecayed = [p for p in model.parameters() if p.dim() <= 1 and not optim.decay_norm_and_bias]
+    groups = [{"params": decayed}, {"params": undecayed, "weight_decay": 0.0}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=optim.lr, momentum=optim.momentum,
+                           nesterov=optim.nesterov, weight_decay=optim.weight_decay,
+                           **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+
+
+def start_fresh(ctx: Context, scenario: Scenario, force: bool) -> Progress:
+    if ctx.dist.main:
+        rundir.prepare(ctx.run_dir, force=force)  # only now: a refused run leaves the old one intact
+        rundir.write_atomic(ctx.run_dir / rundir.CONFIG, to_yaml(ctx.cfg).encode())
+        rundir.write_metrics(ctx.run_dir, [])
+    with _write_failure_stops(ctx.run_dir, 0):
+        scenario.before_fit(ctx.run_dir)
+    return Progress()
+
+
+def resume_from_checkpoint(ctx: Context, scenario: Scenario, optimizer, log) -> Progress:
+    last_pt = ctx.run_dir / rundir.CKPT_DIR / "last.pt"
+    checkpoint = rundir.load_checkpoint(last_pt, map_location=ctx.device)
+    rundir.restore(ctx.model, checkpoint, last_pt, optimizer)
+    scenario.load_state_dict(checkpoint)
+    start = int(checkpoint["epoch"]) + 1
+    history = [row for row in rundir.read_metrics(ctx.run_dir)
+               if isinstance(row.get("epoch"), int) and row["epoch"] < start]
+    distributed.barrier(ctx.dist)  # every rank has read before rank 0 rewrites
+    if ctx.dist.main:
+        rundir.remove_temp_files(ctx.run_dir)  # halves of writes a kill interrupted
+        rundir.write_metrics(ctx.run_dir, history)  # drop epochs the checkpoint does not cover
+        rundir.write_atomic(ctx.run_dir / rundir.CONFIG, to_yaml(ctx.cfg).encode())  # a --force'd change
+        log(f"resuming {ctx.run_dir} at epoch {start + 1}")
+    return Progress(start, float(checkpoint["best_acc"]), int(checkpoint["best_epoch"]), history)
+
+
+def train_epoch(ctx: Context, scenario: Scenario, loop: Loop, epoch: int) -> tuple[dict, int, float]:
+    """One pass of the scenario's batches: (device-side sums of the step statistics over every rank,
+    images seen, training seconds)."""
+    cfg, dist, cuda = ctx.cfg, ctx.dist, ctx.device.type == "cuda"
+    # drawn where used; a scenario that augments views draws them per rank under torchrun
+    seed = pretext_seed(cfg.seed, epoch) + (dist.rank if scenario.per_rank_draws else 0)
+    generator = torch.Generator(device=ctx.device).manual_seed(seed)
+    ctx.model.train()
+    sums: dict[str, torch.Tensor] = {}
+    seen, started = 0, time.perf_counter()
+    loop.watch.reset()
+    batches, steps = scenario.batches(epoch)
+    bar = _progress(batches, epoch, cfg.optim.epochs, ctx.quiet, steps)
+    for step, (x, y) in enumerate(bar):
+        if channels_last(cfg):
+            x = x.contiguous(memory_format=torch.channels_last)
+        args = scenario.prepare(x, y, generator, epoch, step)
+        with autocast(ctx.device.type, ctx.precision):
+            loss, stats = loop.step(*args)
+        loop.watch.update(step, loss, stats)
+        if not cuda:  # reading it is free on CPU; on CUDA once per epoch, below
+            _stop_if_non_finite(loop.watch, epoch, cfg.optim.epochs, steps, ctx.run_dir)
+        optimizer_step(loop, loss)
+        scenario.after_step()
+        for key, value in stats.items():  # device-side sums; read once per epoch
+            value = value.detach().float()
+            sums[key] = sums.get(key, 0) + (value if key.endswith("correct") else value * y.shape[0])
+        seen += y.shape[0]
+        if bar is not batches and step % (100 if cuda else 10) == 0:  # reading sums synchronises
+            bar.set_postfix(_postfix(sums, seen), refresh=False)
+    _stop_if_non_finite(loop.watch, epoch, cfg.optim.epochs, steps, ctx.run_dir)
+    if cuda:
+        torch.cuda.synchronize(ctx.device)
+    train_seconds = time.perf_counter() - started
+    sums, seen = distributed.all_sum(dist, sums, seen)  # metrics and gate weights over every rank
+    return sums, seen, train_seconds
+
+
+def optimizer_step(loop: Loop, loss: torch.Tensor) -> None:
+    loop.optimizer.zero_grad(set_to_none=True)
+    if loop.scaler is None:
+        loss.backward()
+        loop.optimizer.step()
+        return
+    loop.scaler.scale(loss).backward()
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+
+
+def epoch_row(evaluated: dict, sums: dict, seen: int, train_seconds: float, seconds: float) -> dict:
+    """metrics.jsonl's line for an epoch: epoch, lr, timings, accuracies, then every statistic's mean."""
+    row = {"epoch": evaluated["epoch"], "lr": evaluated["lr"], "seconds": round(seconds, 3),
+           "images_per_second": round(seen / train_seconds, 1), "train_acc": 100.0 * sums["correct"].item() / seen}
+    row.update({k: v for k, v in evaluated.items() if k not in ("epoch", "lr")})
+    row.update({k: v.item() / seen for k, v in sums.items() if not k.endswith("correct")})
+    row.update({f"{k[:-len('_correct')]}_train_acc": 100.0 * v.item() / seen
+                for k, v in sums.items() if k.endswith("_correct")})
+    return row
+
+
+def save_epoch(ctx: Context, scenario: Scenario, optimizer, progress: Progress, epoch: int, board) -> None:
+    state = {"model": ctx.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+             "best_acc": progress.best, "best_epoch": progress.best_epoch, "config": ctx.cfg.to_dict(),
+             **scenario.state_dict()}
+    with _write_failure_stops(ctx.run_dir, epoch):
+        rundir.write_metrics(ctx.run_dir, progress.history)
+        if progress.best_epoch == epoch:
+            rundir.save_checkpoint(ctx.run_dir / rundir.CKPT_DIR / "best.pt", state)
+        rundir.save_checkpoint(ctx.run_dir / rundir.CKPT_DIR / "last.pt", state)
+    if board is not None:
+        for key, value in progress.history[-1].items():
+            if key != "epoch" and value is not None:  # a shot group with no class has no accuracy
+                board.add_scalar(key, value, epoch)
+        board.flush()
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    gates = " ".join(f"{k[5:]}={row[k]:.3f}" for k in row if k.startswith("gate_"))
+    return (f"epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g} loss {row['loss']:.4f} "
+            f"train {row['train_acc']:.2f}% test {row['test_acc']:.2f}% {gates} ({row['images_per_second']:.0f} img/s)")
+
+
+def final_summary(ctx: Context, scenario: Scenario, loop: Loop, progress: Progress, seconds: float) -> dict:
+    """summary.json: the final evaluation of the scenario's judged weights, and how the run went."""
+    logits, labels, extra = scenario.evaluate_final()
+    report = metrics.report(logits, labels, ctx.data.counts)
+    history, cfg = progress.history, ctx.cfg
+    last = history[-1] if history else {}
+    return {
+        "test_acc": report["top1"], "top5_acc": report["top5"],
+        "best_test_acc": progress.best, "best_epoch": progress.best_epoch,
+        "best_selected_on": "test set, as the reference code does (no validation split): optimistic",
+        "per_class_acc": report["per_class_acc"], "many_shot_acc": report["many_shot_acc"],
+        "medium_shot_acc": report["medium_shot_acc"], "few_shot_acc": report["few_shot_acc"],
+        "class_counts": ctx.data.counts, "classes": ctx.data.train.classes,
+        "gate_weights": {k[5:]: v for k, v in last.items() if k.startswith("gate_")},
+        "epochs": cfg.optim.epochs, "images_per_second": _mean([r["images_per_second"] for r in history]),
+        "wall_seconds": round(sum(r["seconds"] for r in history), 2),
+        "wall_seconds_this_process": round(seconds, 2),
+        "device": _device_name(ctx.device), "precision": ctx.precision, "compiled": ctx.compiled,
+        "compiled_steps": loop.step.compiled_calls, "compiled_eval_batches": loop.evaluate.compiled_calls,
+        "compile_fallbacks": loop.step.fallbacks + loop.evaluate.fallbacks,
+        "seed": cfg.seed, "versions": versions(), "method": cfg.method or scenarios.method_of(cfg),
+        "preset": cfg.preset, "command": " ".join(sys.argv), **extra,
+    }
 
 
 def _stop_if_non_finite(watch: FiniteWatch, epoch: int, epochs: int, steps: int, run_dir: Path) -> None:

@@ -20,6 +20,10 @@ import warnings
 import torch
 from torch import Tensor
 
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
+
+
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 

@@ -114,7 +114,7 @@ class Run:
         if contrastive:
             from ..evaluation import evaluate_run
             return evaluate_run(self.path, self.checkpoint, protocol="linear")
-        from ..engine import write_eval
+        from ..evaluation import write_eval
         ld = self.loaded()
         logits, labels = predict_features(ld, ld.data.test.images, ld.data.test.labels)[1:]
         return write_eval(self.path, self.checkpoint, ld.epoch, logits, labels, ld.data)

@@ -1,0 +1,75 @@
+"""Scenarios as plug-ins: the ways gssl trains, by the config's `method`, and the wrappers that go
+around them (adversarial training, SSP pre-training). A new way of training is one module with a
+Scenario subclass and one line here; `gssl.engine.fit` never changes for it."""
+from __future__ import annotations
+
+from ..config import Config, ConfigError
+from .adversarial import Adversarial
+from .base import Context, Scenario, Wrapper
+from .fixmatch import FixMatch
+from .simclr import SimCLRScenario
+from .sla_sd import SLASDScenario
+from .ssp import SSPPretraining
+from .supervised import Supervised
+
+SCENARIOS: dict[str, type[Scenario]] = {
+    "supervised": Supervised,
+    "sla-sd": SLASDScenario,
+    "fixmatch": FixMatch,
+    "simclr": SimCLRScenario,
+}
+WRAPPERS: dict[str, type[Wrapper]] = {"adversarial": Adversarial, "ssp": SSPPretraining}  # inner to outer
+COMMON_SECTIONS = ("data", "model", "ssl", "optim", "distributed")
+
+__all__ = ["COMMON_SECTIONS", "Context", "SCENARIOS", "Scenario", "WRAPPERS", "Wrapper", "build", "method_of",
+           "scenario_class", "used_sections"]
+
+
+def method_of(cfg: Config) -> str:
+    """The config's `method`, or, for config files written before it existed, the one its sections ask
+    for. Settings that ask for two methods, or for another method than the one named, are refused."""
+    claimed = [name for name, scenario in SCENARIOS.items() if scenario.claims(cfg)]
+    if cfg.method is None:
+        if len(claimed) > 1:
+            asked = " and ".join(f"{SCENARIOS[name].trigger} ({name})" for name in claimed)
+            raise ConfigError(f"{asked} ask for two methods at once; choose one `method` and turn the "
+                              "other's settings off")
+        return claimed[0] if claimed else "supervised"
+    if cfg.method not in SCENARIOS:
+        raise ConfigError(f"method: {cfg.method!r} is not a gssl method; choose one of {list(SCENARIOS)}")
+    others = [name for name in claimed if name != cfg.method]
+    if others:
+        raise ConfigError(f"method={cfg.method}, but {SCENARIOS[others[0]].trigger} is set, which is {others[0]}'s; "
+                          f"set method={others[0]} or turn {SCENARIOS[others[0]].trigger} off")
+    return cfg.method
+
+
+def scenario_class(cfg: Config) -> type[Scenario]:
+    return SCENARIOS[method_of(cfg)]
+
+
+def wrappers_of(cfg: Config) -> list[type[Wrapper]]:
+    return [wrapper for wrapper in WRAPPERS.values() if wrapper.applies(cfg)]
+
+
+def check(cfg: Config) -> None:
+    """Every refusal of the method and its wrappers, before any data is read."""
+    scenario_class(cfg).check(cfg)
+    for wrapper in wrappers_of(cfg):
+        wrapper.check(cfg)
+    if cfg.fusion.enabled and "fusion" not in used_sections(cfg):
+        raise ConfigError("fusion.enabled=true is a plug-in for contrastive pre-training; set contrastive.views=2 "
+                          "(or more), or fusion.enabled=false")
+
+
+def used_sections(cfg: Config) -> tuple[str, ...]:
+    """The config sections this run reads: what its config.yaml keeps."""
+    extra = [s for cls in (scenario_class(cfg), *wrappers_of(cfg)) for s in cls.sections]
+    return COMMON_SECTIONS + tuple(dict.fromkeys(extra))
+
+
+def build(ctx: Context) -> Scenario:
+    scenario = scenario_class(ctx.cfg)(ctx)
+    for wrapper in wrappers_of(ctx.cfg):
+        scenario = wrapper(scenario)
+    return scenario

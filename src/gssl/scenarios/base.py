@@ -1,0 +1,193 @@
+"""The interface between the training loop and a way of training.
+
+`gssl.engine.fit` owns the infrastructure (learning rate, precision, compilation, DDP, metric sums, the
+non-finite watch, checkpoints, logging). A `Scenario` owns everything particular to a way of training,
+through the hooks fit() calls, in this order:
+
+    before_fit(run_dir)                     once, fresh runs only (SSP pre-trains here)
+    per epoch:  start_epoch(epoch)          (DRW switches on here)
+                batches(epoch) -> (iterable of (x, y), steps)
+                per batch:  prepare(x, y, generator, epoch, step) -> args    eager: the random draws
+                            loss(model, *args) -> (loss, stats)              pure: compiled, under DDP
+                            after_step()                                    (an EMA updates here)
+                evaluate_epoch(eval_fn) -> the row's test metrics ("test_acc" first)
+    evaluate_final() -> (logits, labels, extra summary fields)
+
+`state_dict`/`load_state_dict` carry any state of its own in the checkpoint. A wrapper (adversarial
+training, SSP pre-training) is a Scenario around another one, overriding only its own hooks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn as nn
+
+from .. import distributed, metrics
+from ..build import Data, ordered_loader
+from ..config import Config
+from ..data import DeviceLoader
+from ..losses import drw_weights
+
+
+@dataclass
+class Context:
+    """What every scenario may read: the run's parts, built by the engine before training."""
+    cfg: Config
+    data: Data
+    model: nn.Module              # the network itself (not the DDP wrapper)
+    device: torch.device
+    dist: distributed.Dist
+    precision: str
+    compiled: bool
+    cls_loss: nn.Module
+    drw_epoch: int | None
+    run_dir: Path
+    quiet: bool
+    log: Callable[[str], None]    # progress messages; a no-op when quiet
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.train.classes)
+
+    def loader(self, images, labels, batch_size: int, seed: int, *, drop_last: bool = False,
+               sharded: bool = True) -> DeviceLoader:
+        """A shuffled, augmented training loader (crop and flip as the config says)."""
+        dist = self.dist if sharded else distributed.Dist()
+        return DeviceLoader(images, labels, batch_size, mean=self.data.mean, std=self.data.std,
+                            crop_padding=self.cfg.data.crop_padding, hflip=self.cfg.data.hflip, shuffle=True,
+                            seed=seed, device=self.device, rank=dist.rank, world=dist.world, drop_last=drop_last)
+
+    def ordered(self, split) -> DeviceLoader:
+        """Un-augmented and in order: the test set, or the training images for a frozen evaluation."""
+        return ordered_loader(split, self.data, max(512, self.cfg.optim.batch_size), self.device)
+
+
+class Scenario:
+    """Supervised training on the classifier (and the gated pretext term its network carries): the
+    default every hook falls back to."""
+
+    sections: ClassVar[tuple[str, ...]] = ("loss",)  # config sections it reads beside data, model, ssl, optim
+    trigger: ClassVar[str] = ""  # the setting that claims() reads
+    per_rank_draws: ClassVar[bool] = False  # augmentations drawn per rank (views), not for the global batch
+
+    @staticmethod
+    def claims(cfg: Config) -> bool:
+        """Whether cfg's sections ask for this scenario when `method` is not given (old config files)."""
+        return False
+
+    @staticmethod
+    def check(cfg: Config) -> None:
+        """Settings this scenario cannot run with: raise ConfigError naming the fix."""
+
+    @staticmethod
+    def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.train_loader = ctx.loader(ctx.data.train.images, ctx.data.train.labels, ctx.cfg.optim.batch_size,
+                                       ctx.cfg.seed, drop_last=self.drop_last)
+        self.test_loader = ctx.ordered(ctx.data.test)
+        self.drw = drw_weights(ctx.data.counts, ctx.cfg.loss.drw_beta).to(ctx.device)
+
+    drop_last: ClassVar[bool] = False
+
+    @property
+    def step_batch(self) -> int:
+        """The first dimension of loss()'s first argument on a full batch: what the compiled step sees."""
+        return self.ctx.cfg.optim.batch_size
+
+    @property
+    def images_per_epoch(self) -> int:
+        return len(self.ctx.data.train.labels)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ctx.model
+
+    def before_fit(self, run_dir: Path) -> None:
+        pass
+
+    def start_epoch(self, epoch: int) -> None:
+        drw_on = self.ctx.drw_epoch is not None and epoch >= self.ctx.drw_epoch
+        self.ctx.cls_loss.set_weight(self.drw if drw_on else None)  # in place: no recompilation
+
+    def batches(self, epoch: int):
+        self.train_loader.set_epoch(epoch)
+        return self.train_loader, len(self.train_loader)
+
+    def prepare(self, x, y, generator: torch.Generator, epoch: int, step: int) -> tuple:
+        params = distributed.global_params(self.ctx.dist, self.ctx.model, x, generator,
+                                           *self.train_loader.shard(step))
+        return x, y, self.ctx.cls_loss, params
+
+    @staticmethod
+    def loss(model: nn.Module, *args):
+        return model.loss_from_params(*args)
+
+    def after_step(self) -> None:
+        pass
+
+    def evaluate_epoch(self, eval_fn) -> dict:
+        logits, labels = metrics.predict(self.eval_model, self.test_loader, self.ctx.device.type,
+                                         precision=self.ctx.precision, fn=eval_fn)
+        shots = metrics.report(logits, labels, self.ctx.data.counts)  # many/medium/few-shot, every epoch
+        return {"test_acc": shots["top1"],
+                **{f"test_{g}_shot_acc": shots[f"{g}_shot_acc"] for g in ("many", "medium", "few")}}
+
+    def evaluate_final(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        logits, labels = metrics.predict(self.eval_model, self.test_loader, self.ctx.device.type,
+                                         precision=self.ctx.precision)
+        return logits, labels, {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Wrapper(Scenario):
+    """A scenario around another: every hook goes to the inner one unless the wrapper overrides it."""
+
+    def __init__(self, inner: Scenario):  # noqa: D107 - no Scenario.__init__: the inner one built the parts
+        self.inner, self.ctx = inner, inner.ctx
+
+    step_batch = property(lambda self: self.inner.step_batch)
+    images_per_epoch = property(lambda self: self.inner.images_per_epoch)
+    eval_model = property(lambda self: self.inner.eval_model)
+    test_loader = property(lambda self: self.inner.test_loader)
+    per_rank_draws = property(lambda self: self.inner.per_rank_draws)
+
+    def loss(self, model, *args):
+        return self.inner.loss(model, *args)
+
+    def before_fit(self, run_dir):
+        self.inner.before_fit(run_dir)
+
+    def start_epoch(self, epoch):
+        self.inner.start_epoch(epoch)
+
+    def batches(self, epoch):
+        return self.inner.batches(epoch)
+
+    def prepare(self, x, y, generator, epoch, step):
+        return self.inner.prepare(x, y, generator, epoch, step)
+
+    def after_step(self):
+        self.inner.after_step()
+
+    def evaluate_epoch(self, eval_fn):
+        return self.inner.evaluate_epoch(eval_fn)
+
+    def evaluate_final(self):
+        return self.inner.evaluate_final()
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
