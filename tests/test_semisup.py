@@ -104,11 +104,9 @@ def test_report_and_eval_of_a_fixmatch_run_both_judge_the_ema_weights(fake_cifar
     assert by_report["top1"] == pytest.approx(s["test_acc"]) == pytest.approx(by_eval["top1"])
     # the weights every command judges are the EMA's, which differ from the raw weights here
     import torch
-    from gssl.build import build_data
-    from gssl.config import from_dict, load_yaml
-    from gssl.evaluation import load_model
-    cfg = from_dict(load_yaml(run / "config.yaml"))
-    model, ck = load_model(run, cfg, "last", build_data(cfg), torch.device("cpu"))
+    from gssl.evaluation import load_run
+    from gssl.rundir import load_checkpoint
+    model, ck = load_run(run, "last").model, load_checkpoint(run / "checkpoints" / "last.pt")
     ema = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
     judged = model.state_dict()
     assert all(torch.equal(judged[k], ema[k]) for k in judged)

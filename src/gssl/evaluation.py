@@ -1,7 +1,10 @@
 """`gssl eval`: a saved run's checkpoint on the test set, clean and, if asked, under attack."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from . import attacks, metrics, rundir
 from .build import Data, build_data, build_model, ordered_loader, pick_device
@@ -16,15 +19,12 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
     (the run's own head; the default), "linear" or "knn" (on the frozen backbone's pooled features, the
     training images un-augmented; the default for contrastive runs, which have no classifier). knn_k and
     linear_epochs default to the run's own contrastive settings, so the default reproduces its summary."""
-    from .config import ConfigError, from_dict, load_yaml
+    from .config import ConfigError
     run_dir = Path(run_dir)
-    cfg_path = run_dir / rundir.CONFIG
-    if not cfg_path.is_file():
-        raise rundir.RunDirError(f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
-                                 "pass the --out folder of a `gssl train` run")
-    cfg = from_dict(load_yaml(cfg_path))
-    protocol = protocol or ("linear" if cfg.contrastive.views else "classifier")
-    if protocol == "classifier" and cfg.contrastive.views:
+    cfg = read_config(run_dir)
+    classifier = has_classifier(cfg)
+    protocol = protocol or ("classifier" if classifier else "linear")
+    if protocol == "classifier" and not classifier:
         raise ConfigError(f"{run_dir} is a contrastive pre-training run: it has no classifier. Use --protocol linear "
                           "or --protocol knn")
     if attack is not None and protocol != "classifier":
@@ -34,10 +34,9 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
     linear_epochs = (cfg.contrastive.linear_epochs or 100) if linear_epochs is None else linear_epochs
     if knn_k < 1 or linear_epochs < 1:
         raise ConfigError(f"--knn-k ({knn_k}) and --linear-epochs ({linear_epochs}) must be >= 1")
-    device = pick_device(cfg.device)
+    run = load_run(run_dir, checkpoint, cfg)
+    model, data, device = run.model, run.data, run.device
     precision = resolve_precision(cfg.precision, device)
-    data = build_data(cfg)
-    model, ck = load_model(run_dir, cfg, checkpoint, data, device)
     loader = ordered_loader(data.test, data, 512, device)
     extra = {}
     if protocol == "classifier":
@@ -54,21 +53,50 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
         clean, robust = attacks.robust_accuracy(model, loader, attacks.PixelSpace(data.mean, data.std, device), attack,
                                                 precision=precision, seed=cfg.seed)
         extra.update({"clean_acc": clean, "robust_acc": robust, "attack": vars(attack).copy()})
-    return write_eval(run_dir, checkpoint, int(ck["epoch"]), logits, labels, data, extra,
+    return write_eval(run_dir, checkpoint, run.epoch, logits, labels, data, extra,
                       name=f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}"))
 
 
-def load_model(run_dir: Path, cfg, checkpoint: str, data: Data, device) -> tuple:
-    """(model with the weights a run is judged by, the checkpoint): the EMA weights where the run kept an
-    EMA (FixMatch), as its per-epoch and final evaluation used; `gssl eval`, `gssl report` and
-    `gssl analyze` all load through here."""
+def read_config(run_dir: Path):
+    """A run directory's resolved configuration (RunDirError if it is not one)."""
+    from .config import from_dict, load_yaml
+    path = Path(run_dir) / rundir.CONFIG
+    if not path.is_file():
+        raise rundir.RunDirError(f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
+                                 "pass the --out folder of a `gssl train` run")
+    return from_dict(load_yaml(path))
+
+
+def has_classifier(cfg) -> bool:
+    """Whether the run's network ends in a classifier (a contrastive one is judged on frozen features)."""
+    from .scenarios import scenario_class
+    return scenario_class(cfg).has_classifier
+
+
+@dataclass
+class LoadedRun:
+    cfg: object                  # gssl.config.Config
+    model: torch.nn.Module       # in eval mode, with the weights the run is judged by
+    data: Data
+    device: torch.device
+    epoch: int                   # the checkpoint's epoch (0-based)
+    checkpoint: str
+
+
+def load_run(run_dir: Path, checkpoint: str = "last", cfg=None) -> LoadedRun:
+    """The run's data and model rebuilt from its config and checkpoint, with the EMA weights where the run
+    kept an EMA (FixMatch), as its own evaluation used: `gssl eval`, `gssl report` and `gssl analyze` all
+    load through here."""
+    cfg = cfg or read_config(run_dir)
+    device = pick_device(cfg.device)
+    data = build_data(cfg)
     model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
-    ck_path = Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
-    ck = rundir.load_checkpoint(ck_path, map_location=device)
-    rundir.restore(model, ck, ck_path)
-    if "ema" in ck:
-        model.load_state_dict({k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")})
-    return model, ck
+    path = Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
+    saved = rundir.load_checkpoint(path, map_location=device)
+    rundir.restore(model, saved, path)
+    if "ema" in saved:
+        model.load_state_dict({k[len("module."):]: v for k, v in saved["ema"].items() if k.startswith("module.")})
+    return LoadedRun(cfg, model.eval(), data, device, int(saved["epoch"]), checkpoint)
 
 
 def write_eval(run_dir: Path, checkpoint: str, epoch: int, logits, labels, data: Data, extra: dict | None = None,

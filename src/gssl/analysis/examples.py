@@ -6,12 +6,13 @@ import torch
 
 from ..pretext import PERMUTATIONS, TASKS, TILE_ORDERS, build_pretext
 from .gradcam import default_layer, grad_cam
+from ..evaluation import has_classifier
 from .run import Run, normalised, one_per_class
 
 
 def gradcam_examples(run: Run, n: int = 8, layer: str | None = None) -> dict:
     """Grad-CAM for the true and for the predicted class of n test images (one per class in turn)."""
-    if run.cfg.contrastive.views:
+    if not has_classifier(run.cfg):
         from ..config import ConfigError
         raise ConfigError(f"{run.name} is a contrastive pre-training run: it has no classifier whose evidence Grad-CAM "
                           "could show")

@@ -20,6 +20,7 @@ from ..config import ConfigError
 from ..data import DataError
 from . import figures
 from .examples import gradcam_examples, is_greyscale, pretext_rows, sample_test_images
+from ..evaluation import has_classifier
 from .run import Run
 from .tsne import tsne_of_run
 
@@ -88,7 +89,7 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
         gates = s.get("gate_weights") or {k[5:]: v for k, v in last.items() if k.startswith("gate_")}
         done = f"{len(r.rows)}/{c.optim.epochs}" if len(r.rows) != c.optim.epochs else str(c.optim.epochs)
         best = "-" if "best_test_acc" not in s else f"{s['best_test_acc']:.2f} ({s['best_epoch'] + 1})"
-        if c.contrastive.views and best != "-":  # final: the linear probe; per epoch: k-NN
+        if not has_classifier(c) and best != "-":  # final: the linear probe; per epoch: k-NN
             best += f", {c.contrastive.knn_k}-NN"
         final = s.get("test_acc", last.get("test_acc"))
         rows.append([r.name, c.preset or "-", f"{c.data.name} (imbalance {c.data.imbalance:g})", c.model.backbone,

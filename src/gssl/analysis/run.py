@@ -15,17 +15,8 @@ import torch
 
 from .. import rundir
 from ..config import Config, from_dict
-from ..contrastive import SimCLR
+from ..evaluation import LoadedRun, evaluate_run, has_classifier, load_run
 from ..data import first_per_class
-
-
-@dataclass
-class Loaded:
-    model: torch.nn.Module
-    data: object                 # gssl.engine.Data
-    device: torch.device
-    epoch: int                   # the checkpoint's epoch (0-based)
-    checkpoint: str
 
 
 @dataclass
@@ -33,7 +24,7 @@ class Run:
     path: Path
     checkpoint: str = "last"
     name: str = ""
-    _loaded: Loaded | None = field(default=None, repr=False)
+    _loaded: LoadedRun | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -85,15 +76,10 @@ class Run:
     def tasks(self) -> list[str]:
         return [] if self.cfg.ssl.gate == "none" else list(self.cfg.ssl.tasks)
 
-    def loaded(self) -> Loaded:
+    def loaded(self) -> LoadedRun:
         """Data and model, rebuilt from the saved config and the checkpoint (once per Run)."""
         if self._loaded is None:
-            from ..build import build_data, pick_device
-            from ..evaluation import load_model
-            device = pick_device(self.cfg.device)
-            data = build_data(self.cfg)
-            model, ck = load_model(self.path, self.cfg, self.checkpoint, data, device)
-            self._loaded = Loaded(model.eval(), data, device, int(ck["epoch"]), self.checkpoint)
+            self._loaded = load_run(self.path, self.checkpoint, self.cfg)
         return self._loaded
 
     def checkpoint_epoch(self) -> int:
@@ -104,33 +90,26 @@ class Run:
     def evaluation(self) -> dict:
         """gssl eval's report for the checkpoint: eval-<checkpoint>.json when it is for this checkpoint's
         epoch, else computed here (and written, as `gssl eval` would)."""
-        contrastive = bool(self.cfg.contrastive.views)  # no classifier: a linear probe on the frozen backbone
-        p = self.path / f"eval-{self.checkpoint}{'-linear' if contrastive else ''}.json"
-        epoch = self.checkpoint_epoch()
+        classifier = has_classifier(self.cfg)  # else a linear probe on the frozen backbone
+        p = self.path / f"eval-{self.checkpoint}{'' if classifier else '-linear'}.json"
         if p.is_file():
             rep = rundir.read_json(p)
-            if rep.get("epoch") == epoch and "confusion_matrix" in rep:
+            if rep.get("epoch") == self.checkpoint_epoch() and "confusion_matrix" in rep:
                 return rep
-        if contrastive:
-            from ..evaluation import evaluate_run
-            return evaluate_run(self.path, self.checkpoint, protocol="linear")
-        from ..evaluation import write_eval
-        ld = self.loaded()
-        logits, labels = predict_features(ld, ld.data.test.images, ld.data.test.labels)[1:]
-        return write_eval(self.path, self.checkpoint, ld.epoch, logits, labels, ld.data)
+        return evaluate_run(self.path, self.checkpoint, protocol="classifier" if classifier else "linear")
 
 
-def normalised(ld: Loaded, images_uint8: torch.Tensor) -> torch.Tensor:
+def normalised(ld: LoadedRun, images_uint8: torch.Tensor) -> torch.Tensor:
     from ..data import normalize
     return normalize(images_uint8.to(ld.device), ld.data.mean, ld.data.std)
 
 
 @torch.inference_mode()
-def predict_features(ld: Loaded, images: torch.Tensor, labels: torch.Tensor, batch: int = 500):
+def predict_features(ld: LoadedRun, images: torch.Tensor, labels: torch.Tensor, batch: int = 500):
     """(pooled backbone features [N, D], logits [N, classes], labels [N]), float32 on the CPU. A contrastive
-    run has no classifier (its `classifier` is the projection head): its logits are None."""
+    run has no classifier: its logits are None."""
     feats, logits = [], []
-    contrastive = isinstance(ld.model, SimCLR)
+    contrastive = not has_classifier(ld.cfg)
     for i in range(0, len(images), batch):
         f = ld.model.backbone(normalised(ld, images[i:i + batch])).float()
         feats.append(f)

@@ -71,6 +71,7 @@ class Scenario:
 
     sections: ClassVar[tuple[str, ...]] = ("loss",)  # config sections it reads beside data, model, ssl, optim
     trigger: ClassVar[str] = ""  # the setting that claims() reads
+    has_classifier: ClassVar[bool] = True  # false: judged on frozen features (k-NN, linear probe)
     per_rank_draws: ClassVar[bool] = False  # augmentations drawn per rank (views), not for the global batch
 
     @staticmethod

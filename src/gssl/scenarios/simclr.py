@@ -13,6 +13,7 @@ from .base import Context, Scenario
 class SimCLRScenario(Scenario):
     sections = ("contrastive", "fusion")
     per_rank_draws = True  # each rank draws its own views
+    has_classifier = False
 
     trigger = "contrastive.views"  # the setting that asks for this method in config files without `method`
 
