@@ -83,7 +83,9 @@ def bench_transform(reps: int) -> dict:
     fns = {
         "vectorised (sample + apply)": lambda: pretext(x, gen),
         "vectorised (apply only)": lambda: pretext.apply(x, p),
-        "per-sample loop (reference)": lambda: loop_transform(x, p["quadrant"], p["rotation"], p["flip"], p["perm"]),
+        "per-sample loop (reference)": lambda: loop_transform(
+            x, p["quadrant"], p["rotation"], p["flip"], p["perm"]
+        ),
     }
     ref, _ = pretext.apply(x, p)
     assert torch.equal(ref, loop_transform(x, p["quadrant"], p["rotation"], p["flip"], p["perm"]))
@@ -100,8 +102,13 @@ def bench_extras(reps: int) -> dict:
         labels = {t: torch.randint(n, (128,)) for t, n in model.pretext.num_classes.items()}
 
         def extra():
-            losses = torch.stack([torch.nn.functional.cross_entropy(model.heads[t](feat), labels[t], reduction="none")
-                                  for t in model.tasks], 1)
+            losses = torch.stack(
+                [
+                    torch.nn.functional.cross_entropy(model.heads[t](feat), labels[t], reduction="none")
+                    for t in model.tasks
+                ],
+                1,
+            )
             g = model.gate(feat, losses)
             (0.1 * g.pretext_loss + g.aux_loss).backward()
 
@@ -159,16 +166,20 @@ def main():
     print("\n(a) pretext transform, LoRot-E + flip + channel, 128 x 3 x 32 x 32")
     print(f"{'variant':32s} {'median ms':>10s} {'min ms':>8s} {'speed-up (median/min/paired)':>30s}")
     for name, r in tr.items():
-        print(f"{name:32s} {r['median_s'] * 1e3:10.3f} {r['min_s'] * 1e3:8.3f}    "
-              f"{1 / r['ratio_median']:7.1f}x {1 / r['ratio_min']:7.1f}x {1 / r['ratio_paired']:7.1f}x")
+        print(
+            f"{name:32s} {r['median_s'] * 1e3:10.3f} {r['min_s'] * 1e3:8.3f}    "
+            f"{1 / r['ratio_median']:7.1f}x {1 / r['ratio_min']:7.1f}x {1 / r['ratio_paired']:7.1f}x"
+        )
 
     ex = bench_extras(args.reps)
     st = bench_step(args.reps)
     print("\n(b) ResNet-32 training step (fwd + bwd + SGD), batch 128")
     print(f"{'variant':32s} {'median ms':>10s} {'min ms':>8s} {'vs plain (median/min/paired)':>30s}")
     for name, r in st.items():
-        print(f"{name:32s} {r['median_s'] * 1e3:10.1f} {r['min_s'] * 1e3:8.1f}    "
-              f"{r['ratio_median']:7.3f}x {r['ratio_min']:7.3f}x {r['ratio_paired']:7.3f}x")
+        print(
+            f"{name:32s} {r['median_s'] * 1e3:10.1f} {r['min_s'] * 1e3:8.1f}    "
+            f"{r['ratio_median']:7.3f}x {r['ratio_min']:7.3f}x {r['ratio_paired']:7.3f}x"
+        )
     plain = st["plain classification"]["min_s"]
     apply = tr["vectorised (apply only)"]["min_s"]
     print("\nwhat the gated triple adds (min times, as a fraction of the plain step):")
@@ -179,8 +190,10 @@ def main():
     speedup = 1 / tr["vectorised (apply only)"]["ratio_median"]
     gated = st["+ gated triple (reference)"]
     print(f"\ntransform: vectorised is {speedup:.1f}x faster than the per-sample loop (medians)")
-    print(f"gated step / plain step: {gated['ratio_median']:.3f}x (medians), {gated['ratio_min']:.3f}x (minima), "
-          f"{gated['ratio_paired']:.3f}x (paired); target <= 1.05x")
+    print(
+        f"gated step / plain step: {gated['ratio_median']:.3f}x (medians), {gated['ratio_min']:.3f}x (minima), "
+        f"{gated['ratio_paired']:.3f}x (paired); target <= 1.05x"
+    )
 
     if args.json:
         with open(args.json, "w") as fh:

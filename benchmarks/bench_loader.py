@@ -13,6 +13,7 @@ configured by default: cpu_threads=1 on CPU, i.e. one core) over each row. On CP
 is also timed with torch's default thread count: intra-op threads suffer badly when other
 processes compete for the cores, so the load average is printed too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ from PIL import Image, ImageOps
 from gssl.data import MEAN_STD, DataError, DeviceLoader, load_dataset
 
 MEAN, STD = MEAN_STD["cifar10"]
-DEFAULT_DATA = Path(os.environ.get("GSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DEFAULT_DATA = Path(
+    os.environ.get("GSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 class PILAugmented(torch.utils.data.Dataset):
@@ -88,22 +91,35 @@ def load_images(data: Path, cache_dir: str | None) -> tuple[torch.Tensor, torch.
     try:
         t = time.perf_counter()
         train = load_dataset("cifar10", data, "train", cache_dir=cache_dir)
-        return train.images, train.labels, f"CIFAR-10 train from {data} (loaded in {time.perf_counter() - t:.1f} s)"
+        return (
+            train.images,
+            train.labels,
+            f"CIFAR-10 train from {data} (loaded in {time.perf_counter() - t:.1f} s)",
+        )
     except DataError as e:
         print(f"real CIFAR-10 not available ({str(e)[:120]}...); using random uint8 images", file=sys.stderr)
         g = torch.Generator().manual_seed(0)
-        return (torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=g),
-                torch.arange(50_000) % 10, "synthetic uint8 50000x3x32x32")
+        return (
+            torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=g),
+            torch.arange(50_000) % 10,
+            "synthetic uint8 50000x3x32x32",
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 root or archive (default: shared/data)")
+    ap.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 root or archive (default: shared/data)"
+    )
     ap.add_argument("--n", type=int, default=20_000, help="images timed per method")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--workers", default="0,2", help="DataLoader num_workers settings to time, comma-separated")
-    ap.add_argument("--threads", default="1,0", help="torch threads for the CPU DeviceLoader runs (0 = default)")
+    ap.add_argument(
+        "--workers", default="0,2", help="DataLoader num_workers settings to time, comma-separated"
+    )
+    ap.add_argument(
+        "--threads", default="1,0", help="torch threads for the CPU DeviceLoader runs (0 = default)"
+    )
     ap.add_argument("--cache-dir", default=None, help="decode cache (default $GSSL_CACHE or ~/.cache/gssl)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -112,10 +128,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     default_threads = torch.get_num_threads()
-    thread_settings = [int(t) or default_threads for t in args.threads.split(",")] if device.type == "cpu" else [0]
+    thread_settings = (
+        [int(t) or default_threads for t in args.threads.split(",")] if device.type == "cpu" else [0]
+    )
     for t in dict.fromkeys(thread_settings):
-        dev = DeviceLoader(images, labels, args.batch_size, mean=MEAN, std=STD, crop_padding=4, hflip=True,
-                           shuffle=True, seed=0, device=device, cpu_threads=t or None)
+        dev = DeviceLoader(
+            images,
+            labels,
+            args.batch_size,
+            mean=MEAN,
+            std=STD,
+            crop_padding=4,
+            hflip=True,
+            shuffle=True,
+            seed=0,
+            device=device,
+            cpu_threads=t or None,
+        )
 
         def dev_iter(epoch, dev=dev):
             dev.set_epoch(epoch)
@@ -123,14 +152,22 @@ def main(argv: list[str] | None = None) -> dict:
 
         ips = time_loader(dev_iter, args.n, device, to_device=False)
         label = f"cpu_threads={t}" if device.type == "cpu" else device.type
-        rows.append({"method": f"gssl DeviceLoader ({label}; batched crop+flip+normalise)", "images_per_s": ips})
+        rows.append(
+            {"method": f"gssl DeviceLoader ({label}; batched crop+flip+normalise)", "images_per_s": ips}
+        )
         del dev
 
     ds = PILAugmented(images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy())
     for w in [int(v) for v in args.workers.split(",") if v.strip()]:
-        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=w,
-                                         pin_memory=device.type == "cuda", persistent_workers=w > 0,
-                                         generator=torch.Generator().manual_seed(0))
+        dl = torch.utils.data.DataLoader(
+            ds,
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=w,
+            pin_memory=device.type == "cuda",
+            persistent_workers=w > 0,
+            generator=torch.Generator().manual_seed(0),
+        )
         ips = time_loader(lambda epoch: iter(dl), args.n, device, to_device=True)
         rows.append({"method": f"torch DataLoader, per-sample PIL, num_workers={w}", "images_per_s": ips})
         del dl
@@ -138,11 +175,20 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         r["ratio"] = ref["images_per_s"] / r["images_per_s"]
 
-    settings = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                "torch_threads_default": default_threads, "data": source, "n": args.n,
-                "batch_size": args.batch_size, "crop_padding": 4, "hflip": True,
-                "load_average": os.getloadavg()[0]}
+    settings = {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads_default": default_threads,
+        "data": source,
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "crop_padding": 4,
+        "hflip": True,
+        "load_average": os.getloadavg()[0],
+    }
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None))
     width = max(len(r["method"]) for r in rows)
     print(f"{'method':<{width}}  {'images/s':>10}  {'ratio (first row / this row)':>28}")

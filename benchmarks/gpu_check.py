@@ -19,6 +19,7 @@ The JSON (default docs/benchmarks/<device>.json; --json elsewhere) is rewritten 
 check cut short still leaves what it measured; --logs DIR keeps every child's whole output.
 --smoke: fake data, ResNet-8, tiny batches, one thread, on CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,35 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ARCHIVE = "cifar-10-jpg.tar.gz"
-SYMPTOMS = ("does not require grad", "overwritten by a subsequent run", "skipping cudagraphs", "Recompiling",
-            "torch.compile of the")
+SYMPTOMS = (
+    "does not require grad",
+    "overwritten by a subsequent run",
+    "skipping cudagraphs",
+    "Recompiling",
+    "torch.compile of the",
+)
 # of --budget-s; the 6% left over is for start-up, stopping children and the summary, so that the whole
 # check ends within the budget
 SHARES = {"probes": 0.38, "step": 0.24, "run": 0.18, "sweep": 0.14}
 # 2 epochs, DRW switched on for the second (base_epochs=2: the DRW epoch is not scaled down to 0)
-PROBE_SETS = ["optim.epochs=2", "optim.base_epochs=2", "loss.drw_epoch=1", "compile=true",
-              "model.head=cosine"]
+PROBE_SETS = [
+    "optim.epochs=2",
+    "optim.base_epochs=2",
+    "loss.drw_epoch=1",
+    "compile=true",
+    "model.head=cosine",
+]
 PROBES = {"train-ldam-drw": "cifar10-lt0.01-ldam-drw", "train-gated-triple": "cifar10-lt0.01-gated-triple"}
-SUMMARY_KEYS = ("precision", "compiled", "compiled_steps", "compiled_eval_batches", "compile_fallbacks",
-                "test_acc", "epochs", "wall_seconds")
+SUMMARY_KEYS = (
+    "precision",
+    "compiled",
+    "compiled_steps",
+    "compiled_eval_batches",
+    "compile_fallbacks",
+    "test_acc",
+    "epochs",
+    "wall_seconds",
+)
 TOY_SETS = ["model.backbone=resnet8", "optim.batch_size=16", "data.imbalance=0.5"]
 TEST_FILES = ("tests/test_fastpath.py", "tests/test_compile.py")
 
@@ -66,7 +85,7 @@ def scan_symptoms(text: str, limit: int = 20) -> dict[str, list[str]]:
         for symptom in SYMPTOMS:
             if symptom in line:
                 shown = found.setdefault(symptom, [])
-                reasons = _recompile_reasons(lines[i + 1:i + 6]) if symptom == "Recompiling" else []
+                reasons = _recompile_reasons(lines[i + 1 : i + 6]) if symptom == "Recompiling" else []
                 entry = " | ".join([line.strip(), *reasons])
                 if entry not in shown and len(shown) < limit:
                     shown.append(entry)
@@ -94,8 +113,9 @@ class Proc:
     def __init__(self, name: str, cmd: list[str], env: dict, log: Path):
         self.name, self.cmd, self.log, self.t0 = name, cmd, log, time.monotonic()
         with open(log, "wb") as fh:
-            self.p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+            self.p = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.timed_out, self.seconds = False, None
 
     def done(self) -> bool:
@@ -122,8 +142,13 @@ class Proc:
 
     def result(self) -> dict:
         text = self.text().splitlines()
-        return {"cmd": " ".join(self.cmd[1:]), "rc": self.p.returncode, "timed_out": self.timed_out,
-                "seconds": round(self.seconds or time.monotonic() - self.t0, 1), "tail": text[-30:]}
+        return {
+            "cmd": " ".join(self.cmd[1:]),
+            "rc": self.p.returncode,
+            "timed_out": self.timed_out,
+            "seconds": round(self.seconds or time.monotonic() - self.t0, 1),
+            "tail": text[-30:],
+        }
 
 
 def wait_all(procs: list[Proc], deadline: float) -> None:
@@ -136,8 +161,18 @@ def wait_all(procs: list[Proc], deadline: float) -> None:
 
 
 def gssl_train(preset: str, out: Path, sets: list[str]) -> list[str]:
-    return [sys.executable, "-m", "gssl", "train", "--preset", preset, "--out", str(out), "--quiet",
-            "--force"] + [a for s in sets for a in ("--set", s)]
+    return [
+        sys.executable,
+        "-m",
+        "gssl",
+        "train",
+        "--preset",
+        preset,
+        "--out",
+        str(out),
+        "--quiet",
+        "--force",
+    ] + [a for s in sets for a in ("--set", s)]
 
 
 class Check:
@@ -150,8 +185,11 @@ class Check:
         self.env = self._child_env()
         cuda = self.device.type == "cuda"
         name = torch.cuda.get_device_name(self.device) if cuda else f"cpu {platform.machine()}"
-        default = (Path(tempfile.gettempdir()) / f"gpu-check-smoke-{slug(name)}.json" if args.smoke
-                   else ROOT / "docs" / "benchmarks" / f"{slug(name)}.json")
+        default = (
+            Path(tempfile.gettempdir()) / f"gpu-check-smoke-{slug(name)}.json"
+            if args.smoke
+            else ROOT / "docs" / "benchmarks" / f"{slug(name)}.json"
+        )
         self.json = args.json or default
         self.out = {"env": self._env(name), "symptoms": {}, "problems": [], "skipped": []}
 
@@ -187,8 +225,11 @@ class Check:
         candidates = [self.args.data] if self.args.data else []
         if os.environ.get("GSSL_SHARED_DATA"):
             candidates.append(Path(os.environ["GSSL_SHARED_DATA"]) / ARCHIVE)
-        candidates += [Path("data") / ARCHIVE, ROOT / "data" / ARCHIVE,
-                       ROOT.parent / "shared" / "data" / ARCHIVE]
+        candidates += [
+            Path("data") / ARCHIVE,
+            ROOT / "data" / ARCHIVE,
+            ROOT.parent / "shared" / "data" / ARCHIVE,
+        ]
         for c in candidates:
             if Path(c).exists():
                 return [f"data.root={Path(c).resolve()}"], f"CIFAR-10 (real) from {c}"
@@ -199,8 +240,10 @@ class Check:
 
     def _fake(self, per_class: int, test_per_class: int) -> list[str]:
         from gssl.data.fakes import write_cifar
-        write_cifar(self.tmp / "fake", "cifar10", n_train=10 * per_class, n_test=10 * test_per_class, seed=0,
-                    tint=0.8)
+
+        write_cifar(
+            self.tmp / "fake", "cifar10", n_train=10 * per_class, n_test=10 * test_per_class, seed=0, tint=0.8
+        )
         return [f"data.root={self.tmp / 'fake'}"]
 
     def _child_env(self) -> dict:
@@ -213,15 +256,24 @@ class Check:
 
     def _env(self, name: str) -> dict:
         try:  # a copied checkout may have no .git, a machine no git
-            git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True, check=False)
+            git = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+            )
             commit = git.stdout.strip() or None
         except OSError:
             commit = None
-        return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                "python": platform.python_version(), "cpu_count": os.cpu_count(), "commit": commit,
-                "data": self.data, "smoke": self.args.smoke, "budget_s": self.args.budget_s,
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        return {
+            "device": name,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "commit": commit,
+            "data": self.data,
+            "smoke": self.args.smoke,
+            "budget_s": self.args.budget_s,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
 
 
 def part_probes(c: Check) -> dict:
@@ -257,9 +309,11 @@ def _judge(c: Check, name: str, r: dict) -> None:
         c.out["problems"].append(f"{name}: exit status {r['rc']}")
     s = r.get("summary")
     if s and (s["compile_fallbacks"] or not s["compiled_steps"] or s["compiled_eval_batches"] == 0):
-        c.out["problems"].append(f"{name}: {s['compiled_steps']} compiled steps, "
-                                 f"{s['compiled_eval_batches']} compiled evaluation batches, "
-                                 f"{s['compile_fallbacks']} fallbacks")
+        c.out["problems"].append(
+            f"{name}: {s['compiled_steps']} compiled steps, "
+            f"{s['compiled_eval_batches']} compiled evaluation batches, "
+            f"{s['compile_fallbacks']} fallbacks"
+        )
 
 
 def _pct(v) -> str:
@@ -278,21 +332,30 @@ def _probe_line(r: dict) -> str:
     s = r.get("summary")
     if not s:
         return next((ln for ln in reversed(r["tail"]) if ln.strip()), "")
-    return (f"{s['precision']}, compiled {s['compiled']}: {s['compiled_steps']} steps and "
-            f"{s['compiled_eval_batches']} evaluation batches compiled, {s['compile_fallbacks']} fallbacks, "
-            f"{s['epochs']} epochs {r.get('epoch_seconds')} s, test {_pct(s['test_acc'])}")
+    return (
+        f"{s['precision']}, compiled {s['compiled']}: {s['compiled_steps']} steps and "
+        f"{s['compiled_eval_batches']} evaluation batches compiled, {s['compile_fallbacks']} fallbacks, "
+        f"{s['epochs']} epochs {r.get('epoch_seconds')} s, test {_pct(s['test_acc'])}"
+    )
 
 
 def part_step(c: Check) -> dict:
     """Images/s of the training step, through run.py's step section within this part's time."""
     import run
+
     cuda = c.device.type == "cuda"
     skipped: list[str] = []
     layouts = ["channels_last", "compiled + channels_last"] if cuda else ["eager", "compiled"]
-    rows = run.bench_step(c.device, 2 if c.args.smoke else 10, c.args.smoke,
-                          shapes=[("resnet8", 8, 32)] if c.args.smoke else [("resnet32", 128, 32)],
-                          layouts=layouts, precisions=["bf16", "fp32"] if cuda else ["fp32"],
-                          deadline=c.deadline("step"), skipped=skipped)
+    rows = run.bench_step(
+        c.device,
+        2 if c.args.smoke else 10,
+        c.args.smoke,
+        shapes=[("resnet8", 8, 32)] if c.args.smoke else [("resnet32", 128, 32)],
+        layouts=layouts,
+        precisions=["bf16", "fp32"] if cuda else ["fp32"],
+        deadline=c.deadline("step"),
+        skipped=skipped,
+    )
     c.out["skipped"] += skipped
     for r in rows:
         if r["compile_fallbacks"]:
@@ -314,8 +377,13 @@ def part_run(c: Check) -> dict:
     p.stop()
     c.scan("run", p.text())
     rows = _metrics(out_dir)
-    res = {"process": p.result(), "epochs_done": len(rows), "epoch_seconds": [r["seconds"] for r in rows],
-           "images_per_s": [r.get("images_per_second") for r in rows], "first_row_after_s": first_row_at}
+    res = {
+        "process": p.result(),
+        "epochs_done": len(rows),
+        "epoch_seconds": [r["seconds"] for r in rows],
+        "images_per_s": [r.get("images_per_second") for r in rows],
+        "first_row_after_s": first_row_at,
+    }
     res.update(_extrapolate(rows, first_row_at, epochs))
     _print_run(res)
     if not rows:
@@ -325,6 +393,7 @@ def part_run(c: Check) -> dict:
 
 def _metrics(run_dir: Path) -> list[dict]:
     from gssl import rundir
+
     try:
         return [r for r in rundir.read_metrics(run_dir) if isinstance(r.get("epoch"), int)]
     except (OSError, ValueError):
@@ -338,28 +407,49 @@ def _extrapolate(rows: list[dict], first_row_at: float | None, epochs: int) -> d
         return {"extrapolated": None}
     first, steady = rows[0]["seconds"], statistics.median(r["seconds"] for r in rows[1:])
     startup = max(0.0, first_row_at - first)
-    return {"startup_s": round(startup, 2), "first_epoch_s": first, "steady_epoch_s": steady,
-            "extrapolated": {"epochs": epochs, "seconds": round(startup + first + (epochs - 1) * steady, 1),
-                             "from_epochs": len(rows), "label": "extrapolated"}}
+    return {
+        "startup_s": round(startup, 2),
+        "first_epoch_s": first,
+        "steady_epoch_s": steady,
+        "extrapolated": {
+            "epochs": epochs,
+            "seconds": round(startup + first + (epochs - 1) * steady, 1),
+            "from_epochs": len(rows),
+            "label": "extrapolated",
+        },
+    }
 
 
 def _print_run(r: dict) -> None:
-    print(f"\n[run] long-tailed CIFAR-10 (0.01) gated triple, compiled: {r['epochs_done']} epochs in "
-          f"{r['process']['seconds']} s, stopped by the time budget: {r['process']['timed_out']}")
+    print(
+        f"\n[run] long-tailed CIFAR-10 (0.01) gated triple, compiled: {r['epochs_done']} epochs in "
+        f"{r['process']['seconds']} s, stopped by the time budget: {r['process']['timed_out']}"
+    )
     if r["extrapolated"]:
         e = r["extrapolated"]
-        print(f"start-up {r['startup_s']:.1f} s, first epoch {r['first_epoch_s']:.2f} s (compiling), then "
-              f"{r['steady_epoch_s']:.2f} s per epoch: {e['epochs']} epochs ~ {e['seconds']:.0f} s "
-              "(extrapolated)")
+        print(
+            f"start-up {r['startup_s']:.1f} s, first epoch {r['first_epoch_s']:.2f} s (compiling), then "
+            f"{r['steady_epoch_s']:.2f} s per epoch: {e['epochs']} epochs ~ {e['seconds']:.0f} s "
+            "(extrapolated)"
+        )
 
 
 def part_sweep(c: Check) -> dict:
     """`gssl sweep --parallel N` through run.py's sweep section, eager runs (compiling would dominate)."""
     import run
+
     skipped: list[str] = []
-    rows = run.bench_sweep(c.device, c.args.smoke, c.tmp, sets=c.sets() + ["compile=false"],
-                           what=f"{c.data}, long-tailed, eager", ns=(1, 2) if c.args.smoke else (1, 2, 4),
-                           env=c.env, deadline=c.deadline("sweep"), skipped=skipped)
+    rows = run.bench_sweep(
+        c.device,
+        c.args.smoke,
+        c.tmp,
+        sets=c.sets() + ["compile=false"],
+        what=f"{c.data}, long-tailed, eager",
+        ns=(1, 2) if c.args.smoke else (1, 2, 4),
+        env=c.env,
+        deadline=c.deadline("sweep"),
+        skipped=skipped,
+    )
     c.out["skipped"] += skipped
     for log in sorted(c.tmp.glob("sweep*/logs/*.log")):
         c.scan(f"sweep {log.parent.parent.name} {log.stem}", log.read_text(errors="replace"))
@@ -388,8 +478,9 @@ def run_part(c: Check, name: str) -> None:
 
 def print_summary(c: Check) -> None:
     o = c.out
-    print(f"\n== gpu_check on {o['env']['device']}: {time.monotonic() - c.t0:.0f} s "
-          f"of {c.args.budget_s:.0f} ==")
+    print(
+        f"\n== gpu_check on {o['env']['device']}: {time.monotonic() - c.t0:.0f} s of {c.args.budget_s:.0f} =="
+    )
     print(f"{'part':8} {'seconds':>8}  result")
     for name in PARTS:
         r = o.get(name, {})
@@ -413,18 +504,31 @@ def _result(name: str, r: dict) -> str:
     if "error" in r or r.get("skipped") is True:
         return r.get("error", "skipped")
     if name == "probes":
-        return ", ".join(f"{k} {'timed out' if v['timed_out'] else 'exit ' + str(v['rc'])}"
-                         for k, v in r.items() if isinstance(v, dict))
+        return ", ".join(
+            f"{k} {'timed out' if v['timed_out'] else 'exit ' + str(v['rc'])}"
+            for k, v in r.items()
+            if isinstance(v, dict)
+        )
     if name == "step":
         best = max(r["rows"], key=lambda x: x["images_per_s"], default=None)
-        return (f"{len(r['rows'])} rows; fastest {best['images_per_s']:,.0f} images/s ({best['precision']} "
-                f"{best['layout']} {best['variant']})") if best else "no rows"
+        return (
+            (
+                f"{len(r['rows'])} rows; fastest {best['images_per_s']:,.0f} images/s ({best['precision']} "
+                f"{best['layout']} {best['variant']})"
+            )
+            if best
+            else "no rows"
+        )
     if name == "run":
         e = r.get("extrapolated")
-        return f"{r['epochs_done']} epochs; " + (f"{e['epochs']} epochs ~ {e['seconds']:.0f} s (extrapolated)"
-                                                 if e else "too few epochs to extrapolate")
-    return "; ".join(f"N={x['parallel']} {x['total_images_per_s']:,.0f} images/s ({x['vs_one']:.2f}x)"
-                     for x in r["rows"])
+        return f"{r['epochs_done']} epochs; " + (
+            f"{e['epochs']} epochs ~ {e['seconds']:.0f} s (extrapolated)"
+            if e
+            else "too few epochs to extrapolate"
+        )
+    return "; ".join(
+        f"N={x['parallel']} {x['total_images_per_s']:,.0f} images/s ({x['vs_one']:.2f}x)" for x in r["rows"]
+    )
 
 
 def main(argv=None) -> dict:
@@ -432,11 +536,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", type=Path, help=f"the CIFAR-10 archive ({ARCHIVE}) or folder")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--budget-s", type=float, default=480.0, help="time for all parts together (default 480)")
-    ap.add_argument("--run-s", type=float, default=None,
-                    help="seconds of the gated-triple run (default 90; smoke 15)")
+    ap.add_argument(
+        "--run-s", type=float, default=None, help="seconds of the gated-triple run (default 90; smoke 15)"
+    )
     ap.add_argument("--smoke", action="store_true", help="toy sizes on fake data: checks the script itself")
-    ap.add_argument("--json", type=Path,
-                    help="default docs/benchmarks/<device>.json (smoke: in the temp folder)")
+    ap.add_argument(
+        "--json", type=Path, help="default docs/benchmarks/<device>.json (smoke: in the temp folder)"
+    )
     ap.add_argument("--parts", default=",".join(PARTS), help=f"a subset of {','.join(PARTS)}")
     ap.add_argument("--logs", type=Path, help="copy every child's whole output (*.log) into this folder")
     args = ap.parse_args(argv)

@@ -19,6 +19,7 @@ Sections (ratios are always measured side by side in one run, repetitions interl
 
 benchmarks/gpu_check.py reuses the step and sweep sections.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,17 +41,23 @@ from torch._dynamo.utils import counters
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_core  # noqa: E402
 import bench_loader  # noqa: E402
-
 from gssl.losses import build_loss  # noqa: E402
 from gssl.method import GatedSSL  # noqa: E402
 from gssl.step import Compiled, autocast, resolve_precision  # noqa: E402
 
 SHARED = Path(os.environ.get("GSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-VARIANTS = {"plain": ([], "none"), "+ LoRot-E": (["lorot"], "uniform"),
-            "+ gated triple": (["lorot", "flip", "channel"], "reference")}
+VARIANTS = {
+    "plain": ([], "none"),
+    "+ LoRot-E": (["lorot"], "uniform"),
+    "+ gated triple": (["lorot", "flip", "channel"], "reference"),
+}
 # layout name -> (compiled, channels_last); the first layout of a run is what "x base" compares against
-LAYOUTS = {"eager": (False, False), "channels_last": (False, True), "compiled": (True, False),
-           "compiled + channels_last": (True, True)}
+LAYOUTS = {
+    "eager": (False, False),
+    "channels_last": (False, True),
+    "compiled": (True, False),
+    "compiled + channels_last": (True, True),
+}
 CUDA_COMPILE_MODE = "reduce-overhead"  # the engine's default compile_mode (CUDA graphs); CPU: "default"
 
 
@@ -67,8 +74,9 @@ def _allow_recompiles(n: int = 64) -> None:
     setattr(cfg, name, max(getattr(cfg, name), n))
 
 
-def step_fn(backbone, batch, side, tasks, gate, device, compiled, channels_last=None, precision=None,
-            mode=None):
+def step_fn(
+    backbone, batch, side, tasks, gate, device, compiled, channels_last=None, precision=None, mode=None
+):
     """One training step as the engine runs it (pretext draw, forward + loss through gssl.step.Compiled,
     backward, SGD); `.fn` is the Compiled, for its call and fallback counts."""
     torch.manual_seed(0)
@@ -78,16 +86,21 @@ def step_fn(backbone, batch, side, tasks, gate, device, compiled, channels_last=
     model = GatedSSL(backbone, 10, tasks=tasks, gate=gate).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
-                          **({"fused": True} if cuda else {"foreach": True}))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if cuda else {"foreach": True})
+    )
     loss_fn = build_loss("ce").to(device)
     x = torch.randn(batch, 3, side, side, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(10, (batch,), device=device)
     gen = torch.Generator(device=device).manual_seed(0)
-    fn = Compiled(model.loss_from_params, enabled=compiled, batch=batch,
-                  mode=mode or (CUDA_COMPILE_MODE if cuda else "default"))
+    fn = Compiled(
+        model.loss_from_params,
+        enabled=compiled,
+        batch=batch,
+        mode=mode or (CUDA_COMPILE_MODE if cuda else "default"),
+    )
 
     def step():
         params = model.sample_params(x, gen)
@@ -96,6 +109,7 @@ def step_fn(backbone, batch, side, tasks, gate, device, compiled, channels_last=
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)  # no gradient (a CUDA-graph output) outlives the step
+
     step.fn = fn
     return step
 
@@ -105,6 +119,7 @@ def _repeated(step, inner, device):
         for _ in range(inner):
             step()
         _sync(device)
+
     return run
 
 
@@ -186,17 +201,32 @@ def _time(device, reps, shape, layouts, steps, deadline) -> list[dict]:
         step, first, cache = steps[(prec, layout, name)]
         compiled, cl = LAYOUTS[layout]
         plain, base, fp32 = (prec, layout, "plain"), (prec, layouts[0], name), ("fp32", layout, name)
-        rows.append({
-            "model": backbone, "batch": batch, "px": side, "precision": prec, "layout": layout,
-            "compiled": compiled, "channels_last": cl, "variant": name,
-            "images_per_s": batch * inner / statistics.median(t),
-            "vs_plain_median": _ratio(times, (prec, layout, name), plain, statistics.median),
-            "vs_plain_paired": _paired(times, (prec, layout, name), plain),
-            "speedup_vs": layouts[0], "speedup_paired": _paired(times, base, (prec, layout, name)),
-            "bf16_speedup_paired": _paired(times, fp32, (prec, layout, name)) if prec == "bf16" else None,
-            "first_call_s": first, "compile_s": first if compiled else None, "inductor_cache": cache,
-            "compiled_calls": step.fn.compiled_calls, "compile_fallbacks": step.fn.fallbacks,
-            "reps": reps, "steps_per_rep": inner, "threads": torch.get_num_threads()})
+        rows.append(
+            {
+                "model": backbone,
+                "batch": batch,
+                "px": side,
+                "precision": prec,
+                "layout": layout,
+                "compiled": compiled,
+                "channels_last": cl,
+                "variant": name,
+                "images_per_s": batch * inner / statistics.median(t),
+                "vs_plain_median": _ratio(times, (prec, layout, name), plain, statistics.median),
+                "vs_plain_paired": _paired(times, (prec, layout, name), plain),
+                "speedup_vs": layouts[0],
+                "speedup_paired": _paired(times, base, (prec, layout, name)),
+                "bf16_speedup_paired": _paired(times, fp32, (prec, layout, name)) if prec == "bf16" else None,
+                "first_call_s": first,
+                "compile_s": first if compiled else None,
+                "inductor_cache": cache,
+                "compiled_calls": step.fn.compiled_calls,
+                "compile_fallbacks": step.fn.fallbacks,
+                "reps": reps,
+                "steps_per_rep": inner,
+                "threads": torch.get_num_threads(),
+            }
+        )
     return rows
 
 
@@ -217,16 +247,22 @@ def _x(v, width=8):
 
 
 def _print_step(device, rows, skipped):
-    print(f"\n[step] training step on {device}: fwd + bwd + SGD; x plain = time / plain's time; "
-          "x base = speed-up over the first layout (paired); first call = compile time for compiled rows, "
-          "cache = inductor's on-disk cache (cold: compiled from scratch)")
-    print(f"{'model':9} {'batch':>5} {'px':>3} {'prec':4}  {'layout':24} {'variant':15} {'images/s':>10} "
-          f"{'x plain med/paired':>19} {'x base':>8} {'x fp32':>8} {'first call':>10}  cache")
+    print(
+        f"\n[step] training step on {device}: fwd + bwd + SGD; x plain = time / plain's time; "
+        "x base = speed-up over the first layout (paired); first call = compile time for compiled rows, "
+        "cache = inductor's on-disk cache (cold: compiled from scratch)"
+    )
+    print(
+        f"{'model':9} {'batch':>5} {'px':>3} {'prec':4}  {'layout':24} {'variant':15} {'images/s':>10} "
+        f"{'x plain med/paired':>19} {'x base':>8} {'x fp32':>8} {'first call':>10}  cache"
+    )
     for r in rows:
-        print(f"{r['model']:9} {r['batch']:>5} {r['px']:>3} {r['precision']:4}  {r['layout']:24} "
-              f"{r['variant']:15} {r['images_per_s']:>10,.0f} {_x(r['vs_plain_median'])} "
-              f"{_x(r['vs_plain_paired'], 10)} {_x(r['speedup_paired'])} {_x(r['bf16_speedup_paired'])} "
-              f"{r['first_call_s']:>9.2f}s  {r['inductor_cache'] or ''}")
+        print(
+            f"{r['model']:9} {r['batch']:>5} {r['px']:>3} {r['precision']:4}  {r['layout']:24} "
+            f"{r['variant']:15} {r['images_per_s']:>10,.0f} {_x(r['vs_plain_median'])} "
+            f"{_x(r['vs_plain_paired'], 10)} {_x(r['speedup_paired'])} {_x(r['bf16_speedup_paired'])} "
+            f"{r['first_call_s']:>9.2f}s  {r['inductor_cache'] or ''}"
+        )
     for s in skipped:
         print(f"skipped (time budget): {s}")
 
@@ -241,13 +277,33 @@ def bench_transform(reps):
 
 def bench_loader_section(device, quick):
     print("\n[loader]")
-    return bench_loader.main(["--device", str(device), "--n", "2000" if quick else "20000",
-                              "--workers", "0" if quick else "0,2", "--data", str(SHARED)])
+    return bench_loader.main(
+        [
+            "--device",
+            str(device),
+            "--n",
+            "2000" if quick else "20000",
+            "--workers",
+            "0" if quick else "0,2",
+            "--data",
+            str(SHARED),
+        ]
+    )
 
 
 def _train(out, sets, env=None):
-    cmd = [sys.executable, "-m", "gssl", "train", "--preset", "cifar10-lt0.01-gated-triple",
-           "--out", str(out), "--quiet", "--force"] + [a for s in sets for a in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gssl",
+        "train",
+        "--preset",
+        "cifar10-lt0.01-gated-triple",
+        "--out",
+        str(out),
+        "--quiet",
+        "--force",
+    ] + [a for s in sets for a in ("--set", s)]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text())
 
@@ -257,6 +313,7 @@ def _data_sets(quick, tmp):
     if (SHARED / "cifar-10-jpg.tar.gz").exists() and not quick:
         return [f"data.root={SHARED}"], "CIFAR-10 (real), long-tailed 0.01: 12,406 images"
     from gssl.data.fakes import write_cifar
+
     n = 200 if quick else 5000
     write_cifar(tmp / "fake", "cifar10", n_train=10 * n, n_test=1000, seed=0, tint=0.8)
     return [f"data.root={tmp / 'fake'}"], f"fake CIFAR-10 ({n} per class), long-tailed 0.01"
@@ -272,12 +329,27 @@ def bench_epoch(device, quick, tmp):
     sets, what = _data_sets(quick, tmp)
     rows = []
     for name, (tasks, gate) in VARIANTS.items():
-        s = _train(tmp / f"epoch-{len(rows)}",
-                   sets + [f"ssl.tasks=[{','.join(tasks)}]", f"ssl.gate={gate}", "optim.epochs=1",
-                           "optim.base_epochs=1", f"device={device.type}"]
-                   + (["data.test_limit=100"] if quick else []), env=_quick_env(quick))
-        rows.append({"variant": name, "data": what, "wall_s": s["wall_seconds"],
-                     "images_per_s": s["images_per_second"]})
+        s = _train(
+            tmp / f"epoch-{len(rows)}",
+            sets
+            + [
+                f"ssl.tasks=[{','.join(tasks)}]",
+                f"ssl.gate={gate}",
+                "optim.epochs=1",
+                "optim.base_epochs=1",
+                f"device={device.type}",
+            ]
+            + (["data.test_limit=100"] if quick else []),
+            env=_quick_env(quick),
+        )
+        rows.append(
+            {
+                "variant": name,
+                "data": what,
+                "wall_s": s["wall_seconds"],
+                "images_per_s": s["images_per_second"],
+            }
+        )
     print(f"\n[epoch] one epoch of {what}, ResNet-32, through `gssl train` (train + test evaluation)")
     for r in rows:
         print(f"{r['variant']:16} {r['wall_s']:8.1f} s  {r['images_per_s']:>9,.0f} train images/s")
@@ -286,8 +358,11 @@ def bench_epoch(device, quick, tmp):
 
 def _fits(rows, n, deadline) -> bool:
     """Whether N runs at once fit before the deadline, guessing the last N's wall time scaled by N."""
-    return deadline is None or not rows or \
-        time.monotonic() + rows[-1]["wall_s"] * n / rows[-1]["parallel"] <= deadline
+    return (
+        deadline is None
+        or not rows
+        or time.monotonic() + rows[-1]["wall_s"] * n / rows[-1]["parallel"] <= deadline
+    )
 
 
 def bench_sweep(device, quick, tmp, sets=None, what=None, ns=None, env=None, deadline=None, skipped=None):
@@ -304,23 +379,40 @@ def bench_sweep(device, quick, tmp, sets=None, what=None, ns=None, env=None, dea
             skipped.append(f"sweep --parallel {n}")
             continue
         out = tmp / f"sweep{n}"
-        cmd = [sys.executable, "-m", "gssl", "sweep", "--preset", "cifar10-lt0.01-gated-triple",
-               "--out", str(out), "--seeds", *map(str, range(n)), "--parallel", str(n)] + \
-              [a for s in sets for a in ("--set", s)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gssl",
+            "sweep",
+            "--preset",
+            "cifar10-lt0.01-gated-triple",
+            "--out",
+            str(out),
+            "--seeds",
+            *map(str, range(n)),
+            "--parallel",
+            str(n),
+        ] + [a for s in sets for a in ("--set", s)]
         t0 = time.perf_counter()
         limit = None if deadline is None else max(30.0, deadline - time.monotonic() + 30.0)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env, timeout=limit)
         wall = time.perf_counter() - t0
-        images = sum(json.loads(p.read_text())["epochs"] * len_train(p.parent)
-                     for p in out.rglob("summary.json"))
-        rows.append({"parallel": n, "runs": n, "wall_s": wall, "total_images_per_s": images / wall,
-                     "data": what})
-    print(f"\n[sweep] N = {', '.join(str(r['parallel']) for r in rows)} runs of 2 epochs at once "
-          f"({what}), process start and evaluation included")
+        images = sum(
+            json.loads(p.read_text())["epochs"] * len_train(p.parent) for p in out.rglob("summary.json")
+        )
+        rows.append(
+            {"parallel": n, "runs": n, "wall_s": wall, "total_images_per_s": images / wall, "data": what}
+        )
+    print(
+        f"\n[sweep] N = {', '.join(str(r['parallel']) for r in rows)} runs of 2 epochs at once "
+        f"({what}), process start and evaluation included"
+    )
     for r in rows:
         r["vs_one"] = r["total_images_per_s"] / rows[0]["total_images_per_s"]
-        print(f"N={r['parallel']}  {r['wall_s']:7.1f} s  {r['total_images_per_s']:>9,.0f} images/s in all  "
-              f"{r['vs_one']:5.2f}x N=1")
+        print(
+            f"N={r['parallel']}  {r['wall_s']:7.1f} s  {r['total_images_per_s']:>9,.0f} images/s in all  "
+            f"{r['vs_one']:5.2f}x N=1"
+        )
     for s in skipped:
         print(f"skipped (time budget): {s}")
     return rows
@@ -344,19 +436,27 @@ def main(argv=None):
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-    env = {"device": name,
-           "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "quick": args.quick, "reps": reps,
-           "load_average": os.getloadavg()[0]}
+    env = {
+        "device": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "reps": reps,
+        "load_average": os.getloadavg()[0],
+    }
     print("  ".join(f"{k}={v}" for k, v in env.items()))
     out = {"env": env}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run = {"step": lambda: bench_step(device, reps, args.quick),
-               "transform": lambda: bench_transform(reps),
-               "loader": lambda: bench_loader_section(device, args.quick),
-               "epoch": lambda: bench_epoch(device, args.quick, tmp),
-               "sweep": lambda: bench_sweep(device, args.quick, tmp, env=_quick_env(args.quick))}
+        run = {
+            "step": lambda: bench_step(device, reps, args.quick),
+            "transform": lambda: bench_transform(reps),
+            "loader": lambda: bench_loader_section(device, args.quick),
+            "epoch": lambda: bench_epoch(device, args.quick, tmp),
+            "sweep": lambda: bench_sweep(device, args.quick, tmp, env=_quick_env(args.quick)),
+        }
         out["seconds"] = {}
         for s in sections:
             t0 = time.perf_counter()

@@ -1,4 +1,5 @@
 """Shared fixtures: a small CIFAR-10-format dataset with a learnable signal, and the real data's location."""
+
 import os
 from pathlib import Path
 
@@ -13,9 +14,13 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("GSSL_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def write_fake_cifar10(root: Path, per_class_train: int = 20, per_class_test: int = 10, seed: int = 0) -> Path:
+def write_fake_cifar10(
+    root: Path, per_class_train: int = 20, per_class_test: int = 10, seed: int = 0
+) -> Path:
     """`cifar-10-batches-py/` in the real format; each class is tinted towards its own colour, so it is learnable."""
-    write_cifar(root, "cifar10", n_train=10 * per_class_train, n_test=10 * per_class_test, seed=seed, tint=0.8)
+    write_cifar(
+        root, "cifar10", n_train=10 * per_class_train, n_test=10 * per_class_test, seed=seed, tint=0.8
+    )
     return root
 
 
@@ -32,22 +37,58 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 # Two epochs of ResNet-8 that cross every schedule event: warm-up, a decay and DRW at epoch 1.
-TWO_EPOCHS_EVERY_EVENT = ["model.backbone=resnet8", "optim.batch_size=16", "optim.epochs=2", "optim.base_epochs=2",
-                          "optim.warmup_epochs=1", "optim.milestones=[1]", "optim.gamma=0.5", "data.imbalance=0.5",
-                          "loss.drw_epoch=1"]
+TWO_EPOCHS_EVERY_EVENT = [
+    "model.backbone=resnet8",
+    "optim.batch_size=16",
+    "optim.epochs=2",
+    "optim.base_epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.milestones=[1]",
+    "optim.gamma=0.5",
+    "data.imbalance=0.5",
+    "loss.drw_epoch=1",
+]
 
 # FixMatch at toy scale: 4 labels per class, 2 x the batch unlabelled, 3 steps an epoch
-TINY_FIXMATCH = ["semi.labels_per_class=4", "semi.mu=2", "semi.steps_per_epoch=3", "semi.threshold=0.5",
-                 "data.imbalance=1.0", "loss.drw_epoch=null", "optim.schedule=step"]
+TINY_FIXMATCH = [
+    "semi.labels_per_class=4",
+    "semi.mu=2",
+    "semi.steps_per_epoch=3",
+    "semi.threshold=0.5",
+    "data.imbalance=1.0",
+    "loss.drw_epoch=null",
+    "optim.schedule=step",
+]
 
 
 def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> Path:
     """A real `gssl train` run on the fake CIFAR-10 (ResNet-20, gated LoRot-E + flip + channel, batch 16, constant lr)."""
     from gssl.cli import main
-    args = ["train", "--preset", "cifar10-lt0.01-gated-triple", "--set", f"data.root={data_root}",
-            "--set", f"optim.epochs={epochs}", "--set", f"optim.base_epochs={epochs}", "--set", "model.backbone=resnet20",
-            "--set", "optim.batch_size=16", "--set", "data.imbalance=0.5", "--set", "optim.milestones=[]",
-            "--set", "optim.warmup_epochs=0", "--out", str(out), "--quiet"]
+
+    args = [
+        "train",
+        "--preset",
+        "cifar10-lt0.01-gated-triple",
+        "--set",
+        f"data.root={data_root}",
+        "--set",
+        f"optim.epochs={epochs}",
+        "--set",
+        f"optim.base_epochs={epochs}",
+        "--set",
+        "model.backbone=resnet20",
+        "--set",
+        "optim.batch_size=16",
+        "--set",
+        "data.imbalance=0.5",
+        "--set",
+        "optim.milestones=[]",
+        "--set",
+        "optim.warmup_epochs=0",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     for s in sets:
         args += ["--set", s]
     assert main(args) == 0, f"training the tiny run in {out} failed"
@@ -60,14 +101,18 @@ def tiny_run(fake_cifar10, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:  # session fixtures start before the per-test cache fixture
         if "GSSL_CACHE" not in os.environ:
             mp.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
-        return train_tiny_run(fake_cifar10, tmp_path_factory.mktemp("tiny-run") / "run", 2, "ssl.gate=learned")
+        return train_tiny_run(
+            fake_cifar10, tmp_path_factory.mktemp("tiny-run") / "run", 2, "ssl.gate=learned"
+        )
 
 
 def initial_weights(run: Path) -> dict:
     """A run's model as the engine initialised it (its config, seed and build) before any step."""
     import torch
+
     from gssl.build import build_model
     from gssl.config import from_dict, load_yaml
+
     cfg = from_dict(load_yaml(run / "config.yaml"))
     torch.manual_seed(cfg.seed)
     return build_model(cfg, 10, 3).state_dict()

@@ -1,18 +1,25 @@
 """Attacks (gssl.attacks), adversarial training in the engine, and `gssl eval --attack`."""
+
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import train_tiny_run
 from gssl import attacks, rundir
-from gssl.attacks import Attack, PixelSpace, classification_objective, perturb, robust_accuracy, training_objective
+from gssl.attacks import (
+    Attack,
+    PixelSpace,
+    classification_objective,
+    perturb,
+    robust_accuracy,
+    training_objective,
+)
+from gssl.build import build_data, build_model
 from gssl.cli import main
 from gssl.config import from_dict, load_yaml
 from gssl.data import DeviceLoader
-from gssl.build import build_data, build_model
-
-from conftest import train_tiny_run
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.2, 0.2, 0.2)
 
@@ -22,8 +29,16 @@ def _trained(run):
     data = build_data(cfg)
     model = build_model(cfg, 10, 3)
     model.load_state_dict(rundir.load_checkpoint(run / "checkpoints" / "last.pt")["model"])
-    loader = DeviceLoader(data.test.images, data.test.labels, 50, mean=data.mean, std=data.std,
-                          crop_padding=0, hflip=False, shuffle=False)
+    loader = DeviceLoader(
+        data.test.images,
+        data.test.labels,
+        50,
+        mean=data.mean,
+        std=data.std,
+        crop_padding=0,
+        hflip=False,
+        shuffle=False,
+    )
     return model.eval(), loader, PixelSpace(data.mean, data.std)
 
 
@@ -75,10 +90,13 @@ def test_training_attack_includes_the_pretext_loss_and_bn_update_is_an_option(ti
     model, loader, space = _trained(tiny_run)
     x, y = next(iter(loader))
     from gssl.losses import build_loss
+
     params = model.sample_params(x, torch.Generator().manual_seed(0))
     loss_fn = build_loss("ce")
     obj = training_objective(model, loss_fn, params)
-    assert obj(x, y).item() == pytest.approx(model.loss_from_params(x, y, loss_fn, params)[0].item(), rel=1e-5)
+    assert obj(x, y).item() == pytest.approx(
+        model.loss_from_params(x, y, loss_fn, params)[0].item(), rel=1e-5
+    )
     bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
     stats = bn.running_mean.clone()
     with attacks.attack_mode(model, train_mode=False):
@@ -90,8 +108,16 @@ def test_training_attack_includes_the_pretext_loss_and_bn_update_is_an_option(ti
 
 
 def test_adversarial_training_end_to_end_and_eval_attack_cli(fake_cifar10, tmp_path, capsys):
-    run = train_tiny_run(fake_cifar10, tmp_path / "adv", 1, "adv.attack=pgd", "adv.steps=2", "adv.eval_steps=2",
-                         "adv.eps=8/255", "data.normalize=symmetric")
+    run = train_tiny_run(
+        fake_cifar10,
+        tmp_path / "adv",
+        1,
+        "adv.attack=pgd",
+        "adv.steps=2",
+        "adv.eval_steps=2",
+        "adv.eps=8/255",
+        "data.normalize=symmetric",
+    )
     s = json.loads((run / "summary.json").read_text())
     assert 0 <= s["robust_test_acc"] <= 100 and s["robust_attack"].startswith("pgd-2")
     capsys.readouterr()

@@ -6,6 +6,7 @@ unknown preset and unknown key with the closest valid one, existing --out withou
 (tests/test_cli.py); refusals at the configuration level (tests/test_config.py); random values
 for every key (tests/test_config_fuzz.py).
 """
+
 import hashlib
 import re
 import tarfile
@@ -17,8 +18,11 @@ from gssl.data import fakes
 
 
 def _snapshot(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -34,9 +38,24 @@ def old_run(tmp_path):
 
 
 def _train(root, out, *sets, preset="cifar10-lt0.01-gated-triple"):
-    return ["train", "--preset", preset, "--set", f"data.root={root}", "--set", "model.backbone=resnet20",
-            "--set", "optim.epochs=1", "--set", "data.imbalance=0.5", *[x for s in sets for x in ("--set", s)],
-            "--out", str(out), "--force", "--quiet"]
+    return [
+        "train",
+        "--preset",
+        preset,
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "model.backbone=resnet20",
+        "--set",
+        "optim.epochs=1",
+        "--set",
+        "data.imbalance=0.5",
+        *[x for s in sets for x in ("--set", s)],
+        "--out",
+        str(out),
+        "--force",
+        "--quiet",
+    ]
 
 
 def _refused(argv, old_run, capsys, *fragments):
@@ -50,48 +69,76 @@ def _refused(argv, old_run, capsys, *fragments):
     return err
 
 
-@pytest.mark.parametrize("override, fragments", [
-    ("data.imbalance=0", [r"data\.imbalance: 0(\.0)? is not allowed; expected a ratio in \(0, 1\]"]),
-    ("data.imbalance=1.5", [r"data\.imbalance: 1\.5 is not allowed"]),
-    ("data.imbalance=-0.1", [r"data\.imbalance: -0\.1 is not allowed"]),
-    ("data.imbalance=.nan", [r"data\.imbalance: expected a finite number"]),
-    ("ssl.ratio=-0.1", [r"ssl\.ratio: -0\.1 is not allowed; expected a finite number >= 0"]),
-    ("ssl.ratio=abc", [r"ssl\.ratio: expected a number, got 'abc'"]),
-    ("ssl.ratio=[0.1]", [r"ssl\.ratio: expected a finite number"]),
-    ("ssl.ratio=.inf", [r"ssl\.ratio: expected a finite number"]),
-    ("ssl.tasks=[lorot,puzzle]", [r"ssl\.tasks.*distinct tasks from \[lorot, flip, channel, lorot_i, rotation, jigsaw\]"]),
-    ("ssl.tasks=[lorot,jigsaw]", [r"ssl\.tasks.*all acting on one region: quadrant tasks"]),
-    ("ssl.tasks=[flip,flip]", [r"ssl\.tasks.*distinct"]),
-    ("ssl.gate=moe", [r"ssl\.gate: 'moe' is not allowed; choose one of \['reference', 'learned', 'uniform', 'none'\]"]),
-    ("optim.batch_size=0", [r"optim\.batch_size: 0 is not allowed; expected an integer >= 1"]),
-    ("optim.batch_size=-8", [r"optim\.batch_size: -8 is not allowed"]),
-    ("optim.epochs=0", [r"optim\.epochs: 0 is not allowed; expected an integer >= 1"]),
-    ("optim.epochs=1.5", [r"optim\.epochs: expected an integer, got 1\.5"]),
-    ("optim.lrr=0.1", [r"did you mean 'optim\.lr'"]),
-])
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("data.imbalance=0", [r"data\.imbalance: 0(\.0)? is not allowed; expected a ratio in \(0, 1\]"]),
+        ("data.imbalance=1.5", [r"data\.imbalance: 1\.5 is not allowed"]),
+        ("data.imbalance=-0.1", [r"data\.imbalance: -0\.1 is not allowed"]),
+        ("data.imbalance=.nan", [r"data\.imbalance: expected a finite number"]),
+        ("ssl.ratio=-0.1", [r"ssl\.ratio: -0\.1 is not allowed; expected a finite number >= 0"]),
+        ("ssl.ratio=abc", [r"ssl\.ratio: expected a number, got 'abc'"]),
+        ("ssl.ratio=[0.1]", [r"ssl\.ratio: expected a finite number"]),
+        ("ssl.ratio=.inf", [r"ssl\.ratio: expected a finite number"]),
+        (
+            "ssl.tasks=[lorot,puzzle]",
+            [r"ssl\.tasks.*distinct tasks from \[lorot, flip, channel, lorot_i, rotation, jigsaw\]"],
+        ),
+        ("ssl.tasks=[lorot,jigsaw]", [r"ssl\.tasks.*all acting on one region: quadrant tasks"]),
+        ("ssl.tasks=[flip,flip]", [r"ssl\.tasks.*distinct"]),
+        (
+            "ssl.gate=moe",
+            [r"ssl\.gate: 'moe' is not allowed; choose one of \['reference', 'learned', 'uniform', 'none'\]"],
+        ),
+        ("optim.batch_size=0", [r"optim\.batch_size: 0 is not allowed; expected an integer >= 1"]),
+        ("optim.batch_size=-8", [r"optim\.batch_size: -8 is not allowed"]),
+        ("optim.epochs=0", [r"optim\.epochs: 0 is not allowed; expected an integer >= 1"]),
+        ("optim.epochs=1.5", [r"optim\.epochs: expected an integer, got 1\.5"]),
+        ("optim.lrr=0.1", [r"did you mean 'optim\.lr'"]),
+    ],
+)
 def test_bad_values_exit_2_and_name_the_key(fake_cifar10, old_run, capsys, override, fragments):
     _refused(_train(fake_cifar10, old_run, override), old_run, capsys, *fragments)
 
 
 def test_unknown_preset(fake_cifar10, old_run, capsys):
-    _refused(_train(fake_cifar10, old_run, preset="cifar10-lt0.01-gated-tripel"), old_run, capsys,
-             r"unknown preset 'cifar10-lt0\.01-gated-tripel'; did you mean 'cifar10-lt0\.01-gated-triple'")
+    _refused(
+        _train(fake_cifar10, old_run, preset="cifar10-lt0.01-gated-tripel"),
+        old_run,
+        capsys,
+        r"unknown preset 'cifar10-lt0\.01-gated-tripel'; did you mean 'cifar10-lt0\.01-gated-triple'",
+    )
 
 
 def test_missing_dataset(tmp_path, old_run, capsys):
-    _refused(_train(tmp_path / "nowhere", old_run), old_run, capsys,
-             r"cifar10: root '.*nowhere' does not exist\. Expected cifar-10-batches-py/", r"data\.root=DIR")
+    _refused(
+        _train(tmp_path / "nowhere", old_run),
+        old_run,
+        capsys,
+        r"cifar10: root '.*nowhere' does not exist\. Expected cifar-10-batches-py/",
+        r"data\.root=DIR",
+    )
 
 
 def test_dataset_one_folder_too_deep(tmp_path, old_run, capsys):
     fakes.write_cifar(tmp_path / "data" / "downloads")
-    _refused(_train(tmp_path / "data", old_run), old_run, capsys,
-             r"looked in '.*data' for cifar-10-batches-py/", r"It seems to be in '.*downloads'")
+    _refused(
+        _train(tmp_path / "data", old_run),
+        old_run,
+        capsys,
+        r"looked in '.*data' for cifar-10-batches-py/",
+        r"It seems to be in '.*downloads'",
+    )
 
 
 def test_another_dataset_where_cifar10_was_expected(tmp_path, old_run, capsys):
     fakes.write_cifar(tmp_path / "data", "cifar100", n_train=100, n_test=100)
-    _refused(_train(tmp_path / "data", old_run), old_run, capsys, r"holds cifar100, not cifar10: is data\.name right")
+    _refused(
+        _train(tmp_path / "data", old_run),
+        old_run,
+        capsys,
+        r"holds cifar100, not cifar10: is data\.name right",
+    )
 
 
 def test_an_archive_that_is_not_the_expected_one(tmp_path, old_run, capsys):
@@ -100,20 +147,32 @@ def test_an_archive_that_is_not_the_expected_one(tmp_path, old_run, capsys):
     archive = tmp_path / "cifar-10-jpg.tar.gz"
     with tarfile.open(archive, "w:gz") as t:
         t.add(tmp_path / "notes", arcname="notes")
-    _refused(_train(archive, old_run), old_run, capsys,
-             r"cifar10: '.*cifar-10-jpg\.tar\.gz' is not a cifar10 dataset .*Expected cifar-10-batches-py/")
+    _refused(
+        _train(archive, old_run),
+        old_run,
+        capsys,
+        r"cifar10: '.*cifar-10-jpg\.tar\.gz' is not a cifar10 dataset .*Expected cifar-10-batches-py/",
+    )
 
 
 def test_imbalance_that_empties_classes(tmp_path, old_run, capsys):
     fakes.write_cifar(tmp_path / "data", n_train=50, n_test=20)  # 5 images a class: 0.01 keeps int(0.05) = 0
-    _refused(_train(tmp_path / "data", old_run, "data.imbalance=0.01"), old_run, capsys,
-             r"data\.imbalance=0\.01: the long tail leaves \d+ of 10 classes with no training images")
+    _refused(
+        _train(tmp_path / "data", old_run, "data.imbalance=0.01"),
+        old_run,
+        capsys,
+        r"data\.imbalance=0\.01: the long tail leaves \d+ of 10 classes with no training images",
+    )
 
 
 def test_quadrant_tasks_on_odd_sided_images(tmp_path, old_run, capsys):
     root, _ = fakes.write_folder(tmp_path / "odd", ["a", "b"], n_train=3, n_test=2, size=31)
-    _refused(_train(root, old_run, "data.name=folder", "data.imbalance=1"), old_run, capsys,
-             r"ssl\.tasks: quadrant pretext tasks need even image sides, but folder images are 31x31")
+    _refused(
+        _train(root, old_run, "data.name=folder", "data.imbalance=1"),
+        old_run,
+        capsys,
+        r"ssl\.tasks: quadrant pretext tasks need even image sides, but folder images are 31x31",
+    )
 
 
 def test_odd_sided_images_train_without_pretext_tasks(tmp_path, capsys):

@@ -1,36 +1,42 @@
 """The Table 1 baselines run by gssl itself: ERM, SSP, SLA-SD (rotation, channel), LoRot-I, and every
 method overlay, end to end at toy scale; SLA's aggregated inference and SSP's weight transfer on their own."""
+
 import json
 
 import pytest
 import torch
 
+from conftest import train_tiny_run
+from gssl.data import DeviceLoader
 from gssl.losses import build_loss
+from gssl.models import build_backbone
 from gssl.presets import BASELINES, METHODS
 from gssl.sla import SLASD, aggregate, expand, joint_labels
 from gssl.ssp import pretrain_rotation
-from gssl.data import DeviceLoader
-from gssl.models import build_backbone
-
-from conftest import train_tiny_run
 
 
 def _toy_sets(method: str) -> list[str]:
     """The tiny run's preset is the gated triple; re-point it at `method`'s overlay."""
-    sets = {"ssp": ["ssl.tasks=[]", "ssl.gate=none", "pretrain.epochs=1"],
-            "sla-sd": ["ssl.tasks=[]", "ssl.gate=none", "sla.transform=rotation"],
-            "sla-sd-channel": ["ssl.tasks=[]", "ssl.gate=none", "sla.transform=channel"],
-            "lorot-i": ["ssl.tasks=[lorot_i]", "ssl.gate=uniform"],
-            "erm": ["ssl.tasks=[]", "ssl.gate=none", "loss.name=ce", "loss.drw_epoch=null", "model.head=linear"],
-            "baseline": ["ssl.tasks=[]", "ssl.gate=none"]}
+    sets = {
+        "ssp": ["ssl.tasks=[]", "ssl.gate=none", "pretrain.epochs=1"],
+        "sla-sd": ["ssl.tasks=[]", "ssl.gate=none", "sla.transform=rotation"],
+        "sla-sd-channel": ["ssl.tasks=[]", "ssl.gate=none", "sla.transform=channel"],
+        "lorot-i": ["ssl.tasks=[lorot_i]", "ssl.gate=uniform"],
+        "erm": ["ssl.tasks=[]", "ssl.gate=none", "loss.name=ce", "loss.drw_epoch=null", "model.head=linear"],
+        "baseline": ["ssl.tasks=[]", "ssl.gate=none"],
+    }
     return sets.get(method, [])
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) | set(BASELINES)))
 def test_every_method_trains_end_to_end(fake_cifar10, tmp_path, method):
     from gssl.presets import preset_dict
+
     overlay = preset_dict(f"cifar10-lt0.01-{'ldam-drw' if method == 'baseline' else method}")
-    sets = _toy_sets(method) or [f"ssl.tasks=[{','.join(overlay['ssl']['tasks'])}]", f"ssl.gate={overlay['ssl']['gate']}"]
+    sets = _toy_sets(method) or [
+        f"ssl.tasks=[{','.join(overlay['ssl']['tasks'])}]",
+        f"ssl.gate={overlay['ssl']['gate']}",
+    ]
     run = train_tiny_run(fake_cifar10, tmp_path / method, 1, *sets)
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["test_acc"] <= 100 and summary["epochs"] == 1
@@ -39,7 +45,9 @@ def test_every_method_trains_end_to_end(fake_cifar10, tmp_path, method):
     if method.startswith("sla-sd"):
         assert "aggregated_test_acc" in summary and "sla_joint" in row and "sla_agg_train_acc" in row
     if method == "ssp":
-        assert (run / "checkpoints" / "pretrain.pt").is_file() and summary["pretrain_rotation_acc"] is not None
+        assert (run / "checkpoints" / "pretrain.pt").is_file() and summary[
+            "pretrain_rotation_acc"
+        ] is not None
     if method == "lorot-i":
         assert "ssl_lorot_i" in row and row["gate_lorot_i"] == 1.0
 
@@ -54,12 +62,13 @@ def test_gated_rows_take_every_gate_mode(fake_cifar10, tmp_path, gate):
 
 # --- SLA-SD -------------------------------------------------------------------------------------
 
+
 def test_expand_and_joint_labels_share_one_layout():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     rot = expand(x, "rotation")
     assert rot.shape == (8, 3, 4, 4)
     for m in range(4):
-        assert torch.equal(rot[2 * m: 2 * m + 2], torch.rot90(x, m, (2, 3)))
+        assert torch.equal(rot[2 * m : 2 * m + 2], torch.rot90(x, m, (2, 3)))
     ch = expand(x, "channel")
     assert ch.shape == (12, 3, 4, 4) and torch.equal(ch[:2], x) and torch.equal(ch[2:4], x[:, [0, 2, 1]])
     assert joint_labels(torch.tensor([3, 1]), 4).tolist() == [12, 4, 13, 5, 14, 6, 15, 7]
@@ -80,7 +89,9 @@ def test_aggregated_inference_matches_m_separate_forward_passes():
     model = SLASD("resnet20", 4, transform="rotation", head="linear").eval()
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
-        by_hand = torch.stack([model.joint(model.backbone(torch.rot90(x, m, (2, 3))))[:, m::4] for m in range(4)]).mean(0)
+        by_hand = torch.stack(
+            [model.joint(model.backbone(torch.rot90(x, m, (2, 3))))[:, m::4] for m in range(4)]
+        ).mean(0)
     assert torch.allclose(model.aggregated_logits(x), by_hand, atol=1e-5)
     assert model(x).shape == (3, 4)  # test time: the single head, one pass
 
@@ -94,10 +105,13 @@ def test_sla_sd_loss_trains_joint_and_single_heads_and_distils_towards_the_aggre
     assert model.joint.weight.grad.abs().sum() > 0 and model.classifier.weight.grad.abs().sum() > 0
     assert stats["sla_distill"] >= 0 and torch.isfinite(loss)
     # the total is exactly joint CE + single loss + KL
-    assert loss.item() == pytest.approx((stats["sla_joint"] + stats["cls_loss"] + stats["sla_distill"]).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        (stats["sla_joint"] + stats["cls_loss"] + stats["sla_distill"]).item(), rel=1e-5
+    )
 
 
 # --- SSP ----------------------------------------------------------------------------------------
+
 
 def _gradient_images(n: int = 96, side: int = 16) -> torch.Tensor:
     """Bright at the top, dark at the bottom, plus noise: the rotation is visible."""
@@ -110,7 +124,9 @@ def test_ssp_pretraining_learns_rotation_without_labels():
     torch.manual_seed(0)
     images = _gradient_images()
     labels = torch.full((len(images),), -1)  # not labels at all: SSP must not read them
-    loader = DeviceLoader(images, labels, 32, mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=0, hflip=False, seed=0)
+    loader = DeviceLoader(
+        images, labels, 32, mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=0, hflip=False, seed=0
+    )
     backbone = build_backbone("resnet20", 3)
     history = pretrain_rotation(backbone, loader, epochs=6, lr=0.05, weight_decay=0.0, log=lambda m: None)
     assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
@@ -120,8 +136,17 @@ def test_ssp_pretraining_learns_rotation_without_labels():
 def test_ssp_weights_are_where_supervised_training_starts(fake_cifar10, tmp_path):
     """With a vanishing learning rate the supervised epoch cannot move the weights, so the run's
     backbone must equal the pre-trained one (and differ from a fresh initialisation)."""
-    run = train_tiny_run(fake_cifar10, tmp_path / "ssp", 1, "ssl.tasks=[]", "ssl.gate=none", "pretrain.epochs=1",
-                         "optim.lr=1e-12", "optim.momentum=0", "optim.weight_decay=0")
+    run = train_tiny_run(
+        fake_cifar10,
+        tmp_path / "ssp",
+        1,
+        "ssl.tasks=[]",
+        "ssl.gate=none",
+        "pretrain.epochs=1",
+        "optim.lr=1e-12",
+        "optim.momentum=0",
+        "optim.weight_decay=0",
+    )
     pre = torch.load(run / "checkpoints" / "pretrain.pt", weights_only=True)["backbone"]
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     torch.manual_seed(0)
@@ -136,7 +161,22 @@ def test_ssp_weights_are_where_supervised_training_starts(fake_cifar10, tmp_path
 
 def test_sla_with_gated_tasks_is_refused(fake_cifar10, tmp_path, capsys):
     from gssl.cli import main
-    code = main(["train", "--preset", "cifar10-lt0.01-sla-sd", "--set", f"data.root={fake_cifar10}",
-                 "--set", "ssl.tasks=[lorot]", "--set", "ssl.gate=uniform", "--out", str(tmp_path / "r"), "--quiet"])
+
+    code = main(
+        [
+            "train",
+            "--preset",
+            "cifar10-lt0.01-sla-sd",
+            "--set",
+            f"data.root={fake_cifar10}",
+            "--set",
+            "ssl.tasks=[lorot]",
+            "--set",
+            "ssl.gate=uniform",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     assert code == 2 and "sla.transform=rotation replaces the gated pretext tasks" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

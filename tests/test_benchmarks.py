@@ -1,4 +1,5 @@
 """The benchmark suite runs end to end (a smoke check, not a timing test): `benchmarks/run.py --quick`."""
+
 import json
 import subprocess
 import sys
@@ -9,8 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_benchmark_suite_runs_every_section_and_writes_its_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
-                        "--json", str(out)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--quick",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert {"env", "step", "transform", "loader", "epoch", "sweep"} <= set(res)

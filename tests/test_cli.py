@@ -1,4 +1,5 @@
 """The command line end to end on a small CIFAR-10-format dataset: train, eval, presets, errors."""
+
 import json
 import subprocess
 import sys
@@ -10,13 +11,37 @@ import yaml
 from gssl.cli import main
 
 # ResNet-20, 9 steps an epoch at a constant learning rate: enough to learn the tinted classes in 5 epochs.
-TINY = ["--set", "model.backbone=resnet20", "--set", "optim.batch_size=16", "--set", "data.imbalance=0.5",
-        "--set", "optim.milestones=[]", "--set", "optim.warmup_epochs=0", "--quiet"]
+TINY = [
+    "--set",
+    "model.backbone=resnet20",
+    "--set",
+    "optim.batch_size=16",
+    "--set",
+    "data.imbalance=0.5",
+    "--set",
+    "optim.milestones=[]",
+    "--set",
+    "optim.warmup_epochs=0",
+    "--quiet",
+]
 
 
 def _train_args(root, out, epochs=2, *extra):
-    return ["train", "--preset", "cifar10-lt0.01-gated-triple", "--set", f"data.root={root}",
-            "--set", f"optim.epochs={epochs}", "--set", f"optim.base_epochs={epochs}", "--out", str(out), *TINY, *extra]
+    return [
+        "train",
+        "--preset",
+        "cifar10-lt0.01-gated-triple",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        f"optim.epochs={epochs}",
+        "--set",
+        f"optim.base_epochs={epochs}",
+        "--out",
+        str(out),
+        *TINY,
+        *extra,
+    ]
 
 
 def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path, capsys):
@@ -30,13 +55,39 @@ def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path,
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
     for r in rows:
-        for key in ("lr", "seconds", "images_per_second", "loss", "cls_loss", "ssl_lorot", "ssl_flip",
-                    "ssl_channel", "gate_lorot", "gate_flip", "gate_channel", "train_acc", "test_acc"):
+        for key in (
+            "lr",
+            "seconds",
+            "images_per_second",
+            "loss",
+            "cls_loss",
+            "ssl_lorot",
+            "ssl_flip",
+            "ssl_channel",
+            "gate_lorot",
+            "gate_flip",
+            "gate_channel",
+            "train_acc",
+            "test_acc",
+        ):
             assert key in r, key
         assert sum(r[f"gate_{t}"] for t in ("lorot", "flip", "channel")) == pytest.approx(1, abs=1e-4)
     s = json.loads((out / "summary.json").read_text())
-    for key in ("test_acc", "best_test_acc", "best_epoch", "per_class_acc", "many_shot_acc", "medium_shot_acc",
-                "few_shot_acc", "images_per_second", "wall_seconds", "device", "seed", "versions", "preset"):
+    for key in (
+        "test_acc",
+        "best_test_acc",
+        "best_epoch",
+        "per_class_acc",
+        "many_shot_acc",
+        "medium_shot_acc",
+        "few_shot_acc",
+        "images_per_second",
+        "wall_seconds",
+        "device",
+        "seed",
+        "versions",
+        "preset",
+    ):
         assert key in s, key
     assert s["test_acc"] == pytest.approx(rows[-1]["test_acc"])
     assert s["best_test_acc"] == max(r["test_acc"] for r in rows)
@@ -67,24 +118,37 @@ def test_existing_output_directory_needs_force(fake_cifar10, tmp_path, capsys):
     assert not (out / "report.html").exists()
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["train", "--preset", "quickstrat"], "did you mean 'quickstart'"),
-    (["train", "--preset", "quickstart", "--set", "optim.lrr=1"], "did you mean 'optim.lr'"),
-    (["train", "--preset", "quickstart", "--set", "ssl.ratio=-0.1"], "ssl.ratio"),
-    (["train", "--preset", "quickstart", "--set", "ssl.gate=moe"], "ssl.gate"),
-    (["train"], "--preset"),
-    (["train", "--config", "/nonexistent/x.yaml"], "does not exist"),
-    (["eval", "/nonexistent/run"], "not a gssl run directory"),
-    (["train", "--resume", "/nonexistent/run"], "cannot resume"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--preset", "quickstrat"], "did you mean 'quickstart'"),
+        (["train", "--preset", "quickstart", "--set", "optim.lrr=1"], "did you mean 'optim.lr'"),
+        (["train", "--preset", "quickstart", "--set", "ssl.ratio=-0.1"], "ssl.ratio"),
+        (["train", "--preset", "quickstart", "--set", "ssl.gate=moe"], "ssl.gate"),
+        (["train"], "--preset"),
+        (["train", "--config", "/nonexistent/x.yaml"], "does not exist"),
+        (["eval", "/nonexistent/run"], "not a gssl run directory"),
+        (["train", "--resume", "/nonexistent/run"], "cannot resume"),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_message(argv, fragment, capsys):
     assert main(argv) == 2
     assert fragment in capsys.readouterr().err
 
 
 def test_missing_dataset_exits_2(tmp_path, capsys):
-    code = main(["train", "--preset", "cifar10-lt0.01-ldam-drw", "--set", f"data.root={tmp_path / 'nothing'}",
-                 "--out", str(tmp_path / "run"), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "cifar10-lt0.01-ldam-drw",
+            "--set",
+            f"data.root={tmp_path / 'nothing'}",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert "cifar" in capsys.readouterr().err.lower()
 
@@ -92,7 +156,9 @@ def test_missing_dataset_exits_2(tmp_path, capsys):
 def test_presets_lists_every_preset_and_shows_yaml(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * 3 * 11 + 6 + 4 + 4 + 2 * 4 + 1 + 1 and any(line.startswith("quickstart") for line in lines)
+    assert len(lines) == 2 * 3 * 11 + 6 + 4 + 4 + 2 * 4 + 1 + 1 and any(
+        line.startswith("quickstart") for line in lines
+    )
     assert main(["presets", "--show", "cifar100-lt0.02-gated-lorot-channel"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["data"]["name"] == "cifar100" and shown["ssl"]["tasks"] == ["lorot", "channel"]
@@ -111,13 +177,28 @@ def test_help_is_complete_with_examples(cmd):
 
 def test_quickstart_preset_runs_on_fashion_mnist(tmp_path, capsys):
     from gssl.data import DataError, resolve
+
     try:
         resolve("fashion-mnist")
     except DataError as e:
         pytest.skip(f"Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): {e}")
     out = tmp_path / "qs"
-    code = main(["train", "--preset", "quickstart", "--set", "data.max_per_class=100", "--set", "optim.epochs=1",
-                 "--set", "data.test_limit=500", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "quickstart",
+            "--set",
+            "data.max_per_class=100",
+            "--set",
+            "optim.epochs=1",
+            "--set",
+            "data.test_limit=500",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "gate weights: lorot" in printed and "channel" in printed
@@ -127,12 +208,15 @@ def test_quickstart_preset_runs_on_fashion_mnist(tmp_path, capsys):
 
 
 def test_tensorboard_events_are_written_when_asked(fake_cifar10, tmp_path):
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install -e .[tensorboard])")
+    pytest.importorskip(
+        "tensorboard", reason="the tensorboard extra is not installed (pip install -e .[tensorboard])"
+    )
     out = tmp_path / "run"
     assert main(_train_args(fake_cifar10, out, 1, "--set", "tensorboard=true")) == 0
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
@@ -143,6 +227,9 @@ def test_the_cli_module_runs_as_a_script():
     """`python -m gssl.cli` reaches every subcommand (its __main__ block once stood above some parsers)."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "gssl.cli", "presets"], capture_output=True, text=True, timeout=120)
+
+    r = subprocess.run(
+        [sys.executable, "-m", "gssl.cli", "presets"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "cifar10-lt0.01-ldam-drw" in r.stdout

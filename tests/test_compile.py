@@ -15,12 +15,11 @@ import pytest
 import torch
 import torch._dynamo
 
+from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, initial_weights, write_fake_cifar10
 from gssl import rundir
 from gssl.cli import main
 from gssl.method import GatedSSL
 from gssl.step import Compiled, packed_step
-
-from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, initial_weights, write_fake_cifar10
 
 # lr 0.01: at 0.1 a fresh LDAM model amplifies rounding differences chaotically within a few steps
 TINY = [*TWO_EPOCHS_EVERY_EVENT, "optim.lr=0.01"]

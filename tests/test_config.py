@@ -1,8 +1,9 @@
 """Configuration: presets, overrides, validation errors, schedule scaling."""
+
 import pytest
 import yaml
 
-from gssl.config import (Config, ConfigError, all_keys, diff, from_dict, parse_set, scaled_schedule, to_yaml)
+from gssl.config import Config, ConfigError, all_keys, diff, from_dict, parse_set, scaled_schedule, to_yaml
 from gssl.presets import PRESETS, RATIOS, preset_dict, resolve
 
 
@@ -15,14 +16,32 @@ def test_every_preset_loads_validates_and_round_trips():
 
 
 def test_presets_cover_table1_and_table2():
-    methods = ["ldam-drw", "lorot", "gated-lorot-flip", "gated-lorot-channel", "gated-triple", "ungated-triple"]
+    methods = [
+        "ldam-drw",
+        "lorot",
+        "gated-lorot-flip",
+        "gated-lorot-channel",
+        "gated-triple",
+        "ungated-triple",
+    ]
     for ds in ("cifar10", "cifar100"):
         for r in RATIOS:
             for m in methods:
                 cfg = resolve(f"{ds}-lt{r}-{m}")
                 assert cfg.data.name == ds and cfg.data.imbalance == r
-                assert cfg.loss.name == "ldam" and cfg.model.head == "cosine" and cfg.model.backbone == "resnet32"
-    for m in ["baseline", "lorot", "gated-lorot-flip", "gated-lorot-channel", "gated-triple", "ungated-triple"]:
+                assert (
+                    cfg.loss.name == "ldam"
+                    and cfg.model.head == "cosine"
+                    and cfg.model.backbone == "resnet32"
+                )
+    for m in [
+        "baseline",
+        "lorot",
+        "gated-lorot-flip",
+        "gated-lorot-channel",
+        "gated-triple",
+        "ungated-triple",
+    ]:
         cfg = resolve(f"tiny-imagenet-{m}")
         assert cfg.model.backbone == "resnet18" and cfg.optim.batch_size == 256
         assert cfg.optim.milestones == [75, 150, 225] and cfg.optim.gamma == 0.1
@@ -33,7 +52,14 @@ def test_presets_cover_table1_and_table2():
 def test_ldam_drw_protocol_is_exact():
     c = resolve("cifar10-lt0.01-ldam-drw")
     o = c.optim
-    assert (o.epochs, o.batch_size, o.lr, o.momentum, o.nesterov, o.weight_decay) == (200, 128, 0.1, 0.9, False, 2e-4)
+    assert (o.epochs, o.batch_size, o.lr, o.momentum, o.nesterov, o.weight_decay) == (
+        200,
+        128,
+        0.1,
+        0.9,
+        False,
+        2e-4,
+    )
     assert (o.warmup_epochs, o.milestones, o.gamma) == (5, [160, 180], 0.01)
     assert (c.loss.drw_epoch, c.loss.drw_beta, c.loss.max_margin, c.loss.scale) == (160, 0.9999, 0.5, 30.0)
     assert c.ssl.tasks == [] and c.ssl.gate == "none"
@@ -54,38 +80,50 @@ def test_shortening_epochs_scales_the_schedule():
 
 
 def test_set_overrides_parse_lists_numbers_and_fractions():
-    cfg = resolve("cifar10-lt0.01-ldam-drw", sets=[parse_set("ssl.tasks=[lorot,flip,channel]"),
-                                                   parse_set("data.imbalance=0.02"), parse_set("ssl.ratio=1/10")])
+    cfg = resolve(
+        "cifar10-lt0.01-ldam-drw",
+        sets=[
+            parse_set("ssl.tasks=[lorot,flip,channel]"),
+            parse_set("data.imbalance=0.02"),
+            parse_set("ssl.ratio=1/10"),
+        ],
+    )
     assert cfg.ssl.tasks == ["lorot", "flip", "channel"]
     assert cfg.data.imbalance == 0.02 and cfg.ssl.ratio == pytest.approx(0.1)
     assert resolve(sets=[parse_set("ssl.tasks=lorot")]).ssl.tasks == ["lorot"]
 
 
-@pytest.mark.parametrize("item, fragment", [
-    ("optim.lrr=0.1", "did you mean 'optim.lr'"),
-    ("data.imbalanse=0.1", "did you mean 'data.imbalance'"),
-    ("ssl.task=[lorot]", "did you mean 'ssl.tasks'"),
-    ("optimizer.lr=0.1", "did you mean 'optim.lr'"),
-])
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ("optim.lrr=0.1", "did you mean 'optim.lr'"),
+        ("data.imbalanse=0.1", "did you mean 'data.imbalance'"),
+        ("ssl.task=[lorot]", "did you mean 'ssl.tasks'"),
+        ("optimizer.lr=0.1", "did you mean 'optim.lr'"),
+    ],
+)
 def test_unknown_key_names_the_closest_valid_key(item, fragment):
     with pytest.raises(ConfigError, match=fragment):
         resolve(sets=[parse_set(item)])
 
 
-@pytest.mark.parametrize("item, fragment", [
-    ("data.imbalance=0", "data.imbalance.*\\(0, 1\\]"),
-    ("data.imbalance=1.5", "data.imbalance"),
-    ("ssl.ratio=-1", "ssl.ratio.*>= 0"),
-    ("ssl.ratio=abc", "ssl.ratio: expected a number"),
-    ("ssl.gate=moe", "ssl.gate.*reference"),
-    ("ssl.tasks=[lorot,puzzle]", "ssl.tasks.*lorot, flip, channel"),
-    ("ssl.tasks=[lorot,jigsaw]", "ssl.tasks.*one region"),
-    ("optim.batch_size=0", "optim.batch_size.*>= 1"),
-    ("optim.epochs=0", "optim.epochs.*>= 1"),
-    ("optim.epochs=2.5", "optim.epochs: expected an integer"),
-    ("model.backbone=vgg", "model.backbone.*resnet32"),
-    ("data.hflip=maybe", "data.hflip: expected true or false"),
-])
+@pytest.mark.parametrize(
+    "item, fragment",
+    [
+        ("data.imbalance=0", "data.imbalance.*\\(0, 1\\]"),
+        ("data.imbalance=1.5", "data.imbalance"),
+        ("ssl.ratio=-1", "ssl.ratio.*>= 0"),
+        ("ssl.ratio=abc", "ssl.ratio: expected a number"),
+        ("ssl.gate=moe", "ssl.gate.*reference"),
+        ("ssl.tasks=[lorot,puzzle]", "ssl.tasks.*lorot, flip, channel"),
+        ("ssl.tasks=[lorot,jigsaw]", "ssl.tasks.*one region"),
+        ("optim.batch_size=0", "optim.batch_size.*>= 1"),
+        ("optim.epochs=0", "optim.epochs.*>= 1"),
+        ("optim.epochs=2.5", "optim.epochs: expected an integer"),
+        ("model.backbone=vgg", "model.backbone.*resnet32"),
+        ("data.hflip=maybe", "data.hflip: expected true or false"),
+    ],
+)
 def test_invalid_values_name_the_key_and_what_is_allowed(item, fragment):
     with pytest.raises(ConfigError, match=fragment):
         resolve("cifar10-lt0.01-gated-triple", sets=[parse_set(item)])
@@ -98,7 +136,9 @@ def test_unknown_preset_suggests_one():
 
 def test_diff_lists_changed_keys():
     a = resolve("cifar10-lt0.01-gated-triple")
-    b = resolve("cifar10-lt0.01-gated-triple", sets=[parse_set("optim.lr=0.05"), parse_set("ssl.gate=learned")])
+    b = resolve(
+        "cifar10-lt0.01-gated-triple", sets=[parse_set("optim.lr=0.05"), parse_set("ssl.gate=learned")]
+    )
     assert diff(a, b) == ["optim.lr", "ssl.gate"]
     assert diff(a, a) == []
 
@@ -110,10 +150,15 @@ def test_all_keys_are_dotted_and_complete():
     assert Config(method="supervised") == from_dict({})
 
 
-@pytest.mark.parametrize("preset, method", [
-    ("cifar10-lt0.01-gated-triple", "supervised"), ("cifar10-lt0.01-sla-sd", "sla-sd"),
-    ("cifar10-4000-fixmatch-gated-triple", "fixmatch"), ("cifar10-simclr", "simclr"),
-])
+@pytest.mark.parametrize(
+    "preset, method",
+    [
+        ("cifar10-lt0.01-gated-triple", "supervised"),
+        ("cifar10-lt0.01-sla-sd", "sla-sd"),
+        ("cifar10-4000-fixmatch-gated-triple", "fixmatch"),
+        ("cifar10-simclr", "simclr"),
+    ],
+)
 def test_the_method_is_named_in_every_resolved_config(preset, method):
     cfg = resolve(preset)
     assert cfg.method == method
@@ -127,24 +172,37 @@ def test_old_config_files_without_method_load_with_the_method_their_sections_ask
     assert from_dict({"adv": {"attack": "pgd"}}).method == "supervised"  # a wrapper, not a method
 
 
-@pytest.mark.parametrize("values, match", [
-    ({"method": "fixmatch"}, r"method fixmatch needs semi\.labels_per_class"),
-    ({"method": "supervised", "semi": {"labels_per_class": 4}}, r"semi\.labels_per_class is set.*set method=fixmatch"),
-    ({"method": "moco"}, r"'moco' is not a gssl method; choose one of \['supervised'"),
-    ({"semi": {"labels_per_class": 4}, "contrastive": {"views": 2}}, r"ask for two methods at once"),
-    ({"method": "fixmatch", "semi": {"labels_per_class": 4}, "adv": {"attack": "pgd"}}, "does not combine with FixMatch"),
-])
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"method": "fixmatch"}, r"method fixmatch needs semi\.labels_per_class"),
+        (
+            {"method": "supervised", "semi": {"labels_per_class": 4}},
+            r"semi\.labels_per_class is set.*set method=fixmatch",
+        ),
+        ({"method": "moco"}, r"'moco' is not a gssl method; choose one of \['supervised'"),
+        ({"semi": {"labels_per_class": 4}, "contrastive": {"views": 2}}, r"ask for two methods at once"),
+        (
+            {"method": "fixmatch", "semi": {"labels_per_class": 4}, "adv": {"attack": "pgd"}},
+            "does not combine with FixMatch",
+        ),
+    ],
+)
 def test_a_method_its_settings_contradict_is_refused(values, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(values)
 
 
 def test_config_yaml_holds_only_the_sections_the_run_uses():
-    sections = lambda preset: {k for k, v in yaml.safe_load(to_yaml(resolve(preset))).items() if isinstance(v, dict)}
+    sections = lambda preset: {
+        k for k, v in yaml.safe_load(to_yaml(resolve(preset))).items() if isinstance(v, dict)
+    }
     common = {"data", "model", "ssl", "optim", "distributed"}
     assert sections("cifar10-lt0.01-gated-triple") == common | {"loss"}
     assert sections("cifar10-4000-fixmatch-gated-triple") == common | {"loss", "semi"}
     assert sections("cifar10-simclr") == common | {"contrastive", "fusion"}
     assert sections("cifar10-lt0.01-sla-sd") == common | {"loss", "sla"}
     adversarial = resolve("cifar10-lt0.01-gated-triple", sets=[parse_set("adv.attack=pgd")])
-    assert "adv" in yaml.safe_load(to_yaml(adversarial)) and "semi" not in yaml.safe_load(to_yaml(adversarial))
+    assert "adv" in yaml.safe_load(to_yaml(adversarial)) and "semi" not in yaml.safe_load(
+        to_yaml(adversarial)
+    )

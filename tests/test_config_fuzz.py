@@ -1,5 +1,6 @@
 """Property: any value of any type for any configuration key is either accepted or refused with
 gssl's own ConfigError (exit code 2 at the command line), never another exception."""
+
 import math
 
 import pytest
@@ -15,22 +16,54 @@ KEYS = all_keys()
 SECTIONS = sorted({k.split(".")[0] for k in KEYS if "." in k})
 
 scalars = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(), st.integers(min_value=-2**70, max_value=2**70),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["lorot", "flip", "cifar10", "reference", "1/0", "8/255", "1e999", "nan"]),
+    st.text(max_size=12),
+    st.sampled_from(["lorot", "flip", "cifar10", "reference", "1/0", "8/255", "1e999", "nan"]),
     st.binary(max_size=4),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.text(max_size=6), st.integers()), inner, max_size=3)),
-    max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=6), st.integers()), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
 # YAML text as a user would type it after `--set key=`: plain words, numbers, flow lists and maps, tags
 yaml_text = st.one_of(
     st.text(max_size=20),
-    values.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip() if not isinstance(v, bytes) else "x"),
-    st.sampled_from(["[", "]", "{a: 1", "2020-13-45", "2020-01-01", "!!python/object/apply:os.system [true]",
-                     "!!binary Zm9v", "!!set {a}", "&a [*a]", "1/0", "-1e999", ".nan", ".inf", "0x1F", "1_000",
-                     "[lorot, lorot]", "[3, 2]", "~", "''", "{}", "[]"]),
+    values.map(
+        lambda v: yaml.safe_dump(v, default_flow_style=True).strip() if not isinstance(v, bytes) else "x"
+    ),
+    st.sampled_from(
+        [
+            "[",
+            "]",
+            "{a: 1",
+            "2020-13-45",
+            "2020-01-01",
+            "!!python/object/apply:os.system [true]",
+            "!!binary Zm9v",
+            "!!set {a}",
+            "&a [*a]",
+            "1/0",
+            "-1e999",
+            ".nan",
+            ".inf",
+            "0x1F",
+            "1_000",
+            "[lorot, lorot]",
+            "[3, 2]",
+            "~",
+            "''",
+            "{}",
+            "[]",
+        ]
+    ),
 )
 
 
@@ -80,9 +113,16 @@ def test_config_files_with_any_text(tmp_path, text):
 
 
 def test_non_finite_and_out_of_range_numbers_are_refused_by_name():
-    for key, bad in [("optim.epochs", math.inf), ("optim.epochs", math.nan), ("optim.batch_size", 10**400),
-                     ("ssl.ratio", 10**400), ("data.imbalance", math.nan), ("seed", -1), ("seed", 2**64),
-                     ("data.crop_padding", math.inf)]:
+    for key, bad in [
+        ("optim.epochs", math.inf),
+        ("optim.epochs", math.nan),
+        ("optim.batch_size", 10**400),
+        ("ssl.ratio", 10**400),
+        ("data.imbalance", math.nan),
+        ("seed", -1),
+        ("seed", 2**64),
+        ("data.crop_padding", math.inf),
+    ]:
         section, _, name = key.rpartition(".")
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             from_dict({section: {name: bad}} if section else {name: bad})
@@ -101,10 +141,34 @@ def test_yaml_that_python_cannot_build_is_a_config_error(tmp_path):
 # The command line, lightly: random argument lists never end in a traceback. No dataset is reachable
 # (data.root points nowhere), so nothing trains; `data` is left out because `download` needs the network.
 words = st.one_of(
-    st.sampled_from(["train", "eval", "presets", "--preset", "--config", "--set", "--out", "--resume", "--force",
-                     "--quiet", "--show", "--keys", "--checkpoint", "last", "best", "quickstart",
-                     "cifar10-lt0.01-gated-triple", "optim.lr=0.1", "ssl.tasks=[lorot]", "optim.epochs=0", "-h"]),
-    st.sampled_from(KEYS).map(lambda k: f"{k}=1"), st.text(max_size=8))
+    st.sampled_from(
+        [
+            "train",
+            "eval",
+            "presets",
+            "--preset",
+            "--config",
+            "--set",
+            "--out",
+            "--resume",
+            "--force",
+            "--quiet",
+            "--show",
+            "--keys",
+            "--checkpoint",
+            "last",
+            "best",
+            "quickstart",
+            "cifar10-lt0.01-gated-triple",
+            "optim.lr=0.1",
+            "ssl.tasks=[lorot]",
+            "optim.epochs=0",
+            "-h",
+        ]
+    ),
+    st.sampled_from(KEYS).map(lambda k: f"{k}=1"),
+    st.text(max_size=8),
+)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -118,5 +182,6 @@ def test_cli_argument_fuzz_never_tracebacks(tmp_path, monkeypatch, capsys, argv,
         code = e.code
     capsys.readouterr()
     assert code in (0, 2), argv
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), "a refused run left a folder"
-
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), (
+        "a refused run left a folder"
+    )

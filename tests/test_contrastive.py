@@ -1,4 +1,5 @@
 """NT-Xent against a direct computation; k-NN and linear evaluation on separable features."""
+
 import math
 
 import pytest
@@ -41,7 +42,9 @@ def test_nt_xent_is_low_for_aligned_views_and_needs_two():
 
 
 def _clusters(n_per=30, classes=4, dim=16, seed=0):
-    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)) * 3  # shared by train and test
+    centres = (
+        torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)) * 3
+    )  # shared by train and test
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(classes).repeat_interleave(n_per)
     return centres[y] + torch.randn(len(y), dim, generator=g), y
@@ -70,25 +73,37 @@ def test_nt_xent_counts_anchors_whose_nearest_is_a_positive():
 
 def _simclr(**kw):
     from gssl.contrastive import SimCLR
+
     torch.manual_seed(0)
     return SimCLR("resnet20", proj_dim=16, proj_hidden=32, **kw)
 
 
 def test_simclr_step_regularised_by_gated_pretext_tasks_reaches_every_part():
     from gssl.fusion import BatchFusion
-    model = _simclr(views=2, tasks=["rotation", "jigsaw"], gate="learned",
-                    fusion=BatchFusion(3, patch=8, dim=16, heads=2))
+
+    model = _simclr(
+        views=2, tasks=["rotation", "jigsaw"], gate="learned", fusion=BatchFusion(3, patch=8, dim=16, heads=2)
+    )
     model.fusion.set_progress(0.5)
     x = torch.randn(2 * 6, 3, 16, 16)  # two views of six images, view-major
     params = model.sample_params(x, torch.Generator().manual_seed(0))
     assert set(params) == {"rotation", "tiles"}
     loss, stats = model.loss_from_params(x, torch.zeros(6, dtype=torch.long), None, params)
-    assert {"contrastive_loss", "ssl_rotation", "ssl_jigsaw", "gate_rotation", "gate_jigsaw", "correct"} <= set(stats)
+    assert {
+        "contrastive_loss",
+        "ssl_rotation",
+        "ssl_jigsaw",
+        "gate_rotation",
+        "gate_jigsaw",
+        "correct",
+    } <= set(stats)
     assert 0 <= stats["correct"] <= 6
     assert loss.item() > stats["contrastive_loss"].item()  # the pretext term is added
     loss.backward()
     for part in (model.backbone, model.projection, model.pretext.heads, model.pretext.gate, model.fusion):
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), type(part).__name__
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), type(
+            part
+        ).__name__
     assert model(torch.randn(3, 3, 16, 16)).shape == (3, model.backbone.feat_dim)  # the representation
 
 
@@ -108,6 +123,7 @@ def test_frozen_eval_knn_and_linear_on_a_backbone():
 
     class Loader(list):
         pass
+
     x, y = _clusters(n_per=40)
     xt, yt = _clusters(n_per=10, seed=1)
     ident = torch.nn.Identity()
@@ -118,12 +134,20 @@ def test_frozen_eval_knn_and_linear_on_a_backbone():
     assert "linear_logits" not in frozen_eval(ident, train, test, 4, knn_k=5)
 
 
-TINY = ["model.backbone=resnet20", "optim.batch_size=16", "optim.epochs=2", "optim.base_epochs=2",
-        "optim.warmup_epochs=0", "contrastive.knn_k=5", "contrastive.linear_epochs=5"]
+TINY = [
+    "model.backbone=resnet20",
+    "optim.batch_size=16",
+    "optim.epochs=2",
+    "optim.base_epochs=2",
+    "optim.warmup_epochs=0",
+    "contrastive.knn_k=5",
+    "contrastive.linear_epochs=5",
+]
 
 
 def _train(preset, data_root, out, *sets):
     from gssl.cli import main
+
     args = ["train", "--preset", preset, "--set", f"data.root={data_root}", "--out", str(out), "--quiet"]
     for s in (*TINY, *sets):
         args += ["--set", s]
@@ -133,7 +157,9 @@ def _train(preset, data_root, out, *sets):
 
 def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar10, tmp_path, capsys):
     import json
+
     from gssl.cli import main
+
     run = _train("cifar10-simclr-gated-pretext", fake_cifar10, tmp_path / "simclr", "fusion.enabled=true")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
@@ -145,10 +171,13 @@ def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar1
     assert s["test_acc"] > 10  # the fake classes are tinted: even 2 epochs' features separate some
     from gssl.analysis.report import summary_rows
     from gssl.analysis.run import Run
+
     header, rows = summary_rows([Run(run)])  # the report says the best epoch is a k-NN figure
     assert rows[0][header.index("best test % (epoch)")].endswith(", 5-NN")
     capsys.readouterr()
-    assert main(["eval", str(run), "--json"]) == 0  # a contrastive run is judged by the linear probe by default
+    assert (
+        main(["eval", str(run), "--json"]) == 0
+    )  # a contrastive run is judged by the linear probe by default
     rep = json.loads(capsys.readouterr().out)
     assert rep["protocol"].startswith("linear") and rep["top1"] == pytest.approx(s["test_acc"], abs=1e-6)
     assert main(["eval", str(run), "--protocol", "knn", "--knn-k", "5", "--json"]) == 0
@@ -162,8 +191,15 @@ def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar1
 
 def test_scatsimclr_with_three_views_trains_only_the_adapter(fake_cifar10, tmp_path):
     import json
-    run = _train("cifar10-scatsimclr-pretext", fake_cifar10, tmp_path / "scat", "contrastive.views=3",
-                 "optim.epochs=1", "optim.base_epochs=1")
+
+    run = _train(
+        "cifar10-scatsimclr-pretext",
+        fake_cifar10,
+        tmp_path / "scat",
+        "contrastive.views=3",
+        "optim.epochs=1",
+        "optim.base_epochs=1",
+    )
     s = json.loads((run / "summary.json").read_text())
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert row["contrastive_loss"] > 0 and row["ssl_rotation"] > 0 and row["ssl_jigsaw"] > 0
@@ -174,24 +210,32 @@ def test_scatsimclr_with_three_views_trains_only_the_adapter(fake_cifar10, tmp_p
 
 def test_a_supervised_run_can_be_judged_by_a_linear_probe_too(tiny_run, capsys):
     import json
+
     from gssl.cli import main
+
     capsys.readouterr()
     assert main(["eval", str(tiny_run), "--protocol", "linear", "--linear-epochs", "3", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["protocol"].startswith("linear (3 epochs") and len(rep["per_class_acc"]) == 10
     assert (tiny_run / "eval-last-linear.json").is_file()
     (tiny_run / "eval-last-linear.json").unlink()  # the run is shared with other tests
-    assert main(["eval", str(tiny_run), "--protocol", "knn", "--attack", "pgd"]) == 2  # attacks need the classifier
+    assert (
+        main(["eval", str(tiny_run), "--protocol", "knn", "--attack", "pgd"]) == 2
+    )  # attacks need the classifier
 
 
-@pytest.mark.parametrize("sets, match", [
-    ({"fusion": {"enabled": True}}, "plug-in for contrastive"),
-    ({"contrastive": {"views": 2}, "adv": {"attack": "pgd"}}, "does not combine with adv.attack"),
-    ({"contrastive": {"views": 2}, "semi": {"labels_per_class": 4}}, "semi.labels_per_class"),
-])
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        ({"fusion": {"enabled": True}}, "plug-in for contrastive"),
+        ({"contrastive": {"views": 2}, "adv": {"attack": "pgd"}}, "does not combine with adv.attack"),
+        ({"contrastive": {"views": 2}, "semi": {"labels_per_class": 4}}, "semi.labels_per_class"),
+    ],
+)
 def test_contrastive_settings_that_cannot_go_together_are_refused(sets, match):
-    from gssl.scenarios import check as check_method
     from gssl.config import ConfigError, from_dict
+    from gssl.scenarios import check as check_method
+
     with pytest.raises(ConfigError, match=match):
         check_method(from_dict(sets))
     with pytest.raises(ConfigError, match="views"):

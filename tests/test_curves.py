@@ -1,5 +1,6 @@
 """`gssl table SWEEP --figures OUT`: the sweep's figures drawn from run records alone, checked on what is
 plotted (the data of the matplotlib lines); and the paper column of `gssl table` on a shortened schedule."""
+
 import json
 from pathlib import Path
 
@@ -17,10 +18,18 @@ SCHEDULE = ["optim.epochs=3", "optim.base_epochs=3", "optim.warmup_epochs=1", "o
 COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 TASKS = ["lorot", "flip", "channel"]
 # row -> (preset, its own overrides, {seed: per-epoch test accuracy})
-ROWS = {"ldam-drw": ("cifar10-lt0.01-ldam-drw", ["loss.drw_epoch=2"],
-                     {0: [20.0, 40.0, 60.0], 1: [24.0, 38.0, 66.0]}),
-        "gated-triple": ("cifar10-lt0.01-gated-triple", ["loss.drw_epoch=2"],
-                         {0: [18.0, 35.0, 55.0], 1: [22.0, 37.0, 59.0]})}
+ROWS = {
+    "ldam-drw": (
+        "cifar10-lt0.01-ldam-drw",
+        ["loss.drw_epoch=2"],
+        {0: [20.0, 40.0, 60.0], 1: [24.0, 38.0, 66.0]},
+    ),
+    "gated-triple": (
+        "cifar10-lt0.01-gated-triple",
+        ["loss.drw_epoch=2"],
+        {0: [18.0, 35.0, 55.0], 1: [22.0, 37.0, 59.0]},
+    ),
+}
 
 
 def _pretext_acc(seed, epoch, task):
@@ -36,8 +45,16 @@ def _per_class(seed, row):
     return [90.0 - 8 * i + seed + (5 if row == "gated-triple" else 0) for i in range(len(COUNTS))]
 
 
-def write_record(run_dir: Path, row: str, preset: str, sets: list[str], seed: int, test_acc: list[float],
-                 pretext_acc: bool = True, finished: bool = True) -> Path:
+def write_record(
+    run_dir: Path,
+    row: str,
+    preset: str,
+    sets: list[str],
+    seed: int,
+    test_acc: list[float],
+    pretext_acc: bool = True,
+    finished: bool = True,
+) -> Path:
     """A run directory as `gssl train` leaves it: the preset's real config, metrics.jsonl, summary.json."""
     cfg = resolve(preset, None, [parse_set(s) for s in [*SCHEDULE, *sets, f"seed={seed}"]])
     run_dir.mkdir(parents=True)
@@ -52,10 +69,16 @@ def write_record(run_dir: Path, row: str, preset: str, sets: list[str], seed: in
         lines.append(json.dumps(m) + "\n")
     (run_dir / "metrics.jsonl").write_text("".join(lines))
     if finished:
-        summary = {"test_acc": test_acc[-1], "best_test_acc": max(test_acc),
-                   "per_class_acc": _per_class(seed, row), "class_counts": COUNTS,
-                   "classes": [f"c{i}" for i in range(10)], "seed": seed, "preset": preset,
-                   "gate_weights": {t: _gate(seed, len(test_acc) - 1, t) for t in cfg.ssl.tasks}}
+        summary = {
+            "test_acc": test_acc[-1],
+            "best_test_acc": max(test_acc),
+            "per_class_acc": _per_class(seed, row),
+            "class_counts": COUNTS,
+            "classes": [f"c{i}" for i in range(10)],
+            "seed": seed,
+            "preset": preset,
+            "gate_weights": {t: _gate(seed, len(test_acc) - 1, t) for t in cfg.ssl.tasks},
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -157,12 +180,20 @@ def test_one_seed_without_pretext_accuracy_is_left_out_of_that_curve_and_said(tm
     root = tmp_path / "sweep"
     preset, sets, accs = ROWS["gated-triple"]
     for seed, acc in accs.items():
-        write_record(root / "gated-triple" / f"seed{seed}", "gated-triple", preset, sets, seed, acc,
-                     pretext_acc=seed == 0)
+        write_record(
+            root / "gated-triple" / f"seed{seed}",
+            "gated-triple",
+            preset,
+            sets,
+            seed,
+            acc,
+            pretext_acc=seed == 0,
+        )
     said = []
     ax = curves.pretext_curves(_rows(root), said.append).axes[0]
-    np.testing.assert_allclose(_line(ax, "lorot (1 seed)").get_ydata(),
-                               [_pretext_acc(0, e, "lorot") for e in range(3)])
+    np.testing.assert_allclose(
+        _line(ax, "lorot (1 seed)").get_ydata(), [_pretext_acc(0, e, "lorot") for e in range(3)]
+    )
     assert any("seeds [1] have no pretext_acc_lorot" in s and "left out of that curve" in s for s in said)
 
 
@@ -171,14 +202,16 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(tmp_path, capsys):
     assert main(["table", str(tmp_path / "empty"), "--figures", str(tmp_path / "out")]) == 2
     assert "holds no gssl runs" in capsys.readouterr().err
     preset, sets, accs = ROWS["ldam-drw"]
-    write_record(tmp_path / "unfinished" / "ldam-drw" / "seed0", "ldam-drw", preset, sets, 0, accs[0],
-                 finished=False)
+    write_record(
+        tmp_path / "unfinished" / "ldam-drw" / "seed0", "ldam-drw", preset, sets, 0, accs[0], finished=False
+    )
     assert main(["table", str(tmp_path / "unfinished"), "--figures", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "no finished run (with summary.json)" in err and not (tmp_path / "out").exists()
 
 
 # --- the paper column ------------------------------------------------------------------------------
+
 
 def _paper_cell(md, row):
     for line in md.splitlines():
@@ -191,10 +224,22 @@ def _paper_cell(md, row):
 def test_paper_number_only_where_the_row_changes_the_schedule_alone(tmp_path, capsys):
     root = tmp_path / "sweep"
     write_record(root / "erm" / "seed0", "erm", "cifar10-lt0.01-erm", [], 0, [10.0, 20.0, 30.0])
-    write_record(root / "ldam-drw" / "seed0", "ldam-drw", "cifar10-lt0.01-ldam-drw", ["loss.drw_epoch=2"], 0,
-                 [10.0, 20.0, 40.0])
-    write_record(root / "learned" / "seed0", "learned", "cifar10-lt0.01-gated-triple",
-                 ["ssl.gate=learned", "loss.drw_epoch=2"], 0, [10.0, 20.0, 45.0])
+    write_record(
+        root / "ldam-drw" / "seed0",
+        "ldam-drw",
+        "cifar10-lt0.01-ldam-drw",
+        ["loss.drw_epoch=2"],
+        0,
+        [10.0, 20.0, 40.0],
+    )
+    write_record(
+        root / "learned" / "seed0",
+        "learned",
+        "cifar10-lt0.01-gated-triple",
+        ["ssl.gate=learned", "loss.drw_epoch=2"],
+        0,
+        [10.0, 20.0, 45.0],
+    )
     assert main(["table", str(root)]) == 0
     md = capsys.readouterr().out
     assert _paper_cell(md, "ldam-drw (loss.drw_epoch=2)") == "77.03"  # DRW moved with the schedule
@@ -202,8 +247,14 @@ def test_paper_number_only_where_the_row_changes_the_schedule_alone(tmp_path, ca
     assert _paper_cell(md, "erm") == "-"
     # the baseline row carries its own setting in its label and is still found for the differences
     assert "Δ vs ldam-drw (loss.drw_epoch=2)" in md
-    write_record(root / "no-drw" / "seed0", "no-drw", "cifar10-lt0.01-ldam-drw", ["loss.drw_epoch=null"], 0,
-                 [10.0, 20.0, 35.0])
+    write_record(
+        root / "no-drw" / "seed0",
+        "no-drw",
+        "cifar10-lt0.01-ldam-drw",
+        ["loss.drw_epoch=null"],
+        0,
+        [10.0, 20.0, 35.0],
+    )
     assert main(["table", str(root)]) == 0
     md = capsys.readouterr().out
     assert _paper_cell(md, "ldam-drw (loss.drw_epoch=None)") == "-"  # DRW switched off: another method
@@ -214,14 +265,16 @@ def test_paper_number_only_where_the_row_changes_the_schedule_alone(tmp_path, ca
 def test_a_method_change_every_row_shares_still_hides_the_paper_number(tmp_path, capsys):
     preset, sets, accs = ROWS["gated-triple"]
     for seed, acc in accs.items():
-        write_record(tmp_path / "learned" / f"seed{seed}", "learned", preset, [*sets, "ssl.gate=learned"],
-                     seed, acc)
+        write_record(
+            tmp_path / "learned" / f"seed{seed}", "learned", preset, [*sets, "ssl.gate=learned"], seed, acc
+        )
     assert main(["table", str(tmp_path)]) == 0
     md = capsys.readouterr().out
     assert _paper_cell(md, "gated-triple") == "-" and "ssl.gate=learned" in md.split("Shared by every run")[1]
 
 
 # --- the committed records ------------------------------------------------------------------------
+
 
 def test_figures_of_the_committed_45_epoch_sweep(tmp_path, capsys):
     sweep_dir = REPO / "results" / "cifar10-lt-45ep"

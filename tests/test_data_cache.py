@@ -1,4 +1,5 @@
 """The decode cache: hit on the second load, rebuilt when the source changes or the cache is damaged."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from gssl.data import cache, load_dataset
-from gssl.data import decode, fakes
+from gssl.data import cache, decode, fakes, load_dataset
 
 
 @pytest.fixture
@@ -56,6 +56,7 @@ def test_changed_source_is_rebuilt(tmp_path, counting_decoder, caplog):
     img = root / "train" / "a" / "0000.png"
     new = np.zeros((8, 8, 3), np.uint8)
     from PIL import Image
+
     Image.fromarray(new).save(img)
     os.utime(img, ns=(time.time_ns(), time.time_ns() + 10**9))  # mtime changes even on coarse clocks
     with caplog.at_level(logging.WARNING, logger="gssl.data.cache"):

@@ -1,4 +1,5 @@
 """Downloads: offline fails at once with a way forward; checksums are enforced; writes are atomic."""
+
 from __future__ import annotations
 
 import time
@@ -6,16 +7,17 @@ import time
 import numpy as np
 import pytest
 
-from gssl.data import DataError, download, load_dataset
+from gssl.data import DataError, download, fakes, load_dataset
 from gssl.data import downloads as dl
-from gssl.data import fakes
 
 UNREACHABLE = "http://127.0.0.1:9/nothing-listens-here.tar.gz"  # discard port: connection refused
 
 
 def _patch(monkeypatch, name, urls, md5=None):
     folder, resources = dl.SOURCES[name]
-    new = tuple(dl.Resource(r.filename, tuple(urls(r)), md5(r) if md5 else r.md5, r.extract) for r in resources)
+    new = tuple(
+        dl.Resource(r.filename, tuple(urls(r)), md5(r) if md5 else r.md5, r.extract) for r in resources
+    )
     monkeypatch.setitem(dl.SOURCES, name, (folder, new))
 
 
@@ -59,11 +61,17 @@ def test_download_verifies_extracts_and_loads(tmp_path, monkeypatch):
 
 def test_fashion_mnist_mirror_fallback(tmp_path, monkeypatch):
     src, arrays = fakes.write_fashion_mnist(tmp_path / "src")
-    _patch(monkeypatch, "fashion-mnist", lambda r: [UNREACHABLE, (src / r.filename).as_uri()],
-           lambda r: dl.md5sum(src / r.filename))
+    _patch(
+        monkeypatch,
+        "fashion-mnist",
+        lambda r: [UNREACHABLE, (src / r.filename).as_uri()],
+        lambda r: dl.md5sum(src / r.filename),
+    )
     path = download("fashion-mnist", tmp_path / "dest")
     assert path == tmp_path / "dest" / "fashion-mnist"
-    np.testing.assert_array_equal(load_dataset("fashion-mnist", path, "test").images.numpy(), arrays["test"][0])
+    np.testing.assert_array_equal(
+        load_dataset("fashion-mnist", path, "test").images.numpy(), arrays["test"][0]
+    )
 
 
 def test_unknown_name():

@@ -1,4 +1,5 @@
 """Bad input: every case is a DataError that names what was expected and how to fix it."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gssl.data import DataError, load_dataset
-from gssl.data import fakes
+from gssl.data import DataError, fakes, load_dataset
 from gssl.data.cifar import CIFAR10_CLASSES
 
 
@@ -94,7 +94,9 @@ def test_cifar_label_count_mismatch(tmp_path):
     batch[b"labels"] = batch[b"labels"][:-1]
     with open(folder / "data_batch_3", "wb") as f:
         pickle.dump(batch, f)
-    with pytest.raises(DataError, match=r"data_batch_3: 10 images but 9 labels; expected one label per image"):
+    with pytest.raises(
+        DataError, match=r"data_batch_3: 10 images but 9 labels; expected one label per image"
+    ):
         load_dataset("cifar10", tmp_path, "train")
 
 
@@ -137,7 +139,9 @@ def test_tiny_annotation_mismatch(tmp_path):
     d, _ = fakes.write_tiny_imagenet(tmp_path, n_classes=2, n_train=1, n_val=2)
     ann = d / "val" / "val_annotations.txt"
     ann.write_text("".join(ann.read_text().splitlines(True)[:-1]))  # one val image loses its label
-    with pytest.raises(DataError, match=r"labels 3 images but val/images holds 4.*unlabelled files \['val_3.JPEG'\]"):
+    with pytest.raises(
+        DataError, match=r"labels 3 images but val/images holds 4.*unlabelled files \['val_3.JPEG'\]"
+    ):
         load_dataset("tiny-imagenet", tmp_path, "test", cache_dir=False)
     ann.write_text(ann.read_text() + "val_3.JPEG\tn99999999\t0\t0\t1\t1\n")
     with pytest.raises(DataError, match=r"wnids with no train folder: \['n99999999'\]"):
@@ -147,7 +151,9 @@ def test_tiny_annotation_mismatch(tmp_path):
 def test_tiny_missing_annotations(tmp_path):
     d, _ = fakes.write_tiny_imagenet(tmp_path, n_classes=2, n_train=1, n_val=1)
     (d / "val" / "val_annotations.txt").unlink()
-    with pytest.raises(DataError, match=r"missing '.*val_annotations.txt'.*standard tiny-imagenet-200/ layout"):
+    with pytest.raises(
+        DataError, match=r"missing '.*val_annotations.txt'.*standard tiny-imagenet-200/ layout"
+    ):
         load_dataset("tiny-imagenet", tmp_path, "train", cache_dir=False)
 
 

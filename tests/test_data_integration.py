@@ -4,6 +4,7 @@ Located through $GSSL_SHARED_DATA (a folder holding the archives), default <repo
 skipped when absent. The first read decodes 60,000 JPEGs (about 15 s on 2 cores) into a cache that
 lives for the test session ($GSSL_CACHE if set, so CI can keep it between runs).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,12 +18,15 @@ import torch
 from gssl.data import MEAN_STD, channel_stats, load_dataset, long_tail_indices
 from gssl.data.cifar import CIFAR10_CLASSES
 
-SHARED = Path(os.environ.get("GSSL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED = Path(
+    os.environ.get("GSSL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 CIFAR_JPG = SHARED / "cifar-10-jpg.tar.gz"
 TINY = SHARED / "tiny-imagenet-200-64px.tar.gz"
 
-needs_cifar = pytest.mark.skipif(not CIFAR_JPG.is_file(),
-                                 reason=f"real CIFAR-10 copy not found at {CIFAR_JPG} (set GSSL_SHARED_DATA)")
+needs_cifar = pytest.mark.skipif(
+    not CIFAR_JPG.is_file(), reason=f"real CIFAR-10 copy not found at {CIFAR_JPG} (set GSSL_SHARED_DATA)"
+)
 
 
 @pytest.fixture(scope="session")
@@ -71,10 +75,14 @@ def test_real_cifar10_long_tail(cifar10):
     assert train.subset(idx).class_counts() == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
-@pytest.mark.skipif(os.environ.get("GSSL_TEST_TINY") != "1" or not TINY.is_file(),
-                    reason="opt-in (GSSL_TEST_TINY=1, about a minute on 2 cores) and needs the Tiny-ImageNet archive")
+@pytest.mark.skipif(
+    os.environ.get("GSSL_TEST_TINY") != "1" or not TINY.is_file(),
+    reason="opt-in (GSSL_TEST_TINY=1, about a minute on 2 cores) and needs the Tiny-ImageNet archive",
+)
 def test_real_tiny_imagenet(real_cache):
     train = load_dataset("tiny-imagenet", TINY, "train", cache_dir=real_cache)
     test = load_dataset("tiny-imagenet", TINY, "test", cache_dir=real_cache)
     assert train.images.shape == (100_000, 3, 64, 64) and test.images.shape == (10_000, 3, 64, 64)
-    assert len(train.classes) == 200 and set(train.class_counts()) == {500} and set(test.class_counts()) == {50}
+    assert (
+        len(train.classes) == 200 and set(train.class_counts()) == {500} and set(test.class_counts()) == {50}
+    )

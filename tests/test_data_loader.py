@@ -1,4 +1,5 @@
 """Batched crop/flip/normalise and the device loader: correctness and seed determinism."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,8 @@ def _ref_crop(x: np.ndarray, p: int, top: int, left: int) -> np.ndarray:
     """torchvision semantics: zero-pad by p, take the H x W window at (top, left)."""
     c, h, w = x.shape
     padded = np.zeros((c, h + 2 * p, w + 2 * p), x.dtype)
-    padded[:, p:p + h, p:p + w] = x
-    return padded[:, top:top + h, left:left + w]
+    padded[:, p : p + h, p : p + w] = x
+    return padded[:, top : top + h, left : left + w]
 
 
 def test_crop_of_known_image_lands_where_it_should():
@@ -26,7 +27,9 @@ def test_crop_of_known_image_lands_where_it_should():
     assert out.tolist() == [[10, 11, 12, 0], [14, 15, 16, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
 
 
-@pytest.mark.parametrize("shape,p", [((5, 3, 32, 32), 4), ((4, 1, 28, 28), 2), ((3, 3, 64, 64), 4), ((2, 3, 5, 7), 3)])
+@pytest.mark.parametrize(
+    "shape,p", [((5, 3, 32, 32), 4), ((4, 1, 28, 28), 2), ((3, 3, 64, 64), 4), ((2, 3, 5, 7), 3)]
+)
 def test_crop_matches_reference_for_every_offset(shape, p):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
@@ -114,7 +117,9 @@ def test_loader_batches_are_augmented_views_of_the_right_images():
     loader = DeviceLoader(x, y, 8, mean=mean, std=std, seed=4, crop_padding=4)
     all_offsets = torch.cartesian_prod(torch.arange(9), torch.arange(9))  # 81 x 2
     for xb, yb in loader:
-        raw = torch.round((xb * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)) * 255)
+        raw = torch.round(
+            (xb * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)) * 255
+        )
         crops = crop_at(x[yb].repeat_interleave(81, 0), 4, all_offsets.repeat(len(yb), 1))
         crops = torch.cat([crops, crops.flip(3)]).view(2, len(yb), 81, 3, 32, 32).transpose(0, 1)
         match = (crops.float() == raw[:, None, None]).flatten(3).all(3)  # sample x flip x offset
@@ -123,7 +128,9 @@ def test_loader_batches_are_augmented_views_of_the_right_images():
 
 def test_eval_loader_is_plain_normalised_data_in_order():
     x, y = _data(30)
-    loader = DeviceLoader(x, y, 7, mean=(0.5,) * 3, std=(0.5,) * 3, crop_padding=0, hflip=False, shuffle=False)
+    loader = DeviceLoader(
+        x, y, 7, mean=(0.5,) * 3, std=(0.5,) * 3, crop_padding=0, hflip=False, shuffle=False
+    )
     xs, ys = _epoch(loader)
     assert torch.equal(ys, y) and torch.equal(xs, normalize(x, (0.5,) * 3, (0.5,) * 3))
     assert torch.equal(_epoch(loader)[0], xs)
@@ -187,5 +194,7 @@ def test_cpu_threads_limited_only_while_assembling_and_results_unchanged():
     for xb, _ in DeviceLoader(x, y, 16, cpu_threads=1, **kw):
         seen.append(torch.get_num_threads())  # the consumer always sees its own setting
     assert seen == [before] * 3 and torch.get_num_threads() == before
-    assert torch.equal(_epoch(DeviceLoader(x, y, 16, cpu_threads=1, **kw))[0],
-                       _epoch(DeviceLoader(x, y, 16, cpu_threads=None, **kw))[0])
+    assert torch.equal(
+        _epoch(DeviceLoader(x, y, 16, cpu_threads=1, **kw))[0],
+        _epoch(DeviceLoader(x, y, 16, cpu_threads=None, **kw))[0],
+    )

@@ -1,4 +1,5 @@
 """The restricted unpickler admits exactly what CIFAR batches hold and executes nothing else."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from gssl.data import DataError, load_dataset
-from gssl.data import fakes
+from gssl.data import DataError, fakes, load_dataset
 from gssl.data.pickle_safe import safe_load
 
 
@@ -29,7 +29,9 @@ class _Eval:
 def test_malicious_pickle_raises_and_executes_nothing(tmp_path, protocol):
     marker = tmp_path / "pwned"
     blob = pickle.dumps({b"data": _Touch(marker), b"labels": [0]}, protocol=protocol)
-    with pytest.raises(DataError, match=r"refused to unpickle \(global '(posix|os)\.system' is not allowed\)"):
+    with pytest.raises(
+        DataError, match=r"refused to unpickle \(global '(posix|os)\.system' is not allowed\)"
+    ):
         safe_load(blob, "evil")
     assert not marker.exists()
     with pytest.raises(DataError, match=r"(builtins|__builtin__)\.eval' is not allowed"):
@@ -61,8 +63,12 @@ def test_object_arrays_and_direct_ndarray_calls_refused():
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_real_structure_roundtrips(protocol):
     a = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
-    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [3, 7], b"data": a,
-             b"filenames": [b"a.png", b"b.png"]}
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [3, 7],
+        b"data": a,
+        b"filenames": [b"a.png", b"b.png"],
+    }
     out = safe_load(pickle.dumps(batch, protocol=protocol), "ok")
     np.testing.assert_array_equal(out[b"data"], a)
     assert out[b"labels"] == [3, 7] and out[b"filenames"] == [b"a.png", b"b.png"]

@@ -1,4 +1,5 @@
 """Every reader, on small datasets written by gssl.data.fakes: pixels, labels and classes come back exact."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gssl.data import DATASETS, MEAN_STD, DataError, ImageSet, describe, load_dataset, mean_std
-from gssl.data import fakes
+from gssl.data import DATASETS, MEAN_STD, DataError, ImageSet, describe, fakes, load_dataset, mean_std
 from gssl.data.cifar import CIFAR10_CLASSES
 from gssl.data.idx import DEBIAN_DIR
 
@@ -79,8 +79,9 @@ def test_palette_and_rgba_images_convert_to_rgb(tmp_path):
 
 
 def test_jpeg_folder_as_cifar10_dir_archive_and_parent(tmp_path):
-    root, arrays = fakes.write_folder(tmp_path / "cifar-10-jpg", CIFAR10_CLASSES, n_train=2, n_test=1,
-                                      fmt="JPEG")
+    root, arrays = fakes.write_folder(
+        tmp_path / "cifar-10-jpg", CIFAR10_CLASSES, n_train=2, n_test=1, fmt="JPEG"
+    )
     archive = fakes.make_tar(root, tmp_path / "cifar-10-jpg.tar.gz")
     results = []
     for r in (root, tmp_path, archive):  # {train,test}/ dir, dir holding cifar-10-jpg/, the archive
@@ -95,8 +96,10 @@ def test_jpeg_folder_as_cifar10_dir_archive_and_parent(tmp_path):
     assert torch.equal(results[0], results[2])  # same decoder, same pixels from dir and archive
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / archive.name).symlink_to(archive)
-    assert torch.equal(load_dataset("cifar10", tmp_path / "only", "test", cache_dir=False).images,
-                       load_dataset("cifar10", root, "test", cache_dir=False).images)
+    assert torch.equal(
+        load_dataset("cifar10", tmp_path / "only", "test", cache_dir=False).images,
+        load_dataset("cifar10", root, "test", cache_dir=False).images,
+    )
 
 
 def test_archive_without_top_folder(tmp_path):
@@ -128,8 +131,10 @@ def test_fashion_mnist_idx(tmp_path, monkeypatch):
     check(load_dataset("fashion-mnist", None, "test"), *arrays["test"])
 
 
-@pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 def test_fashion_mnist_debian_default(monkeypatch, tmp_path):
     monkeypatch.delenv("GSSL_DATA", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./data here
@@ -158,8 +163,10 @@ def test_imageset_subset_to_rgb_and_mean_std(tmp_path):
 def test_describe(tmp_path):
     root, _ = fakes.write_folder(tmp_path / "f", ["a", "b", "c"], n_train=2, n_test=1, size=8)
     info = describe("folder", root, cache_dir=tmp_path / "cache")
-    assert info["splits"] == {"train": {"count": 6, "per_class": [2, 2, 2]},
-                              "test": {"count": 3, "per_class": [1, 1, 1]}}
+    assert info["splits"] == {
+        "train": {"count": 6, "per_class": [2, 2, 2]},
+        "test": {"count": 3, "per_class": [1, 1, 1]},
+    }
     assert info["image_shape"] == [3, 8, 8] and info["classes"] == ["a", "b", "c"]
     assert info["cache"] == str(tmp_path / "cache") and info["format"] == "folder-dir"
     assert len(info["mean_std"][0]) == 3

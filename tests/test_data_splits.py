@@ -1,9 +1,11 @@
 """Long-tailed (LDAM-DRW protocol) and labelled/unlabelled splits."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gssl.data import DataError, labeled_unlabeled_split, long_tail_counts, long_tail_indices
 
@@ -129,6 +131,7 @@ def test_labeled_unlabeled_split():
 
 def test_first_per_class_takes_the_first_n_of_each_class_in_order():
     from gssl.data import first_per_class
+
     labels = np.array([2, 0, 0, 1, 2, 0, 1, 2, 2])
     assert first_per_class(labels, 2).tolist() == [0, 1, 2, 3, 4, 6]
     assert first_per_class(labels, 10).tolist() == list(range(9))

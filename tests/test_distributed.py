@@ -1,4 +1,5 @@
 """Data-parallel training under torchrun, on CPU with gloo and 2 processes."""
+
 import json
 import os
 import subprocess
@@ -7,26 +8,55 @@ import sys
 import pytest
 import torch
 
+from conftest import initial_weights, train_tiny_run
 from gssl import rundir
 from gssl.data import DeviceLoader
 from gssl.distributed import Dist, global_params
 from gssl.method import GatedSSL
 
-from conftest import initial_weights, train_tiny_run
-
-TINY = ["--preset", "cifar10-lt0.01-gated-triple", "--set", "optim.base_epochs=2", "--set", "model.backbone=resnet20",
-        "--set", "data.imbalance=1.0", "--set", "optim.milestones=[]", "--set", "optim.warmup_epochs=0",
-        "--set", "loss.name=ce", "--set", "loss.drw_epoch=null", "--set", "ssl.gate=learned", "--quiet"]
+TINY = [
+    "--preset",
+    "cifar10-lt0.01-gated-triple",
+    "--set",
+    "optim.base_epochs=2",
+    "--set",
+    "model.backbone=resnet20",
+    "--set",
+    "data.imbalance=1.0",
+    "--set",
+    "optim.milestones=[]",
+    "--set",
+    "optim.warmup_epochs=0",
+    "--set",
+    "loss.name=ce",
+    "--set",
+    "loss.drw_epoch=null",
+    "--set",
+    "ssl.gate=learned",
+    "--quiet",
+]
 
 
 def _torchrun(args, cwd, env_extra=None, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "gssl", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "gssl",
+        "train",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("n", [64, 70, 65])  # full batches only; a partial one split 3/3; one of 1 (< 2 ranks)
+@pytest.mark.parametrize(
+    "n", [64, 70, 65]
+)  # full batches only; a partial one split 3/3; one of 1 (< 2 ranks)
 def test_ranks_split_every_global_batch_like_one_process(n):
     images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8)
     labels = torch.arange(n)
@@ -51,7 +81,7 @@ def test_each_rank_gets_its_slice_of_the_global_pretext_draw():
     whole = model.sample_params(x, torch.Generator().manual_seed(5))
     for r in (0, 1):
         part = global_params(Dist(rank=r, world=2), model, x[:8], torch.Generator().manual_seed(5), 16, 8 * r)
-        assert all(torch.equal(part[k], whole[k][8 * r:8 * r + 8]) for k in whole)
+        assert all(torch.equal(part[k], whole[k][8 * r : 8 * r + 8]) for k in whole)
 
 
 def _weights(run):
@@ -69,12 +99,29 @@ def test_two_processes_with_batch_b_train_like_one_with_2b(fake_cifar10, tmp_pat
     work.mkdir()
     # NCHW: channels_last picks other convolution kernels for batches of 8 and 16, rounding apart by 2e-5
     few = ["--set", "data.max_per_class=5", "--set", "optim.lr=0.01", "--set", "channels_last=false"]
-    r = _torchrun([*TINY, *few, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=1", "--set",
-                   "optim.batch_size=8", "--out", "ddp"], cwd=work)
+    r = _torchrun(
+        [
+            *TINY,
+            *few,
+            "--set",
+            f"data.root={fake_cifar10}",
+            "--set",
+            "optim.epochs=1",
+            "--set",
+            "optim.batch_size=8",
+            "--out",
+            "ddp",
+        ],
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in work.iterdir()) == ["ddp"]  # rank 1 wrote nothing anywhere
-    assert sorted(p.name for p in (work / "ddp").iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl",
-                                                                 "summary.json"]
+    assert sorted(p.name for p in (work / "ddp").iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+    ]
     assert "final test accuracy" in r.stdout and r.stdout.count("final test accuracy") == 1
 
     real = torch.nn.modules.batchnorm._BatchNorm.forward
@@ -83,10 +130,19 @@ def test_two_processes_with_batch_b_train_like_one_with_2b(fake_cifar10, tmp_pat
         if self.training and x.shape[0] >= 2:
             return torch.cat([real(self, c) for c in x.split((x.shape[0] + 1) // 2)])
         return real(self, x)
+
     monkeypatch.setattr(torch.nn.modules.batchnorm._BatchNorm, "forward", ghost)
     sets = [a for a in TINY[2:] if a not in ("--set", "--quiet")]
-    one = train_tiny_run(fake_cifar10, tmp_path / "one", 1, *sets, "optim.batch_size=16", "data.max_per_class=5",
-                         "optim.lr=0.01", "channels_last=false")
+    one = train_tiny_run(
+        fake_cifar10,
+        tmp_path / "one",
+        1,
+        *sets,
+        "optim.batch_size=16",
+        "data.max_per_class=5",
+        "optim.lr=0.01",
+        "channels_last=false",
+    )
     a, b = _weights(work / "ddp"), _weights(one)
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -99,15 +155,27 @@ def test_two_processes_with_batch_b_train_like_one_with_2b(fake_cifar10, tmp_pat
 
 
 def test_a_killed_rank_ends_the_job_and_resume_under_two_processes_is_exact(fake_cifar10, tmp_path):
-    args = [*TINY, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=2", "--set", "optim.batch_size=8"]
+    args = [
+        *TINY,
+        "--set",
+        f"data.root={fake_cifar10}",
+        "--set",
+        "optim.epochs=2",
+        "--set",
+        "optim.batch_size=8",
+    ]
     full = _torchrun([*args, "--out", "full"], cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
-    killed = _torchrun([*args, "--out", "killed"], cwd=tmp_path, env_extra={"GSSL_FAULT": "kill-during-write:last.pt:2"})
+    killed = _torchrun(
+        [*args, "--out", "killed"], cwd=tmp_path, env_extra={"GSSL_FAULT": "kill-during-write:last.pt:2"}
+    )
     assert killed.returncode != 0  # the job came down (no hang: the call has a timeout)
     assert rundir.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 0
     resumed = _torchrun(["--resume", "killed", "--quiet"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = (rundir.load_checkpoint(tmp_path / r / "checkpoints" / "last.pt")["model"] for r in ("full", "killed"))
+    a, b = (
+        rundir.load_checkpoint(tmp_path / r / "checkpoints" / "last.pt")["model"] for r in ("full", "killed")
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -117,22 +185,38 @@ def test_torchrun_needs_an_explicit_run_directory(fake_cifar10, tmp_path):
 
 
 def test_sync_bn_on_cpu_is_refused_with_the_reason(fake_cifar10, tmp_path):
-    r = _torchrun([*TINY, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=1", "--set",
-                   "distributed.sync_bn=true", "--out", "x"], cwd=tmp_path)
+    r = _torchrun(
+        [
+            *TINY,
+            "--set",
+            f"data.root={fake_cifar10}",
+            "--set",
+            "optim.epochs=1",
+            "--set",
+            "distributed.sync_bn=true",
+            "--out",
+            "x",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode != 0 and "SyncBatchNorm is GPU-only" in r.stderr
     assert not (tmp_path / "x").exists()
 
 
 def _contrast_rank(rank, world, init_file, z_full, out):
     import torch.distributed as dist
+
     from gssl.contrastive import gather_views, nt_xent
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     n = z_full.shape[1] // world
-    z = z_full[:, rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    z = z_full[:, rank * n : (rank + 1) * n].clone().requires_grad_(True)
     zs, w = gather_views(z)
     loss, correct = nt_xent(zs, 0.5, with_correct=True)
     loss.backward()
-    torch.save({"loss": loss.item(), "grad": z.grad, "world": w, "correct": correct.item() / w}, out / f"{rank}.pt")
+    torch.save(
+        {"loss": loss.item(), "grad": z.grad, "world": w, "correct": correct.item() / w}, out / f"{rank}.pt"
+    )
     dist.barrier()  # neither rank tears gloo down while the other's last collective is in flight (SIGABRT)
     dist.destroy_process_group()
 
@@ -141,7 +225,9 @@ def test_nt_xent_under_two_ranks_sees_every_negative_and_has_the_one_process_gra
     """Each rank gathers the other's views; after DDP's average over ranks its gradient is the
     one-process gradient of the global batch's NT-Xent."""
     import torch.multiprocessing as mp
+
     from gssl.contrastive import nt_xent
+
     z_full = torch.randn(3, 8, 5, generator=torch.Generator().manual_seed(0))  # 3 views of 8 images
     mp.spawn(_contrast_rank, args=(2, tmp_path / "init", z_full, tmp_path), nprocs=2, join=True)
     z = z_full.clone().requires_grad_(True)
@@ -150,19 +236,54 @@ def test_nt_xent_under_two_ranks_sees_every_negative_and_has_the_one_process_gra
     parts = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
     for r, p in enumerate(parts):
         assert p["world"] == 2 and p["loss"] == pytest.approx(loss.item(), rel=1e-6)
-        assert torch.allclose(p["grad"] / 2, z.grad[:, 4 * r:4 * r + 4], atol=1e-7)  # DDP averages over 2 ranks
+        assert torch.allclose(
+            p["grad"] / 2, z.grad[:, 4 * r : 4 * r + 4], atol=1e-7
+        )  # DDP averages over 2 ranks
     assert sum(p["correct"] for p in parts) == pytest.approx(correct.item())
 
 
-@pytest.mark.parametrize("preset, sets", [
-    ("cifar10-4000-fixmatch-gated-triple", ["semi.labels_per_class=4", "semi.mu=2", "semi.steps_per_epoch=3",
-                                            "semi.threshold=0.5", "loss.name=ce", "optim.batch_size=4"]),
-    ("cifar10-simclr-gated-pretext", ["contrastive.knn_k=5", "contrastive.linear_epochs=2", "optim.batch_size=8",
-                                      "fusion.enabled=true", "data.max_per_class=9"]),
-])
+@pytest.mark.parametrize(
+    "preset, sets",
+    [
+        (
+            "cifar10-4000-fixmatch-gated-triple",
+            [
+                "semi.labels_per_class=4",
+                "semi.mu=2",
+                "semi.steps_per_epoch=3",
+                "semi.threshold=0.5",
+                "loss.name=ce",
+                "optim.batch_size=4",
+            ],
+        ),
+        (
+            "cifar10-simclr-gated-pretext",
+            [
+                "contrastive.knn_k=5",
+                "contrastive.linear_epochs=2",
+                "optim.batch_size=8",
+                "fusion.enabled=true",
+                "data.max_per_class=9",
+            ],
+        ),
+    ],
+)
 def test_fixmatch_and_simclr_presets_train_under_torchrun(fake_cifar10, tmp_path, preset, sets):
-    args = ["--preset", preset, "--set", f"data.root={fake_cifar10}", "--set", "model.backbone=resnet20",
-            "--set", "optim.epochs=2", "--set", "optim.base_epochs=2", "--set", "optim.warmup_epochs=0", "--quiet"]
+    args = [
+        "--preset",
+        preset,
+        "--set",
+        f"data.root={fake_cifar10}",
+        "--set",
+        "model.backbone=resnet20",
+        "--set",
+        "optim.epochs=2",
+        "--set",
+        "optim.base_epochs=2",
+        "--set",
+        "optim.warmup_epochs=0",
+        "--quiet",
+    ]
     for s in sets:
         args += ["--set", s]
     r = _torchrun([*args, "--out", "ddp"], cwd=tmp_path)
@@ -173,10 +294,13 @@ def test_fixmatch_and_simclr_presets_train_under_torchrun(fake_cifar10, tmp_path
     assert r.stdout.count("final test accuracy") == 1
     if "semi" in sets[0]:
         assert all(0 <= row["mask_rate"] <= 1 for row in rows) and "ema" in rundir.load_checkpoint(
-            tmp_path / "ddp" / "checkpoints" / "last.pt")
+            tmp_path / "ddp" / "checkpoints" / "last.pt"
+        )
     else:
         assert all(row["contrastive_loss"] > 0 for row in rows)
-        resumed = _torchrun(["--resume", "ddp", "--set", "optim.epochs=3", "--force", "--quiet"], cwd=tmp_path)
+        resumed = _torchrun(
+            ["--resume", "ddp", "--set", "optim.epochs=3", "--force", "--quiet"], cwd=tmp_path
+        )
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 3
 
@@ -185,8 +309,21 @@ def test_compiled_step_under_ddp_trains_like_the_eager_ddp_run(fake_cifar10, tmp
     """compile=true under torchrun (gloo, inductor): the step compiles in the mode chosen for DDP (no CUDA
     graphs, docs/performance.md), runs compiled on every full batch without falling back, and moves the
     weights as the eager DDP run does (to rounding: inductor's batch-norm backward rounds differently)."""
-    args = [*TINY, "--set", f"data.root={fake_cifar10}", "--set", "optim.epochs=1", "--set", "optim.batch_size=8",
-            "--set", "model.backbone=resnet8", "--set", "data.max_per_class=8", "--set", "optim.lr=0.01"]
+    args = [
+        *TINY,
+        "--set",
+        f"data.root={fake_cifar10}",
+        "--set",
+        "optim.epochs=1",
+        "--set",
+        "optim.batch_size=8",
+        "--set",
+        "model.backbone=resnet8",
+        "--set",
+        "data.max_per_class=8",
+        "--set",
+        "optim.lr=0.01",
+    ]
     runs = {}
     for compiled in ("true", "false"):
         r = _torchrun([*args, "--set", f"compile={compiled}", "--out", f"c-{compiled}"], cwd=tmp_path)

@@ -1,4 +1,5 @@
 """End to end on the real CIFAR-10 copy (skipped when it is absent): gated training through the CLI."""
+
 import json
 
 import pytest
@@ -12,14 +13,41 @@ from gssl.data import long_tail_counts
 ARCHIVE = shared_data_dir() / "cifar-10-jpg.tar.gz"
 
 
-@pytest.mark.skipif(not ARCHIVE.exists(), reason=f"real CIFAR-10 copy not found at {ARCHIVE} (set GSSL_SHARED_DATA)")
+@pytest.mark.skipif(
+    not ARCHIVE.exists(), reason=f"real CIFAR-10 copy not found at {ARCHIVE} (set GSSL_SHARED_DATA)"
+)
 def test_gated_training_on_real_long_tailed_cifar10(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--preset", "cifar10-lt0.01-gated-triple", "--out", str(out), "--quiet",
-                 "--set", f"data.root={ARCHIVE}", "--set", "data.max_per_class=600", "--set", "data.imbalance=0.2",
-                 "--set", "data.test_limit=2000", "--set", "model.backbone=resnet20",
-                 "--set", "optim.epochs=5", "--set", "optim.base_epochs=5", "--set", "optim.warmup_epochs=1",
-                 "--set", "optim.milestones=[4]", "--set", "loss.drw_epoch=4"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "cifar10-lt0.01-gated-triple",
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            f"data.root={ARCHIVE}",
+            "--set",
+            "data.max_per_class=600",
+            "--set",
+            "data.imbalance=0.2",
+            "--set",
+            "data.test_limit=2000",
+            "--set",
+            "model.backbone=resnet20",
+            "--set",
+            "optim.epochs=5",
+            "--set",
+            "optim.base_epochs=5",
+            "--set",
+            "optim.warmup_epochs=1",
+            "--set",
+            "optim.milestones=[4]",
+            "--set",
+            "loss.drw_epoch=4",
+        ]
+    )
     assert code == 0
     assert "final test accuracy" in capsys.readouterr().out
 

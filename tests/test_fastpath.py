@@ -1,15 +1,15 @@
 """The fast path: compiled step with eager fallback and static shapes, the deferred non-finite watch,
 and (with CUDA only) the whole CUDA path end to end."""
+
 import json
 
 import pytest
 import torch
 
+from conftest import train_tiny_run
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
 from gssl.step import Compiled, FiniteWatch
-
-from conftest import train_tiny_run
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -18,6 +18,7 @@ def _counting_backend(graphs):
     def backend(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
+
     return backend
 
 
@@ -76,6 +77,7 @@ def test_engine_compiles_the_step_when_asked(fake_cifar10, tmp_path, monkeypatch
     """compile=true on CPU (aot_eager backend: the same capture, no C++ build): the run trains, and
     matches the eager run closely."""
     import gssl.step
+
     real = torch.compile
     calls = []
 
@@ -111,7 +113,8 @@ def test_cuda_step_in_bf16_channels_last_is_close_to_fp32():
     ref, _ = model.loss_from_params(x, y, loss_fn.cuda(), params)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         fast, _ = model.to(memory_format=torch.channels_last).loss_from_params(
-            x.contiguous(memory_format=torch.channels_last), y, loss_fn, params)
+            x.contiguous(memory_format=torch.channels_last), y, loss_fn, params
+        )
     assert torch.isfinite(fast) and abs(fast.item() - ref.item()) < 0.05 * abs(ref.item()) + 0.05
 
 
@@ -127,7 +130,8 @@ def test_channels_last_on_cpu_is_an_option_with_the_same_training(fake_cifar10, 
     model, x, y, loss_fn, params = _step_inputs()
     ref, _ = model.loss_from_params(x, y, loss_fn, params)
     nhwc, _ = model.to(memory_format=torch.channels_last).loss_from_params(
-        x.contiguous(memory_format=torch.channels_last), y, loss_fn, params)
+        x.contiguous(memory_format=torch.channels_last), y, loss_fn, params
+    )
     assert torch.allclose(ref, nhwc, rtol=1e-5)  # the same step, another memory layout
     a = train_tiny_run(fake_cifar10, tmp_path / "nhwc", 1, "channels_last=true")
     b = train_tiny_run(fake_cifar10, tmp_path / "nchw", 1, "channels_last=false")
@@ -139,8 +143,8 @@ def test_channels_last_on_cpu_is_an_option_with_the_same_training(fake_cifar10, 
 def test_compile_default_repays_itself_on_cpu_and_is_on_for_cuda():
     """compile=null: CUDA always; CPU only when the run sees enough images to repay compiling (a 200-epoch
     long-tailed CIFAR-10 run does, the quickstart does not); an explicit setting always wins."""
-    from gssl.engine import CPU_COMPILE_MIN_IMAGES, compile_mode, use_compile
     from gssl.distributed import Dist
+    from gssl.engine import CPU_COMPILE_MIN_IMAGES, compile_mode, use_compile
     from gssl.presets import resolve as preset_config
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
@@ -158,7 +162,9 @@ def test_compile_default_repays_itself_on_cpu_and_is_on_for_cuda():
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_precision_is_a_setting_recorded_in_the_summary(fake_cifar10, tmp_path, precision):
-    run = train_tiny_run(fake_cifar10, tmp_path / precision, 1, f"precision={precision}", "model.backbone=resnet8")
+    run = train_tiny_run(
+        fake_cifar10, tmp_path / precision, 1, f"precision={precision}", "model.backbone=resnet8"
+    )
     s = json.loads((run / "summary.json").read_text())
     assert s["precision"] == precision and s["test_acc"] == s["test_acc"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -174,6 +180,7 @@ def test_cuda_fixmatch_preparation_and_ema_never_synchronise():
     """RandAugment's constants are made on the device and the EMA is one foreach lerp: with CUDA's sync
     debug mode set to error, a FixMatch batch's strong view and an EMA update run without a host sync."""
     from gssl.semisup import EMA, StrongAugment
+
     model = GatedSSL("resnet8", 10, tasks=["lorot", "flip", "channel"], gate="learned").cuda()
     ema = EMA(model, 0.999)
     strong = StrongAugment((0.5,) * 3, (0.25,) * 3, torch.device("cuda"))
@@ -194,6 +201,7 @@ def test_cuda_fixmatch_preparation_and_ema_never_synchronise():
 def test_cuda_frozen_features_stay_on_the_device():
     """SimCLR's per-epoch k-NN searches the feature bank where the features are, not on host cores."""
     from gssl import metrics
+
     net = torch.nn.Linear(4, 3).cuda()
     batches = [(torch.randn(5, 4, device="cuda"), torch.randint(0, 3, (5,), device="cuda")) for _ in range(2)]
     feats, labels = metrics.predict(net, batches, "cuda")

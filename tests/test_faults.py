@@ -5,6 +5,7 @@ thread in every process). The kills are exact: GSSL_FAULT (see rundir._fault_hoo
 process SIGKILL itself halfway through writing a named file. A kill at a random moment is in
 tests/test_resume.py; a resume with a changed configuration is refused there too.
 """
+
 import errno
 import json
 import os
@@ -27,9 +28,27 @@ SUMMARY_VOLATILE = {"wall_seconds", "wall_seconds_this_process", "images_per_sec
 
 def _args(root, out, *extra):
     """3 epochs of ResNet-20 with the gated triple on 140 tinted images: 4 steps an epoch."""
-    return ["train", "--preset", "cifar10-lt0.01-gated-triple", "--set", f"data.root={root}",
-            "--set", f"optim.epochs={EPOCHS}", "--set", "model.backbone=resnet20", "--set", "optim.batch_size=40",
-            "--set", "data.imbalance=0.5", "--set", "ssl.gate=learned", "--out", str(out), "--quiet", *extra]
+    return [
+        "train",
+        "--preset",
+        "cifar10-lt0.01-gated-triple",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        f"optim.epochs={EPOCHS}",
+        "--set",
+        "model.backbone=resnet20",
+        "--set",
+        "optim.batch_size=40",
+        "--set",
+        "data.imbalance=0.5",
+        "--set",
+        "ssl.gate=learned",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _main(argv):
@@ -52,8 +71,13 @@ def reference(fake_cifar10, tmp_path_factory):
 
 def _killed_run(root, out, fault):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GSSL_FAULT": fault}
-    r = subprocess.run([sys.executable, "-m", "gssl", *_args(root, out)], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "gssl", *_args(root, out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == -signal.SIGKILL, f"the fault {fault} did not fire: {r.stderr[-2000:]}"
     assert not (out / "summary.json").exists() or fault.startswith("kill-during-write:summary.json")
 
@@ -70,27 +94,33 @@ def _same_run(a, b):
     assert _rows(a) == _rows(b)
     for name in ("last", "best"):
         ca, cb = (rundir.load_checkpoint(r / "checkpoints" / f"{name}.pt") for r in (a, b))
-        assert (ca["epoch"], ca["best_acc"], ca["best_epoch"]) == (cb["epoch"], cb["best_acc"], cb["best_epoch"])
+        assert (ca["epoch"], ca["best_acc"], ca["best_epoch"]) == (
+            cb["epoch"],
+            cb["best_acc"],
+            cb["best_epoch"],
+        )
         assert ca["model"].keys() == cb["model"].keys()
         assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"]), name
         sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
         assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
     sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
-    assert {k: v for k, v in sa.items() if k not in SUMMARY_VOLATILE} == \
-        {k: v for k, v in sb.items() if k not in SUMMARY_VOLATILE}
+    assert {k: v for k, v in sa.items() if k not in SUMMARY_VOLATILE} == {
+        k: v for k, v in sb.items() if k not in SUMMARY_VOLATILE
+    }
 
 
 # (fault, epoch that last.pt must hold after the kill, metrics rows left after the kill)
 KILLS = [
-    ("kill-during-write:last.pt:2", 0, 2),        # mid-checkpoint, second epoch
+    ("kill-during-write:last.pt:2", 0, 2),  # mid-checkpoint, second epoch
     ("kill-during-write:metrics.jsonl:4", 1, 2),  # mid-metrics, third epoch (write 1 is the empty file)
-    ("kill-during-write:summary.json:1", 2, 3),   # every epoch done, the summary half written
+    ("kill-during-write:summary.json:1", 2, 3),  # every epoch done, the summary half written
 ]
 
 
 @pytest.mark.parametrize("fault, kept_epoch, rows", KILLS, ids=[k[0].split(":", 1)[1] for k in KILLS])
-def test_kill_mid_write_keeps_the_previous_checkpoint_and_resume_is_exact(fake_cifar10, reference, tmp_path,
-                                                                           fault, kept_epoch, rows):
+def test_kill_mid_write_keeps_the_previous_checkpoint_and_resume_is_exact(
+    fake_cifar10, reference, tmp_path, fault, kept_epoch, rows
+):
     run = tmp_path / "run"
     _killed_run(fake_cifar10, run, fault)
     target = fault.split(":")[1]
@@ -117,7 +147,9 @@ def test_kill_during_the_first_checkpoint_leaves_nothing_to_resume(fake_cifar10,
 
 
 @pytest.mark.parametrize("epoch, step", [(1, 2), (0, 1)])
-def test_non_finite_loss_stops_with_epoch_step_and_terms(fake_cifar10, tmp_path, monkeypatch, capsys, epoch, step):
+def test_non_finite_loss_stops_with_epoch_step_and_terms(
+    fake_cifar10, tmp_path, monkeypatch, capsys, epoch, step
+):
     """A NaN injected at (0-based) epoch, step: exit 1, message, the last good checkpoint kept."""
     steps_per_epoch, calls = 4, []
     real = GatedSSL.loss_from_params
@@ -177,7 +209,9 @@ def _failing_fsync(monkeypatch, prefix, nth, err):
     monkeypatch.setattr(os, "fsync", fsync)
 
 
-def test_disk_full_mid_run_stops_cleanly_and_resumes_exactly(fake_cifar10, reference, tmp_path, monkeypatch, capsys):
+def test_disk_full_mid_run_stops_cleanly_and_resumes_exactly(
+    fake_cifar10, reference, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     _failing_fsync(monkeypatch, ".last.pt.", 2, errno.ENOSPC)
     assert _main(_args(fake_cifar10, run)) == 1
@@ -192,8 +226,10 @@ def test_disk_full_mid_run_stops_cleanly_and_resumes_exactly(fake_cifar10, refer
     _same_run(run, reference)
 
 
-@pytest.mark.parametrize("where, err", [("fsync", errno.ENOSPC), ("replace", errno.EACCES),
-                                        ("mkstemp", errno.EACCES), ("write", errno.ENOSPC)])
+@pytest.mark.parametrize(
+    "where, err",
+    [("fsync", errno.ENOSPC), ("replace", errno.EACCES), ("mkstemp", errno.EACCES), ("write", errno.ENOSPC)],
+)
 def test_a_failed_write_is_a_clear_error_and_leaves_the_old_file(tmp_path, monkeypatch, where, err):
     target = tmp_path / "last.pt"
     target.write_bytes(b"previous checkpoint")
@@ -232,5 +268,7 @@ def test_unwritable_output_directory_exits_2(fake_cifar10, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
     assert main(_args(fake_cifar10, blocker / "run")) == 2
-    assert "cannot prepare" in capsys.readouterr().err and blocker.read_text() == "a file where a folder should be"
-
+    assert (
+        "cannot prepare" in capsys.readouterr().err
+        and blocker.read_text() == "a file where a folder should be"
+    )

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gssl.cli import main
-
 from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT
+from gssl.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = [*TWO_EPOCHS_EVERY_EVENT, "compile=false"]

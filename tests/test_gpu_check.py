@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py: its symptom scanner, and the whole check at toy size on CPU (`--smoke`), so
 that the one command a lent GPU gets has run end to end before."""
+
 import json
 import subprocess
 import sys
@@ -11,10 +12,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
 
 LOG = "V1201 18:57:59.636000 12744 torch/_dynamo/guards.py:5396] [0/1] [__recompiles] "
-RECOMPILE = (f"{LOG}Recompiling function packed in /r/src/gssl/step.py:40\n"
-             f"{LOG}    triggered by the following guard failure(s):\n"
-             f"{LOG}    - 0/0: ___check_obj_id(L['cls_loss'].weight)\n"
-             "epoch 2/2 lr 0.04 loss 1.2\n")
+RECOMPILE = (
+    f"{LOG}Recompiling function packed in /r/src/gssl/step.py:40\n"
+    f"{LOG}    triggered by the following guard failure(s):\n"
+    f"{LOG}    - 0/0: ___check_obj_id(L['cls_loss'].weight)\n"
+    "epoch 2/2 lr 0.04 loss 1.2\n"
+)
 
 
 def test_the_scanner_finds_a_recompilation_with_its_reason():
@@ -25,10 +28,12 @@ def test_the_scanner_finds_a_recompilation_with_its_reason():
 
 
 def test_the_scanner_finds_every_symptom_once_and_nothing_in_clean_output():
-    lines = ["RuntimeError: element 0 of tensors does not require grad and does not have a grad_fn",
-             "Error: accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run.",
-             "skipping cudagraphs due to mutated inputs (2 instances)",
-             "RuntimeWarning: torch.compile of the evaluation failed (x); continuing without compilation"]
+    lines = [
+        "RuntimeError: element 0 of tensors does not require grad and does not have a grad_fn",
+        "Error: accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run.",
+        "skipping cudagraphs due to mutated inputs (2 instances)",
+        "RuntimeWarning: torch.compile of the evaluation failed (x); continuing without compilation",
+    ]
     found = gpu_check.scan_symptoms("\n".join(lines + lines))  # repeated lines are kept once
     assert set(found) == set(gpu_check.SYMPTOMS) - {"Recompiling"}
     assert all(len(v) == 1 for v in found.values())
@@ -45,8 +50,21 @@ def test_a_probe_s_symptoms_are_printed_and_kept(capsys):
 
 def test_the_smoke_check_runs_every_part_and_writes_its_json(tmp_path):
     out = tmp_path / "check.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--device",
-                        "cpu", "--json", str(out)], capture_output=True, text=True, timeout=600, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--smoke",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert {"env", "probes", "step", "run", "sweep", "symptoms", "problems", "skipped"} <= set(res)
@@ -54,8 +72,10 @@ def test_the_smoke_check_runs_every_part_and_writes_its_json(tmp_path):
     assert res["problems"] == [] and res["symptoms"] == {}, (res["problems"], res["symptoms"])
     probes = res["probes"]
     assert {"pytest", "train-ldam-drw", "train-gated-triple"} <= set(probes)
-    assert all(probes[k]["rc"] == 0 and not probes[k]["timed_out"] for k in ("pytest", "train-ldam-drw",
-                                                                              "train-gated-triple"))
+    assert all(
+        probes[k]["rc"] == 0 and not probes[k]["timed_out"]
+        for k in ("pytest", "train-ldam-drw", "train-gated-triple")
+    )
     for k in ("train-ldam-drw", "train-gated-triple"):  # compiled, no fallback, through the DRW switch
         s = probes[k]["summary"]
         assert s["compiled"] is True and s["compiled_steps"] > 0 and s["compile_fallbacks"] == 0

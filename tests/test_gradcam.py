@@ -9,6 +9,7 @@ that way). A ResNet-20 trained for 40 steps classifies the patterns perfectly; t
 its last stage must then fall in the pattern's quadrant for at least 90% of the patterned test images
 (measured: 100% on several seeds, mean heatmap mass in that quadrant about 0.84; chance is 25%).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ def make_images(n: int, g: torch.Generator):
     for k in range(n):
         if y[k] > 0:
             r, c = (q[k] // 2) * h + off[k, 0], (q[k] % 2) * h + off[k, 1]
-            x[k, :, r:r + P, c:c + P] = pats[y[k] - 1]
+            x[k, :, r : r + P, c : c + P] = pats[y[k] - 1]
     return (x - 0.5) / 0.25, y, q
 
 
@@ -93,7 +94,9 @@ def test_predicted_class_by_default_and_model_left_as_it_was(trained):
 
 def test_peak_quadrant_and_mass_follow_the_pretext_numbering():
     cam = torch.zeros(4, 8, 8)
-    cam[0, 1, 1] = cam[1, 2, 6] = cam[2, 5, 0] = cam[3, 7, 7] = 1  # top-left, top-right, bottom-left, bottom-right
+    cam[0, 1, 1] = cam[1, 2, 6] = cam[2, 5, 0] = cam[3, 7, 7] = (
+        1  # top-left, top-right, bottom-left, bottom-right
+    )
     assert peak_quadrant(cam).tolist() == [0, 1, 2, 3]
     torch.testing.assert_close(quadrant_mass(cam), torch.eye(4))
 

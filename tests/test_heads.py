@@ -3,6 +3,7 @@ model is initialised as the reference's `_weights_init` (docs/design.md, "Fideli
 training"). The forward pass cannot see a cosine head's weight norm, but SGD can: the step on a class
 direction scales as 1/||w||^2, so these tests look at the weights and at a few SGD steps, not at outputs.
 """
+
 import math
 
 import pytest

@@ -21,7 +21,9 @@ def test_training_loss_stats_and_gradients(gate):
     model = GatedSSL("resnet20", 10, tasks=TRIPLE, gate=gate)
     x, y = batch()
     loss, stats = model.training_loss(x, y, build_loss("ce"), torch.Generator().manual_seed(0))
-    keys = {"loss", "cls_loss", "correct", "aux"} | {f"{p}_{t}" for p in ("ssl", "gate", "pretext_acc") for t in TRIPLE}
+    keys = {"loss", "cls_loss", "correct", "aux"} | {
+        f"{p}_{t}" for p in ("ssl", "gate", "pretext_acc") for t in TRIPLE
+    }
     assert set(stats) == keys
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in stats.values())
     assert torch.isfinite(loss) and 0 <= stats["correct"] <= 8
@@ -67,7 +69,9 @@ def test_cosine_heads_with_ldam_use_raw_cosines_for_pretext():
 @pytest.mark.parametrize("kw", [{"tasks": []}, {"tasks": TRIPLE, "gate": "none"}])
 def test_plain_supervised(kw):
     model = GatedSSL("resnet20", 10, **kw)
-    assert model.pretext is None and not [n for n, _ in model.named_parameters() if not n.startswith(("backbone", "classifier"))]
+    assert model.pretext is None and not [
+        n for n, _ in model.named_parameters() if not n.startswith(("backbone", "classifier"))
+    ]
     x, y = batch()
     loss, stats = model.training_loss(x, y, build_loss("ce"), torch.Generator())
     assert set(stats) == {"loss", "cls_loss", "correct", "aux"}
@@ -85,7 +89,9 @@ def test_same_seed_same_step():
 def test_lorot_i_and_rotation_baselines_and_greyscale():
     x, y = batch()
     for tasks in (["lorot_i"], ["rotation"]):
-        loss, stats = GatedSSL("resnet20", 10, tasks=tasks).training_loss(x, y, build_loss("ce"), torch.Generator())
+        loss, stats = GatedSSL("resnet20", 10, tasks=tasks).training_loss(
+            x, y, build_loss("ce"), torch.Generator()
+        )
         assert torch.isfinite(loss) and f"ssl_{tasks[0]}" in stats
     grey = x[:, :1].expand(-1, 3, -1, -1).contiguous()  # replicated greyscale: channel task is uninformative
     model = GatedSSL("resnet20", 10, tasks=TRIPLE, gate="learned")
@@ -98,7 +104,9 @@ def test_lorot_i_and_rotation_baselines_and_greyscale():
 
 @pytest.mark.parametrize("gate", ["reference", "learned"])
 def test_bf16_autocast_channels_last(gate):
-    model = GatedSSL("resnet20", 10, tasks=TRIPLE, gate=gate, head="cosine").to(memory_format=torch.channels_last)
+    model = GatedSSL("resnet20", 10, tasks=TRIPLE, gate=gate, head="cosine").to(
+        memory_format=torch.channels_last
+    )
     x, y = batch()
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):

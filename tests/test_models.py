@@ -45,8 +45,10 @@ def test_published_sizes_with_classifier():
     assert set(BACKBONES) == set(COUNTS)
 
 
-@pytest.mark.parametrize("name,size,stages,fmap", [
-    ("resnet20", 32, 3, 8), ("resnet18", 64, 4, 8), ("resnet18", 32, 4, 4), ("wrn28_2", 32, 3, 8)])
+@pytest.mark.parametrize(
+    "name,size,stages,fmap",
+    [("resnet20", 32, 3, 8), ("resnet18", 64, 4, 8), ("resnet18", 32, 4, 4), ("wrn28_2", 32, 3, 8)],
+)
 def test_shapes_and_stages(name, size, stages, fmap):
     m = build_backbone(name).eval()
     x = torch.randn(2, 3, size, size)
@@ -78,7 +80,9 @@ def test_heads():
     out = cos(x)
     assert out.shape == (8, 10) and out.abs().max() <= 1 + 1e-6
     w = cos.weight
-    assert torch.allclose(out, (x / x.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).T, atol=1e-6)
+    assert torch.allclose(
+        out, (x / x.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).T, atol=1e-6
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert cos(x.bfloat16()).dtype == torch.float32  # cosines kept in float32 for LDAM's s = 30
     lin = build_head("linear", 64, 16)

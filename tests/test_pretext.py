@@ -89,8 +89,12 @@ def test_quadrant_matches_per_sample_and_inverts(seed, B, half, ops, flip_axis):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31), B=st.integers(1, 8), size=st.sampled_from([4, 8, 32]),
-       flip_axis=st.sampled_from(["H", "W"]))
+@given(
+    seed=st.integers(0, 2**31),
+    B=st.integers(1, 8),
+    size=st.sampled_from([4, 8, 32]),
+    flip_axis=st.sampled_from(["H", "W"]),
+)
 def test_sampler_labels_decode_and_invert(seed, B, size, flip_axis):
     x = torch.randn(B, 3, size, size, generator=torch.Generator().manual_seed(seed))
     pretext = build_pretext(["lorot", "flip", "channel"], flip_axis=flip_axis)
@@ -178,16 +182,17 @@ def test_whole_image_rotation():
 
 def test_jigsaw_moves_quadrants_as_labelled():
     from gssl.pretext import TILE_ORDERS, _tile_permutation_table, jigsaw_transform
+
     assert _tile_permutation_table("cpu").tolist() == [list(p) for p in TILE_ORDERS]
     x = torch.randn(48, 3, 8, 6)
     tiles = torch.arange(48) % 24
     y = jigsaw_transform(x, tiles)
     for i in range(48):
-        quads = [x[i, :, r * 4:(r + 1) * 4, c * 3:(c + 1) * 3] for r in (0, 1) for c in (0, 1)]
+        quads = [x[i, :, r * 4 : (r + 1) * 4, c * 3 : (c + 1) * 3] for r in (0, 1) for c in (0, 1)]
         order = TILE_ORDERS[int(tiles[i])]
         for pos in range(4):
             r, c = divmod(pos, 2)
-            assert torch.equal(y[i, :, r * 4:(r + 1) * 4, c * 3:(c + 1) * 3], quads[order[pos]])
+            assert torch.equal(y[i, :, r * 4 : (r + 1) * 4, c * 3 : (c + 1) * 3], quads[order[pos]])
     assert torch.equal(jigsaw_transform(x, torch.zeros(48, dtype=torch.long)), x)  # label 0 is the identity
     with pytest.raises(ValueError, match="even"):
         jigsaw_transform(torch.zeros(1, 3, 5, 6), torch.zeros(1, dtype=torch.long))
@@ -195,6 +200,7 @@ def test_jigsaw_moves_quadrants_as_labelled():
 
 def test_jigsaw_with_rotation_is_jigsaw_then_rotation():
     from gssl.pretext import jigsaw_transform
+
     x = torch.randn(16, 3, 8, 8)
     pre = build_pretext(["rotation", "jigsaw"])
     params = pre.sample(x, torch.Generator().manual_seed(1))
@@ -220,16 +226,24 @@ def test_sampler_is_deterministic_and_covers_values():
 
 def test_dtype_and_channels_last_preserved():
     x = torch.randn(4, 3, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    params = {"quadrant": draw(0, 4, 4), "rotation": draw(1, 4, 4), "flip": draw(2, 4, 2), "perm": draw(3, 4, 6)}
+    params = {
+        "quadrant": draw(0, 4, 4),
+        "rotation": draw(1, 4, 4),
+        "flip": draw(2, 4, 2),
+        "perm": draw(3, 4, 6),
+    }
     y = quadrant_transform(x, params["quadrant"], params["rotation"], params["flip"], params["perm"])
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
-    ref = reference_quadrant(x.contiguous(), params["quadrant"], params["rotation"], params["flip"], params["perm"])
+    ref = reference_quadrant(
+        x.contiguous(), params["quadrant"], params["rotation"], params["flip"], params["perm"]
+    )
     assert torch.equal(y, ref)
 
 
 def test_registry_and_errors():
-    assert {n: t.num_classes for n, t in TASKS.items() if n in ("lorot", "flip", "channel", "lorot_i", "rotation")} == {
-        "lorot": 16, "flip": 2, "channel": 6, "lorot_i": 4, "rotation": 4}
+    assert {
+        n: t.num_classes for n, t in TASKS.items() if n in ("lorot", "flip", "channel", "lorot_i", "rotation")
+    } == {"lorot": 16, "flip": 2, "channel": 6, "lorot_i": 4, "rotation": 4}
     assert build_pretext(["lorot", "channel"]).num_classes == {"lorot": 16, "channel": 6}
     with pytest.raises(ValueError, match="lorot, flip, channel"):
         build_pretext(["lorot", "jigsaw"])
@@ -247,8 +261,11 @@ def test_registry_and_errors():
 
 def test_new_task_is_one_definition():
     """A joint rotation+flip task (8 classes) on the shared quadrant, defined in one line."""
-    task = register_task(PretextTask("rotflip", 8, "quadrant", {"rotation": 4, "flip": 2},
-                                     lambda p: 2 * p["rotation"] + p["flip"]))
+    task = register_task(
+        PretextTask(
+            "rotflip", 8, "quadrant", {"rotation": 4, "flip": 2}, lambda p: 2 * p["rotation"] + p["flip"]
+        )
+    )
     try:
         x = torch.randn(8, 3, 8, 8)
         pretext = build_pretext(["lorot", "rotflip"])
@@ -257,7 +274,9 @@ def test_new_task_is_one_definition():
         assert task.num_classes == pretext.num_classes["rotflip"] == 8
         assert torch.equal(labels["rotflip"] % 2, params["flip"])
         assert torch.equal(labels["rotflip"] // 2, labels["lorot"] % 4)  # shared rotation draw
-        assert torch.equal(y, reference_quadrant(x, params["quadrant"], params["rotation"], params["flip"], None))
+        assert torch.equal(
+            y, reference_quadrant(x, params["quadrant"], params["rotation"], params["flip"], None)
+        )
     finally:
         del TASKS["rotflip"]
 
@@ -280,6 +299,7 @@ def test_permutation_table_matches_itertools():
 def test_the_config_groups_tasks_by_the_regions_they_act_on():
     """config.TASK_GROUPS (torch-free, for parse-time checks) must say what the task registry says."""
     from gssl.config import TASK_GROUPS
+
     by_region = {}
     for name, task in TASKS.items():
         by_region.setdefault(task.region, set()).add(name)

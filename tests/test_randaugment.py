@@ -1,4 +1,5 @@
 """Batched RandAugment: every operation on a known image does what it says, in shape and range."""
+
 import pytest
 import torch
 
@@ -22,7 +23,9 @@ def test_colour_ops_do_what_they_say():
     x = _ramp()
     assert torch.equal(ra.apply(x, "identity", 0), x)
     ac = ra.apply(x, "autocontrast", 0)
-    assert ac.min() == 0 and ac.max() == pytest.approx(1.0) and (ac.diff(dim=3) > 0).all()  # stretched, order kept
+    assert (
+        ac.min() == 0 and ac.max() == pytest.approx(1.0) and (ac.diff(dim=3) > 0).all()
+    )  # stretched, order kept
     assert ra.apply(x, "brightness", 0.5).mean().item() == pytest.approx(0.5 * x.mean().item(), rel=1e-5)
     rgb = torch.rand(2, 3, 8, 8)
     grey = ra.apply(rgb, "color", 0.0)  # no colour left: channels equal

@@ -1,4 +1,5 @@
 """The README's promises: its Python example runs, and CI runs the README's own test command."""
+
 import re
 
 from conftest import REPO

@@ -1,4 +1,5 @@
 """gssl report and gssl analyze on real (tiny) runs: every section, valid PNGs, several runs, the t-SNE cache."""
+
 import base64
 import io
 import os
@@ -17,8 +18,15 @@ from gssl.analysis import tsne as tsne_mod  # noqa: E402
 from gssl.analysis.examples import pretext_rows  # noqa: E402
 from gssl.cli import main  # noqa: E402
 
-SECTIONS = ["Learning curves", "Gate weights", "Per-class accuracy", "Confusion matrix", "t-SNE of pooled features",
-            "Grad-CAM", "Pretext tasks"]
+SECTIONS = [
+    "Learning curves",
+    "Gate weights",
+    "Per-class accuracy",
+    "Confusion matrix",
+    "t-SNE of pooled features",
+    "Grad-CAM",
+    "Pretext tasks",
+]
 
 
 class Page(HTMLParser):
@@ -83,7 +91,15 @@ def test_report_of_one_run_has_every_section(run_copy, capsys):
         assert s in page.headings, s
     assert not page.notes, page.notes  # nothing left out
     names = sorted(p.name for p in (run_copy / "report").glob("*.png"))
-    assert names == ["confusion.png", "curves.png", "gates.png", "gradcam.png", "per-class.png", "pretext.png", "tsne.png"]
+    assert names == [
+        "confusion.png",
+        "curves.png",
+        "gates.png",
+        "gradcam.png",
+        "per-class.png",
+        "pretext.png",
+        "tsne.png",
+    ]
     assert len(page.images) == len(names)
     text = (run_copy / "report.html").read_text()
     assert "learned" in text and "lorot" in text and run_copy.name in text
@@ -150,12 +166,15 @@ def test_missing_checkpoint_and_summary_become_notes(run_copy):
     assert any("No checkpoint" in n for n in page.notes) and any("summary.json" in n for n in page.notes)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["report", "/nonexistent/run"], "not a gssl run directory"),
-    (["analyze", "/nonexistent/run"], "not a gssl run directory"),
-    (["analyze", "RUN", "--layer", "layer4"], "has stages layer1, layer2, layer3"),
-    (["report", "RUN", "--max-images", "1"], "--max-images"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["report", "/nonexistent/run"], "not a gssl run directory"),
+        (["analyze", "/nonexistent/run"], "not a gssl run directory"),
+        (["analyze", "RUN", "--layer", "layer4"], "has stages layer1, layer2, layer3"),
+        (["report", "RUN", "--max-images", "1"], "--max-images"),
+    ],
+)
 def test_bad_input_exits_2(argv, fragment, tiny_run, capsys):
     assert main([str(tiny_run) if a == "RUN" else a for a in argv]) == 2
     assert fragment in capsys.readouterr().err
@@ -170,7 +189,7 @@ def test_pretext_panels_change_only_the_outlined_region():
         for title, img, (top, left, h, w) in (p for p in row[1:]):
             diff = torch.as_tensor(img).ne(imgs[i]).any(0)
             inside = torch.zeros_like(diff)
-            inside[top:top + h, left:left + w] = True
+            inside[top : top + h, left : left + w] = True
             assert not diff[~inside].any(), title
             if "not flipped" not in title:
                 assert diff[inside].any(), title  # random pixels: every non-identity transform shows
@@ -192,6 +211,11 @@ def test_pretext_panels_for_lorot_i_and_whole_image_rotation():
 def test_help_has_examples(cmd):
     import subprocess
     import sys
+
     r = subprocess.run([sys.executable, "-m", "gssl", *cmd, "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    assert ("examples:" in r.stdout and "--checkpoint" in r.stdout) if cmd else ("report" in r.stdout and "analyze" in r.stdout)
+    assert (
+        ("examples:" in r.stdout and "--checkpoint" in r.stdout)
+        if cmd
+        else ("report" in r.stdout and "analyze" in r.stdout)
+    )

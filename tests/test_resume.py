@@ -1,4 +1,5 @@
 """Resume: a run killed with SIGKILL and resumed ends exactly where an uninterrupted run ends (CPU)."""
+
 import json
 import os
 import signal
@@ -14,10 +15,30 @@ TIMING = {"seconds", "images_per_second"}
 
 
 def _cmd(root, out, *extra):
-    return [sys.executable, "-m", "gssl", "train", "--preset", "cifar10-lt0.01-gated-triple",
-            "--set", f"data.root={root}", "--set", "optim.epochs=4", "--set", "model.backbone=resnet20",
-            "--set", "optim.batch_size=40", "--set", "data.imbalance=0.5", "--set", "ssl.gate=learned",
-            "--out", str(out), "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "gssl",
+        "train",
+        "--preset",
+        "cifar10-lt0.01-gated-triple",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "optim.epochs=4",
+        "--set",
+        "model.backbone=resnet20",
+        "--set",
+        "optim.batch_size=40",
+        "--set",
+        "data.imbalance=0.5",
+        "--set",
+        "ssl.gate=learned",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _rows(run):
@@ -33,7 +54,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(fake_cifar10, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_cmd(fake_cifar10, full), check=True, env=_env(), capture_output=True)
 
-    proc = subprocess.Popen(_cmd(fake_cifar10, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(fake_cifar10, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         m = killed / "metrics.jsonl"
@@ -45,8 +68,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(fake_cifar10, tmp_path):
     proc.wait()
     assert not (killed / "summary.json").exists()
 
-    r = subprocess.run(_cmd(fake_cifar10, killed)[:4] + ["--resume", str(killed), "--quiet"],
-                       env=_env(), capture_output=True, text=True)
+    r = subprocess.run(
+        _cmd(fake_cifar10, killed)[:4] + ["--resume", str(killed), "--quiet"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert _rows(killed) == _rows(full)
     a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
@@ -62,7 +89,9 @@ def test_resume_with_a_changed_config_is_refused_unless_forced(fake_cifar10, tmp
     args[args.index("optim.epochs=4")] = "optim.epochs=1"
     assert main(args) == 0
     before = (out / "config.yaml").read_text()
-    code = main(["train", "--resume", str(out), "--set", "optim.lr=0.05", "--set", "optim.epochs=2", "--quiet"])
+    code = main(
+        ["train", "--resume", str(out), "--set", "optim.lr=0.05", "--set", "optim.epochs=2", "--quiet"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "optim.epochs" in err and "optim.lr" in err and "--force" in err
@@ -79,6 +108,7 @@ def test_resuming_in_another_memory_format_keeps_the_fused_sgd_update_exact(tmp_
     import copy
 
     import torch
+
     from gssl import rundir
 
     def net():
@@ -94,8 +124,15 @@ def test_resuming_in_another_memory_format_keeps_the_fused_sgd_update_exact(tmp_
     ref = net()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5, momentum=0.9, fused=True)
     step(ref, ref_opt, x)
-    ck = copy.deepcopy({"model": ref.state_dict(), "optimizer": ref_opt.state_dict(), "epoch": 0, "best_acc": 0.0,
-                        "best_epoch": 0})  # as written to disk: not the live tensors
+    ck = copy.deepcopy(
+        {
+            "model": ref.state_dict(),
+            "optimizer": ref_opt.state_dict(),
+            "epoch": 0,
+            "best_acc": 0.0,
+            "best_epoch": 0,
+        }
+    )  # as written to disk: not the live tensors
     step(ref, ref_opt, x)  # the uninterrupted run's second step
     resumed = net().to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(resumed.parameters(), lr=0.5, momentum=0.9, fused=True)

@@ -1,4 +1,5 @@
 """The scattering transform against the known properties of its filters and of the transform."""
+
 import math
 
 import pytest
@@ -25,7 +26,7 @@ def test_each_wavelet_peaks_at_its_centre_frequency():
     step = 2 * math.pi / M
     for j in range(J):
         for l in range(L):
-            xi, theta = 3 * math.pi / 4 / 2 ** j, math.pi * l / L
+            xi, theta = 3 * math.pi / 4 / 2**j, math.pi * l / L
             i = psi[j, l].argmax()
             peak = torch.tensor([wx.flatten()[i], wy.flatten()[i]])
             want = torch.tensor([xi * math.cos(theta), xi * math.sin(theta)])

@@ -1,22 +1,29 @@
 """FixMatch with the gated pretext loss: threshold, EMA, no label leak, end to end at toy scale."""
+
 import json
 
 import pytest
 import torch
 
+from conftest import train_tiny_run
 from gssl import rundir
+from gssl.build import build_data
 from gssl.cli import main
 from gssl.config import from_dict
-from gssl.build import build_data
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
 from gssl.presets import preset_dict
 from gssl.semisup import EMA, fixmatch_loss, pseudo_labels
 
-from conftest import train_tiny_run
-
-SEMI = ["semi.labels_per_class=4", "semi.mu=2", "semi.steps_per_epoch=3", "semi.threshold=0.5",
-        "data.imbalance=1.0", "loss.name=ce", "loss.drw_epoch=null"]
+SEMI = [
+    "semi.labels_per_class=4",
+    "semi.mu=2",
+    "semi.steps_per_epoch=3",
+    "semi.threshold=0.5",
+    "data.imbalance=1.0",
+    "loss.name=ce",
+    "loss.drw_epoch=null",
+]
 
 
 def test_threshold_masks_exactly_the_confident_predictions():
@@ -63,8 +70,13 @@ def test_the_unlabelled_loss_never_reads_true_labels_and_the_split_is_disjoint(f
     a, sa = fixmatch_loss(*args, torch.randint(0, 10, (8,)), build_loss("ce"), params, 0.0, 1.0)
     b, sb = fixmatch_loss(*args, torch.randint(0, 10, (8,)), build_loss("ce"), params, 0.0, 1.0)
     assert torch.equal(a, b) and sa["mask_rate"] == 1.0  # other true labels, the same loss
-    cfg = from_dict({**preset_dict("cifar10-4000-fixmatch"), "data": {"name": "cifar10", "root": str(fake_cifar10),
-                     "imbalance": 1.0}, "semi": {"labels_per_class": 4}})
+    cfg = from_dict(
+        {
+            **preset_dict("cifar10-4000-fixmatch"),
+            "data": {"name": "cifar10", "root": str(fake_cifar10), "imbalance": 1.0},
+            "semi": {"labels_per_class": 4},
+        }
+    )
     data = build_data(cfg)
     assert len(data.train.labels) == 40 and data.counts == [4] * 10
     assert len(data.unlabeled.labels) == 200 - 40
@@ -104,13 +116,16 @@ def test_report_and_eval_of_a_fixmatch_run_both_judge_the_ema_weights(fake_cifar
     assert by_report["top1"] == pytest.approx(s["test_acc"]) == pytest.approx(by_eval["top1"])
     # the weights every command judges are the EMA's, which differ from the raw weights here
     import torch
+
     from gssl.evaluation import load_run
     from gssl.rundir import load_checkpoint
+
     model, ck = load_run(run, "last").model, load_checkpoint(run / "checkpoints" / "last.pt")
-    ema = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    ema = {k[len("module.") :]: v for k, v in ck["ema"].items() if k.startswith("module.")}
     judged = model.state_dict()
     assert all(torch.equal(judged[k], ema[k]) for k in judged)
     assert any(not torch.equal(judged[k], ck["model"][k]) for k in judged if judged[k].is_floating_point())
     from gssl.analysis.run import Run
+
     for_report = Run(run).loaded().model.state_dict()  # what the report's figures and evaluation use
     assert all(torch.equal(for_report[k].cpu(), ema[k]) for k in for_report)

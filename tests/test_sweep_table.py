@@ -1,4 +1,5 @@
 """`gssl table` on fabricated run directories, and `gssl sweep` on real toy runs."""
+
 import csv
 import io
 import json
@@ -7,9 +8,8 @@ import statistics
 import pytest
 
 from gssl.cli import main
-from gssl.config import to_yaml
+from gssl.config import parse_set, to_yaml
 from gssl.presets import resolve
-from gssl.config import parse_set
 
 SHORT = ["optim.epochs=6", "optim.base_epochs=6"]
 
@@ -25,7 +25,7 @@ def _fake_run(d, preset, seed, acc=None, best=None, sets=()):
 
 
 BASE = {0: 60.0, 1: 62.0, 2: 61.0}
-LOROT = {0: 63.0, 1: 62.5}                      # seed 2 missing
+LOROT = {0: 63.0, 1: 62.5}  # seed 2 missing
 LEARNED = {0: 64.0, 1: 65.0, 2: 66.0}
 
 
@@ -37,7 +37,9 @@ def table_runs(tmp_path):
     for s, a in LOROT.items():
         _fake_run(root / "lorot" / f"seed{s}", "cifar10-lt0.01-lorot", s, a)
     for s, a in LEARNED.items():
-        _fake_run(root / "learned" / f"seed{s}", "cifar10-lt0.01-gated-triple", s, a, sets=["ssl.gate=learned"])
+        _fake_run(
+            root / "learned" / f"seed{s}", "cifar10-lt0.01-gated-triple", s, a, sets=["ssl.gate=learned"]
+        )
     _fake_run(root / "learned" / "seed3", "cifar10-lt0.01-gated-triple", 3, None, sets=["ssl.gate=learned"])
     _fake_run(root / "c100" / "seed0", "cifar100-lt0.01-ldam-drw", 0, 40.0)
     return root
@@ -93,7 +95,9 @@ def test_table_of_contrastive_runs_knn_metric_and_baseline_by_method_name(tmp_pa
     for preset, (a0, a1, k0, k1) in accs.items():
         for seed, (acc, knn) in enumerate(((a0, k0), (a1, k1))):
             d = _fake_run(root / preset / f"seed{seed}", preset, seed, acc)
-            (d / "summary.json").write_text(json.dumps({"test_acc": acc, "best_test_acc": acc, "knn_test_acc": knn}))
+            (d / "summary.json").write_text(
+                json.dumps({"test_acc": acc, "best_test_acc": acc, "knn_test_acc": knn})
+            )
     assert main(["table", str(root), "--metric", "knn"]) == 0
     md = capsys.readouterr().out
     rows = _rows(md)
@@ -117,6 +121,7 @@ def test_table_refuses_duplicates_and_missing_paths(table_runs, tmp_path, capsys
 
 
 # --- sweep ------------------------------------------------------------------------------------
+
 
 def _sweep_file(tmp_path, data_root, out):
     f = tmp_path / "sweep.yaml"
@@ -172,6 +177,7 @@ def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10
     # a fresh checkout holds only the committed records (results/: config, metrics, summary; no
     # checkpoints, no logs): the sweep counts them finished and the table reads the same numbers
     import shutil
+
     records = tmp_path / "checkout" / "sweep"
     for summary in out.rglob("summary.json"):
         dest = records / summary.parent.relative_to(out)
@@ -210,7 +216,9 @@ def test_sweep_checks_everything_before_running_anything(fake_cifar10, tmp_path,
 def test_sweep_spreads_runs_over_gpus_one_per_gpu(tmp_path, monkeypatch, capsys):
     """Which GPU each run gets (CUDA_VISIBLE_DEVICES), without GPUs: Popen is replaced by a stand-in."""
     import subprocess
+
     from gssl import sweep
+
     seen = []
 
     class FakeProc:
@@ -235,11 +243,33 @@ def test_sweep_spreads_runs_over_gpus_one_per_gpu(tmp_path, monkeypatch, capsys)
 
 def test_sweep_grid_expands_every_combination_with_readable_names(tmp_path, capsys):
     out = tmp_path / "g"
-    assert main(["sweep", "--preset", "quickstart", "--grid", "ssl.gate=[reference,learned]",
-                 "--grid", "ssl.ratio=[0.1,0.5]", "--seeds", "0", "1", "--out", str(out), "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--preset",
+                "quickstart",
+                "--grid",
+                "ssl.gate=[reference,learned]",
+                "--grid",
+                "ssl.ratio=[0.1,0.5]",
+                "--seeds",
+                "0",
+                "1",
+                "--out",
+                str(out),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[new]")]
     assert len(lines) == 8  # 2 gates x 2 ratios x 2 seeds
-    assert any("--set ssl.gate=learned --set ssl.ratio=0.5 --set seed=1 --out " + str(out / "quickstart+gate-learned+ratio-0.5" / "seed1") in l
-               for l in lines)
+    assert any(
+        "--set ssl.gate=learned --set ssl.ratio=0.5 --set seed=1 --out "
+        + str(out / "quickstart+gate-learned+ratio-0.5" / "seed1")
+        in l
+        for l in lines
+    )
     assert main(["sweep", "--preset", "quickstart", "--grid", "ssl.gate=learned", "--out", str(out)]) == 2
     assert "expected KEY=[V1,V2,...]" in capsys.readouterr().err

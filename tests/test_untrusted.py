@@ -4,6 +4,7 @@ bad image files are reported by name. Every refusal exits 2 and leaves the run d
 Reader-level tests of the restricted unpickler are in tests/test_data_pickle.py, and of unreadable,
 truncated and mixed-size images in tests/test_data_errors.py; these go through the command line.
 """
+
 import hashlib
 import os
 import pickle
@@ -35,13 +36,26 @@ class Touch:
 
 
 def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _tiny(root, *sets):
-    return ["--set", f"data.root={root}", "--set", "model.backbone=resnet20", "--set", "optim.epochs=1",
-            "--set", "data.imbalance=0.5", "--quiet", *[x for s in sets for x in ("--set", s)]]
+    return [
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "model.backbone=resnet20",
+        "--set",
+        "optim.epochs=1",
+        "--set",
+        "data.imbalance=0.5",
+        "--quiet",
+        *[x for s in sets for x in ("--set", s)],
+    ]
 
 
 def test_malicious_dataset_pickle_is_refused_and_runs_nothing(tmp_path, capsys):
@@ -49,8 +63,16 @@ def test_malicious_dataset_pickle_is_refused_and_runs_nothing(tmp_path, capsys):
     marker = tmp_path / "pwned"
     with open(folder / "data_batch_3", "wb") as f:
         pickle.dump({b"data": Touch(marker), b"labels": [0], b"filenames": [], b"batch_label": b""}, f)
-    code = main(["train", "--preset", "cifar10-lt0.01-ldam-drw", "--out", str(tmp_path / "run"),
-                 *_tiny(tmp_path / "data")])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "cifar10-lt0.01-ldam-drw",
+            "--out",
+            str(tmp_path / "run"),
+            *_tiny(tmp_path / "data"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "data_batch_3" in err and "refused to unpickle" in err and "system" in err
@@ -62,9 +84,15 @@ def _run_dir(tmp_path, data_root) -> Path:
     """A run directory as `gssl train` leaves it, without training: config.yaml and checkpoints/."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    cfg = resolve("cifar10-lt0.01-ldam-drw", sets=[parse_set(f"data.root={data_root}"),
-                                                    parse_set("model.backbone=resnet20"), parse_set("optim.epochs=2"),
-                                                    parse_set("data.imbalance=0.5")])
+    cfg = resolve(
+        "cifar10-lt0.01-ldam-drw",
+        sets=[
+            parse_set(f"data.root={data_root}"),
+            parse_set("model.backbone=resnet20"),
+            parse_set("optim.epochs=2"),
+            parse_set("data.imbalance=0.5"),
+        ],
+    )
     (run / "config.yaml").write_text(to_yaml(cfg))
     (run / "metrics.jsonl").write_text("")
     return run
@@ -80,8 +108,10 @@ def cifar(tmp_path):
 def test_checkpoint_that_would_run_a_command_is_refused(tmp_path, cifar, capsys, command):
     run = _run_dir(tmp_path, cifar)
     marker = tmp_path / "pwned"
-    torch.save({"model": {}, "optimizer": {}, "epoch": 0, "best_acc": 0.0, "best_epoch": 0, "x": Touch(marker)},
-               run / "checkpoints" / "last.pt")
+    torch.save(
+        {"model": {}, "optimizer": {}, "epoch": 0, "best_acc": 0.0, "best_epoch": 0, "x": Touch(marker)},
+        run / "checkpoints" / "last.pt",
+    )
     before = _snapshot(run)
     argv = ["train", "--resume", str(run), "--quiet"] if command == "resume" else ["eval", str(run)]
     assert main(argv) == 2
@@ -96,8 +126,16 @@ def test_checkpoint_that_would_run_a_command_is_refused(tmp_path, cifar, capsys,
 
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path, cifar, capsys):
     run = _run_dir(tmp_path, cifar)
-    torch.save({"model": {"conv.weight": torch.zeros(3)}, "optimizer": {}, "epoch": 0, "best_acc": 1.0,
-                "best_epoch": 0}, run / "checkpoints" / "last.pt")
+    torch.save(
+        {
+            "model": {"conv.weight": torch.zeros(3)},
+            "optimizer": {},
+            "epoch": 0,
+            "best_acc": 1.0,
+            "best_epoch": 0,
+        },
+        run / "checkpoints" / "last.pt",
+    )
     before = _snapshot(run)
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     assert re.search(r"checkpoint .*last\.pt does not fit this configuration", capsys.readouterr().err)
@@ -120,8 +158,20 @@ def test_config_file_with_a_python_tag_is_refused(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "run").exists()
 
     # the same tag on the command line is only text, and not an integer
-    assert main(["train", "--preset", "quickstart", "--set", f"seed=!!python/object/apply:os.system ['touch {marker}']",
-                 "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "quickstart",
+                "--set",
+                f"seed=!!python/object/apply:os.system ['touch {marker}']",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     assert "seed: expected an integer" in capsys.readouterr().err
     assert not marker.exists()
 
@@ -156,19 +206,30 @@ def test_nothing_in_gssl_loads_untrusted_files_unsafely():
             for m in re.finditer(pattern, text):
                 if path.name == "pickle_safe.py" and why.startswith("pickle"):
                     continue  # the restricted unpickler itself
-                found.append(f"{path.relative_to(SRC)}:{text[:m.start()].count(chr(10)) + 1}: {why}")
+                found.append(f"{path.relative_to(SRC)}:{text[: m.start()].count(chr(10)) + 1}: {why}")
     assert not found, found
 
 
 # ---- images: converted when 8-bit, refused by name otherwise --------------------------------------------
+
 
 def _folder(tmp_path):
     root, _ = fakes.write_folder(tmp_path / "imgs", ["a", "b"], n_train=2, n_test=1, size=8)
     return root
 
 
-@pytest.mark.parametrize("mode, fmt", [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"),
-                                       ("CMYK", "JPEG"), ("RGB", "BMP")])
+@pytest.mark.parametrize(
+    "mode, fmt",
+    [
+        ("1", "PNG"),
+        ("L", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("CMYK", "JPEG"),
+        ("RGB", "BMP"),
+    ],
+)
 def test_eight_bit_modes_are_read_as_rgb(tmp_path, mode, fmt):
     root = _folder(tmp_path)
     p = root / "train" / "a" / "0000.png"
@@ -193,8 +254,16 @@ def test_bad_image_files_are_named(tmp_path, capsys, kind):
         Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(p)
     with pytest.raises(DataError, match=re.escape(p.name)):
         load_dataset("folder", root, "train", cache_dir=False)
-    code = main(["train", "--preset", "cifar10-lt0.01-ldam-drw", "--out", str(tmp_path / "run"),
-                 *_tiny(root, "data.name=folder")])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "cifar10-lt0.01-ldam-drw",
+            "--out",
+            str(tmp_path / "run"),
+            *_tiny(root, "data.name=folder"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert f"train/b/{p.name}" in err

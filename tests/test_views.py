@@ -1,4 +1,5 @@
 """SimCLR view augmentation: every operation on known images, and the batched views."""
+
 import colorsys
 import math
 
@@ -11,13 +12,28 @@ from gssl.data.views import ViewAugment, crop_theta, hsv_to_rgb, hue, rgb_to_hsv
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-def _params(n, *, scale=1.0, log_ratio=0.0, u=(0.5, 0.5), flip=False, jitter=False, factors=(1, 1, 1), shift=0.0,
-            grey=False):
+def _params(
+    n,
+    *,
+    scale=1.0,
+    log_ratio=0.0,
+    u=(0.5, 0.5),
+    flip=False,
+    jitter=False,
+    factors=(1, 1, 1),
+    shift=0.0,
+    grey=False,
+):
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
-    return {"crop": crop_theta(full(scale), full(log_ratio), torch.tensor([u] * n, dtype=torch.float),
-                               torch.full((n,), flip)),
-            "jitter": torch.full((n,), jitter), "factors": torch.tensor([factors] * n, dtype=torch.float),
-            "hue": full(shift), "grey": torch.full((n,), grey)}
+    return {
+        "crop": crop_theta(
+            full(scale), full(log_ratio), torch.tensor([u] * n, dtype=torch.float), torch.full((n,), flip)
+        ),
+        "jitter": torch.full((n,), jitter),
+        "factors": torch.tensor([factors] * n, dtype=torch.float),
+        "hue": full(shift),
+        "grey": torch.full((n,), grey),
+    }
 
 
 def test_hsv_matches_colorsys_and_round_trips():
@@ -33,7 +49,9 @@ def test_hsv_matches_colorsys_and_round_trips():
 def test_hue_rotates_primaries_and_leaves_grey():
     red = torch.zeros(1, 3, 2, 2)
     red[:, 0] = 1
-    assert torch.allclose(hue(red, torch.tensor([1 / 3])), torch.roll(red, 1, dims=1), atol=1e-5)  # red -> green
+    assert torch.allclose(
+        hue(red, torch.tensor([1 / 3])), torch.roll(red, 1, dims=1), atol=1e-5
+    )  # red -> green
     assert torch.allclose(hue(red, torch.tensor([0.0])), red)
     grey = torch.full((1, 3, 2, 2), 0.4)
     assert torch.allclose(hue(grey, torch.tensor([0.25])), grey)
@@ -57,8 +75,12 @@ def test_quarter_crop_is_the_corner_upsampled():
 
 
 def test_crop_aspect_ratio_and_clipping():
-    theta = crop_theta(torch.tensor([0.5, 1.0]), torch.tensor([math.log(2), math.log(4 / 3)]),
-                       torch.zeros(2, 2), torch.tensor([False, False]))
+    theta = crop_theta(
+        torch.tensor([0.5, 1.0]),
+        torch.tensor([math.log(2), math.log(4 / 3)]),
+        torch.zeros(2, 2),
+        torch.tensor([False, False]),
+    )
     w, h = theta[:, 0, 0], theta[:, 1, 1]
     assert w[0] / h[0] == pytest.approx(2.0) and (w[0] * h[0]).item() == pytest.approx(0.5)
     assert w[1] == pytest.approx(1.0) and h[1] < 1  # too wide for the image: clipped to its width
@@ -71,7 +93,9 @@ def test_jitter_and_grey_do_what_they_say():
     darker = ViewAugment.apply(x, _params(2, jitter=True, factors=(0.5, 1, 1)))
     assert torch.allclose(darker, x * 0.5, atol=1e-5)
     desat = ViewAugment.apply(x, _params(2, jitter=True, factors=(1, 1, 0)))
-    assert torch.allclose(desat[:, 0], desat[:, 1], atol=1e-6) and torch.allclose(desat[:, 1], desat[:, 2], atol=1e-6)
+    assert torch.allclose(desat[:, 0], desat[:, 1], atol=1e-6) and torch.allclose(
+        desat[:, 1], desat[:, 2], atol=1e-6
+    )
     grey = ViewAugment.apply(x, _params(2, grey=True))
     want = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
     assert all(torch.allclose(grey[:, c], want, atol=1e-5) for c in range(3))
@@ -95,7 +119,9 @@ def test_drawn_parameters_follow_the_probabilities():
     assert area.max() <= 0.6 + 1e-5 and area.min() >= 0.3 * 0.75 - 1e-5  # clipping can only shrink it
     assert (p["crop"][:, 0, 0] > 0).all()  # no flips when hflip is off
     assert 0.77 < p["jitter"].float().mean() < 0.83 and 0.17 < p["grey"].float().mean() < 0.23
-    assert p["factors"].min() >= 0.6 - 1e-6 and p["factors"].max() <= 1.4 + 1e-6 and p["hue"].abs().max() <= 0.1
+    assert (
+        p["factors"].min() >= 0.6 - 1e-6 and p["factors"].max() <= 1.4 + 1e-6 and p["hue"].abs().max() <= 0.1
+    )
 
 
 def test_greyscale_images_and_bad_arguments():

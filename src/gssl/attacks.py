@@ -10,6 +10,7 @@ Only the input receives gradients (torch.autograd.grad): model gradients are unt
 model is put in eval mode while attacking unless `train_mode` asks for the reference's behaviour
 (batch-norm running statistics updated by every attack step).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ from .step import autocast
 
 @dataclass(frozen=True)
 class Attack:
-    kind: str = "pgd"            # "fgsm" or "pgd"
+    kind: str = "pgd"  # "fgsm" or "pgd"
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
@@ -34,8 +35,10 @@ class Attack:
         if self.kind not in ATTACKS:
             raise ValueError(f"unknown attack {self.kind!r}; choose one of {sorted(ATTACKS)}")
         if not (0 <= self.eps <= 1) or self.step_size < 0 or self.steps < 1:
-            raise ValueError(f"attack settings out of range: eps {self.eps} (expected [0, 1]), "
-                             f"step size {self.step_size} (>= 0), steps {self.steps} (>= 1)")
+            raise ValueError(
+                f"attack settings out of range: eps {self.eps} (expected [0, 1]), "
+                f"step size {self.step_size} (>= 0), steps {self.steps} (>= 1)"
+            )
 
 
 class PixelSpace:
@@ -54,17 +57,21 @@ class PixelSpace:
 
 def classification_objective(model, loss_fn=None):
     """Cross-entropy (or `loss_fn`) of the model's class logits: the evaluation attack."""
+
     def objective(x: Tensor, y: Tensor) -> Tensor:
         logits = model(x).float()
         return loss_fn(logits, y) if loss_fn is not None else F.cross_entropy(logits, y)
+
     return objective
 
 
 def training_objective(model, cls_loss, params: dict):
     """Classification + gated pretext loss on the pretext-transformed image, parameters held fixed:
     the same total the training step minimises."""
+
     def objective(x: Tensor, y: Tensor) -> Tensor:
         return model.loss_from_params(x, y, cls_loss, params)[0]
+
     return objective
 
 
@@ -78,8 +85,14 @@ def attack_mode(model: torch.nn.Module, train_mode: bool = False):
         model.train(was)
 
 
-def perturb(objective, x: Tensor, y: Tensor, space: PixelSpace, attack: Attack,
-            generator: torch.Generator | None = None) -> Tensor:
+def perturb(
+    objective,
+    x: Tensor,
+    y: Tensor,
+    space: PixelSpace,
+    attack: Attack,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """The adversarial version of the normalised batch x (detached)."""
     clean = space.to_pixels(x.detach())
     if attack.kind == "fgsm":
@@ -88,7 +101,9 @@ def perturb(objective, x: Tensor, y: Tensor, space: PixelSpace, attack: Attack,
         steps, step, start = attack.steps, attack.step_size, attack.random_start
     delta = torch.zeros_like(clean)
     if start and attack.eps > 0:
-        u = torch.rand(clean.shape, generator=generator, device=generator.device if generator else clean.device)
+        u = torch.rand(
+            clean.shape, generator=generator, device=generator.device if generator else clean.device
+        )
         delta = (u.to(clean.device) * 2 - 1) * attack.eps
         delta = (clean + delta).clamp(0, 1) - clean
     with torch.enable_grad():
@@ -105,8 +120,9 @@ ATTACKS = {"fgsm", "pgd"}
 
 
 @torch.no_grad()
-def robust_accuracy(model, loader, space: PixelSpace, attack: Attack, *, precision: str = "fp32",
-                    seed: int = 0) -> tuple[float, float]:
+def robust_accuracy(
+    model, loader, space: PixelSpace, attack: Attack, *, precision: str = "fp32", seed: int = 0
+) -> tuple[float, float]:
     """(clean, robust) top-1 in percent over a loader, the model in eval mode throughout; weights
     and batch-norm statistics are left exactly as they were."""
     objective = classification_objective(model)

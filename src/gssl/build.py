@@ -1,6 +1,7 @@
 """Building a run's parts from its configuration: the data (with the protocol's long tail, caps and
 normalisation), the model (its method's network) and the classification loss. The
 training loop (engine.py), evaluation and the analysis tools all build through here."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,16 @@ from dataclasses import dataclass
 import torch
 
 from .config import Config, ConfigError
-from .data import (DataError, DeviceLoader, ImageSet, first_per_class, labeled_unlabeled_split, load_dataset,
-                   long_tail_indices, mean_std)
+from .data import (
+    DataError,
+    DeviceLoader,
+    ImageSet,
+    first_per_class,
+    labeled_unlabeled_split,
+    load_dataset,
+    long_tail_indices,
+    mean_std,
+)
 from .losses import build_loss
 
 
@@ -18,7 +27,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available; use device=auto or cpu")
+        raise ConfigError(
+            "device: 'cuda' was asked for but no CUDA device is available; use device=auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -26,7 +37,7 @@ def pick_device(name: str) -> torch.device:
 class Data:
     train: ImageSet
     test: ImageSet
-    counts: list[int]          # training images per class, after long-tailed subsampling
+    counts: list[int]  # training images per class, after long-tailed subsampling
     mean: tuple
     std: tuple
     unlabeled: ImageSet | None = None  # FixMatch: the training images whose labels training never reads
@@ -34,8 +45,17 @@ class Data:
 
 def ordered_loader(split: ImageSet, data: Data, batch_size: int, device) -> DeviceLoader:
     """Un-augmented, in order: the test set, or the training images' features for k-NN and a linear probe."""
-    return DeviceLoader(split.images, split.labels, batch_size, mean=data.mean, std=data.std, crop_padding=0,
-                        hflip=False, shuffle=False, device=device)
+    return DeviceLoader(
+        split.images,
+        split.labels,
+        batch_size,
+        mean=data.mean,
+        std=data.std,
+        crop_padding=0,
+        hflip=False,
+        shuffle=False,
+        device=device,
+    )
 
 
 def build_data(cfg: Config) -> Data:
@@ -47,8 +67,12 @@ def build_data(cfg: Config) -> Data:
     if d.imbalance < 1:
         train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
     unlabeled = None
-    if cfg.semi.labels_per_class is not None:  # FixMatch: a few labelled images per class, the rest unlabelled
-        lab, unl = labeled_unlabeled_split(train.labels.numpy(), cfg.semi.labels_per_class, cfg.semi.split_seed)
+    if (
+        cfg.semi.labels_per_class is not None
+    ):  # FixMatch: a few labelled images per class, the rest unlabelled
+        lab, unl = labeled_unlabeled_split(
+            train.labels.numpy(), cfg.semi.labels_per_class, cfg.semi.split_seed
+        )
         train, unlabeled = train.subset(lab), train.subset(unl)
     if d.test_limit is not None:  # balanced: the same number of test images from every class
         test = test.subset(first_per_class(test.labels.numpy(), math.ceil(d.test_limit / len(test.classes))))
@@ -56,42 +80,60 @@ def build_data(cfg: Config) -> Data:
         train, test = train.to_rgb(), test.to_rgb()
         unlabeled = unlabeled.to_rgb() if unlabeled is not None else None
     C = train.images.shape[1]
-    mean, std = ((0.5,) * C, (0.5,) * C) if d.normalize == "symmetric" else mean_std(d.name, train, channels=C)
+    mean, std = (
+        ((0.5,) * C, (0.5,) * C) if d.normalize == "symmetric" else mean_std(d.name, train, channels=C)
+    )
     counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
     empty = [name for name, n in zip(train.classes, counts) if n == 0]
     if empty:  # the losses (LDAM margins, DRW weights) need every class present
         names = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
         if d.imbalance == 1:
-            raise DataError(f"{d.name}: no training images for {len(empty)} of {len(counts)} classes ({names})")
-        raise ConfigError(f"data.imbalance={d.imbalance}: the long tail leaves {len(empty)} of {len(counts)} classes "
-                          f"with no training images ({names}), as the rarest class keeps int({max(counts)} x "
-                          f"{d.imbalance}) images. Raise data.imbalance"
-                          f"{' or data.max_per_class' if d.max_per_class else ''}, or use more images per class")
+            raise DataError(
+                f"{d.name}: no training images for {len(empty)} of {len(counts)} classes ({names})"
+            )
+        raise ConfigError(
+            f"data.imbalance={d.imbalance}: the long tail leaves {len(empty)} of {len(counts)} classes "
+            f"with no training images ({names}), as the rarest class keeps int({max(counts)} x "
+            f"{d.imbalance}) images. Raise data.imbalance"
+            f"{' or data.max_per_class' if d.max_per_class else ''}, or use more images per class"
+        )
     return Data(train, test, counts, tuple(mean), tuple(std), unlabeled)
 
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
     """The network of the config's method (gssl.scenarios), initialised from the global torch seed."""
     from .scenarios import scenario_class  # the scenarios build their parts through this module
+
     return scenario_class(cfg).build_model(cfg, num_classes, in_channels)
 
 
 def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:
     """What the images must be for the chosen transforms, refused before training with how to fix it."""
     if cfg.sla.transform == "rotation" and H != W:
-        raise ConfigError(f"sla.transform=rotation needs square images, but {cfg.data.name} images are {H}x{W}; "
-                          "use sla.transform=channel or none")
+        raise ConfigError(
+            f"sla.transform=rotation needs square images, but {cfg.data.name} images are {H}x{W}; "
+            "use sla.transform=channel or none"
+        )
     if cfg.sla.transform == "channel" and C != 3:
-        raise ConfigError(f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {C}; "
-                          "set data.to_rgb=true or use sla.transform=rotation")
+        raise ConfigError(
+            f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {C}; "
+            "set data.to_rgb=true or use sla.transform=rotation"
+        )
     if cfg.fusion.enabled and (H % cfg.fusion.patch or W % cfg.fusion.patch):
-        raise ConfigError(f"fusion.patch={cfg.fusion.patch} must divide the image sides ({cfg.data.name}: {H}x{W}); "
-                          "pick a patch size that does")
+        raise ConfigError(
+            f"fusion.patch={cfg.fusion.patch} must divide the image sides ({cfg.data.name}: {H}x{W}); "
+            "pick a patch size that does"
+        )
     if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
-        raise ConfigError(f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
-                          f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]")
+        raise ConfigError(
+            f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
+            f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]"
+        )
 
 
 def build_cls_loss(cfg: Config, counts: list[int]):
-    kw = {"ldam": {"max_m": cfg.loss.max_margin, "s": cfg.loss.scale}, "focal": {"gamma": cfg.loss.focal_gamma}}
+    kw = {
+        "ldam": {"max_m": cfg.loss.max_margin, "s": cfg.loss.scale},
+        "focal": {"gamma": cfg.loss.focal_gamma},
+    }
     return build_loss(cfg.loss.name, counts, **kw.get(cfg.loss.name, {}))

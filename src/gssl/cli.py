@@ -4,6 +4,7 @@ Exit codes: 0 success; 2 bad input (configuration, dataset, run directory), with
 what was expected and how to fix it, and nothing on disk changed; 1 a run that failed while training (a
 non-finite loss, a checkpoint write that failed), which keeps its last complete checkpoint for --resume.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,55 +51,108 @@ EXAMPLES_ANALYZE = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gssl", description="Gated self-supervised learning for image classification: "
-                                "supervised training plus LoRot-E, flip and channel-shuffle pretext tasks weighted "
-                                "by a gating network.", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Run `gssl COMMAND --help` for each command's options and examples.")
+    p = argparse.ArgumentParser(
+        prog="gssl",
+        description="Gated self-supervised learning for image classification: "
+        "supervised training plus LoRot-E, flip and channel-shuffle pretext tasks weighted "
+        "by a gating network.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `gssl COMMAND --help` for each command's options and examples.",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
-    t = sub.add_parser("train", help="train a model from a preset or config", epilog=EXAMPLES_TRAIN, formatter_class=fmt,
-                       description="Train a model. Configuration: defaults <- --preset (or --config) <- --set overrides.")
+    t = sub.add_parser(
+        "train",
+        help="train a model from a preset or config",
+        epilog=EXAMPLES_TRAIN,
+        formatter_class=fmt,
+        description="Train a model. Configuration: defaults <- --preset (or --config) <- --set overrides.",
+    )
     src = t.add_mutually_exclusive_group()
     src.add_argument("--preset", help="a named preset (see `gssl presets`)")
-    src.add_argument("--config", metavar="FILE.yaml", help="a YAML config; may name a `preset:` to start from")
-    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one key, e.g. optim.lr=0.05 or ssl.tasks=[lorot,flip] (repeatable)")
+    src.add_argument(
+        "--config", metavar="FILE.yaml", help="a YAML config; may name a `preset:` to start from"
+    )
+    t.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. optim.lr=0.05 or ssl.tasks=[lorot,flip] (repeatable)",
+    )
     t.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    t.add_argument("--force", action="store_true",
-                   help="replace an existing run in --out; with --resume, accept a changed configuration")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing run in --out; with --resume, accept a changed configuration",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
-    e = sub.add_parser("eval", help="evaluate a run's checkpoint on the test set", epilog=EXAMPLES_EVAL,
-                       formatter_class=fmt, description="Top-1/top-5, per-class and many/medium/few-shot accuracy "
-                       "and the confusion matrix, written to RUN_DIR/eval-<checkpoint>.json and printed.")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a run's checkpoint on the test set",
+        epilog=EXAMPLES_EVAL,
+        formatter_class=fmt,
+        description="Top-1/top-5, per-class and many/medium/few-shot accuracy "
+        "and the confusion matrix, written to RUN_DIR/eval-<checkpoint>.json and printed.",
+    )
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                   help="'last' (final epoch, default) or 'best' (chosen on the test set)")
+    e.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="'last' (final epoch, default) or 'best' (chosen on the test set)",
+    )
     e.add_argument("--json", action="store_true", help="print the full JSON report")
-    e.add_argument("--attack", choices=["pgd", "fgsm"], help="also report accuracy under this L-inf attack "
-                   "(pixel space [0, 1], model in eval mode)")
+    e.add_argument(
+        "--attack",
+        choices=["pgd", "fgsm"],
+        help="also report accuracy under this L-inf attack (pixel space [0, 1], model in eval mode)",
+    )
     e.add_argument("--eps", default="8/255", help="attack radius, a number or fraction (default 8/255)")
     e.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
     e.add_argument("--step-size", default="2/255", help="PGD step size (default 2/255)")
     e.add_argument("--no-random-start", action="store_true", help="PGD from the clean image")
-    e.add_argument("--protocol", choices=["classifier", "linear", "knn"], help="the run's classifier (default), or a "
-                   "linear probe / k-NN on the frozen backbone's features (default for contrastive runs: linear)")
-    e.add_argument("--knn-k", type=int, help="neighbours for --protocol knn (default: the run's contrastive.knn_k)")
-    e.add_argument("--linear-epochs", type=int, help="epochs of the linear probe (default: the run's "
-                   "contrastive.linear_epochs, or 100)")
+    e.add_argument(
+        "--protocol",
+        choices=["classifier", "linear", "knn"],
+        help="the run's classifier (default), or a "
+        "linear probe / k-NN on the frozen backbone's features (default for contrastive runs: linear)",
+    )
+    e.add_argument(
+        "--knn-k", type=int, help="neighbours for --protocol knn (default: the run's contrastive.knn_k)"
+    )
+    e.add_argument(
+        "--linear-epochs",
+        type=int,
+        help="epochs of the linear probe (default: the run's contrastive.linear_epochs, or 100)",
+    )
 
-    pr = sub.add_parser("presets", help="list the presets", epilog=EXAMPLES_PRESETS, formatter_class=fmt,
-                        description="The paper's protocols (Table 1, Table 2) and a quickstart.")
+    pr = sub.add_parser(
+        "presets",
+        help="list the presets",
+        epilog=EXAMPLES_PRESETS,
+        formatter_class=fmt,
+        description="The paper's protocols (Table 1, Table 2) and a quickstart.",
+    )
     pr.add_argument("--show", metavar="NAME", help="print the preset's full configuration as YAML")
     pr.add_argument("--keys", action="store_true", help="list every configuration key")
 
-    d = sub.add_parser("data", help="describe, prepare or download datasets", epilog=EXAMPLES_DATA, formatter_class=fmt,
-                       description="Datasets: cifar10, cifar100, tiny-imagenet, fashion-mnist, folder.")
+    d = sub.add_parser(
+        "data",
+        help="describe, prepare or download datasets",
+        epilog=EXAMPLES_DATA,
+        formatter_class=fmt,
+        description="Datasets: cifar10, cifar100, tiny-imagenet, fashion-mnist, folder.",
+    )
     d.add_argument("action", choices=["describe", "prepare", "download"])
     d.add_argument("name", help="dataset name")
-    d.add_argument("--root", help="dataset location (folder or archive); default $GSSL_DATA or the dataset's default")
+    d.add_argument(
+        "--root", help="dataset location (folder or archive); default $GSSL_DATA or the dataset's default"
+    )
     d.add_argument("--dest", default="data", help="download destination folder (default ./data)")
     _analysis_parsers(sub, fmt)
     _sweep_parsers(sub, fmt)
@@ -113,8 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     from .rundir import RunDirError
 
     try:
-        return {"train": _train, "eval": _eval, "presets": _presets, "data": _data,
-                "report": _report, "analyze": _analyze, "sweep": _sweep, "table": _table}[args.command](args)
+        return {
+            "train": _train,
+            "eval": _eval,
+            "presets": _presets,
+            "data": _data,
+            "report": _report,
+            "analyze": _analyze,
+            "sweep": _sweep,
+            "table": _table,
+        }[args.command](args)
     except BrokenPipeError:  # `gssl presets | head`
         sys.stderr.close()
         return 0
@@ -125,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gssl: training stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("gssl: interrupted; `gssl train --resume RUN_DIR` continues from the last checkpoint", file=sys.stderr)
+        print(
+            "gssl: interrupted; `gssl train --resume RUN_DIR` continues from the last checkpoint",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -139,19 +204,25 @@ def _train(args) -> int:
         run_dir = Path(args.resume)
         saved_path = run_dir / rundir.CONFIG
         if not saved_path.is_file():
-            raise rundir.RunDirError(f"cannot resume {run_dir}: no {rundir.CONFIG} there; pass the folder of an earlier run")
+            raise rundir.RunDirError(
+                f"cannot resume {run_dir}: no {rundir.CONFIG} there; pass the folder of an earlier run"
+            )
         saved = from_dict(load_yaml(saved_path))
         cfg = saved
         if args.preset or args.config or sets:
             asked = resolve(args.preset, load_yaml(args.config) if args.config else saved.to_dict(), sets)
             changed = diff(saved, asked)
             if changed and not args.force:
-                raise ConfigError(f"the configuration differs from the run's saved one in: {', '.join(changed)}; "
-                                  "resume without changes, or pass --force to continue with the new values")
+                raise ConfigError(
+                    f"the configuration differs from the run's saved one in: {', '.join(changed)}; "
+                    "resume without changes, or pass --force to continue with the new values"
+                )
             cfg = asked  # the engine saves it once the checkpoint has loaded into it
         if not (run_dir / rundir.CKPT_DIR / "last.pt").is_file():
-            raise rundir.RunDirError(f"cannot resume {run_dir}: no checkpoint yet (it stopped during the first epoch); "
-                                     f"start it again with --out {run_dir} --force")
+            raise rundir.RunDirError(
+                f"cannot resume {run_dir}: no checkpoint yet (it stopped during the first epoch); "
+                f"start it again with --out {run_dir} --force"
+            )
         summary = engine.train(cfg, run_dir, resume=True, quiet=args.quiet)
     else:
         if not args.preset and not args.config:
@@ -159,7 +230,9 @@ def _train(args) -> int:
         cfg = resolve(args.preset, load_yaml(args.config) if args.config else None, sets)
         name = args.preset or Path(args.config).stem
         if not args.out and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise ConfigError("under torchrun, name the run directory with --out DIR (every rank must agree on it)")
+            raise ConfigError(
+                "under torchrun, name the run directory with --out DIR (every rank must agree on it)"
+            )
         run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = engine.train(cfg, run_dir, force=args.force, quiet=args.quiet)
     if summary:  # (under torchrun only rank 0 has one)
@@ -168,9 +241,13 @@ def _train(args) -> int:
 
 
 def _print_summary(s: dict, run_dir: Path) -> None:
-    print(f"final test accuracy: {s['test_acc']:.2f}% (top-5 {s['top5_acc']:.2f}%); "
-          f"best {s['best_test_acc']:.2f}% at epoch {s['best_epoch'] + 1} (chosen on the test set)")
-    groups = [f"{g} {s[g + '_shot_acc']:.2f}%" for g in ("many", "medium", "few") if s[g + "_shot_acc"] is not None]
+    print(
+        f"final test accuracy: {s['test_acc']:.2f}% (top-5 {s['top5_acc']:.2f}%); "
+        f"best {s['best_test_acc']:.2f}% at epoch {s['best_epoch'] + 1} (chosen on the test set)"
+    )
+    groups = [
+        f"{g} {s[g + '_shot_acc']:.2f}%" for g in ("many", "medium", "few") if s[g + "_shot_acc"] is not None
+    ]
     if groups:
         print("shot groups: " + ", ".join(groups))
     if s["gate_weights"]:
@@ -181,27 +258,39 @@ def _print_summary(s: dict, run_dir: Path) -> None:
 
 def _eval(args) -> int:
     from .evaluation import evaluate_run
+
     attack = None
     if args.attack:
         from .attacks import Attack
         from .config import ConfigError, parse_number
+
         eps, step = parse_number("--eps", args.eps), parse_number("--step-size", args.step_size)
         try:
             attack = Attack(args.attack, eps, step, args.steps, not args.no_random_start)
         except ValueError as e:
             raise ConfigError(f"--attack: {e}") from None
-    rep = evaluate_run(Path(args.run_dir), args.checkpoint, attack, protocol=args.protocol, knn_k=args.knn_k,
-                       linear_epochs=args.linear_epochs)
+    rep = evaluate_run(
+        Path(args.run_dir),
+        args.checkpoint,
+        attack,
+        protocol=args.protocol,
+        knn_k=args.knn_k,
+        linear_epochs=args.linear_epochs,
+    )
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
-    print(f"checkpoint {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['num_test']} test images, "
-          f"{rep['protocol']}")
+    print(
+        f"checkpoint {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['num_test']} test images, "
+        f"{rep['protocol']}"
+    )
     print(f"top-1 {rep['top1']:.2f}%  top-5 {rep['top5']:.2f}%")
     if "robust_acc" in rep:
         a = rep["attack"]
         what = f"{a['kind']}" + (f"-{a['steps']} (step {a['step_size']:.4g})" if a["kind"] == "pgd" else "")
-        print(f"under {what} at eps {a['eps']:.4g}: robust {rep['robust_acc']:.2f}% (clean {rep['clean_acc']:.2f}%)")
+        print(
+            f"under {what} at eps {a['eps']:.4g}: robust {rep['robust_acc']:.2f}% (clean {rep['clean_acc']:.2f}%)"
+        )
     for g in ("many", "medium", "few"):
         if rep[g + "_shot_acc"] is not None:
             print(f"{g}-shot {rep[g + '_shot_acc']:.2f}%")
@@ -220,6 +309,7 @@ def _eval(args) -> int:
 def _presets(args) -> int:
     from .config import all_keys, from_dict, to_yaml
     from .presets import PRESETS, preset_dict
+
     if args.keys:
         print("\n".join(all_keys()))
         return 0
@@ -235,6 +325,7 @@ def _presets(args) -> int:
 
 def _data(args) -> int:
     from . import data
+
     if args.action == "download":
         path = data.download(args.name, Path(args.dest))
         print(f"downloaded {args.name} to {path}; train with --set data.root={path}")
@@ -242,7 +333,9 @@ def _data(args) -> int:
     if args.action == "prepare":
         for split in ("train", "test"):
             s = data.load_dataset(args.name, args.root, split)
-            print(f"{args.name} {split}: {len(s.labels)} images {tuple(s.images.shape[1:])}, {len(s.classes)} classes (cached)")
+            print(
+                f"{args.name} {split}: {len(s.labels)} images {tuple(s.images.shape[1:])}, {len(s.classes)} classes (cached)"
+            )
         return 0
     print(json.dumps(data.describe(args.name, args.root), indent=2))
     return 0
@@ -250,30 +343,63 @@ def _data(args) -> int:
 
 # --- report and analyze (gssl.analysis; needs matplotlib and scikit-learn: the `analysis` extra) ---
 
+
 def _analysis_parsers(sub, fmt) -> None:
-    r = sub.add_parser("report", help="write an HTML report of one or several runs", epilog=EXAMPLES_REPORT,
-                       formatter_class=fmt, description="Learning curves, gate weights per task, per-class accuracy "
-                       "against class size, confusion matrix, t-SNE of features, Grad-CAM and the pretext tasks, in a "
-                       "self-contained report.html (figures embedded; also written as PNGs to report/ beside it). "
-                       "One run: written into RUN_DIR. Several: overlaid curves and a summary table, into --out.")
+    r = sub.add_parser(
+        "report",
+        help="write an HTML report of one or several runs",
+        epilog=EXAMPLES_REPORT,
+        formatter_class=fmt,
+        description="Learning curves, gate weights per task, per-class accuracy "
+        "against class size, confusion matrix, t-SNE of features, Grad-CAM and the pretext tasks, in a "
+        "self-contained report.html (figures embedded; also written as PNGs to report/ beside it). "
+        "One run: written into RUN_DIR. Several: overlaid curves and a summary table, into --out.",
+    )
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     r.add_argument("--out", metavar="DIR", help="where to write report.html (required for several runs)")
     r.add_argument("--no-tsne", dest="tsne", action="store_false", help="leave out the t-SNE figure")
     r.add_argument("--no-gradcam", dest="gradcam", action="store_false", help="leave out the Grad-CAM figure")
-    a = sub.add_parser("analyze", help="just the Grad-CAM and/or t-SNE figures of a run", epilog=EXAMPLES_ANALYZE,
-                       formatter_class=fmt, description="Write RUN_DIR/analysis/gradcam-<checkpoint>-<layer>.png "
-                       "and tsne-<checkpoint>.png. With neither --gradcam nor --tsne, both.")
+    a = sub.add_parser(
+        "analyze",
+        help="just the Grad-CAM and/or t-SNE figures of a run",
+        epilog=EXAMPLES_ANALYZE,
+        formatter_class=fmt,
+        description="Write RUN_DIR/analysis/gradcam-<checkpoint>-<layer>.png "
+        "and tsne-<checkpoint>.png. With neither --gradcam nor --tsne, both.",
+    )
     a.add_argument("run_dir", metavar="RUN_DIR")
-    a.add_argument("--gradcam", action="store_true", help="Grad-CAM heatmaps for the true and predicted class")
-    a.add_argument("--tsne", action="store_true", help="t-SNE of pooled test features (cached in RUN_DIR/analysis/)")
-    a.add_argument("--layer", metavar="NAME", help="Grad-CAM stage: layer1..layer3 (layer4 for resnet18); default: the last")
+    a.add_argument(
+        "--gradcam", action="store_true", help="Grad-CAM heatmaps for the true and predicted class"
+    )
+    a.add_argument(
+        "--tsne", action="store_true", help="t-SNE of pooled test features (cached in RUN_DIR/analysis/)"
+    )
+    a.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="Grad-CAM stage: layer1..layer3 (layer4 for resnet18); default: the last",
+    )
     for p in (r, a):
-        p.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                       help="'last' (final epoch, default) or 'best' (chosen on the test set)")
-        p.add_argument("--max-images", type=int, default=2000, metavar="N",
-                       help="test images in the t-SNE, balanced over classes (default 2000)")
-        p.add_argument("--gradcam-images", type=int, default=8, metavar="N",
-                       help="test images in the Grad-CAM grid, one per class in turn (default 8)")
+        p.add_argument(
+            "--checkpoint",
+            choices=["last", "best"],
+            default="last",
+            help="'last' (final epoch, default) or 'best' (chosen on the test set)",
+        )
+        p.add_argument(
+            "--max-images",
+            type=int,
+            default=2000,
+            metavar="N",
+            help="test images in the t-SNE, balanced over classes (default 2000)",
+        )
+        p.add_argument(
+            "--gradcam-images",
+            type=int,
+            default=8,
+            metavar="N",
+            help="test images in the Grad-CAM grid, one per class in turn (default 8)",
+        )
     r.add_argument("--layer", metavar="NAME", help="Grad-CAM stage (default: the backbone's last)")
 
 
@@ -283,14 +409,18 @@ def _analysis_module():
         import sklearn  # noqa: F401
     except ImportError as e:
         from .config import ConfigError
-        raise ConfigError(f"report and analyze need matplotlib and scikit-learn ({e}); "
-                          "`pip install 'gssl[analysis]'`") from None
+
+        raise ConfigError(
+            f"report and analyze need matplotlib and scikit-learn ({e}); `pip install 'gssl[analysis]'`"
+        ) from None
     from .analysis import report
+
     return report
 
 
 def _positive(args) -> None:
     from .config import ConfigError
+
     if args.max_images < 3 or args.gradcam_images < 1:
         raise ConfigError("--max-images must be at least 3 and --gradcam-images at least 1")
 
@@ -298,9 +428,16 @@ def _positive(args) -> None:
 def _report(args) -> int:
     _positive(args)
     report = _analysis_module()
-    path = report.render_report(args.run_dirs, Path(args.out) if args.out else None, checkpoint=args.checkpoint,
-                                tsne=args.tsne, gradcam=args.gradcam, max_images=args.max_images,
-                                gradcam_images=args.gradcam_images, layer=args.layer)
+    path = report.render_report(
+        args.run_dirs,
+        Path(args.out) if args.out else None,
+        checkpoint=args.checkpoint,
+        tsne=args.tsne,
+        gradcam=args.gradcam,
+        max_images=args.max_images,
+        gradcam_images=args.gradcam_images,
+        layer=args.layer,
+    )
     print(f"report written to {path} (figures in {path.parent / 'report'})")
     return 0
 
@@ -309,9 +446,15 @@ def _analyze(args) -> int:
     _positive(args)
     report = _analysis_module()
     both = not (args.gradcam or args.tsne)
-    for p in report.analyze_run(args.run_dir, gradcam=args.gradcam or both, tsne=args.tsne or both,
-                                checkpoint=args.checkpoint, layer=args.layer, max_images=args.max_images,
-                                gradcam_images=args.gradcam_images):
+    for p in report.analyze_run(
+        args.run_dir,
+        gradcam=args.gradcam or both,
+        tsne=args.tsne or both,
+        checkpoint=args.checkpoint,
+        layer=args.layer,
+        max_images=args.max_images,
+        gradcam_images=args.gradcam_images,
+    ):
         print(p)
     return 0
 
@@ -334,41 +477,81 @@ EXAMPLES_TABLE = """examples:
 
 
 def _sweep_parsers(sub, fmt) -> None:
-    s = sub.add_parser("sweep", help="run a grid of presets x seeds x overrides", epilog=EXAMPLES_SWEEP,
-                       formatter_class=fmt, description="Run every (run, seed) of a sweep file or of --preset x "
-                       "--seeds into OUT/<name>/seed<k>: finished runs are skipped, interrupted ones resumed.")
+    s = sub.add_parser(
+        "sweep",
+        help="run a grid of presets x seeds x overrides",
+        epilog=EXAMPLES_SWEEP,
+        formatter_class=fmt,
+        description="Run every (run, seed) of a sweep file or of --preset x "
+        "--seeds into OUT/<name>/seed<k>: finished runs are skipped, interrupted ones resumed.",
+    )
     s.add_argument("file", nargs="?", metavar="SWEEP.yaml", help="a sweep file (out, seeds, set, runs)")
-    s.add_argument("--preset", dest="presets", action="append", default=[], help="a preset to run (repeatable)")
+    s.add_argument(
+        "--preset", dest="presets", action="append", default=[], help="a preset to run (repeatable)"
+    )
     s.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's, or 0)")
-    s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one key in every run (repeatable)")
-    s.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]",
-                   help="run every preset/run with each value, e.g. --grid 'ssl.gate=[reference,learned]' (repeatable: "
-                   "every combination)")
+    s.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key in every run (repeatable)",
+    )
+    s.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=[V1,V2]",
+        help="run every preset/run with each value, e.g. --grid 'ssl.gate=[reference,learned]' (repeatable: "
+        "every combination)",
+    )
     s.add_argument("--out", metavar="DIR", help="sweep folder (default: the file's `out`)")
     s.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at a time (default 1)")
-    s.add_argument("--gpus", metavar="IDS", help="spread the runs over these GPUs, e.g. 0,1,2,3 (one run per GPU "
-                   "at a time, more with --parallel)")
+    s.add_argument(
+        "--gpus",
+        metavar="IDS",
+        help="spread the runs over these GPUs, e.g. 0,1,2,3 (one run per GPU "
+        "at a time, more with --parallel)",
+    )
     s.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
 
-    t = sub.add_parser("table", help="results of runs as a Markdown (and CSV) table", epilog=EXAMPLES_TABLE,
-                       formatter_class=fmt, description="Group runs by method and setting: mean +- std over "
-                       "seeds, the paper's number, the paired difference against the baseline row.")
+    t = sub.add_parser(
+        "table",
+        help="results of runs as a Markdown (and CSV) table",
+        epilog=EXAMPLES_TABLE,
+        formatter_class=fmt,
+        description="Group runs by method and setting: mean +- std over "
+        "seeds, the paper's number, the paired difference against the baseline row.",
+    )
     t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
-    t.add_argument("--metric", choices=["final", "best", "knn"], default="final",
-                   help="final-epoch accuracy (default), best epoch (chosen on the test set), or k-NN on the "
-                   "frozen backbone (contrastive runs)")
-    t.add_argument("--baseline", metavar="ROW", help="the row (or method) differences are taken against "
-                   "(default: LDAM-DRW, baseline, supervised or SimCLR, whichever is there)")
+    t.add_argument(
+        "--metric",
+        choices=["final", "best", "knn"],
+        default="final",
+        help="final-epoch accuracy (default), best epoch (chosen on the test set), or k-NN on the "
+        "frozen backbone (contrastive runs)",
+    )
+    t.add_argument(
+        "--baseline",
+        metavar="ROW",
+        help="the row (or method) differences are taken against "
+        "(default: LDAM-DRW, baseline, supervised or SimCLR, whichever is there)",
+    )
     t.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
-    t.add_argument("--figures", metavar="OUT_DIR", help="also draw the sweep's figures from the run "
-                   "records alone (test accuracy and pretext-head accuracy per epoch, gate weights, per-class "
-                   "accuracy against class size) as PNGs into OUT_DIR; a row is the folder above seed<k>")
+    t.add_argument(
+        "--figures",
+        metavar="OUT_DIR",
+        help="also draw the sweep's figures from the run "
+        "records alone (test accuracy and pretext-head accuracy per epoch, gate weights, per-class "
+        "accuracy against class size) as PNGs into OUT_DIR; a row is the folder above seed<k>",
+    )
 
 
 def _sweep(args) -> int:
     from . import sweep
     from .config import ConfigError
+
     if args.parallel < 1:
         raise ConfigError(f"--parallel {args.parallel}: expected an integer >= 1")
     if args.file and args.presets:
@@ -378,7 +561,9 @@ def _sweep(args) -> int:
     elif args.presets:
         if not args.out:
             raise ConfigError("--preset needs --out DIR for the sweep folder")
-        jobs = sweep.jobs_from_presets(args.presets, args.out, args.seeds or [0], args.sets, sweep.parse_grid(args.grid))
+        jobs = sweep.jobs_from_presets(
+            args.presets, args.out, args.seeds or [0], args.sets, sweep.parse_grid(args.grid)
+        )
     else:
         raise ConfigError("name a sweep file or at least one --preset; see `gssl sweep --help`")
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
@@ -386,7 +571,10 @@ def _sweep(args) -> int:
         raise ConfigError("--gpus: expected GPU ids such as 0,1")
     failed = sweep.run(jobs, args.parallel, args.dry_run, gpus=gpus, log=functools.partial(print, flush=True))
     if failed:
-        print(f"gssl: {failed} run(s) failed; fix the cause and run the same sweep again to go on", file=sys.stderr)
+        print(
+            f"gssl: {failed} run(s) failed; fix the cause and run the same sweep again to go on",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -394,6 +582,7 @@ def _sweep(args) -> int:
 def _table(args) -> int:
     from . import table
     from .rundir import write_atomic
+
     runs = table.find_runs(args.run_dirs)
     print(table.markdown(runs, args.metric, args.baseline), end="")
     if args.csv:
@@ -401,6 +590,7 @@ def _table(args) -> int:
         print(f"\nCSV written to {args.csv}")
     if args.figures:
         from .analysis import curves
+
         print()
         curves.write_figures(runs, args.figures)
     return 0

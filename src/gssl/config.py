@@ -3,6 +3,7 @@
 Every key has a type and, where it matters, a check; a bad key or value raises ConfigError whose
 message names the key and what is allowed, so the CLI can print it and exit with code 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,25 +31,45 @@ def _check(pred, what):
 
 @dataclass
 class DataConfig:
-    name: str = field(default="cifar10", metadata=_choice(
-        "cifar10", "cifar100", "tiny-imagenet", "fashion-mnist", "folder"))
-    root: str | None = None                # None: $GSSL_DATA or the dataset's default location
-    imbalance: float = field(default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a ratio in (0, 1]; 1 means balanced"))
+    name: str = field(
+        default="cifar10", metadata=_choice("cifar10", "cifar100", "tiny-imagenet", "fashion-mnist", "folder")
+    )
+    root: str | None = None  # None: $GSSL_DATA or the dataset's default location
+    imbalance: float = field(
+        default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a ratio in (0, 1]; 1 means balanced")
+    )
     profile: str = field(default="exp", metadata=_choice("exp", "step"))
-    max_per_class: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
+    max_per_class: int | None = field(
+        default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null")
+    )
     # at most this many test images, taken evenly from every class (quick runs); null: the whole test set
-    test_limit: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
+    test_limit: int | None = field(
+        default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null")
+    )
     crop_padding: int = field(default=4, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     hflip: bool = True
     # "dataset": the dataset's mean/std; "symmetric": inputs in [0, 1] fed as 2x - 1 (the adversarial protocol)
     normalize: str = field(default="dataset", metadata=_choice("dataset", "symmetric"))
-    to_rgb: bool = True                    # replicate greyscale to 3 channels so every pretext task applies (SPEC 10)
+    to_rgb: bool = True  # replicate greyscale to 3 channels so every pretext task applies (SPEC 10)
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = field(default="resnet32", metadata=_choice(
-        "resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18", "wrn28_2", "wrn40_2", "scatnet"))
+    backbone: str = field(
+        default="resnet32",
+        metadata=_choice(
+            "resnet8",
+            "resnet20",
+            "resnet32",
+            "resnet44",
+            "resnet56",
+            "resnet110",
+            "resnet18",
+            "wrn28_2",
+            "wrn40_2",
+            "scatnet",
+        ),
+    )
     head: str = field(default="cosine", metadata=_choice("linear", "cosine"))
 
 
@@ -59,19 +80,29 @@ TASK_GROUPS = ({"lorot", "flip", "channel"}, {"lorot_i"}, {"rotation", "jigsaw"}
 
 @dataclass
 class SSLConfig:
-    tasks: list[str] = field(default_factory=list, metadata=_check(
-        lambda v: len(set(v)) == len(v) and any(set(v) <= group for group in TASK_GROUPS),
-        "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw], all acting on one "
-        "region: quadrant tasks (lorot, flip, channel), lorot_i, or whole-image tasks (rotation, jigsaw)"))
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata=_check(
+            lambda v: len(set(v)) == len(v) and any(set(v) <= group for group in TASK_GROUPS),
+            "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw], all acting on one "
+            "region: quadrant tasks (lorot, flip, channel), lorot_i, or whole-image tasks (rotation, jigsaw)",
+        ),
+    )
     gate: str = field(default="reference", metadata=_choice("reference", "learned", "uniform", "none"))
-    ratio: float = field(default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
+    ratio: float = field(
+        default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+    )
     flip_axis: str = field(default="H", metadata=_choice("H", "W"))
-    gate_tau: float = field(default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    gate_tau: float = field(
+        default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
     # A DEVIATION from the reference when != 1: multiplies a cosine pretext head's logits before the
     # cross-entropy. The reference feeds raw cosines in [-1, 1] (loss >= 1.1 for 16 classes), and on a
     # CPU budget its heads stay near chance (docs/results.md); s = 30 is LDAM's own classifier scale.
-    pretext_scale: float = field(default=1.0, metadata=_check(lambda v: v > 0 and math.isfinite(v),
-                                                              "a finite number > 0 (1 = the reference)"))
+    pretext_scale: float = field(
+        default=1.0,
+        metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0 (1 = the reference)"),
+    )
 
 
 @dataclass
@@ -80,48 +111,72 @@ class LossConfig:
     max_margin: float = field(default=0.5, metadata=_check(lambda v: v > 0, "a number > 0"))
     scale: float = field(default=30.0, metadata=_check(lambda v: v > 0, "a number > 0"))
     focal_gamma: float = field(default=1.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
-    drw_epoch: int | None = field(default=160, metadata=_check(lambda v: v is None or v >= 0, "an epoch >= 0 or null (never)"))
+    drw_epoch: int | None = field(
+        default=160, metadata=_check(lambda v: v is None or v >= 0, "an epoch >= 0 or null (never)")
+    )
     drw_beta: float = field(default=0.9999, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
 
 
 @dataclass
 class SLAConfig:
     """SLA-SD baseline (Lee et al. 2020): joint class x transformation labels, self-distilled single head."""
+
     transform: str = field(default="none", metadata=_choice("none", "rotation", "channel"))
-    temperature: float = field(default=1.0, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    temperature: float = field(
+        default=1.0, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
 
 
 @dataclass
 class PretrainConfig:
     """SSP baseline (Yang & Xu 2020): whole-image rotation pre-training on the training images, no labels."""
+
     epochs: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no pre-training)"))
-    lr: float = field(default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    lr: float = field(
+        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
 
 
 @dataclass
 class AdvConfig:
     """PGD/FGSM adversarial training (SPEC section 6); pixel-space L-inf, eps etc. accept fractions (8/255)."""
+
     attack: str = field(default="none", metadata=_choice("none", "fgsm", "pgd"))
-    eps: float = field(default=8 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 8/255"))
-    step_size: float = field(default=2 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255"))
+    eps: float = field(
+        default=8 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 8/255")
+    )
+    step_size: float = field(
+        default=2 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255")
+    )
     steps: int = field(default=10, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     random_start: bool = True
     # what the training attack maximises: "pretext" = classification + gated pretext loss on the
     # transformed image (the paper), "cls" = classification loss on the untransformed image
     objective: str = field(default="pretext", metadata=_choice("pretext", "cls"))
-    bn_train: bool = False                 # attack in train mode, BN statistics updated (the reference)
-    eval_steps: int = field(default=20, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no robust evaluation)"))
-    eval_step_size: float = field(default=2 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255"))
+    bn_train: bool = False  # attack in train mode, BN statistics updated (the reference)
+    eval_steps: int = field(
+        default=20, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no robust evaluation)")
+    )
+    eval_step_size: float = field(
+        default=2 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255")
+    )
 
 
 @dataclass
 class SemiConfig:
     """FixMatch (SPEC section 7): off unless labels_per_class is set."""
-    labels_per_class: int | None = field(default=None, metadata=_check(lambda v: v is None or v >= 1,
-                                                                        "an integer >= 1, or null (supervised only)"))
-    mu: int = field(default=7, metadata=_check(lambda v: v >= 1, "an integer >= 1 (unlabelled per labelled image)"))
+
+    labels_per_class: int | None = field(
+        default=None,
+        metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1, or null (supervised only)"),
+    )
+    mu: int = field(
+        default=7, metadata=_check(lambda v: v >= 1, "an integer >= 1 (unlabelled per labelled image)")
+    )
     threshold: float = field(default=0.95, metadata=_check(lambda v: 0 <= v <= 1, "a confidence in [0, 1]"))
-    lambda_u: float = field(default=1.0, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
+    lambda_u: float = field(
+        default=1.0, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+    )
     ema: float = field(default=0.999, metadata=_check(lambda v: 0 <= v < 1, "a decay in [0, 1); 0: no EMA"))
     steps_per_epoch: int = field(default=1024, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     split_seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
@@ -132,33 +187,50 @@ class ContrastiveConfig:
     """SimCLR pre-training with pretext regularisation (docs/contrastive.md): off unless views >= 2.
     The pretext tasks and their gate come from ssl.*; the test accuracy per epoch is k-NN, the final one
     a linear probe on the frozen backbone."""
-    views: int = field(default=0, metadata=_check(lambda v: v == 0 or v >= 2, "0 (off) or a number of views >= 2"))
-    temperature: float = field(default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+
+    views: int = field(
+        default=0, metadata=_check(lambda v: v == 0 or v >= 2, "0 (off) or a number of views >= 2")
+    )
+    temperature: float = field(
+        default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
     proj_dim: int = field(default=128, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     proj_hidden: int = field(default=512, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     crop_min_scale: float = field(default=0.2, metadata=_check(lambda v: 0 < v <= 1, "a fraction in (0, 1]"))
     knn_k: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    knn_temperature: float = field(default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
-    linear_epochs: int = field(default=100, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: k-NN only)"))
-    linear_lr: float = field(default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    knn_temperature: float = field(
+        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
+    linear_epochs: int = field(
+        default=100, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: k-NN only)")
+    )
+    linear_lr: float = field(
+        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
 
 
 @dataclass
 class FusionConfig:
     """Adaptive batch fusion ahead of the backbone in contrastive pre-training (gssl.fusion)."""
+
     enabled: bool = False
-    patch: int = field(default=8, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing the image side"))
+    patch: int = field(
+        default=8, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing the image side")
+    )
     dim: int = field(default=64, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     heads: int = field(default=4, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing fusion.dim"))
     layers: int = field(default=1, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    strength: float = field(default=1.0, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"))
+    strength: float = field(
+        default=1.0, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+    )
 
 
 @dataclass
 class DistributedConfig:
     """Used only under torchrun (docs/distributed.md)."""
-    sync_bn: bool = False                  # SyncBatchNorm: batch statistics over the global batch
-    scale_lr: bool = False                 # lr x world size (linear scaling with the global batch)
+
+    sync_bn: bool = False  # SyncBatchNorm: batch statistics over the global batch
+    scale_lr: bool = False  # lr x world size (linear scaling with the global batch)
     timeout_s: int = field(default=600, metadata=_check(lambda v: v >= 10, "seconds >= 10"))
 
 
@@ -167,16 +239,22 @@ class OptimConfig:
     epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     base_epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     batch_size: int = field(default=128, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    lr: float = field(default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0"))
+    lr: float = field(
+        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
     momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
     nesterov: bool = False
     weight_decay: float = field(default=2e-4, metadata=_check(lambda v: v >= 0, "a number >= 0"))
     schedule: str = field(default="step", metadata=_choice("step", "cosine"))
     warmup_epochs: int = field(default=5, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
-    milestones: list[int] = field(default_factory=lambda: [160, 180], metadata=_check(
-        lambda v: all(m >= 0 for m in v) and list(v) == sorted(v), "a sorted list of epochs >= 0"))
+    milestones: list[int] = field(
+        default_factory=lambda: [160, 180],
+        metadata=_check(
+            lambda v: all(m >= 0 for m in v) and list(v) == sorted(v), "a sorted list of epochs >= 0"
+        ),
+    )
     gamma: float = field(default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a factor in (0, 1]"))
-    decay_norm_and_bias: bool = True       # false: no weight decay on batch-norm weights and biases (FixMatch)
+    decay_norm_and_bias: bool = True  # false: no weight decay on batch-norm weights and biases (FixMatch)
 
 
 @dataclass
@@ -198,14 +276,20 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
-    compile: bool | None = None            # torch.compile the step and evaluation; null: CUDA, or a long CPU run
-    precision: str | None = field(default=None, metadata=_choice(  # null: bf16 on CUDA, fp32 on CPU
-        None, "bf16", "fp16", "fp32"))
-    channels_last: bool | None = None      # NHWC activations; null: on (faster on CPU too, docs/performance.md)
-    compile_mode: str = field(default="reduce-overhead", metadata=_choice(
-        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    compile: bool | None = None  # torch.compile the step and evaluation; null: CUDA, or a long CPU run
+    precision: str | None = field(
+        default=None,
+        metadata=_choice(  # null: bf16 on CUDA, fp32 on CPU
+            None, "bf16", "fp16", "fp32"
+        ),
+    )
+    channels_last: bool | None = None  # NHWC activations; null: on (faster on CPU too, docs/performance.md)
+    compile_mode: str = field(
+        default="reduce-overhead",
+        metadata=_choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
     tensorboard: bool = False
-    preset: str | None = None              # where it came from (informational)
+    preset: str | None = None  # where it came from (informational)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,6 +297,7 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 # Building a Config from nested dicts, with types coerced and every value checked.
+
 
 def _is_dataclass_type(t) -> bool:
     return isinstance(t, type) and dataclasses.is_dataclass(t)
@@ -240,8 +325,9 @@ def _coerce(key: str, value, hint):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if hint is int:
         # 64-bit: seeds go to torch, and epochs are scaled as floats (scaled_schedule)
-        whole = ((isinstance(value, int) and not isinstance(value, bool))
-                 or (isinstance(value, float) and value.is_integer()))
+        whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
         if not whole or abs(value) >= 2**63:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)
@@ -322,6 +408,7 @@ def _unknown_key_message(key: str) -> str:
 def from_dict(values: dict) -> Config:
     """A checked Config, its `method` named (inferred from the sections for older config files)."""
     from .scenarios import check, method_of  # the registry imports this module
+
     cfg = _build(Config, values)
     cfg.method = method_of(cfg)
     check(cfg)
@@ -353,10 +440,24 @@ def parse_set(item: str) -> dict:
         value = yaml.safe_load(text) if text.strip() else None
     except _YAML_ERRORS:
         value = text
-    if isinstance(value, str) and key.split(".")[-1] not in {"name", "root", "backbone", "head", "gate",
-                                                             "profile", "flip_axis", "schedule", "device", "preset",
-                                                             "transform", "compile_mode", "precision", "attack", "objective",
-                                                             "normalize"}:
+    if isinstance(value, str) and key.split(".")[-1] not in {
+        "name",
+        "root",
+        "backbone",
+        "head",
+        "gate",
+        "profile",
+        "flip_axis",
+        "schedule",
+        "device",
+        "preset",
+        "transform",
+        "compile_mode",
+        "precision",
+        "attack",
+        "objective",
+        "normalize",
+    }:
         try:  # '8/255' and similar fractions for numeric keys
             value = parse_number(key, value)
         except ConfigError:
@@ -379,8 +480,10 @@ def load_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
     except _YAML_ERRORS as e:
-        raise ConfigError(f"config file {path} is not valid YAML for gssl: {e}. Only plain YAML is read "
-                          "(safe loader: no python/object tags)") from None
+        raise ConfigError(
+            f"config file {path} is not valid YAML for gssl: {e}. Only plain YAML is read "
+            "(safe loader: no python/object tags)"
+        ) from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(values).__name__}")
     return values
@@ -389,8 +492,11 @@ def load_yaml(path: str | Path) -> dict:
 def used_dict(cfg: Config) -> dict:
     """The configuration without the sections its method does not read (an FixMatch run has no `adv`)."""
     from .scenarios import used_sections
+
     sections = used_sections(cfg)
-    return {key: value for key, value in cfg.to_dict().items() if not isinstance(value, dict) or key in sections}
+    return {
+        key: value for key, value in cfg.to_dict().items() if not isinstance(value, dict) or key in sections
+    }
 
 
 def to_yaml(cfg: Config) -> str:

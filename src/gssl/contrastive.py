@@ -7,9 +7,10 @@ pass and weighted by any gate mode, exactly as GatedSSL weights them beside the 
 with batch fusion (gssl.fusion) ahead of the backbone. `knn_predict`, `linear_probe` and `frozen_eval`:
 k-NN and linear evaluation of the backbone's pooled features.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -58,6 +59,7 @@ def gather_views(z: Tensor) -> tuple[Tensor, int]:
     if world == 1:
         return z, 1
     from torch.distributed.nn.functional import all_gather
+
     return torch.cat(all_gather(z.contiguous()), dim=1), world
 
 
@@ -67,22 +69,37 @@ class SimCLR(nn.Module):
     (Linear-ReLU-Linear, SimCLR v1) and the gated pretext term. `forward` is the representation (pooled
     backbone feature): a contrastive model has no classifier; it is judged by k-NN or a linear probe."""
 
-    def __init__(self, backbone: str, *, views: int = 2, temperature: float = 0.5, proj_dim: int = 128,
-                 proj_hidden: int = 512, tasks: Sequence[str] = (), gate: str = "uniform", ssl_ratio: float = 1.0,
-                 in_channels: int = 3, gate_kw: Optional[dict] = None, fusion: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        backbone: str,
+        *,
+        views: int = 2,
+        temperature: float = 0.5,
+        proj_dim: int = 128,
+        proj_hidden: int = 512,
+        tasks: Sequence[str] = (),
+        gate: str = "uniform",
+        ssl_ratio: float = 1.0,
+        in_channels: int = 3,
+        gate_kw: dict | None = None,
+        fusion: nn.Module | None = None,
+    ):
         super().__init__()
         self.backbone = build_backbone(backbone, in_channels)
         dim = self.backbone.feat_dim
-        self.pretext = build_gated_pretext(tasks, gate, dim, head="linear", ratio=ssl_ratio, flip_axis="W",
-                                           gate_kw=gate_kw)
-        self.projection = nn.Sequential(nn.Linear(dim, proj_hidden), nn.ReLU(inplace=True),
-                                        nn.Linear(proj_hidden, proj_dim))
+        self.pretext = build_gated_pretext(
+            tasks, gate, dim, head="linear", ratio=ssl_ratio, flip_axis="W", gate_kw=gate_kw
+        )
+        self.projection = nn.Sequential(
+            nn.Linear(dim, proj_hidden), nn.ReLU(inplace=True), nn.Linear(proj_hidden, proj_dim)
+        )
         self.views, self.temperature = views, temperature
         self.fusion = fusion
         if fusion is not None:
             fusion.groups = views  # samples communicate within a view, never with their own positive
         self.register_load_state_dict_pre_hook(
-            rename_legacy_keys({**LEGACY_PRETEXT_KEYS, "classifier.": "projection."}))
+            rename_legacy_keys({**LEGACY_PRETEXT_KEYS, "classifier.": "projection."})
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
@@ -93,7 +110,9 @@ class SimCLR(nn.Module):
     def loss_from_params(self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]):
         """x: [V*N] views; y and cls_loss are not used (no labels in pre-training). Under torchrun the
         negatives are every rank's views (gather_views), as one process with the global batch has."""
-        z, ssl_total, stats = pretext_forward(self.backbone, self.projection, self.pretext, x, params, self.fusion)
+        z, ssl_total, stats = pretext_forward(
+            self.backbone, self.projection, self.pretext, x, params, self.fusion
+        )
         zs, world = gather_views(z.float().view(self.views, -1, z.shape[1]))
         loss_c, correct = nt_xent(zs, self.temperature, with_correct=True)
         correct = correct / world  # every rank counts the global batch; the epoch sums over ranks
@@ -103,8 +122,15 @@ class SimCLR(nn.Module):
 
 
 @torch.no_grad()
-def knn_predict(train_feat: Tensor, train_labels: Tensor, feat: Tensor, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk: int = 1024) -> Tensor:
+def knn_predict(
+    train_feat: Tensor,
+    train_labels: Tensor,
+    feat: Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> Tensor:
     """Class scores [M, C] by weighted k-nearest-neighbour voting on cosine similarity
     (weights exp(sim / temperature), as in Wu et al. 2018)."""
     bank = F.normalize(train_feat.float(), dim=1)
@@ -117,8 +143,17 @@ def knn_predict(train_feat: Tensor, train_labels: Tensor, feat: Tensor, num_clas
     return torch.cat(out)
 
 
-def linear_probe(train_feat: Tensor, train_labels: Tensor, num_classes: int, *, epochs: int = 100,
-                 lr: float = 0.1, weight_decay: float = 0.0, batch_size: int = 1024, seed: int = 0) -> torch.nn.Linear:
+def linear_probe(
+    train_feat: Tensor,
+    train_labels: Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 100,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 1024,
+    seed: int = 0,
+) -> torch.nn.Linear:
     """A linear classifier on frozen (standardised by the caller, if wanted) features: SGD with
     momentum and a cosine schedule, full passes over shuffled features. Zero-initialised (the problem is
     convex) and shuffled by its own seeded generator, so the same features give the same probe anywhere."""
@@ -139,9 +174,20 @@ def linear_probe(train_feat: Tensor, train_labels: Tensor, num_classes: int, *, 
     return head
 
 
-def frozen_eval(backbone: nn.Module, train_loader, test_loader, num_classes: int, *, device_type: str = "cpu",
-                precision: str = "fp32", knn_k: int = 200, knn_temperature: float = 0.1, linear_epochs: int = 0,
-                linear_lr: float = 0.1, seed: int = 0) -> dict:
+def frozen_eval(
+    backbone: nn.Module,
+    train_loader,
+    test_loader,
+    num_classes: int,
+    *,
+    device_type: str = "cpu",
+    precision: str = "fp32",
+    knn_k: int = 200,
+    knn_temperature: float = 0.1,
+    linear_epochs: int = 0,
+    linear_lr: float = 0.1,
+    seed: int = 0,
+) -> dict:
     """k-NN accuracy (percent) and class scores of the test features against the (un-augmented) training
     features and, if linear_epochs, the linear probe's test logits, on features standardised by the training
     mean and std. "logits" are what judges the representation: the probe's if it was trained, else k-NN's."""
@@ -152,8 +198,9 @@ def frozen_eval(backbone: nn.Module, train_loader, test_loader, num_classes: int
     if linear_epochs:
         mean, std = train_feat.mean(0), train_feat.std(0).clamp_min(1e-6)
         with torch.enable_grad():
-            head = linear_probe((train_feat - mean) / std, train_y, num_classes, epochs=linear_epochs, lr=linear_lr,
-                                seed=seed)
+            head = linear_probe(
+                (train_feat - mean) / std, train_y, num_classes, epochs=linear_epochs, lr=linear_lr, seed=seed
+            )
         with torch.no_grad():
             out["linear_logits"] = head((test_feat - mean) / std)
     out["logits"] = out.get("linear_logits", scores)

@@ -5,6 +5,7 @@ joins the process group (NCCL on CUDA, gloo on CPU) and every rank trains on its
 batch (DeviceLoader's rank/world). Only rank 0 writes the run directory. Without those variables
 everything here is a no-op and a run is an ordinary single process.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -21,7 +22,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    owned: bool = False            # we created the process group (and tear it down)
+    owned: bool = False  # we created the process group (and tear it down)
 
     @property
     def enabled(self) -> bool:
@@ -66,7 +67,9 @@ def all_sum(d: Dist, values: dict[str, torch.Tensor], seen: int) -> tuple[dict[s
         return values, seen
     keys = list(values)  # the same order on every rank: the same code filled it
     device = values[keys[0]].device if keys else torch.device("cpu")
-    flat = torch.stack([values[k].detach().float().reshape(()) for k in keys] + [torch.tensor(float(seen), device=device)])
+    flat = torch.stack(
+        [values[k].detach().float().reshape(()) for k in keys] + [torch.tensor(float(seen), device=device)]
+    )
     dist.all_reduce(flat)
     return {k: flat[i] for i, k in enumerate(keys)}, int(flat[-1].item())
 
@@ -80,7 +83,9 @@ def check_same(d: Dist, what: str, values: list[float], device) -> None:
     dist.all_reduce(lo, dist.ReduceOp.MIN)
     dist.all_reduce(hi, dist.ReduceOp.MAX)
     if not torch.equal(lo, hi):
-        raise RuntimeError(f"ranks disagree on {what}; every rank must read the same dataset and configuration")
+        raise RuntimeError(
+            f"ranks disagree on {what}; every rank must read the same dataset and configuration"
+        )
 
 
 class StepModule(nn.Module):
@@ -101,8 +106,11 @@ def convert_sync_bn(d: Dist, model: nn.Module, sync_bn: bool, device: torch.devi
         return model
     if device.type != "cuda":
         from .config import ConfigError
-        raise ConfigError("distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU "
-                          "each rank normalises with its own batch's statistics; set distributed.sync_bn=false")
+
+        raise ConfigError(
+            "distributed.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU "
+            "each rank normalises with its own batch's statistics; set distributed.sync_bn=false"
+        )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
@@ -112,8 +120,11 @@ def step_module(d: Dist, model: nn.Module, loss_fn, device: torch.device) -> nn.
     step = StepModule(model, loss_fn)
     if not d.enabled:
         return step
-    return nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
-                                               find_unused_parameters=_frozen_gate(model))
+    return nn.parallel.DistributedDataParallel(
+        step,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=_frozen_gate(model),
+    )
 
 
 def _frozen_gate(model: nn.Module) -> bool:
@@ -128,4 +139,4 @@ def global_params(d: Dist, model, x: torch.Tensor, gen: torch.Generator, size: i
         return model.sample_params(x, gen)
     full = model.sample_params(x[:1].expand(size, *x.shape[1:]), gen)
     b = x.shape[0]
-    return {k: v[start:start + b] if v.dim() and v.shape[0] == size else v for k, v in full.items()}
+    return {k: v[start : start + b] if v.dim() and v.shape[0] == size else v for k, v in full.items()}

@@ -8,14 +8,15 @@ crop, flip, pretext parameters) is drawn from generators seeded by (seed, epoch)
 resumed from the checkpoint after epoch k therefore replays epochs k+1.. exactly as an
 uninterrupted run would, bit for bit on CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +76,17 @@ def compile_mode(cfg: Config, dist: distributed.Dist) -> str:
 
 
 def versions() -> dict:
-    return {"gssl": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+    return {
+        "gssl": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
-def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = False, quiet: bool = False,
-          log=print) -> dict:
+def train(
+    cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = False, quiet: bool = False, log=print
+) -> dict:
     """Train (resume=False: a fresh run in run_dir, replacing an earlier one only if force) or continue
     run_dir from its last checkpoint. Errors before the first epoch are ConfigError, DataError or
     RunDirError and change nothing on disk; errors once training runs are TrainingError. Under
@@ -98,8 +104,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fal
         distributed.teardown(dist)
 
 
-def build_context(cfg: Config, run_dir: Path, dist: distributed.Dist, device_name: str, quiet: bool,
-                  log=print) -> Context:
+def build_context(
+    cfg: Config, run_dir: Path, dist: distributed.Dist, device_name: str, quiet: bool, log=print
+) -> Context:
     """The data, the model (on its device, NHWC, SyncBN if asked) and the loss, from the seed."""
     device = pick_device(device_name)
     if device.type == "cuda":  # static shapes: let cuDNN pick its kernels once; float32 matmuls stay IEEE
@@ -116,9 +123,20 @@ def build_context(cfg: Config, run_dir: Path, dist: distributed.Dist, device_nam
         model = model.to(memory_format=torch.channels_last)
     model = distributed.convert_sync_bn(dist, model, cfg.distributed.sync_bn, device)
     _, _, drw_epoch = scaled_schedule(cfg.optim, cfg.loss.drw_epoch)
-    return Context(cfg, data, model, device, dist, resolve_precision(cfg.precision, device), compiled=False,
-                   cls_loss=build_cls_loss(cfg, data.counts).to(device), drw_epoch=drw_epoch, run_dir=run_dir,
-                   quiet=quiet, log=(lambda message: None) if quiet else log)
+    return Context(
+        cfg,
+        data,
+        model,
+        device,
+        dist,
+        resolve_precision(cfg.precision, device),
+        compiled=False,
+        cls_loss=build_cls_loss(cfg, data.counts).to(device),
+        drw_epoch=drw_epoch,
+        run_dir=run_dir,
+        quiet=quiet,
+        log=(lambda message: None) if quiet else log,
+    )
 
 
 def channels_last(cfg: Config) -> bool:
@@ -128,6 +146,7 @@ def channels_last(cfg: Config) -> bool:
 @dataclass
 class Loop:
     """The per-step machinery fit() hands to each epoch."""
+
     step: Compiled
     evaluate: Compiled
     optimizer: torch.optim.Optimizer
@@ -151,15 +170,30 @@ def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool =
         torch.compiler.reset()
     mode = compile_mode(cfg, dist)
     loop = Loop(
-        step=Compiled(distributed.step_module(dist, ctx.model, scenario.loss, ctx.device), enabled=ctx.compiled,
-                      batch=scenario.step_batch, mode=mode),
-        evaluate=Compiled(scenario.eval_model, enabled=ctx.compiled, batch=scenario.test_loader.batch_size,
-                          mode=mode, what="evaluation"),
+        step=Compiled(
+            distributed.step_module(dist, ctx.model, scenario.loss, ctx.device),
+            enabled=ctx.compiled,
+            batch=scenario.step_batch,
+            mode=mode,
+        ),
+        evaluate=Compiled(
+            scenario.eval_model,
+            enabled=ctx.compiled,
+            batch=scenario.test_loader.batch_size,
+            mode=mode,
+            what="evaluation",
+        ),
         optimizer=build_optimizer(cfg, ctx.model, ctx.device),
-        scaler=torch.amp.GradScaler(ctx.device.type) if ctx.precision == "fp16" else None,  # fp16 loss scaling
-        watch=FiniteWatch(ctx.device))
-    progress = (resume_from_checkpoint(ctx, scenario, loop.optimizer, log) if resume
-                else start_fresh(ctx, scenario, force))
+        scaler=torch.amp.GradScaler(ctx.device.type)
+        if ctx.precision == "fp16"
+        else None,  # fp16 loss scaling
+        watch=FiniteWatch(ctx.device),
+    )
+    progress = (
+        resume_from_checkpoint(ctx, scenario, loop.optimizer, log)
+        if resume
+        else start_fresh(ctx, scenario, force)
+    )
     board = _tensorboard(ctx.run_dir) if cfg.tensorboard and dist.main else None
     started = time.perf_counter()
     for epoch in range(progress.start, cfg.optim.epochs):
@@ -196,9 +230,14 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) -
     decayed = [p for p in model.parameters() if p.dim() > 1 or optim.decay_norm_and_bias]
     undecayed = [p for p in model.parameters() if p.dim() <= 1 and not optim.decay_norm_and_bias]
     groups = [{"params": decayed}, {"params": undecayed, "weight_decay": 0.0}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=optim.lr, momentum=optim.momentum,
-                           nesterov=optim.nesterov, weight_decay=optim.weight_decay,
-                           **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    return torch.optim.SGD(
+        [g for g in groups if g["params"]],
+        lr=optim.lr,
+        momentum=optim.momentum,
+        nesterov=optim.nesterov,
+        weight_decay=optim.weight_decay,
+        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+    )
 
 
 def start_fresh(ctx: Context, scenario: Scenario, force: bool) -> Progress:
@@ -217,8 +256,11 @@ def resume_from_checkpoint(ctx: Context, scenario: Scenario, optimizer, log) -> 
     rundir.restore(ctx.model, checkpoint, last_pt, optimizer)
     scenario.load_state_dict(checkpoint)
     start = int(checkpoint["epoch"]) + 1
-    history = [row for row in rundir.read_metrics(ctx.run_dir)
-               if isinstance(row.get("epoch"), int) and row["epoch"] < start]
+    history = [
+        row
+        for row in rundir.read_metrics(ctx.run_dir)
+        if isinstance(row.get("epoch"), int) and row["epoch"] < start
+    ]
     distributed.barrier(ctx.dist)  # every rank has read before rank 0 rewrites
     if ctx.dist.main:
         rundir.remove_temp_files(ctx.run_dir)  # halves of writes a kill interrupted
@@ -279,19 +321,35 @@ def optimizer_step(loop: Loop, loss: torch.Tensor) -> None:
 
 def epoch_row(evaluated: dict, sums: dict, seen: int, train_seconds: float, seconds: float) -> dict:
     """metrics.jsonl's line for an epoch: epoch, lr, timings, accuracies, then every statistic's mean."""
-    row = {"epoch": evaluated["epoch"], "lr": evaluated["lr"], "seconds": round(seconds, 3),
-           "images_per_second": round(seen / train_seconds, 1), "train_acc": 100.0 * sums["correct"].item() / seen}
+    row = {
+        "epoch": evaluated["epoch"],
+        "lr": evaluated["lr"],
+        "seconds": round(seconds, 3),
+        "images_per_second": round(seen / train_seconds, 1),
+        "train_acc": 100.0 * sums["correct"].item() / seen,
+    }
     row.update({k: v for k, v in evaluated.items() if k not in ("epoch", "lr")})
     row.update({k: v.item() / seen for k, v in sums.items() if not k.endswith("correct")})
-    row.update({f"{k[:-len('_correct')]}_train_acc": 100.0 * v.item() / seen
-                for k, v in sums.items() if k.endswith("_correct")})
+    row.update(
+        {
+            f"{k[: -len('_correct')]}_train_acc": 100.0 * v.item() / seen
+            for k, v in sums.items()
+            if k.endswith("_correct")
+        }
+    )
     return row
 
 
 def save_epoch(ctx: Context, scenario: Scenario, optimizer, progress: Progress, epoch: int, board) -> None:
-    state = {"model": ctx.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-             "best_acc": progress.best, "best_epoch": progress.best_epoch, "config": ctx.cfg.to_dict(),
-             **scenario.state_dict()}
+    state = {
+        "model": ctx.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "best_acc": progress.best,
+        "best_epoch": progress.best_epoch,
+        "config": ctx.cfg.to_dict(),
+        **scenario.state_dict(),
+    }
     with _write_failure_stops(ctx.run_dir, epoch):
         rundir.write_metrics(ctx.run_dir, progress.history)
         if progress.best_epoch == epoch:
@@ -306,8 +364,10 @@ def save_epoch(ctx: Context, scenario: Scenario, optimizer, progress: Progress, 
 
 def epoch_line(row: dict, epochs: int) -> str:
     gates = " ".join(f"{k[5:]}={row[k]:.3f}" for k in row if k.startswith("gate_"))
-    return (f"epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g} loss {row['loss']:.4f} "
-            f"train {row['train_acc']:.2f}% test {row['test_acc']:.2f}% {gates} ({row['images_per_second']:.0f} img/s)")
+    return (
+        f"epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g} loss {row['loss']:.4f} "
+        f"train {row['train_acc']:.2f}% test {row['test_acc']:.2f}% {gates} ({row['images_per_second']:.0f} img/s)"
+    )
 
 
 def final_summary(ctx: Context, scenario: Scenario, loop: Loop, progress: Progress, seconds: float) -> dict:
@@ -317,21 +377,34 @@ def final_summary(ctx: Context, scenario: Scenario, loop: Loop, progress: Progre
     history, cfg = progress.history, ctx.cfg
     last = history[-1] if history else {}
     return {
-        "test_acc": report["top1"], "top5_acc": report["top5"],
-        "best_test_acc": progress.best, "best_epoch": progress.best_epoch,
+        "test_acc": report["top1"],
+        "top5_acc": report["top5"],
+        "best_test_acc": progress.best,
+        "best_epoch": progress.best_epoch,
         "best_selected_on": "test set, as the reference code does (no validation split): optimistic",
-        "per_class_acc": report["per_class_acc"], "many_shot_acc": report["many_shot_acc"],
-        "medium_shot_acc": report["medium_shot_acc"], "few_shot_acc": report["few_shot_acc"],
-        "class_counts": ctx.data.counts, "classes": ctx.data.train.classes,
+        "per_class_acc": report["per_class_acc"],
+        "many_shot_acc": report["many_shot_acc"],
+        "medium_shot_acc": report["medium_shot_acc"],
+        "few_shot_acc": report["few_shot_acc"],
+        "class_counts": ctx.data.counts,
+        "classes": ctx.data.train.classes,
         "gate_weights": {k[5:]: v for k, v in last.items() if k.startswith("gate_")},
-        "epochs": cfg.optim.epochs, "images_per_second": _mean([r["images_per_second"] for r in history]),
+        "epochs": cfg.optim.epochs,
+        "images_per_second": _mean([r["images_per_second"] for r in history]),
         "wall_seconds": round(sum(r["seconds"] for r in history), 2),
         "wall_seconds_this_process": round(seconds, 2),
-        "device": _device_name(ctx.device), "precision": ctx.precision, "compiled": ctx.compiled,
-        "compiled_steps": loop.step.compiled_calls, "compiled_eval_batches": loop.evaluate.compiled_calls,
+        "device": _device_name(ctx.device),
+        "precision": ctx.precision,
+        "compiled": ctx.compiled,
+        "compiled_steps": loop.step.compiled_calls,
+        "compiled_eval_batches": loop.evaluate.compiled_calls,
         "compile_fallbacks": loop.step.fallbacks + loop.evaluate.fallbacks,
-        "seed": cfg.seed, "versions": versions(), "method": cfg.method or scenarios.method_of(cfg),
-        "preset": cfg.preset, "command": " ".join(sys.argv), **extra,
+        "seed": cfg.seed,
+        "versions": versions(),
+        "method": cfg.method or scenarios.method_of(cfg),
+        "preset": cfg.preset,
+        "command": " ".join(sys.argv),
+        **extra,
     }
 
 
@@ -340,11 +413,16 @@ def _stop_if_non_finite(watch: FiniteWatch, epoch: int, epochs: int, steps: int,
     if bad is None:
         return
     step, terms = bad
-    kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir / rundir.CKPT_DIR}"
-            if epoch > 0 else "no checkpoint was written (the first epoch did not finish)")
-    raise TrainingError(f"non-finite loss at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps} "
-                        f"(metrics.jsonl epoch {epoch}); loss terms: "
-                        f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}. {kept}. Lower optim.lr or check the data")
+    kept = (
+        f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir / rundir.CKPT_DIR}"
+        if epoch > 0
+        else "no checkpoint was written (the first epoch did not finish)"
+    )
+    raise TrainingError(
+        f"non-finite loss at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps} "
+        f"(metrics.jsonl epoch {epoch}); loss terms: "
+        f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}. {kept}. Lower optim.lr or check the data"
+    )
 
 
 @contextlib.contextmanager
@@ -355,9 +433,11 @@ def _write_failure_stops(run_dir: Path, epoch: int):
     try:
         yield
     except rundir.RunDirError as e:
-        raise TrainingError(f"{e}. Training stopped at epoch {epoch + 1}; the last complete checkpoint in "
-                            f"{run_dir / rundir.CKPT_DIR} is kept, and `gssl train --resume {run_dir}` continues "
-                            "from it once the problem is fixed") from None
+        raise TrainingError(
+            f"{e}. Training stopped at epoch {epoch + 1}; the last complete checkpoint in "
+            f"{run_dir / rundir.CKPT_DIR} is kept, and `gssl train --resume {run_dir}` continues "
+            "from it once the problem is fixed"
+        ) from None
 
 
 def _mean(xs):
@@ -380,14 +460,23 @@ def _progress(batches, epoch: int, epochs: int, quiet: bool, total: int):
     if quiet:
         return batches
     from tqdm import tqdm
-    return tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-                file=sys.stderr)
+
+    return tqdm(
+        batches,
+        total=total,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ConfigError("tensorboard: true needs the tensorboard package; `pip install tensorboard` "
-                          "or set tensorboard=false") from None
+        raise ConfigError(
+            "tensorboard: true needs the tensorboard package; `pip install tensorboard` "
+            "or set tensorboard=false"
+        ) from None
     return SummaryWriter(str(run_dir / "tensorboard"))

@@ -1,4 +1,5 @@
 """`gssl eval`: a saved run's checkpoint on the test set, clean and, if asked, under attack."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,24 +13,36 @@ from .contrastive import frozen_eval
 from .step import resolve_precision
 
 
-def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack | None = None, *,
-                 protocol: str | None = None, knn_k: int | None = None, linear_epochs: int | None = None) -> dict:
+def evaluate_run(
+    run_dir: Path,
+    checkpoint: str = "last",
+    attack: attacks.Attack | None = None,
+    *,
+    protocol: str | None = None,
+    knn_k: int | None = None,
+    linear_epochs: int | None = None,
+) -> dict:
     """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set; with
     `attack`, also the accuracy under it (pixel-space L-inf, model in eval mode). protocol: "classifier"
     (the run's own head; the default), "linear" or "knn" (on the frozen backbone's pooled features, the
     training images un-augmented; the default for contrastive runs, which have no classifier). knn_k and
     linear_epochs default to the run's own contrastive settings, so the default reproduces its summary."""
     from .config import ConfigError
+
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     classifier = has_classifier(cfg)
     protocol = protocol or ("classifier" if classifier else "linear")
     if protocol == "classifier" and not classifier:
-        raise ConfigError(f"{run_dir} is a contrastive pre-training run: it has no classifier. Use --protocol linear "
-                          "or --protocol knn")
+        raise ConfigError(
+            f"{run_dir} is a contrastive pre-training run: it has no classifier. Use --protocol linear "
+            "or --protocol knn"
+        )
     if attack is not None and protocol != "classifier":
-        raise ConfigError("--attack needs the run's classifier (--protocol classifier); the linear and k-NN "
-                          "protocols train or look up a head after the fact")
+        raise ConfigError(
+            "--attack needs the run's classifier (--protocol classifier); the linear and k-NN "
+            "protocols train or look up a head after the fact"
+        )
     knn_k = cfg.contrastive.knn_k if knn_k is None else knn_k
     linear_epochs = (cfg.contrastive.linear_epochs or 100) if linear_epochs is None else linear_epochs
     if knn_k < 1 or linear_epochs < 1:
@@ -42,44 +55,76 @@ def evaluate_run(run_dir: Path, checkpoint: str = "last", attack: attacks.Attack
     if protocol == "classifier":
         logits, labels = metrics.predict(model, loader, device.type, precision)
     else:
-        fe = frozen_eval(model.backbone, ordered_loader(data.train, data, 512, device), loader, len(data.train.classes), device_type=device.type,
-                         precision=precision, knn_k=knn_k, knn_temperature=cfg.contrastive.knn_temperature,
-                         linear_epochs=linear_epochs if protocol == "linear" else 0, linear_lr=cfg.contrastive.linear_lr,
-                         seed=cfg.seed)
+        fe = frozen_eval(
+            model.backbone,
+            ordered_loader(data.train, data, 512, device),
+            loader,
+            len(data.train.classes),
+            device_type=device.type,
+            precision=precision,
+            knn_k=knn_k,
+            knn_temperature=cfg.contrastive.knn_temperature,
+            linear_epochs=linear_epochs if protocol == "linear" else 0,
+            linear_lr=cfg.contrastive.linear_lr,
+            seed=cfg.seed,
+        )
         logits, labels = fe["logits"], fe["labels"]
-        extra.update({"knn_acc": fe["knn_acc"], "protocol": f"{protocol} ({f'{knn_k}-NN' if protocol == 'knn' else f'{linear_epochs} epochs'}"
-                      " on the frozen backbone)"})
+        extra.update(
+            {
+                "knn_acc": fe["knn_acc"],
+                "protocol": f"{protocol} ({f'{knn_k}-NN' if protocol == 'knn' else f'{linear_epochs} epochs'}"
+                " on the frozen backbone)",
+            }
+        )
     if attack is not None:
-        clean, robust = attacks.robust_accuracy(model, loader, attacks.PixelSpace(data.mean, data.std, device), attack,
-                                                precision=precision, seed=cfg.seed)
+        clean, robust = attacks.robust_accuracy(
+            model,
+            loader,
+            attacks.PixelSpace(data.mean, data.std, device),
+            attack,
+            precision=precision,
+            seed=cfg.seed,
+        )
         extra.update({"clean_acc": clean, "robust_acc": robust, "attack": vars(attack).copy()})
-    return write_eval(run_dir, checkpoint, run.epoch, logits, labels, data, extra,
-                      name=f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}"))
+    return write_eval(
+        run_dir,
+        checkpoint,
+        run.epoch,
+        logits,
+        labels,
+        data,
+        extra,
+        name=f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}"),
+    )
 
 
 def read_config(run_dir: Path):
     """A run directory's resolved configuration (RunDirError if it is not one)."""
     from .config import from_dict, load_yaml
+
     path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
-        raise rundir.RunDirError(f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
-                                 "pass the --out folder of a `gssl train` run")
+        raise rundir.RunDirError(
+            f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
+            "pass the --out folder of a `gssl train` run"
+        )
     return from_dict(load_yaml(path))
 
 
 def has_classifier(cfg) -> bool:
     """Whether the run's network ends in a classifier (a contrastive one is judged on frozen features)."""
     from .scenarios import scenario_class
+
     return scenario_class(cfg).has_classifier
 
 
 @dataclass
 class LoadedRun:
-    cfg: object                  # gssl.config.Config
-    model: torch.nn.Module       # in eval mode, with the weights the run is judged by
+    cfg: object  # gssl.config.Config
+    model: torch.nn.Module  # in eval mode, with the weights the run is judged by
     data: Data
     device: torch.device
-    epoch: int                   # the checkpoint's epoch (0-based)
+    epoch: int  # the checkpoint's epoch (0-based)
     checkpoint: str
 
 
@@ -95,16 +140,35 @@ def load_run(run_dir: Path, checkpoint: str = "last", cfg=None) -> LoadedRun:
     saved = rundir.load_checkpoint(path, map_location=device)
     rundir.restore(model, saved, path)
     if "ema" in saved:
-        model.load_state_dict({k[len("module."):]: v for k, v in saved["ema"].items() if k.startswith("module.")})
+        model.load_state_dict(
+            {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
+        )
     return LoadedRun(cfg, model.eval(), data, device, int(saved["epoch"]), checkpoint)
 
 
-def write_eval(run_dir: Path, checkpoint: str, epoch: int, logits, labels, data: Data, extra: dict | None = None,
-               name: str | None = None) -> dict:
+def write_eval(
+    run_dir: Path,
+    checkpoint: str,
+    epoch: int,
+    logits,
+    labels,
+    data: Data,
+    extra: dict | None = None,
+    name: str | None = None,
+) -> dict:
     """`gssl eval`'s report of a checkpoint, written to RUN_DIR/<name>.json (eval-<checkpoint>) and returned."""
     rep = metrics.report(logits, labels, data.counts)
     name = name or f"eval-{checkpoint}"
-    rep.update({"checkpoint": checkpoint, "epoch": epoch, "classes": data.train.classes, "class_counts": data.counts,
-                "protocol": "classifier", "file": f"{name}.json", **(extra or {})})
+    rep.update(
+        {
+            "checkpoint": checkpoint,
+            "epoch": epoch,
+            "classes": data.train.classes,
+            "class_counts": data.counts,
+            "protocol": "classifier",
+            "file": f"{name}.json",
+            **(extra or {}),
+        }
+    )
     rundir.write_json(Path(run_dir) / f"{name}.json", rep)
     return rep

@@ -18,6 +18,7 @@ so the network can also turn the fusion down. Samples communicate only within a 
 passes its V views as V groups, so a view never sees its own positive in the other view (that would make
 the contrastive task trivial). Used only while training: evaluation embeds every image alone.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,15 +28,24 @@ from torch import Tensor
 
 
 class BatchFusion(nn.Module):
-    def __init__(self, channels: int, *, patch: int = 8, dim: int = 64, heads: int = 4, layers: int = 1,
-                 strength: float = 1.0):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        patch: int = 8,
+        dim: int = 64,
+        heads: int = 4,
+        layers: int = 1,
+        strength: float = 1.0,
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"fusion dim {dim} must be divisible by heads {heads}")
         self.patch, self.strength, self.groups = patch, strength, 1
         self.reduce = nn.Linear(channels * patch * patch, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.embed = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.restore = nn.Linear(dim, channels * patch * patch)
         self.gain = nn.Parameter(torch.ones(()))
@@ -52,8 +62,10 @@ class BatchFusion(nn.Module):
         B, C, H, W = x.shape
         p, g = self.patch, self.groups
         if H % p or W % p or B % g:
-            raise ValueError(f"batch fusion: image {H}x{W} must be a multiple of the patch size {p}, and the batch {B} "
-                             f"of the number of groups {g}")
+            raise ValueError(
+                f"batch fusion: image {H}x{W} must be a multiple of the patch size {p}, and the batch {B} "
+                f"of the number of groups {g}"
+            )
         tokens = F.unfold(x, p, stride=p).transpose(1, 2)  # [B, P, C p^2]
         P = tokens.shape[1]
         z = self.reduce(tokens)  # [B, P, d]

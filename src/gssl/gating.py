@@ -12,7 +12,8 @@ there is nothing to gate, so the caller builds no Pretext and no gate.
 """
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -93,8 +94,17 @@ class LearnedGate(nn.Module):
     second backward per step; this one costs a [B, T] softmax.
     """
 
-    def __init__(self, feat_dim: int, n_tasks: int, *, num_classes: Optional[Sequence[int]] = None,
-                 tau: float = 0.5, strength: float = 1.0, per_sample: bool = True, **_):
+    def __init__(
+        self,
+        feat_dim: int,
+        n_tasks: int,
+        *,
+        num_classes: Sequence[int] | None = None,
+        tau: float = 0.5,
+        strength: float = 1.0,
+        per_sample: bool = True,
+        **_,
+    ):
         super().__init__()
         if tau <= 0:
             raise ValueError("tau must be > 0 (tau = 0 is the collapsing gate)")

@@ -5,7 +5,7 @@ that follows the module's device (the reference LDAM hard-codes torch.cuda.Float
 `set_weight(w | None)`: DRW switches from uniform to class-balanced weights at an epoch.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -35,11 +35,11 @@ def drw_weights(class_counts: Sequence[int], beta: float = 0.9999) -> Tensor:
 
 
 class _Weighted(nn.Module):
-    def __init__(self, weight: Optional[Tensor] = None):
+    def __init__(self, weight: Tensor | None = None):
         super().__init__()
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight).float())
 
-    def set_weight(self, weight: Optional[Tensor]) -> None:
+    def set_weight(self, weight: Tensor | None) -> None:
         """Per-class weights (e.g. drw_weights) or None for uniform; follows the logits' device. A loss
         built with a weight keeps that tensor and has new values copied into it (None: ones), so a
         compiled step sees the same input before and after DRW switches on and does not recompile."""
@@ -50,7 +50,7 @@ class _Weighted(nn.Module):
         else:
             self.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
 
-    def _w(self, logits: Tensor) -> Optional[Tensor]:
+    def _w(self, logits: Tensor) -> Tensor | None:
         # .to is a no-op when the weight already lives on the logits' device.
         return None if self.weight is None else self.weight.to(logits.device)
 
@@ -66,7 +66,7 @@ class LDAMLoss(_Weighted):
     """Label-distribution-aware margin loss: subtract m_y from the true-class logit, scale by s,
     cross-entropy. Expects cosine logits (a `cosine` head), as in the reference."""
 
-    def __init__(self, class_counts, max_m: float = 0.5, s: float = 30.0, weight: Optional[Tensor] = None):
+    def __init__(self, class_counts, max_m: float = 0.5, s: float = 30.0, weight: Tensor | None = None):
         super().__init__(weight)
         self.register_buffer("margins", ldam_margins(class_counts, max_m))
         self.s = s
@@ -81,7 +81,7 @@ class FocalLoss(_Weighted):
     """Focal loss as in LDAM-DRW's code: (1 - p)^gamma * CE with p = exp(-CE), where CE is the
     (weighted) per-sample cross-entropy; plain mean over the batch. The G-SSL scripts use gamma=1."""
 
-    def __init__(self, weight: Optional[Tensor] = None, gamma: float = 1.0):
+    def __init__(self, weight: Tensor | None = None, gamma: float = 1.0):
         super().__init__(weight)
         self.gamma = gamma
 
@@ -90,7 +90,7 @@ class FocalLoss(_Weighted):
         return ((1.0 - torch.exp(-ce)) ** self.gamma * ce).mean()
 
 
-def build_loss(name: str, class_counts: Optional[Sequence[int]] = None, **kw) -> nn.Module:
+def build_loss(name: str, class_counts: Sequence[int] | None = None, **kw) -> nn.Module:
     """name: "ce" | "ldam" (needs class_counts; kw max_m, s) | "focal" (kw gamma). kw weight too; with
     class_counts and no weight, the weight starts as ones (uniform), ready for DRW's in-place switch."""
     if class_counts is not None and kw.get("weight") is None:

@@ -13,7 +13,7 @@ The random draw (`sample_params`) is kept apart from the pure, compile-friendly 
 (`loss_from_params`): the draw runs eagerly, the rest compiles as one graph.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -33,8 +33,18 @@ class GatedPretext(nn.Module):
     backbone, and `forward(feat, labels)` returns ssl_ratio x the gated pretext loss + the gate's own
     term, with the statistics that say whether each head learns."""
 
-    def __init__(self, tasks: Sequence[str], feat_dim: int, *, gate: str = "reference", head: str = "linear",
-                 ratio: float = 0.1, flip_axis: str = "H", gate_kw: Optional[dict] = None, scale: float = 1.0):
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        feat_dim: int,
+        *,
+        gate: str = "reference",
+        head: str = "linear",
+        ratio: float = 0.1,
+        flip_axis: str = "H",
+        gate_kw: dict | None = None,
+        scale: float = 1.0,
+    ):
         super().__init__()
         self.tasks = list(tasks)
         self.transformer = build_pretext(self.tasks, flip_axis)
@@ -64,11 +74,13 @@ class GatedPretext(nn.Module):
             stats[f"ssl_{task}"] = per_task[i]
             stats[f"gate_{task}"] = gated.weights[i]
             # the pretext head's training accuracy, percent: has the head learned anything yet?
-            stats[f"pretext_acc_{task}"] = 100.0 * (head_logits[task].argmax(1) == labels[task]).float().mean()
+            stats[f"pretext_acc_{task}"] = (
+                100.0 * (head_logits[task].argmax(1) == labels[task]).float().mean()
+            )
         return self.ratio * gated.pretext_loss + gated.aux_loss, stats
 
 
-def build_gated_pretext(tasks: Sequence[str], gate: str, feat_dim: int, **kw) -> Optional[GatedPretext]:
+def build_gated_pretext(tasks: Sequence[str], gate: str, feat_dim: int, **kw) -> GatedPretext | None:
     """The component, or None when there is nothing to gate (no tasks, or gate "none")."""
     if gate == "none" or not tasks:
         return None
@@ -78,11 +90,13 @@ def build_gated_pretext(tasks: Sequence[str], gate: str, feat_dim: int, **kw) ->
 def rename_legacy_keys(renames: dict[str, str]):
     """A load_state_dict pre-hook: checkpoints written before the pretext term became a component name
     its parts heads.* and gate.* (and SimCLR's projection classifier.*); read them under the new names."""
+
     def hook(module, state_dict, prefix, *_):
         for key in list(state_dict):
             for old, new in renames.items():
                 if key.startswith(prefix + old):
-                    state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+                    state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
+
     return hook
 
 
@@ -92,14 +106,33 @@ LEGACY_PRETEXT_KEYS = {"heads.": "pretext.heads.", "gate.": "pretext.gate."}
 class GatedSSL(nn.Module):
     """Backbone + classifier head, and the gated pretext term when there are tasks."""
 
-    def __init__(self, backbone: str, num_classes: int, *, tasks: Sequence[str] = (), gate: str = "reference",
-                 head: str = "linear", ssl_ratio: float = 0.1, flip_axis: str = "H", in_channels: int = 3,
-                 gate_kw: Optional[dict] = None, pretext_scale: float = 1.0):
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        *,
+        tasks: Sequence[str] = (),
+        gate: str = "reference",
+        head: str = "linear",
+        ssl_ratio: float = 0.1,
+        flip_axis: str = "H",
+        in_channels: int = 3,
+        gate_kw: dict | None = None,
+        pretext_scale: float = 1.0,
+    ):
         super().__init__()
         self.backbone = build_backbone(backbone, in_channels)
         self.classifier = build_head(head, self.backbone.feat_dim, num_classes)
-        self.pretext = build_gated_pretext(tasks, gate, self.backbone.feat_dim, head=head, ratio=ssl_ratio,
-                                           flip_axis=flip_axis, gate_kw=gate_kw, scale=pretext_scale)
+        self.pretext = build_gated_pretext(
+            tasks,
+            gate,
+            self.backbone.feat_dim,
+            head=head,
+            ratio=ssl_ratio,
+            flip_axis=flip_axis,
+            gate_kw=gate_kw,
+            scale=pretext_scale,
+        )
         self.register_load_state_dict_pre_hook(rename_legacy_keys(LEGACY_PRETEXT_KEYS))
 
     @property
@@ -114,18 +147,21 @@ class GatedSSL(nn.Module):
         """The random part of a training step: pretext parameters for this batch ({} if none)."""
         return {} if self.pretext is None else self.pretext.sample(x, generator)
 
-    def loss_from_params(self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]
-                         ) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_from_params(
+        self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Pure part of the training step. Returns (total loss, detached stats tensors)."""
         logits, ssl_total, stats = self.train_forward(x, params)
         loss_cls = cls_loss(logits, y)
         total = loss_cls + ssl_total
-        stats.update({"cls_loss": loss_cls.detach(), "correct": (logits.argmax(1) == y).sum(),
-                      "loss": total.detach()})
+        stats.update(
+            {"cls_loss": loss_cls.detach(), "correct": (logits.argmax(1) == y).sum(), "loss": total.detach()}
+        )
         return total, stats
 
-    def training_loss(self, x: Tensor, y: Tensor, cls_loss: nn.Module, generator: torch.Generator
-                      ) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(
+        self, x: Tensor, y: Tensor, cls_loss: nn.Module, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Draw and step in one call (tests, notebooks); the engine keeps the two apart."""
         return self.loss_from_params(x, y, cls_loss, self.sample_params(x, generator))
 
@@ -135,9 +171,14 @@ class GatedSSL(nn.Module):
         return pretext_forward(self.backbone, self.classifier, self.pretext, x, params)
 
 
-def pretext_forward(backbone: nn.Module, head: nn.Module, pretext: Optional[GatedPretext], x: Tensor,
-                    params: dict[str, Tensor], fusion: Optional[nn.Module] = None
-                    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def pretext_forward(
+    backbone: nn.Module,
+    head: nn.Module,
+    pretext: GatedPretext | None,
+    x: Tensor,
+    params: dict[str, Tensor],
+    fusion: nn.Module | None = None,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """One backbone pass over the (pretext-transformed, then fused) batch: (head output, the pretext term,
     stats). The shared forward of every network that carries a GatedPretext."""
     labels = {}

@@ -3,6 +3,7 @@
 Shot groups follow the long-tail literature (LDAM, OLTR): classes with more than 100 training
 images are many-shot, 20 to 100 medium-shot, fewer than 20 few-shot.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ MANY, FEW = 100, 20
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader, device_type: str = "cpu", precision: str = "fp32",
-            fn=None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: torch.nn.Module, loader, device_type: str = "cpu", precision: str = "fp32", fn=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Class logits (float32) and labels for a whole loader, on the loader's device, model in eval mode;
     `fn(x)` instead of `model(x)` gives other logits (SLA's aggregated inference). Each batch's output is
     copied: a compiled `fn` under CUDA graphs returns the same static buffer on every call."""

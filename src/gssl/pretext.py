@@ -26,15 +26,20 @@ protocol (Table 1) is the long-tailed one; pass flip_axis="W" for the others.
 """
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 PERMUTATIONS = tuple(itertools.permutations((0, 1, 2)))  # index 0 is the identity
 TILE_ORDERS = tuple(itertools.permutations(range(4)))  # the 2x2 jigsaw's labels; index 0 is the identity
-PARAM_ORDER = ("rotation", "flip", "perm", "tiles")  # draw order (ops are applied tiles, flip, rotation, perm)
+PARAM_ORDER = (
+    "rotation",
+    "flip",
+    "perm",
+    "tiles",
+)  # draw order (ops are applied tiles, flip, rotation, perm)
 REGIONS = ("quadrant", "square", "image")
 
 
@@ -85,9 +90,9 @@ def _patch_maps(h: int, w: int, flip_axis: str, device) -> Tensor:
 
 def _transform_patches(
     patch: Tensor,
-    rotation: Optional[Tensor],
-    flip: Optional[Tensor],
-    perm: Optional[Tensor],
+    rotation: Tensor | None,
+    flip: Tensor | None,
+    perm: Tensor | None,
     flip_axis: str,
 ) -> Tensor:
     """Flip, then rotate, then permute channels of each patch [B, C, h, w] with its own
@@ -131,7 +136,9 @@ def _check(x: Tensor, region: str, rotation: bool, perm: bool) -> None:
     if region == "quadrant" and (H % 2 or W % 2):
         raise ValueError(f"quadrant tasks need even H and W, got {H}x{W}")
     if rotation and region != "square" and H != W:
-        raise ValueError(f"rotation needs square patches (rot90 of a non-square patch does not fit), got {H}x{W}")
+        raise ValueError(
+            f"rotation needs square patches (rot90 of a non-square patch does not fit), got {H}x{W}"
+        )
     if perm and C != 3:
         raise ValueError(f"channel permutation needs 3 channels, got {C}")
     if region == "square" and min(H, W) < 4:
@@ -141,9 +148,9 @@ def _check(x: Tensor, region: str, rotation: bool, perm: bool) -> None:
 def quadrant_transform(
     x: Tensor,
     quadrant: Tensor,
-    rotation: Optional[Tensor] = None,
-    flip: Optional[Tensor] = None,
-    perm: Optional[Tensor] = None,
+    rotation: Tensor | None = None,
+    flip: Tensor | None = None,
+    perm: Tensor | None = None,
     *,
     flip_axis: str = "H",
 ) -> Tensor:
@@ -159,7 +166,9 @@ def quadrant_transform(
     # index_put, no host sync, and differentiable w.r.t. x (adversarial training needs that).
     patch = xc.view(B, C, 2, h, 2, w)[b, :, qr, :, qc, :]  # [B, C, h, w]
     out = xc.clone()
-    out.view(B, C, 2, h, 2, w)[b, :, qr, :, qc, :] = _transform_patches(patch, rotation, flip, perm, flip_axis)
+    out.view(B, C, 2, h, 2, w)[b, :, qr, :, qc, :] = _transform_patches(
+        patch, rotation, flip, perm, flip_axis
+    )
     return _like(out, x)
 
 
@@ -215,17 +224,47 @@ def register_task(task: PretextTask) -> PretextTask:
     return task
 
 
-register_task(PretextTask("lorot", 16, "quadrant", {"rotation": 4},
-                          lambda p: 4 * p["quadrant"] + p["rotation"], "LoRot-E: quadrant and rotation"))
+register_task(
+    PretextTask(
+        "lorot",
+        16,
+        "quadrant",
+        {"rotation": 4},
+        lambda p: 4 * p["quadrant"] + p["rotation"],
+        "LoRot-E: quadrant and rotation",
+    )
+)
 register_task(PretextTask("flip", 2, "quadrant", {"flip": 2}, lambda p: p["flip"], "quadrant flipped?"))
-register_task(PretextTask("channel", 6, "quadrant", {"perm": 6}, lambda p: p["perm"],
-                          "channel permutation of the quadrant"))
-register_task(PretextTask("lorot_i", 4, "square", {"rotation": 4}, lambda p: p["rotation"],
-                          "LoRot-I: rotation of one random square per batch"))
-register_task(PretextTask("rotation", 4, "image", {"rotation": 4}, lambda p: p["rotation"],
-                          "whole-image rotation (RotNet/SSP)"))
-register_task(PretextTask("jigsaw", 24, "image", {"tiles": 24}, lambda p: p["tiles"],
-                          "2x2 jigsaw: which permutation of the four quadrants"))
+register_task(
+    PretextTask(
+        "channel", 6, "quadrant", {"perm": 6}, lambda p: p["perm"], "channel permutation of the quadrant"
+    )
+)
+register_task(
+    PretextTask(
+        "lorot_i",
+        4,
+        "square",
+        {"rotation": 4},
+        lambda p: p["rotation"],
+        "LoRot-I: rotation of one random square per batch",
+    )
+)
+register_task(
+    PretextTask(
+        "rotation", 4, "image", {"rotation": 4}, lambda p: p["rotation"], "whole-image rotation (RotNet/SSP)"
+    )
+)
+register_task(
+    PretextTask(
+        "jigsaw",
+        24,
+        "image",
+        {"tiles": 24},
+        lambda p: p["tiles"],
+        "2x2 jigsaw: which permutation of the four quadrants",
+    )
+)
 
 
 class Pretext:
@@ -238,7 +277,9 @@ class Pretext:
     def __init__(self, tasks: list[str], flip_axis: str = "H"):
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks or len(set(tasks)) != len(tasks):
-            raise ValueError(f"bad pretext tasks {list(tasks)}; valid (each at most once): {', '.join(TASKS)}")
+            raise ValueError(
+                f"bad pretext tasks {list(tasks)}; valid (each at most once): {', '.join(TASKS)}"
+            )
         if flip_axis not in ("H", "W"):
             raise ValueError(f"flip_axis must be 'H' or 'W', got {flip_axis!r}")
         regions = {TASKS[t].region for t in tasks}
@@ -286,8 +327,9 @@ class Pretext:
     def apply(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         ops = {p: params.get(p) for p in PARAM_ORDER}
         if self.region == "quadrant":
-            x = quadrant_transform(x, params["quadrant"], ops["rotation"], ops["flip"], ops["perm"],
-                                   flip_axis=self.flip_axis)
+            x = quadrant_transform(
+                x, params["quadrant"], ops["rotation"], ops["flip"], ops["perm"], flip_axis=self.flip_axis
+            )
         elif self.region == "square":
             x = square_transform(x, params["side"], params["top"], params["left"], ops["rotation"])
         else:

@@ -4,6 +4,7 @@ A run is hours of someone's compute, so nothing here writes a file in place: eve
 temporary file in the same folder, is fsynced, and replaces the target with os.replace. A kill at
 any moment leaves either the old file or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,8 +22,18 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CKPT_DIR = "checkpoints"
-RUN_FILES = (CONFIG, METRICS, SUMMARY, CKPT_DIR, "eval-last.json", "eval-best.json", "tensorboard",
-             "report.html", "report", "analysis")  # what --force clears; anything else is kept
+RUN_FILES = (
+    CONFIG,
+    METRICS,
+    SUMMARY,
+    CKPT_DIR,
+    "eval-last.json",
+    "eval-best.json",
+    "tensorboard",
+    "report.html",
+    "report",
+    "analysis",
+)  # what --force clears; anything else is kept
 
 
 class RunDirError(OSError):
@@ -34,7 +45,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise RunDirError(f"cannot write {path}: {e.strerror or e}; check the folder exists, is writable and has space") from None
+        raise RunDirError(
+            f"cannot write {path}: {e.strerror or e}; check the folder exists, is writable and has space"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             _fault_hook(path, data, f)
@@ -44,7 +57,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise RunDirError(f"cannot write {path}: {e.strerror or e}; check the disk has space and the folder is writable") from None
+        raise RunDirError(
+            f"cannot write {path}: {e.strerror or e}; check the disk has space and the folder is writable"
+        ) from None
     _fsync_dir(path.parent)
 
 
@@ -108,7 +123,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunDirError(f"cannot create {path.parent}: {e.strerror or e}; check the folder is writable") from None
+        raise RunDirError(
+            f"cannot create {path.parent}: {e.strerror or e}; check the folder is writable"
+        ) from None
     write_atomic(path, buf.getvalue())
 
 
@@ -120,8 +137,10 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise RunDirError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {e}); "
-                          "it is corrupt or holds more than tensors and plain values") from None
+        raise RunDirError(
+            f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {e}); "
+            "it is corrupt or holds more than tensors and plain values"
+        ) from None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -152,8 +171,10 @@ def check_out(run_dir: Path, *, force: bool) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory; choose another --out")
     if run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise RunDirError(f"output directory {run_dir} already exists and is not empty; "
-                          "pass --force to replace that run, --resume to continue it, or choose another --out")
+        raise RunDirError(
+            f"output directory {run_dir} already exists and is not empty; "
+            "pass --force to replace that run, --resume to continue it, or choose another --out"
+        )
     return run_dir
 
 
@@ -187,9 +208,11 @@ def restore(model, ck, path: Path, opt=None) -> None:
             match_parameter_layout(opt)
         int(ck["epoch"]), float(ck["best_acc"]), int(ck["best_epoch"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise RunDirError(f"checkpoint {path} does not fit this configuration ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:300]}); was model.* or ssl.* changed since it was "
-                          "written?") from None
+        raise RunDirError(
+            f"checkpoint {path} does not fit this configuration ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300]}); was model.* or ssl.* changed since it was "
+            "written?"
+        ) from None
 
 
 def match_parameter_layout(opt) -> None:

@@ -11,6 +11,7 @@ averaged over all of them, in the same forward pass:
 The unlabelled images' true labels are never read by the loss; they only measure pseudo-label
 accuracy. Evaluation uses an exponential moving average of the weights (and buffers).
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,22 +31,38 @@ def pseudo_labels(weak_logits: Tensor, threshold: float) -> tuple[Tensor, Tensor
     return label, (conf >= threshold).float()
 
 
-def fixmatch_loss(model, xl: Tensor, yl: Tensor, xu_weak: Tensor, xu_strong: Tensor, yu_true: Tensor,
-                  cls_loss, params: dict, threshold: float, lambda_u: float) -> tuple[Tensor, dict]:
+def fixmatch_loss(
+    model,
+    xl: Tensor,
+    yl: Tensor,
+    xu_weak: Tensor,
+    xu_strong: Tensor,
+    yu_true: Tensor,
+    cls_loss,
+    params: dict,
+    threshold: float,
+    lambda_u: float,
+) -> tuple[Tensor, dict]:
     """One step's loss and stats; `params` are pretext parameters for the concatenated batch
     [labelled, weak, strong]. `yu_true` only feeds the pseudo-label accuracy statistic."""
     b, u = xl.shape[0], xu_weak.shape[0]
     logits, ssl_total, stats = model.train_forward(torch.cat([xl, xu_weak, xu_strong]), params)
     logits = logits.float()
     lx = cls_loss(logits[:b], yl)
-    pseudo, mask = pseudo_labels(logits[b:b + u], threshold)
-    lu = (F.cross_entropy(logits[b + u:], pseudo, reduction="none") * mask).mean()
+    pseudo, mask = pseudo_labels(logits[b : b + u], threshold)
+    lu = (F.cross_entropy(logits[b + u :], pseudo, reduction="none") * mask).mean()
     total = lx + lambda_u * lu + ssl_total
-    stats.update({"cls_loss": lx.detach(), "unlabeled_loss": lu.detach(), "loss": total.detach(),
-                  "correct": (logits[:b].argmax(1) == yl).sum(),
-                  "mask_rate": mask.mean(),
-                  # accuracy of the confident pseudo-labels (0 when none is confident)
-                  "pseudo_label_acc": ((pseudo == yu_true).float() * mask).sum() / mask.sum().clamp_min(1)})
+    stats.update(
+        {
+            "cls_loss": lx.detach(),
+            "unlabeled_loss": lu.detach(),
+            "loss": total.detach(),
+            "correct": (logits[:b].argmax(1) == yl).sum(),
+            "mask_rate": mask.mean(),
+            # accuracy of the confident pseudo-labels (0 when none is confident)
+            "pseudo_label_acc": ((pseudo == yu_true).float() * mask).sum() / mask.sum().clamp_min(1),
+        }
+    )
     return total, stats
 
 

@@ -12,6 +12,7 @@ distilled from the aggregated prediction, so test time needs one forward pass:
 head uses plain cross-entropy, with its cosines scaled by the LDAM scale when the heads are cosine
 (raw cosines cannot reach a low CE over N*M classes).
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,14 +58,23 @@ def joint_labels(y: Tensor, m: int) -> Tensor:
 class SLASD(nn.Module):
     """Same interface as GatedSSL: forward(x) gives class logits, training_loss(x, y, cls_loss, gen)."""
 
-    def __init__(self, backbone: str, num_classes: int, *, transform: str = "rotation", head: str = "linear",
-                 in_channels: int = 3, temperature: float = 1.0, joint_scale: float = 30.0):
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        *,
+        transform: str = "rotation",
+        head: str = "linear",
+        in_channels: int = 3,
+        temperature: float = 1.0,
+        joint_scale: float = 30.0,
+    ):
         super().__init__()
         if transform not in TRANSFORMS:
             raise ValueError(f"unknown SLA transform {transform!r}; choose one of {sorted(TRANSFORMS)}")
         self.backbone = build_backbone(backbone, in_channels)
         dim = self.backbone.feat_dim
-        self.classifier = build_head(head, dim, num_classes)              # the single, distilled head
+        self.classifier = build_head(head, dim, num_classes)  # the single, distilled head
         self.joint = build_head(head, dim, num_classes * TRANSFORMS[transform])
         self.transform, self.num_classes, self.temperature = transform, num_classes, temperature
         self.joint_scale = joint_scale if head == "cosine" else 1.0
@@ -97,10 +107,17 @@ class SLASD(nn.Module):
         agg = aggregate(joint, x.shape[0], self.num_classes).detach()
         # distil into the logits the single head is judged by (LDAM scales cosines by s)
         student = single * getattr(cls_loss, "s", 1.0)
-        loss_sd = F.kl_div(F.log_softmax(student / T, 1), F.softmax(agg / T, 1), reduction="batchmean") * T * T
+        loss_sd = (
+            F.kl_div(F.log_softmax(student / T, 1), F.softmax(agg / T, 1), reduction="batchmean") * T * T
+        )
         total = loss_joint + loss_cls + loss_sd
-        stats = {"cls_loss": loss_cls.detach(), "correct": (single.argmax(1) == y).sum(),
-                 "sla_joint": loss_joint.detach(), "sla_distill": loss_sd.detach(),
-                 "sla_agg_correct": (agg.argmax(1) == y).sum(), "aux": total.new_zeros(()),
-                 "loss": total.detach()}
+        stats = {
+            "cls_loss": loss_cls.detach(),
+            "correct": (single.argmax(1) == y).sum(),
+            "sla_joint": loss_joint.detach(),
+            "sla_distill": loss_sd.detach(),
+            "sla_agg_correct": (agg.argmax(1) == y).sum(),
+            "aux": total.new_zeros(()),
+            "loss": total.detach(),
+        }
         return total, stats

@@ -5,6 +5,7 @@ images with their labels unused; the supervised run then starts from those backb
 heads start fresh). One rotation per image per step, drawn at random, rather than all four: the
 step costs what a supervised step costs.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,9 +18,19 @@ from .pretext import rotation_transform
 from .step import Compiled, autocast
 
 
-def pretrain_rotation(backbone: nn.Module, loader, *, epochs: int, lr: float, weight_decay: float,
-                      momentum: float = 0.9, seed: int = 0, log=print, compile: bool = False,
-                      precision: str = "fp32") -> list[dict]:
+def pretrain_rotation(
+    backbone: nn.Module,
+    loader,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    seed: int = 0,
+    log=print,
+    compile: bool = False,
+    precision: str = "fp32",
+) -> list[dict]:
     """Train `backbone` in place on rotation prediction; returns per-epoch {epoch, lr, loss, acc}.
     SGD with a cosine schedule; `loader` yields (images, labels) and the labels are ignored. The step
     is compiled like the supervised one when `compile` (full batches; the last partial one eagerly)."""
@@ -52,7 +63,12 @@ def pretrain_rotation(backbone: nn.Module, loader, *, epochs: int, lr: float, we
             loss_sum += loss.detach() * x.shape[0]
             correct += stats["correct"]
             seen += x.shape[0]
-        row = {"epoch": epoch, "lr": lr_e, "loss": loss_sum.item() / seen, "acc": 100.0 * correct.item() / seen}
+        row = {
+            "epoch": epoch,
+            "lr": lr_e,
+            "loss": loss_sum.item() / seen,
+            "acc": 100.0 * correct.item() / seen,
+        }
         history.append(row)
         log(f"ssp pre-training {epoch + 1}/{epochs}: rotation loss {row['loss']:.4f}, acc {row['acc']:.2f}%")
     return history

@@ -12,6 +12,7 @@ buffer; AOTAutograd then returns the loss as an alias of a non-differentiable ou
 `backward()` fails ("element 0 of tensors does not require grad"). `torch.stack` of the statistics
 allocates a new buffer, so no statistic can alias the loss whatever the step computes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +20,7 @@ import warnings
 
 import torch
 from torch import Tensor
+
 
 class TrainingError(RuntimeError):
     """The run cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
@@ -40,9 +42,11 @@ def autocast(device_type: str, precision: str):
 
 def packed_step(step):
     """`step(...) -> (loss, stats)` as `(loss, keys, values)`, values one new float32 vector (see above)."""
+
     def packed(*args, **kwargs):
         loss, stats = step(*args, **kwargs)
         return loss, tuple(stats), torch.stack([v.detach().float().reshape(()) for v in stats.values()])
+
     return packed
 
 
@@ -53,8 +57,9 @@ class Compiled:
     loss without grad_fn while grad is enabled counts as a failure. Any other `what` (evaluation): the
     outputs are copied, since under CUDA graphs they live in a static buffer the next replay overwrites."""
 
-    def __init__(self, fn, *, enabled: bool, batch: int, mode: str = "default", what: str = "step",
-                 backend="inductor"):
+    def __init__(
+        self, fn, *, enabled: bool, batch: int, mode: str = "default", what: str = "step", backend="inductor"
+    ):
         self.eager, self.batch, self.what = fn, batch, what
         kw = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
         target = packed_step(fn) if what == "step" else fn
@@ -87,8 +92,12 @@ class Compiled:
         return loss.clone(), {k: values[i] for i, k in enumerate(keys)}
 
     def _give_up(self, why: str) -> None:
-        warnings.warn(f"torch.compile of the {self.what} failed ({why}); continuing without compilation. "
-                      "Set compile=false to skip the attempt", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"torch.compile of the {self.what} failed ({why}); continuing without compilation. "
+            "Set compile=false to skip the attempt",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         self.compiled, self.fallbacks = None, self.fallbacks + 1
 
 

@@ -16,6 +16,7 @@ A sweep file (YAML):
       - {name: ldam-drw, preset: cifar10-lt0.01-ldam-drw}
       - {name: gated-triple-learned, preset: cifar10-lt0.01-gated-triple, set: {ssl.gate: learned}}
 """
+
 from __future__ import annotations
 
 import itertools
@@ -40,7 +41,7 @@ class Job:
     name: str
     seed: int
     preset: str | None
-    config: str | None                  # a YAML config file instead of (or on top of) a preset
+    config: str | None  # a YAML config file instead of (or on top of) a preset
     sets: list[str] = field(default_factory=list)  # "key=value", the sweep's then the run's own
     out: Path = Path(".")
 
@@ -53,8 +54,11 @@ class Job:
         return self.out / "logs" / f"{self.name}-seed{self.seed}.log"
 
     def resolved(self) -> Config:
-        return resolve(self.preset, load_yaml(self.config) if self.config else None,
-                       [parse_set(s) for s in self.sets + [f"seed={self.seed}"]])
+        return resolve(
+            self.preset,
+            load_yaml(self.config) if self.config else None,
+            [parse_set(s) for s in self.sets + [f"seed={self.seed}"]],
+        )
 
     def command(self, mode: str) -> list[str]:
         """The `gssl train` command line for this run: mode new, resume or restart."""
@@ -74,8 +78,11 @@ def _sets(values, where: str) -> list[str]:
         return []
     if isinstance(values, dict):
         import yaml
-        return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                for k, v in values.items()]
+
+        return [
+            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in values.items()
+        ]
     if isinstance(values, list) and all(isinstance(v, str) and "=" in v for v in values):
         return list(values)
     raise ConfigError(f"{where}: expected a mapping of key: value or a list of 'key=value', got {values!r}")
@@ -86,11 +93,15 @@ def _grid(grid, where: str) -> list[tuple[str, list[str]]]:
     if not grid:
         return [("", [])]
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError(f"{where}: grid must map keys to non-empty lists of values, e.g. {{ssl.gate: [reference, learned]}}")
+        raise ConfigError(
+            f"{where}: grid must map keys to non-empty lists of values, e.g. {{ssl.gate: [reference, learned]}}"
+        )
     out = []
     for combo in itertools.product(*grid.values()):
         pairs = dict(zip(grid, combo))
-        suffix = "+".join(f"{k.split('.')[-1]}-{re.sub(r'[^A-Za-z0-9._-]', '', str(v))}" for k, v in pairs.items())
+        suffix = "+".join(
+            f"{k.split('.')[-1]}-{re.sub(r'[^A-Za-z0-9._-]', '', str(v))}" for k, v in pairs.items()
+        )
         out.append(("+" + suffix, _sets(pairs, where)))
     return out
 
@@ -98,6 +109,7 @@ def _grid(grid, where: str) -> list[tuple[str, list[str]]]:
 def parse_grid(items: list[str]) -> dict:
     """--grid 'ssl.gate=[reference,learned]' (repeatable) -> {'ssl.gate': ['reference', 'learned']}."""
     import yaml
+
     grid = {}
     for item in items:
         key, _, text = item.partition("=")
@@ -106,20 +118,31 @@ def parse_grid(items: list[str]) -> dict:
         except yaml.YAMLError:
             values = None
         if not key or not isinstance(values, list) or not values:
-            raise ConfigError(f"--grid {item!r}: expected KEY=[V1,V2,...], e.g. --grid 'ssl.gate=[reference,learned]'")
+            raise ConfigError(
+                f"--grid {item!r}: expected KEY=[V1,V2,...], e.g. --grid 'ssl.gate=[reference,learned]'"
+            )
         grid[key] = values
     return grid
 
 
-def jobs_from_file(path: str | Path, out: str | None = None, seeds: list[int] | None = None,
-                   sets: list[str] = (), grid: dict | None = None) -> list[Job]:
+def jobs_from_file(
+    path: str | Path,
+    out: str | None = None,
+    seeds: list[int] | None = None,
+    sets: list[str] = (),
+    grid: dict | None = None,
+) -> list[Job]:
     spec = load_yaml(path)
     unknown = set(spec) - {"out", "seeds", "set", "runs", "grid"}
     if unknown:
-        raise ConfigError(f"sweep file {path}: unknown keys {sorted(unknown)}; allowed: out, seeds, set, grid, runs")
+        raise ConfigError(
+            f"sweep file {path}: unknown keys {sorted(unknown)}; allowed: out, seeds, set, grid, runs"
+        )
     runs = spec.get("runs")
     if not isinstance(runs, list) or not runs:
-        raise ConfigError(f"sweep file {path}: 'runs' must be a non-empty list of {{name, preset|config, set}}")
+        raise ConfigError(
+            f"sweep file {path}: 'runs' must be a non-empty list of {{name, preset|config, set}}"
+        )
     out_dir = out or spec.get("out")
     if not out_dir:
         raise ConfigError(f"sweep file {path}: no 'out' folder; add `out: runs/NAME` or pass --out")
@@ -129,23 +152,39 @@ def jobs_from_file(path: str | Path, out: str | None = None, seeds: list[int] | 
     for i, r in enumerate(runs):
         where = f"sweep file {path}: runs[{i}]"
         if not isinstance(r, dict) or not (r.get("preset") or r.get("config")):
-            raise ConfigError(f"{where}: each run needs a preset or a config, e.g. {{name: a, preset: quickstart}}")
+            raise ConfigError(
+                f"{where}: each run needs a preset or a config, e.g. {{name: a, preset: quickstart}}"
+            )
         bad = set(r) - {"name", "preset", "config", "set"}
         if bad:
             raise ConfigError(f"{where}: unknown keys {sorted(bad)}; allowed: name, preset, config, set")
         name = str(r.get("name") or r.get("preset") or Path(r["config"]).stem)
         for suffix, cell in _grid({**(spec.get("grid") or {}), **(grid or {})}, f"sweep file {path}: grid"):
-            protos.append((name + suffix, r.get("preset"), r.get("config"), common + _sets(r.get("set"), where) + cell))
+            protos.append(
+                (name + suffix, r.get("preset"), r.get("config"), common + _sets(r.get("set"), where) + cell)
+            )
     # seed-major: every run's first seed before any second one, so a sweep cut short still compares
-    return check_jobs([Job(n, s, p, c, list(st), Path(out_dir)) for s in _seeds(seeds, f"sweep file {path}")
-                       for n, p, c, st in protos])
+    return check_jobs(
+        [
+            Job(n, s, p, c, list(st), Path(out_dir))
+            for s in _seeds(seeds, f"sweep file {path}")
+            for n, p, c, st in protos
+        ]
+    )
 
 
-def jobs_from_presets(presets: list[str], out: str, seeds: list[int], sets: list[str] = (),
-                      grid: dict | None = None) -> list[Job]:
+def jobs_from_presets(
+    presets: list[str], out: str, seeds: list[int], sets: list[str] = (), grid: dict | None = None
+) -> list[Job]:
     cells = _grid(grid, "--grid")
-    return check_jobs([Job(p + suffix, s, p, None, list(sets) + cell, Path(out))
-                       for s in _seeds(seeds, "--seeds") for p in presets for suffix, cell in cells])
+    return check_jobs(
+        [
+            Job(p + suffix, s, p, None, list(sets) + cell, Path(out))
+            for s in _seeds(seeds, "--seeds")
+            for p in presets
+            for suffix, cell in cells
+        ]
+    )
 
 
 def _seeds(seeds, where: str) -> list[int]:
@@ -161,7 +200,9 @@ def check_jobs(jobs: list[Job]) -> list[Job]:
         if not _NAME.match(j.name):
             raise ConfigError(f"sweep run name {j.name!r}: use letters, digits, '.', '_', '+' and '-' only")
         if (j.name, j.seed) in seen:
-            raise ConfigError(f"sweep: run {j.name!r} seed {j.seed} appears twice; give the runs distinct names")
+            raise ConfigError(
+                f"sweep: run {j.name!r} seed {j.seed} appears twice; give the runs distinct names"
+            )
         seen.add((j.name, j.seed))
         try:
             j.resolved()
@@ -183,14 +224,18 @@ def status(job: Job) -> str:
     # when a fresh checkout elsewhere points data.root at its own copy
     changed = [k for k in diff(from_dict(load_yaml(cfg_path)), job.resolved()) if k != "data.root"]
     if changed:
-        raise ConfigError(f"{d} holds a run with another configuration (differs in {', '.join(changed)}); "
-                          "move it away, or use another --out")
+        raise ConfigError(
+            f"{d} holds a run with another configuration (differs in {', '.join(changed)}); "
+            "move it away, or use another --out"
+        )
     if (d / rundir.SUMMARY).is_file():
         return "done"
     return "resume" if (d / rundir.CKPT_DIR / "last.pt").is_file() else "restart"
 
 
-def run(jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print, gpus: list[str] | None = None) -> int:
+def run(
+    jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print, gpus: list[str] | None = None
+) -> int:
     """Run what is left of the sweep; returns the number of runs that failed. With `gpus`, each run
     gets one of them to itself (CUDA_VISIBLE_DEVICES), as many at a time as there are GPUs unless
     `parallel` says more (several small runs per GPU)."""
@@ -198,8 +243,10 @@ def run(jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print, gp
         parallel = max(parallel, len(gpus))
     plan = [(j, status(j)) for j in jobs]
     todo = [(j, m) for j, m in plan if m != "done"]
-    log(f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run "
-        f"({parallel} at a time)")
+    log(
+        f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run "
+        f"({parallel} at a time)"
+    )
     if dry_run:
         for j, m in todo:
             log(f"[{m}] gssl " + shlex.join(j.command(m)[3:]))

@@ -7,6 +7,7 @@ seeds with the number of seeds, the paper's published number where the row is th
 method (also on another schedule: the column header gives the paper's length), and the paired
 difference against the baseline row (over the seeds both have).
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,31 +22,41 @@ from . import rundir
 from .config import Config, ConfigError, flatten, from_dict, load_yaml
 from .presets import PRESETS, preset_dict
 
-METRICS = {"final": ("test_acc", "final-epoch top-1 (%)"),
-           "best": ("best_test_acc", "best-epoch top-1 (%), the epoch chosen on the test set (optimistic)"),
-           "knn": ("knn_test_acc", "k-NN top-1 (%) on the frozen backbone (contrastive runs)")}
+METRICS = {
+    "final": ("test_acc", "final-epoch top-1 (%)"),
+    "best": ("best_test_acc", "best-epoch top-1 (%), the epoch chosen on the test set (optimistic)"),
+    "knn": ("knn_test_acc", "k-NN top-1 (%) on the frozen backbone (contrastive runs)"),
+}
 BASELINE_METHODS = ("ldam-drw", "baseline", "supervised", "simclr")
 _NOT_METHOD = {"seed", "preset", "device", "tensorboard", "data.root", "data.name", "data.imbalance"}
 # A row that departs from its paper preset only in these still runs the paper's method (on another schedule,
 # or another machine), so the paper's number is shown beside it; the column header says at which length.
 _SCHEDULE = {"optim.epochs", "optim.base_epochs", "optim.warmup_epochs", "optim.milestones", "loss.drw_epoch"}
-_NOT_PAPER_METHOD = _SCHEDULE | {"seed", "preset", "device", "tensorboard", "data.root", "compile",
-                                 "compile_mode", "channels_last"}
+_NOT_PAPER_METHOD = _SCHEDULE | {
+    "seed",
+    "preset",
+    "device",
+    "tensorboard",
+    "data.root",
+    "compile",
+    "compile_mode",
+    "channels_last",
+}
 
 
 @dataclass
 class Run:
     path: Path
     cfg: Config
-    summary: dict | None        # None: unfinished
+    summary: dict | None  # None: unfinished
 
 
 @dataclass
 class Cell:
-    accs: dict[int, float]      # seed -> accuracy
+    accs: dict[int, float]  # seed -> accuracy
     unfinished: list[int]
     paper: float | None
-    paper_epochs: int | None = None     # the length of the paper's run, for the column header
+    paper_epochs: int | None = None  # the length of the paper's run, for the column header
 
     @property
     def n(self) -> int:
@@ -75,7 +86,9 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             try:
                 summary = json.loads((d / rundir.SUMMARY).read_text())
             except (OSError, json.JSONDecodeError) as e:
-                raise ConfigError(f"{d / rundir.SUMMARY} cannot be read ({e}); re-run `gssl eval {d}` or remove it") from None
+                raise ConfigError(
+                    f"{d / rundir.SUMMARY} cannot be read ({e}); re-run `gssl eval {d}` or remove it"
+                ) from None
         try:
             cfg = from_dict(load_yaml(d / rundir.CONFIG))
         except ConfigError as e:
@@ -105,18 +118,26 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
     key, _ = METRICS[metric]
     parsed = [(r, *_method_diffs(r.cfg)) for r in runs]
     # differences every run shares (a shortened protocol) describe the table, not a row
-    shared = set.intersection(*[{(k, json.dumps(v)) for k, v in d.items()} for _, _, d in parsed]) if parsed else set()
+    shared = (
+        set.intersection(*[{(k, json.dumps(v)) for k, v in d.items()} for _, _, d in parsed])
+        if parsed
+        else set()
+    )
     cells: dict[tuple[str, str], Cell] = {}
     for r, method, diffs in parsed:
         own = {k: v for k, v in diffs.items() if k not in _NOT_METHOD and (k, json.dumps(v)) not in shared}
-        label = method + (" (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(own.items())) + ")" if own else "")
+        label = method + (
+            " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(own.items())) + ")" if own else ""
+        )
         paper, paper_epochs = _paper_number(r.cfg, diffs)
         cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, [], paper, paper_epochs))
         if r.summary is None or not isinstance(r.summary.get(key), (int, float)):
             cell.unfinished.append(r.cfg.seed)
         elif r.cfg.seed in cell.accs:
-            raise ConfigError(f"{r.path}: a second run of {label} on {setting_of(r.cfg)} with seed {r.cfg.seed}; "
-                              "pass only one of them")
+            raise ConfigError(
+                f"{r.path}: a second run of {label} on {setting_of(r.cfg)} with seed {r.cfg.seed}; "
+                "pass only one of them"
+            )
         else:
             cell.accs[r.cfg.seed] = float(r.summary[key])
     rows = sorted({k[0] for k in cells}, key=_row_order)
@@ -153,8 +174,9 @@ def _paper_number(cfg: Config, diffs: dict) -> tuple[float | None, int | None]:
 
 
 def _paper_header(cells: dict, column: str) -> str:
-    epochs = sorted({cell.paper_epochs for (_, col), cell in cells.items()
-                     if col == column and cell.paper is not None})
+    epochs = sorted(
+        {cell.paper_epochs for (_, col), cell in cells.items() if col == column and cell.paper is not None}
+    )
     return "paper" + (f" ({'/'.join(map(str, epochs))} ep.)" if epochs else "")
 
 
@@ -164,6 +186,7 @@ def _short(v) -> str:
 
 def _row_order(label: str):
     from .presets import BASELINES, METHODS
+
     order = ["ldam-drw", "baseline", "erm", *BASELINES, *METHODS]
     method = label.split(" (")[0]
     return (order.index(method) if method in order else len(order), label)
@@ -187,12 +210,19 @@ def _fmt(mean, std, n=None) -> str:
 
 def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:
     rows, cols, cells, base, shared = build(runs, metric, baseline)
-    head = ["method"] + [f"{c} {h}" for c in cols
-                         for h in ("ours", _paper_header(cells, c), f"Δ vs {base or 'baseline'}")]
-    lines = [f"{METRICS[metric][1]}: mean ± std over seeds (number of seeds); Δ paired by seed.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["method"] + [
+        f"{c} {h}" for c in cols for h in ("ours", _paper_header(cells, c), f"Δ vs {base or 'baseline'}")
+    ]
+    lines = [
+        f"{METRICS[metric][1]}: mean ± std over seeds (number of seeds); Δ paired by seed.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     notes = []
-    finished = {c: sorted({s for (_, col), cell in cells.items() if col == c for s in cell.accs}) for c in cols}
+    finished = {
+        c: sorted({s for (_, col), cell in cells.items() if col == c for s in cell.accs}) for c in cols
+    }
     for r in rows:
         out = [r]
         for c in cols:
@@ -211,8 +241,11 @@ def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None
                 notes.append(f"{r}, {c}: seeds {missing} missing")
         lines.append("| " + " | ".join(out) + " |")
     if shared:
-        lines += ["", "Shared by every run (not the paper's protocol): " +
-                  ", ".join(f"{k}={_short(json.loads(v))}" for k, v in shared if k not in _NOT_METHOD)]
+        lines += [
+            "",
+            "Shared by every run (not the paper's protocol): "
+            + ", ".join(f"{k}={_short(json.loads(v))}" for k, v in shared if k not in _NOT_METHOD),
+        ]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -222,8 +255,24 @@ def to_csv(runs: list[Run], metric: str = "final", baseline: str | None = None) 
     rows, cols, cells, base, _ = build(runs, metric, baseline)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "setting", "metric", "mean", "std", "n", "seeds", "unfinished_seeds", "paper",
-                "baseline", "diff_mean", "diff_std", "diff_n", "paper_epochs"])
+    w.writerow(
+        [
+            "method",
+            "setting",
+            "metric",
+            "mean",
+            "std",
+            "n",
+            "seeds",
+            "unfinished_seeds",
+            "paper",
+            "baseline",
+            "diff_mean",
+            "diff_std",
+            "diff_n",
+            "paper_epochs",
+        ]
+    )
     for r in rows:
         for c in cols:
             cell = cells.get((r, c))
@@ -232,9 +281,24 @@ def to_csv(runs: list[Run], metric: str = "final", baseline: str | None = None) 
             m, s = cell.mean_std()
             b = cells.get((base, c)) if base and r != base else None
             dm, ds, dn = paired(cell, b) if b else (None, None, 0)
-            w.writerow([r, c, METRICS[metric][0], _num(m), _num(s), cell.n, " ".join(map(str, sorted(cell.accs))),
-                        " ".join(map(str, sorted(cell.unfinished))), _num(cell.paper), base or "",
-                        _num(dm), _num(ds), dn, cell.paper_epochs or ""])
+            w.writerow(
+                [
+                    r,
+                    c,
+                    METRICS[metric][0],
+                    _num(m),
+                    _num(s),
+                    cell.n,
+                    " ".join(map(str, sorted(cell.accs))),
+                    " ".join(map(str, sorted(cell.unfinished))),
+                    _num(cell.paper),
+                    base or "",
+                    _num(dm),
+                    _num(ds),
+                    dn,
+                    cell.paper_epochs or "",
+                ]
+            )
     return buf.getvalue()
 
 

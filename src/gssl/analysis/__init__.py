@@ -6,11 +6,13 @@
 
 Needs matplotlib and scikit-learn (`pip install gssl[analysis]`); grad_cam itself needs only torch.
 """
+
 from .gradcam import default_layer, grad_cam, peak_quadrant, quadrant_mass, stage_names
 
 
 def render_report(*args, **kwargs):
     from .report import render_report as _render
+
     return _render(*args, **kwargs)
 
 

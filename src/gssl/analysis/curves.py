@@ -5,6 +5,7 @@ results page can be redrawn from any checkout. A row is the folder above seed<k>
 curve is the mean over the row's finished seeds, shaded from the lowest to the highest seed. Each plotting
 function returns the matplotlib Figure, so tests can read back what was drawn; `write_figures` saves them.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,6 +31,7 @@ MARKERS = "osD^vP*Xh<>"
 @dataclass
 class Record:
     """One finished run: its configuration, one metrics row per epoch, and its summary."""
+
     seed: int
     tasks: list[str]
     gate: str
@@ -52,22 +54,37 @@ def load_rows(runs: list[Run], log: Callable[[str], None] = print) -> dict[str, 
             continue
         name = row_name(run.path)
         if any(r.seed == run.cfg.seed for r in rows.get(name, [])):
-            raise ConfigError(f"{run.path}: a second run of row {name!r} with seed {run.cfg.seed}; "
-                              "pass one of them")
-        rows.setdefault(name, []).append(Record(run.cfg.seed, list(run.cfg.ssl.tasks), run.cfg.ssl.gate,
-                                                rundir.read_metrics(run.path), run.summary))
+            raise ConfigError(
+                f"{run.path}: a second run of row {name!r} with seed {run.cfg.seed}; pass one of them"
+            )
+        rows.setdefault(name, []).append(
+            Record(
+                run.cfg.seed,
+                list(run.cfg.ssl.tasks),
+                run.cfg.ssl.gate,
+                rundir.read_metrics(run.path),
+                run.summary,
+            )
+        )
         method = PRESETS[run.cfg.preset].method if run.cfg.preset in PRESETS else name
         order[name] = (_row_order(method), name)
     if not rows:
-        raise ConfigError(f"no finished run (with {rundir.SUMMARY}) among these run directories: "
-                          "no figure to draw")
+        raise ConfigError(
+            f"no finished run (with {rundir.SUMMARY}) among these run directories: no figure to draw"
+        )
     return {name: rows[name] for name in sorted(rows, key=order.get)}
 
 
 def seed_matrix(records: list[Record], key: str) -> tuple[np.ndarray, np.ndarray]:
     """Epochs (from 1) where any seed logged `key`, and a seeds x epochs matrix of its values (NaN: none)."""
-    epochs = sorted({m.get("epoch", i) for r in records for i, m in enumerate(r.metrics)
-                     if isinstance(m.get(key), (int, float))})
+    epochs = sorted(
+        {
+            m.get("epoch", i)
+            for r in records
+            for i, m in enumerate(r.metrics)
+            if isinstance(m.get(key), (int, float))
+        }
+    )
     column = {e: j for j, e in enumerate(epochs)}
     values = np.full((len(records), len(epochs)), np.nan)
     for i, record in enumerate(records):
@@ -94,16 +111,19 @@ def _with_key(name: str, records: list[Record], key: str, log) -> list[Record]:
     have = [r for r in records if any(isinstance(m.get(key), (int, float)) for m in r.metrics)]
     if len(have) < len(records):
         missing = sorted(r.seed for r in records if r not in have)
-        log(f"{name}: seeds {missing} have no {key} in {rundir.METRICS} (older or empty record): "
-            + ("left out of that curve" if have else "no curve"))
+        log(
+            f"{name}: seeds {missing} have no {key} in {rundir.METRICS} (older or empty record): "
+            + ("left out of that curve" if have else "no curve")
+        )
     return have
 
 
 def _panels(n: int, per_line: int = 3):
     """n panels, at most per_line side by side (a wide sweep wraps instead of shrinking); unused ones hidden."""
     lines = -(-n // per_line)
-    fig, axes = plt.subplots(lines, min(n, per_line), figsize=(4.6 * min(n, per_line), 3.6 * lines),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        lines, min(n, per_line), figsize=(4.6 * min(n, per_line), 3.6 * lines), squeeze=False
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -120,8 +140,11 @@ def accuracy_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = 
     if not ax.lines:
         plt.close(fig)
         return None
-    ax.set(title="test accuracy per epoch (mean over seeds, band: min-max)", xlabel="epoch",
-           ylabel="test top-1 (%)")
+    ax.set(
+        title="test accuracy per epoch (mean over seeds, band: min-max)",
+        xlabel="epoch",
+        ylabel="test top-1 (%)",
+    )
     ax.legend()
     return fig
 
@@ -146,8 +169,12 @@ def pretext_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = p
             if records:
                 x, values = seed_matrix(records, f"pretext_acc_{task}")
                 _mean_band(ax, x, values, f"C{j}", f"{task} ({_seeds(len(records))})", marker="o", ms=2.5)
-        ax.set(title=f"{name}: pretext head train accuracy", xlabel="epoch", ylabel="accuracy (%)",
-               ylim=(0, None))
+        ax.set(
+            title=f"{name}: pretext head train accuracy",
+            xlabel="epoch",
+            ylabel="accuracy (%)",
+            ylim=(0, None),
+        )
         ax.legend()
     fig.tight_layout()
     return fig
@@ -182,28 +209,50 @@ def per_class_points(rows: dict[str, list[Record]], log: Callable[[str], None] =
         have = [r for r in records if r.summary.get("per_class_acc") and r.summary.get("class_counts")]
         counts = {tuple(r.summary["class_counts"]) for r in have}
         if not have or len(counts) > 1:
-            log(f"{name}: " + ("no per_class_acc/class_counts in summary.json" if not have
-                               else "seeds trained on different class sizes") + ": no per-class points")
+            log(
+                f"{name}: "
+                + (
+                    "no per_class_acc/class_counts in summary.json"
+                    if not have
+                    else "seeds trained on different class sizes"
+                )
+                + ": no per-class points"
+            )
             continue
-        acc = np.array([[np.nan if a is None else a for a in r.summary["per_class_acc"]] for r in have],
-                       dtype=float)
-        ax.plot(have[0].summary["class_counts"], np.nanmean(acc, axis=0), ls="none", marker=MARKERS[i % 11],
-                ms=6, alpha=0.8, color=f"C{i % 10}", label=f"{name} ({_seeds(len(have))})")
+        acc = np.array(
+            [[np.nan if a is None else a for a in r.summary["per_class_acc"]] for r in have], dtype=float
+        )
+        ax.plot(
+            have[0].summary["class_counts"],
+            np.nanmean(acc, axis=0),
+            ls="none",
+            marker=MARKERS[i % 11],
+            ms=6,
+            alpha=0.8,
+            color=f"C{i % 10}",
+            label=f"{name} ({_seeds(len(have))})",
+        )
     if not ax.lines:
         plt.close(fig)
         return None
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set(title="final test accuracy per class against class size (mean over seeds)",
-           xlabel="training images of the class (log scale)", ylabel="test top-1 (%)", ylim=(-3, 103))
+    ax.set(
+        title="final test accuracy per class against class size (mean over seeds)",
+        xlabel="training images of the class (log scale)",
+        ylabel="test top-1 (%)",
+        ylim=(-3, 103),
+    )
     ax.legend()
     return fig
 
 
-FIGURES = {"test_acc.png": (accuracy_curves, "no row logged test_acc"),
-           "pretext_acc.png": (pretext_curves, "no row with pretext tasks logged pretext_acc_<task>"),
-           "gate_weights.png": (gate_curves, "no row has a reference or learned gate"),
-           "per_class_acc.png": (per_class_points, "no summary.json holds per_class_acc and class_counts")}
+FIGURES = {
+    "test_acc.png": (accuracy_curves, "no row logged test_acc"),
+    "pretext_acc.png": (pretext_curves, "no row with pretext tasks logged pretext_acc_<task>"),
+    "gate_weights.png": (gate_curves, "no row has a reference or learned gate"),
+    "per_class_acc.png": (per_class_points, "no summary.json holds per_class_acc and class_counts"),
+}
 
 
 def write_figures(runs: list[Run], out_dir: str | Path, log: Callable[[str], None] = print) -> list[Path]:

@@ -1,12 +1,13 @@
 """What the figures show, computed from a run: Grad-CAM on a grid of test images, and the pretext tasks
 applied to a few test images with their labels."""
+
 from __future__ import annotations
 
 import torch
 
+from ..evaluation import has_classifier
 from ..pretext import PERMUTATIONS, TASKS, TILE_ORDERS, build_pretext
 from .gradcam import default_layer, grad_cam
-from ..evaluation import has_classifier
 from .run import Run, normalised, one_per_class
 
 
@@ -14,8 +15,11 @@ def gradcam_examples(run: Run, n: int = 8, layer: str | None = None) -> dict:
     """Grad-CAM for the true and for the predicted class of n test images (one per class in turn)."""
     if not has_classifier(run.cfg):
         from ..config import ConfigError
-        raise ConfigError(f"{run.name} is a contrastive pre-training run: it has no classifier whose evidence Grad-CAM "
-                          "could show")
+
+        raise ConfigError(
+            f"{run.name} is a contrastive pre-training run: it has no classifier whose evidence Grad-CAM "
+            "could show"
+        )
     ld = run.loaded()
     layer = layer or default_layer(ld.model)
     idx = torch.as_tensor(one_per_class(ld.data.test.labels, n))
@@ -24,15 +28,23 @@ def gradcam_examples(run: Run, n: int = 8, layer: str | None = None) -> dict:
     cam_true, logits = grad_cam(ld.model, x, labels.to(ld.device), layer=layer)
     preds = logits.argmax(1)
     cam_pred, _ = grad_cam(ld.model, x, preds.to(ld.device), layer=layer)
-    return {"images": images.numpy(), "labels": labels.numpy(), "preds": preds.numpy(),
-            "cam_true": cam_true.numpy(), "cam_pred": cam_pred.numpy(), "layer": layer,
-            "classes": list(ld.data.test.classes)}
+    return {
+        "images": images.numpy(),
+        "labels": labels.numpy(),
+        "preds": preds.numpy(),
+        "cam_true": cam_true.numpy(),
+        "cam_pred": cam_pred.numpy(),
+        "layer": layer,
+        "classes": list(ld.data.test.classes),
+    }
 
 
 def _describe(task: str, p: dict, i: int) -> str:
-    label = int(TASKS[task].label({k: v[i:i + 1] for k, v in p.items()}))
+    label = int(TASKS[task].label({k: v[i : i + 1] for k, v in p.items()}))
     if task == "lorot":
-        return f"LoRot-E: quadrant {int(p['quadrant'][i])},\nrot {90 * int(p['rotation'][i])}° -> label {label}"
+        return (
+            f"LoRot-E: quadrant {int(p['quadrant'][i])},\nrot {90 * int(p['rotation'][i])}° -> label {label}"
+        )
     if task == "flip":
         return f"flip: {'flipped' if int(p['flip'][i]) else 'not flipped'}\n-> label {label}"
     if task == "channel":
@@ -92,7 +104,9 @@ def pretext_rows(images_uint8: torch.Tensor, tasks: list[str], flip_axis: str = 
         row = [("original", images_uint8[i].numpy(), None)]
         row += [(_describe(t, p, i), singles[t][i].numpy(), box) for t in tasks]
         if len(tasks) > 1:
-            labels = ", ".join(f"{t} {int(TASKS[t].label({k: v[i:i + 1] for k, v in p.items()}))}" for t in tasks)
+            labels = ", ".join(
+                f"{t} {int(TASKS[t].label({k: v[i : i + 1] for k, v in p.items()}))}" for t in tasks
+            )
             row.append((f"all, as trained:\n{labels}", together[i].numpy(), box))
         rows.append(row)
     return rows
@@ -107,4 +121,3 @@ def is_greyscale(images_uint8: torch.Tensor) -> bool:
 def sample_test_images(run: Run, n: int = 4) -> torch.Tensor:
     ld = run.loaded()
     return ld.data.test.images[torch.as_tensor(one_per_class(ld.data.test.labels, n))]
-

@@ -1,6 +1,7 @@
 """The report's figures: matplotlib (Agg, no display needed), one function per figure, each writing a
 PNG and taking plain data (metrics rows, summary dicts, arrays), so they can be used without a model.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,18 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from ..metrics import FEW, MANY  # noqa: E402
 
 DPI = 100
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False,
-                     "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False})
+plt.rcParams.update(
+    {
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "legend.fontsize": 8,
+        "legend.frameon": False,
+    }
+)
 
 
 def _save(fig, path: Path) -> Path:
@@ -78,8 +89,13 @@ def learning_curves(rows: list[dict], path: Path) -> Path:
 
 def overlay_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     """Several runs, one colour each: total and classification loss, train and test accuracy, lr."""
-    panels = [("loss", "total loss"), ("cls_loss", "classification loss"), ("train_acc", "train accuracy (%)"),
-              ("test_acc", "test accuracy (%)"), ("lr", "learning rate")]
+    panels = [
+        ("loss", "total loss"),
+        ("cls_loss", "classification loss"),
+        ("train_acc", "train accuracy (%)"),
+        ("test_acc", "test accuracy (%)"),
+        ("lr", "learning rate"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3))
     for i, (name, rows) in enumerate(runs.items()):
         for ax, (key, _) in zip(axes, panels):
@@ -88,7 +104,13 @@ def overlay_curves(runs: dict[str, list[dict]], path: Path) -> Path:
         ax.set(title=title, xlabel="epoch")
     _lr_axis(axes[-1], list(runs.values()))
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.02 - 0.05 * (len(labels) > 4)))
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=min(4, len(labels)),
+        bbox_to_anchor=(0.5, -0.02 - 0.05 * (len(labels) > 4)),
+    )
     fig.tight_layout(rect=(0, 0.08 + 0.05 * (len(labels) > 4), 1, 1))
     return _save(fig, path)
 
@@ -111,8 +133,11 @@ def gate_trajectories(runs: dict[str, list[dict]], path: Path) -> Path | None:
         if softmax:  # reference and learned gates; the uniform gate weighs every task 1
             g.axhline(1 / len(tasks), color="0.4", ls="--", lw=1, label=f"uniform 1/{len(tasks)}")
             top = max(top, 1 / len(tasks))
-        g.set(title=f"{name}: gate weight per task" if len(runs) > 1 else "gate weight per task (epoch mean)",
-              xlabel="epoch", ylim=(0, min(1.0, top * 1.25 + 0.02) if softmax else top * 1.15))
+        g.set(
+            title=f"{name}: gate weight per task" if len(runs) > 1 else "gate weight per task (epoch mean)",
+            xlabel="epoch",
+            ylim=(0, min(1.0, top * 1.25 + 0.02) if softmax else top * 1.15),
+        )
         s.set(title="pretext loss per task (cross-entropy)", xlabel="epoch")
         g.legend(ncol=2)
     fig.tight_layout()
@@ -125,14 +150,20 @@ def per_class_accuracy(acc: list, counts: list[int], classes: list[str], groups:
     counts = np.asarray(counts, dtype=float)
     acc = np.array([math.nan if a is None else a for a in acc], dtype=float)
     lo, hi = max(0.8, counts.min() / 1.5), counts.max() * 1.5
-    shades = [("few-shot", lo, FEW, "#fde0dd"), ("medium-shot", FEW, MANY, "#fff7bc"), ("many-shot", MANY, hi, "#e5f5e0")]
+    shades = [
+        ("few-shot", lo, FEW, "#fde0dd"),
+        ("medium-shot", FEW, MANY, "#fff7bc"),
+        ("many-shot", MANY, hi, "#e5f5e0"),
+    ]
     for label, a, b, colour in shades:
         if b > lo and a < hi:
             ax.axvspan(max(a, lo), min(b, hi), color=colour, zorder=0)
             g = groups.get(label.split("-")[0] + "_shot_acc")
             if g is not None:
                 ax.hlines(g, max(a, lo), min(b, hi), colors="0.3", linestyles="--", lw=1.2)
-                ax.text(math.sqrt(max(a, lo) * min(b, hi)), g + 1.5, f"{label} {g:.1f}%", ha="center", fontsize=8)
+                ax.text(
+                    math.sqrt(max(a, lo) * min(b, hi)), g + 1.5, f"{label} {g:.1f}%", ha="center", fontsize=8
+                )
     ax.scatter(counts, acc, s=28, color="C0", zorder=3)
     if len(classes) <= 20:
         for x, y, name in zip(counts, acc, classes):
@@ -140,8 +171,13 @@ def per_class_accuracy(acc: list, counts: list[int], classes: list[str], groups:
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
-    ax.set(xlim=(lo, hi), ylim=(-3, 105), xlabel="training images of the class (log scale)",
-           ylabel="test accuracy (%)", title="per-class test accuracy against class size")
+    ax.set(
+        xlim=(lo, hi),
+        ylim=(-3, 105),
+        xlabel="training images of the class (log scale)",
+        ylabel="test accuracy (%)",
+        title="per-class test accuracy against class size",
+    )
     return _save(fig, path)
 
 
@@ -158,12 +194,23 @@ def confusion(cm, classes: list[str], path: Path) -> Path:
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if n <= 12 else 6.5,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8 if n <= 12 else 6.5,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     if n <= 40:
         ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=7.5)
         ax.set_yticks(range(n), classes, fontsize=7.5)
-    ax.set(xlabel="predicted class", ylabel="true class", title="confusion matrix (colour: share of the true class)")
+    ax.set(
+        xlabel="predicted class",
+        ylabel="true class",
+        title="confusion matrix (colour: share of the true class)",
+    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _save(fig, path)
 
@@ -183,7 +230,11 @@ def tsne_scatter(emb, labels, preds, classes: list[str], path: Path, title: str 
         for c, name in enumerate(classes):
             ax.scatter([], [], color=cmap(c % 20), s=25, label=name)
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    ax.set(xticks=[], yticks=[], title=title or f"t-SNE of pooled test features ({len(emb)} images; x: misclassified)")
+    ax.set(
+        xticks=[],
+        yticks=[],
+        title=title or f"t-SNE of pooled test features ({len(emb)} images; x: misclassified)",
+    )
     ax.grid(False)
     return _save(fig, path)
 
@@ -192,26 +243,37 @@ def _show(ax, img):
     """uint8 or float [C, H, W] (C = 1 or 3) as an image, no axes."""
     img = np.asarray(img, dtype=float)
     img = img / 255.0 if img.max() > 1.5 else img
-    ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1,
-              interpolation="nearest")
+    ax.imshow(
+        img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
 
 
-def gradcam_grid(images, cam_true, cam_pred, labels, preds, classes: list[str], layer: str, path: Path) -> Path:
+def gradcam_grid(
+    images, cam_true, cam_pred, labels, preds, classes: list[str], layer: str, path: Path
+) -> Path:
     """Columns: test images. Rows: the image, Grad-CAM for the true class, for the predicted class."""
     n = len(images)
     fig, axes = plt.subplots(3, n, figsize=(1.55 * n + 0.8, 5.2), squeeze=False)
     for j in range(n):
         _show(axes[0, j], images[j])
         ok = labels[j] == preds[j]
-        axes[0, j].set_title(f"{classes[labels[j]][:12]}\n-> {classes[preds[j]][:12]}", fontsize=8,
-                             color="darkgreen" if ok else "firebrick")
+        axes[0, j].set_title(
+            f"{classes[labels[j]][:12]}\n-> {classes[preds[j]][:12]}",
+            fontsize=8,
+            color="darkgreen" if ok else "firebrick",
+        )
         for row, cams in ((1, cam_true), (2, cam_pred)):
             _show(axes[row, j], np.asarray(images[j]).mean(0, keepdims=True))
-            axes[row, j].imshow(np.asarray(cams[j]), cmap="jet", alpha=0.5, vmin=0, vmax=1,
-                                interpolation="bilinear")
+            axes[row, j].imshow(
+                np.asarray(cams[j]), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear"
+            )
     axes[0, 0].set_ylabel("image\n(true -> pred)", fontsize=8)
     axes[1, 0].set_ylabel("Grad-CAM\ntrue class", fontsize=8)
     axes[2, 0].set_ylabel("Grad-CAM\npredicted", fontsize=8)

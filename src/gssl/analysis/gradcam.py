@@ -9,6 +9,7 @@ The score is the classifier's output for the class (a logit for a linear head, a
 cosine head). The gradient is taken with torch.autograd.grad on the activations only, so the
 model's parameter gradients are left untouched, and the model's train/eval mode is restored.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,11 @@ from torch import Tensor
 def stage_names(model: nn.Module) -> list[str]:
     """The named stages of the model's backbone (layer1..layer3, or ..layer4 for ResNet-18)."""
     backbone = getattr(model, "backbone", model)
-    return [n for n in ("layer1", "layer2", "layer3", "layer4") if isinstance(getattr(backbone, n, None), nn.Module)]
+    return [
+        n
+        for n in ("layer1", "layer2", "layer3", "layer4")
+        if isinstance(getattr(backbone, n, None), nn.Module)
+    ]
 
 
 def default_layer(model: nn.Module) -> str:
@@ -38,8 +43,13 @@ def _stage(model: nn.Module, layer: str) -> nn.Module:
     return getattr(getattr(model, "backbone", model), layer)
 
 
-def grad_cam(model: nn.Module, x: Tensor, classes: Tensor | None = None, layer: str | None = None,
-             size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+def grad_cam(
+    model: nn.Module,
+    x: Tensor,
+    classes: Tensor | None = None,
+    layer: str | None = None,
+    size: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Heatmaps for `classes` (default: the predicted class) of the normalised images x [B, C, H, W].
 
     model(x) must return class scores (GatedSSL's forward does). Returns (cams [B, H, W] in [0, 1],

@@ -7,6 +7,7 @@ script). The same figures are also written as PNG files to report/ beside it, fo
 A section whose inputs are missing (no checkpoint yet, the dataset not on this machine) says why
 instead of failing the whole report: curves and gates only need metrics.jsonl.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,9 +19,9 @@ from pathlib import Path
 from .. import rundir
 from ..config import ConfigError
 from ..data import DataError
+from ..evaluation import has_classifier
 from . import figures
 from .examples import gradcam_examples, is_greyscale, pretext_rows, sample_test_images
-from ..evaluation import has_classifier
 from .run import Run
 from .tsne import tsne_of_run
 
@@ -64,8 +65,10 @@ class Page:
             return
         self.figures.append(path)
         data = base64.b64encode(Path(path).read_bytes()).decode()
-        self.add(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}" data-file="report/{_e(path.name)}">'
-                 f"<figcaption>{caption}</figcaption></figure>")
+        self.add(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}" data-file="report/{_e(path.name)}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
 
     def note(self, text: str) -> None:
         self.add(f'<p class="note">{text}</p>')
@@ -73,15 +76,38 @@ class Page:
 
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="num">{_e(c)}</td>' if isinstance(c, (int, float)) or
-                                    (isinstance(c, str) and re.fullmatch(r"-?[\d.]+%?|-", c)) else f"<td>{_e(c)}</td>"
-                                    for c in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{_e(c)}</td>'
+            if isinstance(c, (int, float)) or (isinstance(c, str) and re.fullmatch(r"-?[\d.]+%?|-", c))
+            else f"<td>{_e(c)}</td>"
+            for c in r
+        )
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
-    header = ["run", "preset", "data", "backbone", "tasks", "gate", "loss", "epochs", "final test %", "best test % (epoch)",
-              "many %", "medium %", "few %", "final gate weights", "device, precision"]
+    header = [
+        "run",
+        "preset",
+        "data",
+        "backbone",
+        "tasks",
+        "gate",
+        "loss",
+        "epochs",
+        "final test %",
+        "best test % (epoch)",
+        "many %",
+        "medium %",
+        "few %",
+        "final gate weights",
+        "device, precision",
+    ]
     rows = []
     for r in runs:
         c, s = r.cfg, r.summary
@@ -92,10 +118,25 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
         if not has_classifier(c) and best != "-":  # final: the linear probe; per epoch: k-NN
             best += f", {c.contrastive.knn_k}-NN"
         final = s.get("test_acc", last.get("test_acc"))
-        rows.append([r.name, c.preset or "-", f"{c.data.name} (imbalance {c.data.imbalance:g})", c.model.backbone,
-                     ", ".join(r.tasks()) or "none", c.ssl.gate if r.tasks() else "-", c.loss.name, done, _pct(final),
-                     best, _pct(s.get("many_shot_acc")), _pct(s.get("medium_shot_acc")), _pct(s.get("few_shot_acc")),
-                     ", ".join(f"{k} {v:.3f}" for k, v in gates.items()) or "-", _device(s)])
+        rows.append(
+            [
+                r.name,
+                c.preset or "-",
+                f"{c.data.name} (imbalance {c.data.imbalance:g})",
+                c.model.backbone,
+                ", ".join(r.tasks()) or "none",
+                c.ssl.gate if r.tasks() else "-",
+                c.loss.name,
+                done,
+                _pct(final),
+                best,
+                _pct(s.get("many_shot_acc")),
+                _pct(s.get("medium_shot_acc")),
+                _pct(s.get("few_shot_acc")),
+                ", ".join(f"{k} {v:.3f}" for k, v in gates.items()) or "-",
+                _device(s),
+            ]
+        )
     return header, rows
 
 
@@ -121,11 +162,16 @@ def gate_verdict(run: Run) -> str:
     dev = max(abs(r[f"gate_{t}"] - 1 / n) for r in rows for t in tasks)
     moved = max(abs(last[f"gate_{t}"] - first[f"gate_{t}"]) for t in tasks)
     order = sorted(tasks, key=lambda t: -last[f"gate_{t}"])
-    s = (f"Over training the weights stayed within {dev:.3f} of uniform (1/{n} = {1 / n:.3f}) and moved at most "
-         f"{moved:.3f} from epoch 1 to epoch {len(rows)}. ")
+    s = (
+        f"Over training the weights stayed within {dev:.3f} of uniform (1/{n} = {1 / n:.3f}) and moved at most "
+        f"{moved:.3f} from epoch 1 to epoch {len(rows)}. "
+    )
     ranked = ", ".join(f"{t} {last['gate_' + t]:.3f}" for t in order)
-    s += (f"Final order: {ranked}. " if dev >= 0.02 else
-          "The gate stayed close to uniform: it did not learn a clear preference. ")
+    s += (
+        f"Final order: {ranked}. "
+        if dev >= 0.02
+        else "The gate stayed close to uniform: it did not learn a clear preference. "
+    )
     if mode == "reference":
         s += "This is the reference gate: its weights are detached and get no gradient, so any change comes from the features."
     return s
@@ -147,14 +193,19 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
     if not rows:
         page.note("metrics.jsonl has no finished epoch yet.")
     else:
-        page.figure(figures.learning_curves(rows, fd / f"{prefix}curves.png"),
-                    "Loss terms (total, classification, each pretext task, the learned gate's own objective), "
-                    "train accuracy on the augmented and pretext-transformed batches, test accuracy, learning rate.",
-                    "learning curves")
+        page.figure(
+            figures.learning_curves(rows, fd / f"{prefix}curves.png"),
+            "Loss terms (total, classification, each pretext task, the learned gate's own objective), "
+            "train accuracy on the augmented and pretext-transformed batches, test accuracy, learning rate.",
+            "learning curves",
+        )
     page.add(f"<{h}>Gate weights</{h}>")
     if rows and run.tasks():
-        page.figure(figures.gate_trajectories({run.name: rows}, fd / f"{prefix}gates.png"),
-                    "Mean gate weight per task each epoch (left) beside that task's loss (right).", "gate weights")
+        page.figure(
+            figures.gate_trajectories({run.name: rows}, fd / f"{prefix}gates.png"),
+            "Mean gate weight per task each epoch (left) beside that task's loss (right).",
+            "gate weights",
+        )
     page.add(f"<p>{_e(gate_verdict(run))}</p>")
 
     page.add(f"<{h}>Per-class accuracy</{h}>")
@@ -162,24 +213,35 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
     def per_class():
         if "per_class_acc" not in s:
             raise ValueError("summary.json is not written yet (the run has not finished)")
-        page.figure(figures.per_class_accuracy(s["per_class_acc"], s["class_counts"], s["classes"], s,
-                                               fd / f"{prefix}per-class.png"),
-                    "Final-epoch test accuracy per class against its training images; shaded: few-shot (&lt;20), "
-                    "medium-shot (20-100), many-shot (&gt;100), dashed: group means.", "per-class accuracy")
+        page.figure(
+            figures.per_class_accuracy(
+                s["per_class_acc"], s["class_counts"], s["classes"], s, fd / f"{prefix}per-class.png"
+            ),
+            "Final-epoch test accuracy per class against its training images; shaded: few-shot (&lt;20), "
+            "medium-shot (20-100), many-shot (&gt;100), dashed: group means.",
+            "per-class accuracy",
+        )
         groups = [[g, _pct(s.get(f"{g}_shot_acc"))] for g in ("many", "medium", "few")]
         page.add(_table(["shot group", "accuracy %"], groups))
+
     _guard(page, "Per-class accuracy", per_class)
 
     if not run.has_checkpoint:
-        page.note(f"No checkpoint at {_e(run.checkpoint_path)}: confusion matrix, t-SNE and Grad-CAM need one.")
+        page.note(
+            f"No checkpoint at {_e(run.checkpoint_path)}: confusion matrix, t-SNE and Grad-CAM need one."
+        )
         return
     page.add(f"<{h}>Confusion matrix</{h}>")
 
     def confusion():
         rep = run.evaluation()
-        page.figure(figures.confusion(rep["confusion_matrix"], rep["classes"], fd / f"{prefix}confusion.png"),
-                    f"Checkpoint <code>{_e(run.checkpoint)}</code> (epoch {rep['epoch'] + 1}), {rep['num_test']} test "
-                    f"images, top-1 {rep['top1']:.2f}%.", "confusion matrix")
+        page.figure(
+            figures.confusion(rep["confusion_matrix"], rep["classes"], fd / f"{prefix}confusion.png"),
+            f"Checkpoint <code>{_e(run.checkpoint)}</code> (epoch {rep['epoch'] + 1}), {rep['num_test']} test "
+            f"images, top-1 {rep['top1']:.2f}%.",
+            "confusion matrix",
+        )
+
     _guard(page, "Confusion matrix", confusion)
 
     if opts["tsne"]:
@@ -187,11 +249,16 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
 
         def tsne():
             t = tsne_of_run(run, opts["max_images"], log=opts["log"])
-            page.figure(figures.tsne_scatter(t["embedding"], t["labels"], t["preds"], run.classes(),
-                                             fd / f"{prefix}tsne.png"),
-                        f"Backbone features of {len(t['labels'])} test images (balanced over classes), perplexity "
-                        f"{min(50, len(t['labels']) - 1)}, checkpoint epoch {t['epoch'] + 1}"
-                        f"{' (from the cache)' if t['cached'] else ''}.", "t-SNE")
+            page.figure(
+                figures.tsne_scatter(
+                    t["embedding"], t["labels"], t["preds"], run.classes(), fd / f"{prefix}tsne.png"
+                ),
+                f"Backbone features of {len(t['labels'])} test images (balanced over classes), perplexity "
+                f"{min(50, len(t['labels']) - 1)}, checkpoint epoch {t['epoch'] + 1}"
+                f"{' (from the cache)' if t['cached'] else ''}.",
+                "t-SNE",
+            )
+
         _guard(page, "t-SNE", tsne)
 
     if opts["gradcam"]:
@@ -199,10 +266,22 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
 
         def gradcam():
             g = gradcam_examples(run, opts["gradcam_images"], opts["layer"])
-            page.figure(figures.gradcam_grid(g["images"], g["cam_true"], g["cam_pred"], g["labels"], g["preds"],
-                                             g["classes"], g["layer"], fd / f"{prefix}gradcam.png"),
-                        f"Stage <code>{_e(g['layer'])}</code>; middle row: evidence for the true class, bottom: for the "
-                        "predicted class (the same when the prediction is right).", "Grad-CAM")
+            page.figure(
+                figures.gradcam_grid(
+                    g["images"],
+                    g["cam_true"],
+                    g["cam_pred"],
+                    g["labels"],
+                    g["preds"],
+                    g["classes"],
+                    g["layer"],
+                    fd / f"{prefix}gradcam.png",
+                ),
+                f"Stage <code>{_e(g['layer'])}</code>; middle row: evidence for the true class, bottom: for the "
+                "predicted class (the same when the prediction is right).",
+                "Grad-CAM",
+            )
+
         _guard(page, "Grad-CAM", gradcam)
 
     if run.tasks():
@@ -210,24 +289,43 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
 
         def pretext():
             imgs = sample_test_images(run, 4)
-            note = "greyscale images: the channel permutation changes nothing visible" if (
-                "channel" in run.tasks() and is_greyscale(imgs)) else ""
-            page.figure(figures.pretext_grid(pretext_rows(imgs, run.tasks(), run.cfg.ssl.flip_axis),
-                                             fd / f"{prefix}pretext.png", note),
-                        "Test images with each task's transformation alone and with its label, then all tasks "
-                        "together as training applies them; outlined: the transformed region.", "pretext tasks")
+            note = (
+                "greyscale images: the channel permutation changes nothing visible"
+                if ("channel" in run.tasks() and is_greyscale(imgs))
+                else ""
+            )
+            page.figure(
+                figures.pretext_grid(
+                    pretext_rows(imgs, run.tasks(), run.cfg.ssl.flip_axis), fd / f"{prefix}pretext.png", note
+                ),
+                "Test images with each task's transformation alone and with its label, then all tasks "
+                "together as training applies them; outlined: the transformed region.",
+                "pretext tasks",
+            )
+
         _guard(page, "Pretext tasks", pretext)
 
 
 def _header(runs: list[Run], checkpoint: str) -> str:
     names = ", ".join(r.name for r in runs)
-    return (f"<h1>gssl report: {_e(names)}</h1><p class=meta>{_e(time.strftime('%Y-%m-%d %H:%M'))}, checkpoint "
-            f"<code>{_e(checkpoint)}</code>; {'; '.join(_e(r.path) for r in runs)}</p>")
+    return (
+        f"<h1>gssl report: {_e(names)}</h1><p class=meta>{_e(time.strftime('%Y-%m-%d %H:%M'))}, checkpoint "
+        f"<code>{_e(checkpoint)}</code>; {'; '.join(_e(r.path) for r in runs)}</p>"
+    )
 
 
-def render_report(run_dirs, out: Path | None = None, *, checkpoint: str = "last", tsne: bool = True,
-                  gradcam: bool = True, max_images: int = 2000, gradcam_images: int = 8, layer: str | None = None,
-                  log=print) -> Path:
+def render_report(
+    run_dirs,
+    out: Path | None = None,
+    *,
+    checkpoint: str = "last",
+    tsne: bool = True,
+    gradcam: bool = True,
+    max_images: int = 2000,
+    gradcam_images: int = 8,
+    layer: str | None = None,
+    log=print,
+) -> Path:
     """Write report.html (+ report/*.png) into the run directory, or into `out` (required for several runs)."""
     runs = [Run(Path(p), checkpoint) for p in run_dirs]
     if not runs:
@@ -247,31 +345,47 @@ def render_report(run_dirs, out: Path | None = None, *, checkpoint: str = "last"
     except OSError as e:
         raise rundir.RunDirError(f"cannot create {out}: {e.strerror or e}; choose a writable --out") from None
     page = Page(out / "report")
-    opts = {"tsne": tsne, "gradcam": gradcam, "max_images": max_images, "gradcam_images": gradcam_images,
-            "layer": layer, "log": log}
+    opts = {
+        "tsne": tsne,
+        "gradcam": gradcam,
+        "max_images": max_images,
+        "gradcam_images": gradcam_images,
+        "layer": layer,
+        "log": log,
+    }
     page.add(_header(runs, checkpoint))
     header, rows = summary_rows(runs)
     if len(runs) == 1:
         page.add(_table(header, rows))
         run_sections(page, runs[0], "", opts)
     else:
-        page.add("<nav>" + "".join(f'<a href="#run-{i}">{_e(r.name)}</a>' for i, r in enumerate(runs)) + "</nav>")
+        page.add(
+            "<nav>" + "".join(f'<a href="#run-{i}">{_e(r.name)}</a>' for i, r in enumerate(runs)) + "</nav>"
+        )
         page.add("<h2>Summary</h2>" + _table(header, rows))
         curves = {r.name: r.rows for r in runs if r.rows}
         if curves:
             page.add("<h2>Learning curves, overlaid</h2>")
-            page.figure(figures.overlay_curves(curves, page.fig_dir / "compare-curves.png"),
-                        "One colour per run.", "overlaid learning curves")
+            page.figure(
+                figures.overlay_curves(curves, page.fig_dir / "compare-curves.png"),
+                "One colour per run.",
+                "overlaid learning curves",
+            )
             page.add("<h2>Gate weights</h2>")
-            page.figure(figures.gate_trajectories(curves, page.fig_dir / "compare-gates.png"),
-                        "One row per gated run.", "gate weights of every run")
+            page.figure(
+                figures.gate_trajectories(curves, page.fig_dir / "compare-gates.png"),
+                "One row per gated run.",
+                "gate weights of every run",
+            )
         for i, r in enumerate(runs):
             page.add(f'<h2 id="run-{i}">{_e(r.name)}</h2>')
             run_sections(page, r, f"{_slug(r.name)}-", opts, level=3)
     body = "\n".join(page.parts)
-    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>gssl report: '
-           f'{_e(", ".join(r.name for r in runs))}</title>\n<meta name="viewport" content="width=device-width">'
-           f"<style>{CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
+    doc = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>gssl report: '
+        f'{_e(", ".join(r.name for r in runs))}</title>\n<meta name="viewport" content="width=device-width">'
+        f"<style>{CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n"
+    )
     path = out / "report.html"
     rundir.write_atomic(path, doc.encode())
     _readable(path)
@@ -281,13 +395,23 @@ def render_report(run_dirs, out: Path | None = None, *, checkpoint: str = "last"
 def _readable(path: Path) -> None:
     """The temporary file behind an atomic write is private (0600); a report is for sharing: 0666 - umask."""
     import os
+
     mask = os.umask(0)
     os.umask(mask)
     path.chmod(0o666 & ~mask)
 
 
-def analyze_run(run_dir, *, gradcam: bool = True, tsne: bool = True, checkpoint: str = "last",
-                layer: str | None = None, max_images: int = 2000, gradcam_images: int = 8, log=print) -> list[Path]:
+def analyze_run(
+    run_dir,
+    *,
+    gradcam: bool = True,
+    tsne: bool = True,
+    checkpoint: str = "last",
+    layer: str | None = None,
+    max_images: int = 2000,
+    gradcam_images: int = 8,
+    log=print,
+) -> list[Path]:
     """`gssl analyze`: just the Grad-CAM and/or t-SNE figures, into RUN_DIR/analysis/."""
     run = Run(Path(run_dir), checkpoint)
     run.check_layer(layer)
@@ -295,10 +419,23 @@ def analyze_run(run_dir, *, gradcam: bool = True, tsne: bool = True, checkpoint:
     paths = []
     if gradcam:
         g = gradcam_examples(run, gradcam_images, layer)
-        paths.append(figures.gradcam_grid(g["images"], g["cam_true"], g["cam_pred"], g["labels"], g["preds"],
-                                          g["classes"], g["layer"], out / f"gradcam-{checkpoint}-{g['layer']}.png"))
+        paths.append(
+            figures.gradcam_grid(
+                g["images"],
+                g["cam_true"],
+                g["cam_pred"],
+                g["labels"],
+                g["preds"],
+                g["classes"],
+                g["layer"],
+                out / f"gradcam-{checkpoint}-{g['layer']}.png",
+            )
+        )
     if tsne:
         t = tsne_of_run(run, max_images, log=log)
-        paths.append(figures.tsne_scatter(t["embedding"], t["labels"], t["preds"], run.classes(),
-                                          out / f"tsne-{checkpoint}.png"))
+        paths.append(
+            figures.tsne_scatter(
+                t["embedding"], t["labels"], t["preds"], run.classes(), out / f"tsne-{checkpoint}.png"
+            )
+        )
     return paths

@@ -4,6 +4,7 @@ Reading config.yaml, metrics.jsonl and summary.json is cheap and needs no torch 
 the test data are only rebuilt (`Run.loaded()`) for figures that need them: Grad-CAM, t-SNE, and
 the confusion matrix when no up-to-date eval-<checkpoint>.json is there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,8 +16,8 @@ import torch
 
 from .. import rundir
 from ..config import Config, from_dict
-from ..evaluation import LoadedRun, evaluate_run, has_classifier, load_run
 from ..data import first_per_class
+from ..evaluation import LoadedRun, evaluate_run, has_classifier, load_run
 
 
 @dataclass
@@ -30,13 +31,16 @@ class Run:
         self.path = Path(self.path)
         cfg_path = self.path / rundir.CONFIG
         if not cfg_path.is_file():
-            raise rundir.RunDirError(f"{self.path} is not a gssl run directory (no {rundir.CONFIG}); "
-                                     "pass the --out folder of a `gssl train` run")
+            raise rundir.RunDirError(
+                f"{self.path} is not a gssl run directory (no {rundir.CONFIG}); "
+                "pass the --out folder of a `gssl train` run"
+            )
         self.name = self.name or self.path.resolve().name
 
     @cached_property
     def cfg(self) -> Config:
         import yaml
+
         try:
             return from_dict(yaml.safe_load((self.path / rundir.CONFIG).read_text()))
         except (OSError, yaml.YAMLError) as e:
@@ -69,9 +73,12 @@ class Run:
         from ..config import ConfigError
         from ..models import build_backbone
         from .gradcam import stage_names
+
         names = stage_names(build_backbone(self.cfg.model.backbone))
         if layer not in names:
-            raise ConfigError(f"--layer {layer!r}: {self.cfg.model.backbone} ({self.name}) has stages {', '.join(names)}")
+            raise ConfigError(
+                f"--layer {layer!r}: {self.cfg.model.backbone} ({self.name}) has stages {', '.join(names)}"
+            )
 
     def tasks(self) -> list[str]:
         return [] if self.cfg.ssl.gate == "none" else list(self.cfg.ssl.tasks)
@@ -101,6 +108,7 @@ class Run:
 
 def normalised(ld: LoadedRun, images_uint8: torch.Tensor) -> torch.Tensor:
     from ..data import normalize
+
     return normalize(images_uint8.to(ld.device), ld.data.mean, ld.data.std)
 
 
@@ -111,7 +119,7 @@ def predict_features(ld: LoadedRun, images: torch.Tensor, labels: torch.Tensor, 
     feats, logits = [], []
     contrastive = not has_classifier(ld.cfg)
     for i in range(0, len(images), batch):
-        f = ld.model.backbone(normalised(ld, images[i:i + batch])).float()
+        f = ld.model.backbone(normalised(ld, images[i : i + batch])).float()
         feats.append(f)
         if not contrastive:
             logits.append(ld.model.classifier(f).float())

@@ -5,6 +5,7 @@ predictions and the embedding, with the checkpoint file's size and modification 
 trained on (or was replaced with --force) gets a fresh embedding, an unchanged one renders from the
 cache without touching the model. Perplexity is clipped to n - 1 for small test sets.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,11 +36,17 @@ def embed(features: np.ndarray, perplexity: float = PERPLEXITY, seed: int = 0) -
     for 100 points; 17 s against 40 s for 2000 on 2 busy cores)."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
+
     n = len(features)
     if n < 3:
         raise ValueError(f"t-SNE needs at least 3 points, got {n}")
-    tsne = TSNE(n_components=2, perplexity=min(perplexity, n - 1.0), init="pca", random_state=seed,
-                learning_rate="auto")
+    tsne = TSNE(
+        n_components=2,
+        perplexity=min(perplexity, n - 1.0),
+        init="pca",
+        random_state=seed,
+        learning_rate="auto",
+    )
     with threadpool_limits(limits=1 if n <= 1000 else None):
         return tsne.fit_transform(features.astype(np.float32)).astype(np.float32)
 
@@ -53,8 +60,11 @@ def tsne_of_run(run: Run, max_images: int = 2000, perplexity: float = PERPLEXITY
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
-                hit = (str(z["stamp"]) == key["stamp"] and int(z["max_images"]) == key["max_images"]
-                       and float(z["perplexity"]) == key["perplexity"])
+                hit = (
+                    str(z["stamp"]) == key["stamp"]
+                    and int(z["max_images"]) == key["max_images"]
+                    and float(z["perplexity"]) == key["perplexity"]
+                )
                 if hit:
                     out = {k: z[k] for k in ("embedding", "labels", "preds", "features")}
                     return {**out, "epoch": epoch, "cached": True, "path": path}
@@ -65,9 +75,15 @@ def tsne_of_run(run: Run, max_images: int = 2000, perplexity: float = PERPLEXITY
     if log:
         log(f"t-SNE of {len(idx)} test images ({run.name}, checkpoint {run.checkpoint}, epoch {epoch + 1})")
     feats, logits, labels = predict_features(ld, ld.data.test.images[idx], ld.data.test.labels[idx])
-    preds = labels if logits is None else logits.argmax(1)  # a contrastive run predicts nothing: none marked wrong
-    out = {"features": feats.numpy(), "labels": labels.numpy(), "preds": preds.numpy(),
-           "embedding": embed(feats.numpy(), perplexity)}
+    preds = (
+        labels if logits is None else logits.argmax(1)
+    )  # a contrastive run predicts nothing: none marked wrong
+    out = {
+        "features": feats.numpy(),
+        "labels": labels.numpy(),
+        "preds": preds.numpy(),
+        "embedding": embed(feats.numpy(), perplexity),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez_compressed(tmp, **out, **key)

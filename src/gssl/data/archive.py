@@ -3,13 +3,14 @@
 Datasets are read in place from the archive users download (or the copy in shared/data): nothing
 is extracted into the working tree, and decoded arrays go to the cache instead.
 """
+
 from __future__ import annotations
 
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .imageset import DataError
 
@@ -40,8 +41,10 @@ def iter_archive(path: Path, dirs: bool = False) -> Iterator[tuple[str, bytes | 
                 elif dirs and m.isdir():
                     yield m.name.rstrip("/"), None
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise DataError(f"cannot read archive '{path}': {type(e).__name__}: {e}. Expected a complete "
-                        ".tar.gz/.zip file; it is probably truncated, so download or copy it again.") from None
+        raise DataError(
+            f"cannot read archive '{path}': {type(e).__name__}: {e}. Expected a complete "
+            ".tar.gz/.zip file; it is probably truncated, so download or copy it again."
+        ) from None
 
 
 def find_archive(root: Path, names: tuple[str, ...]) -> Path | None:

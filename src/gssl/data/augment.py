@@ -5,9 +5,10 @@ Normalize, but for a whole batch at once with no per-sample Python loop. All ran
 from a CPU generator and then moved to the data's device, so CPU and CUDA runs draw identical
 offsets and flips from the same seed.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,9 @@ def crop_at(x: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tenso
         return x
     b, _, h, w = x.shape
     offsets = offsets.to(device=x.device, dtype=torch.int64)
-    windows = F.pad(x, (padding, padding, padding, padding)).unfold(2, h, 1).unfold(3, w, 1)  # b,c,2p+1,2p+1,h,w
+    windows = (
+        F.pad(x, (padding, padding, padding, padding)).unfold(2, h, 1).unfold(3, w, 1)
+    )  # b,c,2p+1,2p+1,h,w
     return windows[torch.arange(b, device=x.device), :, offsets[:, 0], offsets[:, 1]]
 
 
@@ -46,8 +49,9 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return flip_where(x, torch.rand(x.shape[0], generator=generator) < 0.5)
 
 
-def normalize(x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor,
-              std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def normalize(
+    x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
     """uint8 N x C x H x W -> float32 (x / 255 - mean) / std, the same operations as ToTensor + Normalize.
     `mean`/`std` may be sequences or float32 tensors already on the device (saves a copy per call)."""
     c = x_uint8.shape[1]

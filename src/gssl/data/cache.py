@@ -6,6 +6,7 @@ of every file under a directory), the reader version, and CRC-32 checksums of im
 load, any mismatch -- source changed, reader changed, file truncated or corrupt -- is reported and
 the entry rebuilt; a stale or damaged cache is never used. Writes are atomic (temp file + rename).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,8 @@ import logging
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -104,15 +105,28 @@ def save(path: Path, ims: ImageSet, fp: dict) -> None:
     """Images as a plain .npy (loads at disk speed), then the record; a crash in between leaves a
     record whose checksum no longer matches, which `load` treats as corrupt."""
     images = ims.images.numpy()
-    meta = {"version": READER_VERSION, "fingerprint": fp, "shape": list(images.shape), "classes": ims.classes,
-            "source": ims.source, "crc_images": _crc(images), "crc_labels": _crc(ims.labels.numpy()), "labels": ims.labels.tolist()}
+    meta = {
+        "version": READER_VERSION,
+        "fingerprint": fp,
+        "shape": list(images.shape),
+        "classes": ims.classes,
+        "source": ims.source,
+        "crc_images": _crc(images),
+        "crc_labels": _crc(ims.labels.numpy()),
+        "labels": ims.labels.tolist(),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda fh: np.save(fh, images, allow_pickle=False))
     _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(meta).encode()))
 
 
-def cached(kind: str, source: Path, split: str, build: Callable[[], dict[str, ImageSet]],
-           cache_dir: Path | str | None | bool = None) -> ImageSet:
+def cached(
+    kind: str,
+    source: Path,
+    split: str,
+    build: Callable[[], dict[str, ImageSet]],
+    cache_dir: Path | str | None | bool = None,
+) -> ImageSet:
     """`build()[split]`, served from the cache when a valid entry exists; `cache_dir=False` disables it.
 
     `build` returns every split it decoded (an archive is read in one pass anyway), and all of them
@@ -135,6 +149,8 @@ def cached(kind: str, source: Path, split: str, build: Callable[[], dict[str, Im
             except OSError as e:
                 log.warning("could not write cache under %s (%s); continuing without it", cdir, e)
     if split not in built:
-        raise MissingSplitError(f"'{source}' has no {split} split (found {sorted(built)}); expected "
-                        f"{split}/<class>/<image> next to train/.")
+        raise MissingSplitError(
+            f"'{source}' has no {split} split (found {sorted(built)}); expected "
+            f"{split}/<class>/<image> next to train/."
+        )
     return built[split]

@@ -4,10 +4,12 @@ Each batch is a pickled dict {data: uint8 N x 3072 (R, G, B planes of 32x32), la
 fine_labels, filenames, batch_label}; the meta file holds the class names. Batches are read
 through the restricted unpickler, from the folder or straight out of the downloaded .tar.gz.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -18,11 +20,24 @@ from .pickle_safe import safe_load
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 LAYOUT = {  # name -> (folder, archive, files per split, meta file, label key, class-name key, classes)
-    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz",
-                {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
-                "batches.meta", "labels", "label_names", 10),
-    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz",
-                 {"train": ["train"], "test": ["test"]}, "meta", "fine_labels", "fine_label_names", 100),
+    "cifar10": (
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+        {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+        "batches.meta",
+        "labels",
+        "label_names",
+        10,
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        "cifar-100-python.tar.gz",
+        {"train": ["train"], "test": ["test"]},
+        "meta",
+        "fine_labels",
+        "fine_label_names",
+        100,
+    ),
 }
 
 
@@ -32,12 +47,16 @@ def _str(x: Any) -> str:
 
 def _get(d: Any, key: str, what: str) -> Any:
     if not isinstance(d, dict):
-        raise DataError(f"{what}: expected a pickled dict, found {type(d).__name__}; re-download the dataset.")
+        raise DataError(
+            f"{what}: expected a pickled dict, found {type(d).__name__}; re-download the dataset."
+        )
     for k in (key, key.encode()):
         if k in d:
             return d[k]
-    raise DataError(f"{what}: no '{key}' entry (found {sorted(_str(k) for k in d)}); "
-                    "this is not a CIFAR batch of the expected kind. Re-download the dataset.")
+    raise DataError(
+        f"{what}: no '{key}' entry (found {sorted(_str(k) for k in d)}); "
+        "this is not a CIFAR batch of the expected kind. Re-download the dataset."
+    )
 
 
 def find_pickle_dir(name: str, root: Path) -> Path | None:
@@ -60,11 +79,15 @@ def _parse(name: str, split: str, read: Callable[[str], Any], where: str) -> Ima
         data = np.asarray(_get(batch, "data", what))
         lab = np.asarray(_get(batch, label_key, what), dtype=np.int64)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise DataError(f"{what}: 'data' is {data.dtype} {data.shape}, expected uint8 N x 3072 "
-                            "(32x32 RGB planes); re-download the dataset.")
+            raise DataError(
+                f"{what}: 'data' is {data.dtype} {data.shape}, expected uint8 N x 3072 "
+                "(32x32 RGB planes); re-download the dataset."
+            )
         if len(lab) != len(data):
-            raise DataError(f"{what}: {len(data)} images but {len(lab)} labels; expected one label per "
-                            "image. The file is damaged: re-download the dataset.")
+            raise DataError(
+                f"{what}: {len(data)} images but {len(lab)} labels; expected one label per "
+                "image. The file is damaged: re-download the dataset."
+            )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(lab)
     return ImageSet(np.concatenate(images), np.concatenate(labels), classes, where)
@@ -74,11 +97,14 @@ def read_pickle_dir(name: str, d: Path, split: str) -> ImageSet:
     def read(fname: str) -> Any:
         p = d / fname
         if not p.is_file():
-            raise DataError(f"missing '{p}': a {LAYOUT[name][0]}/ folder holds "
-                            f"{', '.join(sum(LAYOUT[name][2].values(), []))} and {LAYOUT[name][3]}. "
-                            "Re-extract the archive or re-download.")
+            raise DataError(
+                f"missing '{p}': a {LAYOUT[name][0]}/ folder holds "
+                f"{', '.join(sum(LAYOUT[name][2].values(), []))} and {LAYOUT[name][3]}. "
+                "Re-extract the archive or re-download."
+            )
         with open(p, "rb") as fh:
             return safe_load(fh, str(p))
+
     return _parse(name, split, read, str(d))
 
 
@@ -93,7 +119,9 @@ def read_pickle_archive(name: str, archive: Path) -> dict[str, ImageSet]:
             blobs[base] = data
     missing = sorted(wanted - set(blobs))
     if missing:
-        raise DataError(f"archive '{archive}' lacks {missing}; expected the official "
-                        f"{LAYOUT[name][1]} from https://www.cs.toronto.edu/~kriz/cifar.html.")
+        raise DataError(
+            f"archive '{archive}' lacks {missing}; expected the official "
+            f"{LAYOUT[name][1]} from https://www.cs.toronto.edu/~kriz/cifar.html."
+        )
     read = lambda f: safe_load(blobs[f], f"{archive}:{f}")  # noqa: E731
     return {s: _parse(name, s, read, str(archive)) for s in files}

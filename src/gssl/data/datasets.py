@@ -4,14 +4,15 @@
 dataset folder itself, a folder containing it, or the downloaded archive; with root=None we look in
 $GSSL_DATA, then ./data, then (Fashion-MNIST only) Debian's /usr/share/datasets/fashion-mnist.
 """
+
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -21,8 +22,17 @@ from .cifar import CIFAR10_CLASSES, LAYOUT, find_pickle_dir, read_pickle_archive
 from .folder import NoImageTree, has_folder_layout, read_folder_archive, read_folder_dir
 from .idx import DEBIAN_DIR, find_idx_dir, read_fashion_mnist
 from .imageset import DataError, ImageSet, MissingSplitError
-from .tiny_imagenet import ARCHIVES as TINY_ARCHIVES, FOLDER as TINY_FOLDER, find_tiny_dir, read_tiny_archive, \
-    read_tiny_dir
+from .tiny_imagenet import (
+    ARCHIVES as TINY_ARCHIVES,
+)
+from .tiny_imagenet import (
+    FOLDER as TINY_FOLDER,
+)
+from .tiny_imagenet import (
+    find_tiny_dir,
+    read_tiny_archive,
+    read_tiny_dir,
+)
 
 DATASETS = frozenset({"cifar10", "cifar100", "tiny-imagenet", "fashion-mnist", "folder"})
 SPLITS = ("train", "test")
@@ -36,11 +46,17 @@ MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 # name -> (expected channels, image size or None, number of classes or None); Tiny-ImageNet subsets are fine
-_EXPECT = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "tiny-imagenet": (3, None, None),
-           "fashion-mnist": (1, 28, 10)}
+_EXPECT = {
+    "cifar10": (3, 32, 10),
+    "cifar100": (3, 32, 100),
+    "tiny-imagenet": (3, None, None),
+    "fashion-mnist": (1, 28, 10),
+}
 
-_JPG_NAMES = {"cifar10": ("cifar-10-jpg", ("cifar-10-jpg.tar.gz",)),
-              "cifar100": ("cifar-100-jpg", ("cifar-100-jpg.tar.gz",))}
+_JPG_NAMES = {
+    "cifar10": ("cifar-10-jpg", ("cifar-10-jpg.tar.gz",)),
+    "cifar100": ("cifar-100-jpg", ("cifar-100-jpg.tar.gz",)),
+}
 
 
 @dataclass
@@ -90,20 +106,22 @@ def _match(name: str, r: Path) -> Source | None:
 
 _LOOKED_FOR = {
     "cifar10": "cifar-10-batches-py/, cifar-10-jpg/{train,test}/<class>/, {train,test}/<class>/, "
-               "cifar-10-jpg.tar.gz or cifar-10-python.tar.gz",
+    "cifar-10-jpg.tar.gz or cifar-10-python.tar.gz",
     "cifar100": "cifar-100-python/, cifar-100-jpg/{train,test}/<class>/, {train,test}/<class>/ or "
-                "cifar-100-python.tar.gz",
+    "cifar-100-python.tar.gz",
     "tiny-imagenet": f"{TINY_FOLDER}/ (train/<wnid>/images/, val/val_annotations.txt) or one of {TINY_ARCHIVES}",
     "fashion-mnist": "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-                     "t10k-labels-idx1-ubyte.gz (directly or under fashion-mnist/)",
+    "t10k-labels-idx1-ubyte.gz (directly or under fashion-mnist/)",
     "folder": "{train,test}/<class>/<image>, or a .tar.gz/.zip archive holding that tree",
 }
 
 
 def _how_to_fix(name: str) -> str:
-    tips = ["pass --root DIR (`gssl train`: --set data.root=DIR), the dataset folder, a folder containing it "
-            "or its archive",
-            "set GSSL_DATA=DIR"]
+    tips = [
+        "pass --root DIR (`gssl train`: --set data.root=DIR), the dataset folder, a folder containing it "
+        "or its archive",
+        "set GSSL_DATA=DIR",
+    ]
     if name != "folder":
         tips.append(f"download it with `gssl data download {name} --dest DIR`")
     if name == "fashion-mnist":
@@ -118,8 +136,10 @@ def resolve(name: str, root: str | os.PathLike | None = None) -> Source:
     if root is not None:
         r = Path(root).expanduser()
         if not r.exists():
-            raise DataError(f"{name}: root '{r}' does not exist. Expected {_LOOKED_FOR[name]} there. "
-                            f"To fix: {_how_to_fix(name)}.")
+            raise DataError(
+                f"{name}: root '{r}' does not exist. Expected {_LOOKED_FOR[name]} there. "
+                f"To fix: {_how_to_fix(name)}."
+            )
         candidates = [r]
     else:
         candidates = [Path(p).expanduser() for p in (os.environ.get("GSSL_DATA"), "data") if p]
@@ -130,8 +150,10 @@ def resolve(name: str, root: str | os.PathLike | None = None) -> Source:
             return src
     where = ", ".join(f"'{c}'" for c in candidates) or "(no root given and GSSL_DATA unset)"
     hint = next((h for c in candidates if (h := _nearby(name, c))), "")
-    raise DataError(f"{name}: looked in {where} for {_LOOKED_FOR[name]} and found none.{hint} "
-                    f"To fix: {_how_to_fix(name)}.")
+    raise DataError(
+        f"{name}: looked in {where} for {_LOOKED_FOR[name]} and found none.{hint} "
+        f"To fix: {_how_to_fix(name)}."
+    )
 
 
 def _nearby(name: str, r: Path, limit: int = 100) -> str:
@@ -155,25 +177,36 @@ def _check(name: str, ims: ImageSet, src: Source) -> ImageSet:
     c, size, n_cls = _EXPECT[name]
     _, ch, h, w = ims.images.shape
     if ch != c or (size is not None and (h, w) != (size, size)) or (n_cls and len(ims.classes) != n_cls):
-        raise DataError(f"{name} at '{src.path}': found {len(ims.classes)} classes of {ch}x{h}x{w} images, "
-                        f"expected {n_cls} classes of {c}x{size or 'H'}x{size or 'W'}. Is --root pointing "
-                        "at the right dataset?")
+        raise DataError(
+            f"{name} at '{src.path}': found {len(ims.classes)} classes of {ch}x{h}x{w} images, "
+            f"expected {n_cls} classes of {c}x{size or 'H'}x{size or 'W'}. Is --root pointing "
+            "at the right dataset?"
+        )
     if name == "cifar10" and "folder" in src.kind and ims.classes != CIFAR10_CLASSES:
-        raise DataError(f"cifar10 at '{src.path}': class folders {ims.classes} are not CIFAR-10's "
-                        f"{CIFAR10_CLASSES}; use dataset 'folder' for other image folders.")
+        raise DataError(
+            f"cifar10 at '{src.path}': class folders {ims.classes} are not CIFAR-10's "
+            f"{CIFAR10_CLASSES}; use dataset 'folder' for other image folders."
+        )
     return ims
 
 
-def load_dataset(name: str, root: str | os.PathLike | None, split: str, *,
-                 cache_dir: str | os.PathLike | None | bool = None) -> ImageSet:
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    *,
+    cache_dir: str | os.PathLike | None | bool = None,
+) -> ImageSet:
     """One split of a dataset as uint8 N x C x H x W + int64 labels (see module docstring for `root`).
 
     Decoded image datasets (JPEG folders and archives) are cached under `cache_dir` (default
     $GSSL_CACHE or ~/.cache/gssl; False disables it). Pickle and idx sources load directly.
     """
     if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; expected one of {SPLITS} (the test split of "
-                        "tiny-imagenet is its labelled val set).")
+        raise DataError(
+            f"unknown split {split!r}; expected one of {SPLITS} (the test split of "
+            "tiny-imagenet is its labelled val set)."
+        )
     src = resolve(name, root)
     try:
         if src.direct is not None:
@@ -184,7 +217,9 @@ def load_dataset(name: str, root: str | os.PathLike | None, split: str, *,
     except NoImageTree as e:  # e.g. some other archive given as CIFAR-10's
         if name == "folder":
             raise
-        raise DataError(f"{name}: '{src.path}' is not a {name} dataset ({e}) Expected {_LOOKED_FOR[name]}.") from None
+        raise DataError(
+            f"{name}: '{src.path}' is not a {name} dataset ({e}) Expected {_LOOKED_FOR[name]}."
+        ) from None
     return _check(name, ims, src)
 
 
@@ -214,13 +249,16 @@ def mean_std(name: str, train: ImageSet | None = None, channels: int | None = No
         raise DataError(f"no published mean/std for {name!r}; pass its training ImageSet to measure them.")
     if channels is not None and channels != len(mean):
         if len(mean) != 1:
-            raise DataError(f"{name} has {len(mean)}-channel statistics; cannot use them for {channels} channels.")
+            raise DataError(
+                f"{name} has {len(mean)}-channel statistics; cannot use them for {channels} channels."
+            )
         mean, std = mean * channels, std * channels
     return tuple(mean), tuple(std)
 
 
-def describe(name: str, root: str | os.PathLike | None = None, *,
-             cache_dir: str | os.PathLike | None | bool = None) -> dict:
+def describe(
+    name: str, root: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None | bool = None
+) -> dict:
     """What `gssl data describe` prints: source, per-split counts, image shape, classes, cache."""
     src = resolve(name, root)
     splits, loaded = {}, {}
@@ -234,7 +272,14 @@ def describe(name: str, root: str | os.PathLike | None = None, *,
     if src.build is not None and cache_dir is not False:
         base = cache.default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
         cdir = str(cache.cache_file(base, src.kind, src.path, "train").parent)
-    return {"name": name, "source": str(src.path), "format": src.kind, "splits": splits,
-            "image_shape": list(ims.image_shape), "num_classes": len(ims.classes), "classes": ims.classes,
-            "mean_std": mean_std(name, loaded.get("train")),
-            "cache": cdir}
+    return {
+        "name": name,
+        "source": str(src.path),
+        "format": src.kind,
+        "splits": splits,
+        "image_shape": list(ims.image_shape),
+        "num_classes": len(ims.classes),
+        "classes": ims.classes,
+        "mean_std": mean_std(name, loaded.get("train")),
+        "cache": cdir,
+    }

@@ -5,22 +5,25 @@ CIFAR-10 on one core). The caller streams (name, payload) pairs -- bytes read fr
 the main process, or file paths that the workers open themselves -- and chunks go to a process
 pool as soon as they fill, so reading and decoding overlap. Results come back in input order.
 """
+
 from __future__ import annotations
 
 import io
 import itertools
 import multiprocessing as mp
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Iterable, Iterator, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
 
 from .imageset import DataError
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                        ".ppm", ".pgm", ".pbm"})
+IMAGE_EXTS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
 CHUNK = 1024  # images per task: big enough to amortise pickling, small enough to balance load
 
 Payload = Union[bytes, str, os.PathLike]
@@ -42,11 +45,15 @@ def decode_one(name: str, payload: Payload, rgb: bool) -> np.ndarray:
                     im = im.convert("RGB")  # 1, L, P, RGBA, CMYK, ... -> RGB
                 arr = np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image '{name}': {type(e).__name__}: {e}. Expected a valid image "
-                        "file; delete or replace it (or re-extract/re-download the dataset).") from None
+        raise DataError(
+            f"cannot read image '{name}': {type(e).__name__}: {e}. Expected a valid image "
+            "file; delete or replace it (or re-extract/re-download the dataset)."
+        ) from None
     if _high_depth(mode):
-        raise DataError(f"image '{name}' has mode {mode} (16-bit or floating-point pixels); expected 8-bit "
-                        "greyscale, palette or colour images. Convert it to 8 bits per channel first.")
+        raise DataError(
+            f"image '{name}' has mode {mode} (16-bit or floating-point pixels); expected 8-bit "
+            "greyscale, palette or colour images. Convert it to 8 bits per channel first."
+        )
     return arr
 
 
@@ -75,7 +82,9 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def decode_all(items: Iterable[tuple[str, Payload]], rgb: bool, workers: int | None = None) -> list[np.ndarray]:
+def decode_all(
+    items: Iterable[tuple[str, Payload]], rgb: bool, workers: int | None = None
+) -> list[np.ndarray]:
     """Decode every (name, payload) in order. Small inputs stay in-process (no pool start-up)."""
     workers = num_workers() if workers is None else workers
     chunks = _chunks(items, CHUNK)
@@ -83,7 +92,7 @@ def decode_all(items: Iterable[tuple[str, Payload]], rgb: bool, workers: int | N
     second = next(chunks, None)
     if workers <= 1 or second is None:
         out = _decode_chunk(first, rgb)
-        for chunk in ([] if second is None else itertools.chain([second], chunks)):
+        for chunk in [] if second is None else itertools.chain([second], chunks):
             out.extend(_decode_chunk(chunk, rgb))
         return out
     # fork avoids re-importing torch in every worker; workers only touch PIL and numpy
@@ -110,8 +119,10 @@ def stack_images(arrays: list[np.ndarray], names: list[str], rgb: bool) -> np.nd
     h, w = arrays[0].shape[:2]
     for a, n in zip(arrays, names):
         if a.shape[:2] != (h, w):
-            raise DataError(f"image '{n}' is {a.shape[1]}x{a.shape[0]} but '{names[0]}' is {w}x{h}: "
-                            "every image in a dataset must have the same size; resize them first.")
+            raise DataError(
+                f"image '{n}' is {a.shape[1]}x{a.shape[0]} but '{names[0]}' is {w}x{h}: "
+                "every image in a dataset must have the same size; resize them first."
+            )
     colour = rgb or any(a.ndim == 3 for a in arrays)
     c = 3 if colour else 1
     out = np.empty((len(arrays), h, w, c), np.uint8)

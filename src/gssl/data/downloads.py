@@ -5,6 +5,7 @@ renamed into place; archives are unpacked into a temporary folder that is rename
 so an interrupted run never leaves something that looks usable. Offline, the first failed
 connection (short timeout) ends the command with a message saying how to use a local copy.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,10 @@ from .imageset import DataError
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
-_FASHION = ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
+_FASHION = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
 
 
 @dataclass(frozen=True)
@@ -36,20 +39,51 @@ class Resource:
 
 
 SOURCES: dict[str, tuple[str, tuple[Resource, ...]]] = {  # name -> (folder load_dataset reads, files)
-    "cifar10": ("cifar-10-batches-py", (Resource(
-        "cifar-10-python.tar.gz", ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
-        "c58f30108f718f92721af3b95e74349a", True),)),
-    "cifar100": ("cifar-100-python", (Resource(
-        "cifar-100-python.tar.gz", ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
-        "eb9058c3a382ffc7106e4002c42a8d85", True),)),
-    "fashion-mnist": ("fashion-mnist", tuple(Resource(f, tuple(m + f for m in _FASHION), md5, False) for f, md5 in (
-        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310")))),
-    "tiny-imagenet": ("tiny-imagenet-200", (Resource(
-        "tiny-imagenet-200.zip", ("http://cs231n.stanford.edu/tiny-imagenet-200.zip",),
-        "90528d7ca1a48142e341f4ef8d21d0de", True),)),
+    "cifar10": (
+        "cifar-10-batches-py",
+        (
+            Resource(
+                "cifar-10-python.tar.gz",
+                ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+                "c58f30108f718f92721af3b95e74349a",
+                True,
+            ),
+        ),
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        (
+            Resource(
+                "cifar-100-python.tar.gz",
+                ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
+                "eb9058c3a382ffc7106e4002c42a8d85",
+                True,
+            ),
+        ),
+    ),
+    "fashion-mnist": (
+        "fashion-mnist",
+        tuple(
+            Resource(f, tuple(m + f for m in _FASHION), md5, False)
+            for f, md5 in (
+                ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+                ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+                ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+                ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+            )
+        ),
+    ),
+    "tiny-imagenet": (
+        "tiny-imagenet-200",
+        (
+            Resource(
+                "tiny-imagenet-200.zip",
+                ("http://cs231n.stanford.edu/tiny-imagenet-200.zip",),
+                "90528d7ca1a48142e341f4ef8d21d0de",
+                True,
+            ),
+        ),
+    ),
 }
 
 
@@ -62,8 +96,10 @@ def md5sum(path: Path) -> str:
 
 
 def _local_copy_hint(name: str) -> str:
-    tip = (f"If this machine is offline, copy the dataset here by other means and point gssl at it: "
-           f"`--root DIR` or GSSL_DATA=DIR (DIR holds {SOURCES[name][0]}/ or {SOURCES[name][1][0].filename})")
+    tip = (
+        f"If this machine is offline, copy the dataset here by other means and point gssl at it: "
+        f"`--root DIR` or GSSL_DATA=DIR (DIR holds {SOURCES[name][0]}/ or {SOURCES[name][1][0].filename})"
+    )
     if name == "fashion-mnist":
         tip += ", or `apt-get install dataset-fashion-mnist` (read from /usr/share/datasets/fashion-mnist)"
     return tip + "."
@@ -80,9 +116,11 @@ def fetch(url: str, target: Path, md5: str, timeout: float = TIMEOUT_S) -> Path:
                 h.update(block)
                 out.write(block)
         if h.hexdigest() != md5:
-            raise DataError(f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5}. The download "
-                            "is corrupt or the file changed upstream; nothing was kept. Try again, or use a "
-                            "local copy (--root / GSSL_DATA).")
+            raise DataError(
+                f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5}. The download "
+                "is corrupt or the file changed upstream; nothing was kept. Try again, or use a "
+                "local copy (--root / GSSL_DATA)."
+            )
         os.replace(tmp, target)
         return target
     finally:
@@ -102,7 +140,12 @@ def _extract(archive: Path, dest: Path) -> None:
                     tf.extractall(tmp, filter="data")  # refuses links/paths escaping tmp
                 else:  # pragma: no cover - Python without PEP 706
                     for m in tf.getmembers():
-                        if m.name.startswith(("/", "..")) or ".." in Path(m.name).parts or m.issym() or m.islnk():
+                        if (
+                            m.name.startswith(("/", ".."))
+                            or ".." in Path(m.name).parts
+                            or m.issym()
+                            or m.islnk()
+                        ):
                             raise DataError(f"unsafe member {m.name!r} in {archive}; refusing to extract.")
                     tf.extractall(tmp)
         for entry in tmp.iterdir():
@@ -139,10 +182,13 @@ def download(name: str, dest: str | os.PathLike | None = None, *, timeout: float
                 except OSError as e:  # URLError, HTTPError, timeouts, refused connections
                     errors.append(f"{url}: {getattr(e, 'reason', e)}")
             else:
-                raise DataError(f"could not download {res.filename} ({'; '.join(errors)}). "
-                                + _local_copy_hint(name))
+                raise DataError(
+                    f"could not download {res.filename} ({'; '.join(errors)}). " + _local_copy_hint(name)
+                )
         if res.extract:
             _extract(target, dest)
     if not final.exists():
-        raise DataError(f"{resources[0].filename} did not contain {folder}/; the archive is not the expected one.")
+        raise DataError(
+            f"{resources[0].filename} did not contain {folder}/; the archive is not the expected one."
+        )
     return final

@@ -4,6 +4,7 @@ Each writer produces the real layout with random pixels and returns the root to 
 `load_dataset` together with the arrays the reader must give back. Images are PNG (lossless) so
 tests can compare pixels exactly; JPEG is available where a test wants it.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,8 +23,16 @@ def _images(rng: np.random.Generator, n: int, c: int, h: int, w: int) -> np.ndar
     return rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
 
 
-def write_cifar(root: Path, name: str = "cifar10", n_train: int = 50, n_test: int = 20, seed: int = 0,
-                protocol: int = 2, bytes_keys: bool = True, tint: float = 0.0) -> tuple[Path, Arrays]:
+def write_cifar(
+    root: Path,
+    name: str = "cifar10",
+    n_train: int = 50,
+    n_test: int = 20,
+    seed: int = 0,
+    protocol: int = 2,
+    bytes_keys: bool = True,
+    tint: float = 0.0,
+) -> tuple[Path, Arrays]:
     """`cifar-10-batches-py/` (5 train batches) or `cifar-100-python/` with the real dict structure.
 
     tint > 0 blends each image towards a colour of its class, so a model can learn the labels."""
@@ -44,18 +53,31 @@ def write_cifar(root: Path, name: str = "cifar10", n_train: int = 50, n_test: in
     names = [f"class_{i:02d}" for i in range(ncls)]
     if name == "cifar10":
         names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-        files = {f"data_batch_{i + 1}": ("train", part) for i, part in enumerate(np.array_split(np.arange(n_train), 5))}
+        files = {
+            f"data_batch_{i + 1}": ("train", part)
+            for i, part in enumerate(np.array_split(np.arange(n_train), 5))
+        }
         files["test_batch"] = ("test", np.arange(n_test))
-        meta = ("batches.meta", {k("label_names"): names, k("num_cases_per_batch"): 10000, k("num_vis"): 3072})
+        meta = (
+            "batches.meta",
+            {k("label_names"): names, k("num_cases_per_batch"): 10000, k("num_vis"): 3072},
+        )
         label_key = "labels"
     else:
         files = {"train": ("train", np.arange(n_train)), "test": ("test", np.arange(n_test))}
-        meta = ("meta", {k("fine_label_names"): names, k("coarse_label_names"): [f"super_{i}" for i in range(20)]})
+        meta = (
+            "meta",
+            {k("fine_label_names"): names, k("coarse_label_names"): [f"super_{i}" for i in range(20)]},
+        )
         label_key = "fine_labels"
     for fname, (split, idx) in files.items():
         x, y = out[split]
-        batch = {k("batch_label"): f"{fname} of fakes".encode(), k(label_key): [int(v) for v in y[idx]],
-                 k("data"): x[idx].reshape(len(idx), -1), k("filenames"): [f"img_{i}.png".encode() for i in idx]}
+        batch = {
+            k("batch_label"): f"{fname} of fakes".encode(),
+            k(label_key): [int(v) for v in y[idx]],
+            k("data"): x[idx].reshape(len(idx), -1),
+            k("filenames"): [f"img_{i}.png".encode() for i in idx],
+        }
         if name == "cifar100":
             batch[k("coarse_labels")] = [int(v) // 5 for v in y[idx]]
         with open(folder / fname, "wb") as f:
@@ -70,8 +92,16 @@ def _save(arr_chw: np.ndarray, path: Path, fmt: str) -> None:
     Image.fromarray(img).save(path, format=fmt)
 
 
-def write_folder(root: Path, classes: list[str], n_train: int = 4, n_test: int = 2, size: int = 32,
-                 channels: int = 3, fmt: str = "PNG", seed: int = 0) -> tuple[Path, Arrays]:
+def write_folder(
+    root: Path,
+    classes: list[str],
+    n_train: int = 4,
+    n_test: int = 2,
+    size: int = 32,
+    channels: int = 3,
+    fmt: str = "PNG",
+    seed: int = 0,
+) -> tuple[Path, Arrays]:
     """`<root>/{train,test}/<class>/NNNN.png`; returned arrays are in the reader's order."""
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -90,8 +120,9 @@ def write_folder(root: Path, classes: list[str], n_train: int = 4, n_test: int =
     return root, out
 
 
-def write_tiny_imagenet(root: Path, n_classes: int = 3, n_train: int = 3, n_val: int = 2, size: int = 64,
-                        seed: int = 0) -> tuple[Path, Arrays]:
+def write_tiny_imagenet(
+    root: Path, n_classes: int = 3, n_train: int = 3, n_val: int = 2, size: int = 64, seed: int = 0
+) -> tuple[Path, Arrays]:
     """`tiny-imagenet-200/` with train/<wnid>/images, val/images + val_annotations.txt, a test/ folder,
     and one greyscale training image (the first image of the first class)."""
     rng = np.random.default_rng(seed)
@@ -99,7 +130,9 @@ def write_tiny_imagenet(root: Path, n_classes: int = 3, n_train: int = 3, n_val:
     wnids = [f"n{1000000 + 37 * i:08d}" for i in range(n_classes)]
     (d / "val" / "images").mkdir(parents=True, exist_ok=True)
     (d / "test" / "images").mkdir(parents=True, exist_ok=True)
-    (d / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")  # file order != sorted order, as in the real one
+    (d / "wnids.txt").write_text(
+        "\n".join(reversed(wnids)) + "\n"
+    )  # file order != sorted order, as in the real one
     xs, ys = [], []
     for ci, w in enumerate(wnids):
         (d / "train" / w / "images").mkdir(parents=True)
@@ -108,7 +141,11 @@ def write_tiny_imagenet(root: Path, n_classes: int = 3, n_train: int = 3, n_val:
         if ci == 0:
             x[0] = x[0, :1]  # greyscale: saved as mode L, read back as three equal channels
         for i in range(n_train):
-            _save(x[i, :1] if (ci == 0 and i == 0) else x[i], d / "train" / w / "images" / f"{w}_{i}.JPEG", "PNG")
+            _save(
+                x[i, :1] if (ci == 0 and i == 0) else x[i],
+                d / "train" / w / "images" / f"{w}_{i}.JPEG",
+                "PNG",
+            )
         xs.append(x)
         ys.append(np.full(n_train, ci, np.int64))
     out: Arrays = {"train": (np.concatenate(xs), np.concatenate(ys))}
@@ -130,7 +167,9 @@ def _idx(path: Path, arr: np.ndarray) -> None:
         f.write(header + arr.astype(np.uint8).tobytes())
 
 
-def write_fashion_mnist(root: Path, n_train: int = 30, n_test: int = 10, seed: int = 0) -> tuple[Path, Arrays]:
+def write_fashion_mnist(
+    root: Path, n_train: int = 30, n_test: int = 10, seed: int = 0
+) -> tuple[Path, Arrays]:
     rng = np.random.default_rng(seed)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ Classes are the sorted folder names of the train split (torchvision's ImageFolde
 CIFAR-10 the alphabetical order is also the official label order). Files within a class are read
 in name order, so labels and image order never depend on the filesystem or the archive.
 """
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
@@ -24,14 +25,18 @@ def has_folder_layout(root: Path) -> bool:
 def _list_split(split_dir: Path) -> dict[str, list[Path]]:
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"'{split_dir}' holds no class folders: expected {split_dir}/<class>/<image> "
-                        "(one sub-folder per class).")
+        raise DataError(
+            f"'{split_dir}' holds no class folders: expected {split_dir}/<class>/<image> "
+            "(one sub-folder per class)."
+        )
     files = {}
     for c in classes:
         imgs = sorted(p for p in (split_dir / c).iterdir() if p.is_file() and is_image_name(p.name))
         if not imgs:
-            raise DataError(f"class folder '{split_dir / c}' holds no images (expected files such as "
-                            "0001.jpg or .png); add its images or delete the empty folder.")
+            raise DataError(
+                f"class folder '{split_dir / c}' holds no images (expected files such as "
+                "0001.jpg or .png); add its images or delete the empty folder."
+            )
         files[c] = imgs
     return files
 
@@ -42,14 +47,17 @@ class NoImageTree(DataError):
 
 def _check_classes(found: dict[str, list[str]], where: str) -> list[str]:
     if "train" not in found:
-        raise NoImageTree(f"no train split in '{where}': expected {where}/train/<class>/<image> "
-                        "(and test/<class>/<image>).")
+        raise NoImageTree(
+            f"no train split in '{where}': expected {where}/train/<class>/<image> (and test/<class>/<image>)."
+        )
     classes = sorted(found["train"])
     for split, cs in found.items():
         if sorted(cs) != classes:
             extra, missing = sorted(set(cs) - set(classes)), sorted(set(classes) - set(cs))
-            raise DataError(f"'{where}': the {split} split's class folders differ from train's "
-                            f"(extra {extra}, missing {missing}); every split needs the same class folders.")
+            raise DataError(
+                f"'{where}': the {split} split's class folders differ from train's "
+                f"(extra {extra}, missing {missing}); every split needs the same class folders."
+            )
     return classes
 
 
@@ -62,8 +70,9 @@ def read_folder_dir(root: Path, rgb: bool = True) -> dict[str, ImageSet]:
     return _assemble(keys, arrays, classes, rgb, str(root))
 
 
-def _assemble(keys: list[tuple[str, int, str]], arrays: list[np.ndarray], classes: list[str],
-              rgb: bool, source: str) -> dict[str, ImageSet]:
+def _assemble(
+    keys: list[tuple[str, int, str]], arrays: list[np.ndarray], classes: list[str], rgb: bool, source: str
+) -> dict[str, ImageSet]:
     """Group decoded images by split, ordered by (label, name); one channel count for all splits."""
     colour = rgb or any(a.ndim == 3 for a in arrays)
     out = {}
@@ -94,8 +103,10 @@ def read_folder_archive(archive: Path, rgb: bool = True) -> dict[str, ImageSet]:
             if prefix is None:
                 prefix = parts[:-3]
             elif parts[:-3] != prefix:
-                raise DataError(f"archive '{archive}' holds more than one dataset root ('{'/'.join(prefix)}' "
-                                f"and '{'/'.join(parts[:-3])}'); expected a single [top/]{{train,test}}/<class>/ tree.")
+                raise DataError(
+                    f"archive '{archive}' holds more than one dataset root ('{'/'.join(prefix)}' "
+                    f"and '{'/'.join(parts[:-3])}'); expected a single [top/]{{train,test}}/<class>/ tree."
+                )
             keys.append((parts[-3], parts[-2], name))
             yield name, data
 
@@ -104,10 +115,16 @@ def read_folder_archive(archive: Path, rgb: bool = True) -> dict[str, ImageSet]:
     for split, cls, _ in keys:
         found.setdefault(split, set()).add(cls)
     for parts in dir_parts:
-        if len(parts) >= 2 and parts[:-2] == (prefix or ()) and parts[-2] in SPLITS \
-                and parts[-1] not in found.get(parts[-2], set()):
-            raise DataError(f"class folder '{'/'.join(parts)}' in '{archive}' holds no images; "
-                            "add its images or remove the empty folder from the archive.")
+        if (
+            len(parts) >= 2
+            and parts[:-2] == (prefix or ())
+            and parts[-2] in SPLITS
+            and parts[-1] not in found.get(parts[-2], set())
+        ):
+            raise DataError(
+                f"class folder '{'/'.join(parts)}' in '{archive}' holds no images; "
+                "add its images or remove the empty folder from the archive."
+            )
     where = f"{archive}:{'/'.join(prefix)}" if prefix else str(archive)
     classes = _check_classes({s: list(v) for s, v in found.items()}, where)
     index = {c: i for i, c in enumerate(classes)}

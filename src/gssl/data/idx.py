@@ -4,6 +4,7 @@ idx format: 2 zero bytes, a type code (0x08 = uint8), the number of dimensions, 
 uint32 per dimension, then the raw data. Found in a user-given root, its `fashion-mnist/`
 sub-folder, or Debian's /usr/share/datasets/fashion-mnist (package dataset-fashion-mnist).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,13 +17,27 @@ import numpy as np
 from .imageset import DataError, ImageSet
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                   "Bag", "Ankle boot"]
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-HOW = ("expected train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-       "t10k-labels-idx1-ubyte.gz; install them with `apt-get install dataset-fashion-mnist` "
-       "(to /usr/share/datasets/fashion-mnist), run `gssl data download fashion-mnist`, or pass --root")
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+HOW = (
+    "expected train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+    "t10k-labels-idx1-ubyte.gz; install them with `apt-get install dataset-fashion-mnist` "
+    "(to /usr/share/datasets/fashion-mnist), run `gssl data download fashion-mnist`, or pass --root"
+)
 
 
 def _find(d: Path, stem: str) -> Path | None:
@@ -45,13 +60,17 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read '{path}': {e}; the file is truncated or not gzip. {HOW}.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
-        raise DataError(f"'{path}' is not a {ndim}-d uint8 idx file (header {raw[:4].hex()}, expected "
-                        f"000008{ndim:02x}); {HOW}.")
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        raise DataError(
+            f"'{path}' is not a {ndim}-d uint8 idx file (header {raw[:4].hex()}, expected "
+            f"000008{ndim:02x}); {HOW}."
+        )
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DataError(f"'{path}': header says {shape} ({int(np.prod(shape))} bytes) but holds {data.size}; "
-                        f"the file is truncated. {HOW}.")
+        raise DataError(
+            f"'{path}': header says {shape} ({int(np.prod(shape))} bytes) but holds {data.size}; "
+            f"the file is truncated. {HOW}."
+        )
     return data.reshape(shape)
 
 
@@ -63,6 +82,8 @@ def read_fashion_mnist(d: Path, split: str) -> ImageSet:
     images = read_idx(img_path, 3)
     labels = read_idx(lab_path, 1).astype(np.int64)
     if len(images) != len(labels):
-        raise DataError(f"'{img_path.name}' holds {len(images)} images but '{lab_path.name}' {len(labels)} "
-                        f"labels; expected equal counts (files from different versions?). {HOW}.")
+        raise DataError(
+            f"'{img_path.name}' holds {len(images)} images but '{lab_path.name}' {len(labels)} "
+            f"labels; expected equal counts (files from different versions?). {HOW}."
+        )
     return ImageSet(images[:, None].copy(), labels, list(FASHION_CLASSES), str(d))

@@ -6,10 +6,11 @@ per step. Every random draw of epoch e comes from a CPU generator seeded from (s
 a run resumed at epoch k replays epochs k, k+1, ... exactly (bit-for-bit on CPU), and CPU and
 CUDA runs see the same permutations, crops and flips.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,10 +43,24 @@ class DeviceLoader:
     is dropped on every rank alike (no rank may get an empty batch and stall the others).
     """
 
-    def __init__(self, images_uint8, labels, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
-                 crop_padding: int = 4, hflip: bool = True, shuffle: bool = True, drop_last: bool = False,
-                 seed: int = 0, device: str | torch.device = "cpu", cpu_threads: int | None = 1,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        images_uint8,
+        labels,
+        batch_size: int,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_padding: int = 4,
+        hflip: bool = True,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        cpu_threads: int | None = 1,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         images = torch.as_tensor(images_uint8)
         labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -55,9 +70,13 @@ class DeviceLoader:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside a world of {world} processes")
         if batch_size < 1 or crop_padding < 0:
-            raise ValueError(f"batch_size must be >= 1 and crop_padding >= 0, got {batch_size}, {crop_padding}")
+            raise ValueError(
+                f"batch_size must be >= 1 and crop_padding >= 0, got {batch_size}, {crop_padding}"
+            )
         if len(mean) != images.shape[1] or len(std) != images.shape[1]:
-            raise ValueError(f"mean/std need {images.shape[1]} entries (one per channel), got {len(mean)}/{len(std)}")
+            raise ValueError(
+                f"mean/std need {images.shape[1]} entries (one per channel), got {len(mean)}/{len(std)}"
+            )
         self.device = torch.device(device)
         self.images = images.to(self.device).contiguous()
         self.labels = labels.to(device=self.device, dtype=torch.int64)
@@ -98,7 +117,9 @@ class DeviceLoader:
         size = min(b, self.num_samples - i * b)
         if size == b:
             return b, self.rank * self.batch_size
-        return size, int(torch.tensor_split(torch.arange(size), self.world)[self.rank][:1].sum()) if size else 0
+        return size, int(
+            torch.tensor_split(torch.arange(size), self.world)[self.rank][:1].sum()
+        ) if size else 0
 
     def _positions(self, i: int) -> slice | torch.Tensor:
         """This rank's positions in the epoch order for global batch i."""

@@ -5,6 +5,7 @@ hold dicts, lists, strings/bytes, ints and numpy uint8 arrays, so we admit exact
 needed to rebuild those (under both the numpy 1.x `numpy.core` and numpy 2.x `numpy._core`
 spellings) and refuse everything else before it can be called.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -83,9 +84,13 @@ def safe_load(f: BinaryIO | bytes, what: str) -> Any:
         # encoding='bytes' reads Python 2 strings (the published batches) as bytes without guessing
         return RestrictedUnpickler(f, encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise DataError(f"{what}: refused to unpickle ({e}). A CIFAR batch holds only dicts, lists, "
-                        "strings and numpy uint8 arrays; this file is not one. Re-download it from "
-                        "https://www.cs.toronto.edu/~kriz/cifar.html (or `gssl data download`).") from None
+        raise DataError(
+            f"{what}: refused to unpickle ({e}). A CIFAR batch holds only dicts, lists, "
+            "strings and numpy uint8 arrays; this file is not one. Re-download it from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html (or `gssl data download`)."
+        ) from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
-        raise DataError(f"{what}: not a readable CIFAR python batch ({type(e).__name__}: {e}); the file "
-                        "is truncated or corrupt. Re-download it.") from None
+        raise DataError(
+            f"{what}: not a readable CIFAR python batch ({type(e).__name__}: {e}); the file "
+            "is truncated or corrupt. Re-download it."
+        ) from None

@@ -9,6 +9,7 @@ synchronisation; the geometric operations share one `grid_sample` per slot.
 Images are float in [0, 1], N x C x H x W (greyscale C=1 or RGB C=3); outputs stay in [0, 1].
 `apply(x, op, magnitude)` runs one operation at given magnitudes, for tests and for inspection.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,11 +20,20 @@ from torch import Tensor
 
 # name -> (low, high) of the magnitude, FixMatch Table 12
 RANGES = {
-    "identity": (0.0, 0.0), "autocontrast": (0.0, 0.0), "equalize": (0.0, 0.0),
-    "brightness": (0.05, 0.95), "color": (0.05, 0.95), "contrast": (0.05, 0.95), "sharpness": (0.05, 0.95),
-    "posterize": (4.0, 8.0), "solarize": (0.0, 1.0),
-    "rotate": (-30.0, 30.0), "shear_x": (-0.3, 0.3), "shear_y": (-0.3, 0.3),
-    "translate_x": (-0.3, 0.3), "translate_y": (-0.3, 0.3),
+    "identity": (0.0, 0.0),
+    "autocontrast": (0.0, 0.0),
+    "equalize": (0.0, 0.0),
+    "brightness": (0.05, 0.95),
+    "color": (0.05, 0.95),
+    "contrast": (0.05, 0.95),
+    "sharpness": (0.05, 0.95),
+    "posterize": (4.0, 8.0),
+    "solarize": (0.0, 1.0),
+    "rotate": (-30.0, 30.0),
+    "shear_x": (-0.3, 0.3),
+    "shear_y": (-0.3, 0.3),
+    "translate_x": (-0.3, 0.3),
+    "translate_y": (-0.3, 0.3),
 }
 OPS = tuple(RANGES)
 GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -37,7 +47,7 @@ def _b(m: Tensor) -> Tensor:
 def _grey(x: Tensor) -> Tensor:
     if x.shape[1] == 1:
         return x
-    return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _blend(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
@@ -56,7 +66,9 @@ def equalize(x: Tensor, m: Tensor | None = None) -> Tensor:
     """Per image and channel histogram equalisation over 256 levels (cdf mapping)."""
     n, c, h, w = x.shape
     levels = (x * 255).round().long().view(n * c, h * w)
-    hist = torch.zeros(n * c, 256, device=x.device).scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float))
+    hist = torch.zeros(n * c, 256, device=x.device).scatter_add_(
+        1, levels, torch.ones_like(levels, dtype=torch.float)
+    )
     cdf = hist.cumsum(1)
     cdf_min = torch.where(hist > 0, cdf, torch.full_like(cdf, float("inf"))).amin(1, keepdim=True)
     denom = (h * w - cdf_min).clamp_min(1)
@@ -93,7 +105,7 @@ def sharpness(x, m):
 def posterize(x, m):
     bits = m.round().long().clamp(1, 8)
     mask = (255 - (2 ** (8 - bits) - 1)).view(-1, 1, 1, 1)
-    return (((x * 255).round().long() & mask).float() / 255)
+    return ((x * 255).round().long() & mask).float() / 255
 
 
 def solarize(x, m):
@@ -123,12 +135,22 @@ def _affine(op: str, m: Tensor, h: int, w: int) -> Tensor:
 def _warp(x: Tensor, theta: Tensor) -> Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     # pad with FILL: warp (x - FILL) with zeros, add FILL back
-    return (F.grid_sample(x - FILL, grid, mode="nearest", padding_mode="zeros", align_corners=False) + FILL).clamp(0, 1)
+    return (
+        F.grid_sample(x - FILL, grid, mode="nearest", padding_mode="zeros", align_corners=False) + FILL
+    ).clamp(0, 1)
 
 
-COLOR_OPS = {"identity": lambda x, m: x, "autocontrast": autocontrast, "equalize": equalize,
-             "brightness": brightness, "color": color, "contrast": contrast, "sharpness": sharpness,
-             "posterize": posterize, "solarize": solarize}
+COLOR_OPS = {
+    "identity": lambda x, m: x,
+    "autocontrast": autocontrast,
+    "equalize": equalize,
+    "brightness": brightness,
+    "color": color,
+    "contrast": contrast,
+    "sharpness": sharpness,
+    "posterize": posterize,
+    "solarize": solarize,
+}
 
 
 def apply(x: Tensor, op: str, magnitude) -> Tensor:
@@ -178,7 +200,9 @@ class RandAugment:
                 for i in geo:
                     op = self.ops[i]
                     lo, hi = RANGES[op]
-                    theta = torch.where((choice == i).view(-1, 1, 1), _affine(op, lo + u * (hi - lo), *x.shape[2:]), theta)
+                    theta = torch.where(
+                        (choice == i).view(-1, 1, 1), _affine(op, lo + u * (hi - lo), *x.shape[2:]), theta
+                    )
                 is_geo = torch.zeros(b, dtype=torch.bool, device=dev)
                 for i in geo:
                     is_geo |= choice == i

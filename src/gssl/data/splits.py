@@ -3,6 +3,7 @@
 The long-tailed split reproduces LDAM-DRW's IMBALANCECIFAR exactly (same counts, same numpy
 stream), so a ratio-0.01 CIFAR-10 run trains on the same 12,406 images as the reference code.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,9 @@ def long_tail_counts(n_max: float, num_classes: int, ratio: float, profile: str 
     if not (0 < ratio <= 1):
         raise DataError(f"imbalance ratio must lie in (0, 1] (n_min / n_max; 1 = balanced), got {ratio}.")
     if num_classes < 1 or n_max < 1:
-        raise DataError(f"need at least one class and one image per class, got {num_classes} classes, n_max {n_max}.")
+        raise DataError(
+            f"need at least one class and one image per class, got {num_classes} classes, n_max {n_max}."
+        )
     if profile == "exp":
         if num_classes == 1:
             return [int(n_max)]
@@ -49,8 +52,10 @@ def long_tail_indices(labels, ratio: float, profile: str = "exp", seed: int = 0)
     for c, n in zip(classes, counts):
         idx = np.where(labels == c)[0]
         if len(idx) < n:
-            raise DataError(f"class {c} has {len(idx)} images but the long-tail profile needs {n}; "
-                            "long-tailed splits start from a balanced training set.")
+            raise DataError(
+                f"class {c} has {len(idx)} images but the long-tail profile needs {n}; "
+                "long-tailed splits start from a balanced training set."
+            )
         rng.shuffle(idx)
         kept.append(idx[:n])
     return np.concatenate(kept).astype(np.int64)
@@ -69,8 +74,10 @@ def labeled_unlabeled_split(labels, n_per_class: int, seed: int = 0) -> tuple[np
     for c in np.unique(labels):
         idx = np.where(labels == c)[0]
         if len(idx) < n_per_class:
-            raise DataError(f"class {c} has only {len(idx)} images, fewer than the {n_per_class} labelled "
-                            "per class asked for; lower n_per_class.")
+            raise DataError(
+                f"class {c} has only {len(idx)} images, fewer than the {n_per_class} labelled "
+                "per class asked for; lower n_per_class."
+            )
         chosen.append(rng.choice(idx, n_per_class, replace=False))
     labeled = np.concatenate(chosen).astype(np.int64)
     mask = np.ones(len(labels), bool)

@@ -5,6 +5,7 @@ train: `train/<wnid>/images/*.JPEG` (500 per class); the labelled validation ima
 serve as the test split, as in the paper. The unlabelled `test/` folder is ignored. About 2% of
 the images are greyscale and are converted to RGB. Classes are the wnids sorted by name.
 """
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
@@ -17,8 +18,10 @@ from .imageset import DataError, ImageSet
 
 FOLDER = "tiny-imagenet-200"
 ARCHIVES = ("tiny-imagenet-200-64px.tar.gz", "tiny-imagenet-200.tar.gz", "tiny-imagenet-200.zip")
-HOW = ("expected the standard tiny-imagenet-200/ layout (train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
-       "val/val_annotations.txt) as unpacked from http://cs231n.stanford.edu/tiny-imagenet-200.zip")
+HOW = (
+    "expected the standard tiny-imagenet-200/ layout (train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
+    "val/val_annotations.txt) as unpacked from http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+)
 
 
 def find_tiny_dir(root: Path) -> Path | None:
@@ -39,8 +42,13 @@ def _parse_annotations(text: str, where: str) -> dict[str, str]:
     return out
 
 
-def _build(train: list[tuple[str, str]], val: list[str], annotations: dict[str, str],
-           arrays: list[np.ndarray], where: str) -> dict[str, ImageSet]:
+def _build(
+    train: list[tuple[str, str]],
+    val: list[str],
+    annotations: dict[str, str],
+    arrays: list[np.ndarray],
+    where: str,
+) -> dict[str, ImageSet]:
     """train: (wnid, name) and val: name, both in decode order (train first, then val)."""
     classes = sorted({w for w, _ in train})
     if not classes:
@@ -51,23 +59,37 @@ def _build(train: list[tuple[str, str]], val: list[str], annotations: dict[str, 
     index = {c: i for i, c in enumerate(classes)}
     order = sorted(range(len(train)), key=lambda k: (index[train[k][0]], train[k][1]))
     names = [train[k][1] for k in order]
-    out = {"train": ImageSet(stack_images([arrays[k] for k in order], names, True),
-                             np.array([index[train[k][0]] for k in order], np.int64), classes, where)}
+    out = {
+        "train": ImageSet(
+            stack_images([arrays[k] for k in order], names, True),
+            np.array([index[train[k][0]] for k in order], np.int64),
+            classes,
+            where,
+        )
+    }
     base = {PurePosixPath(n).name: k for k, n in enumerate(val)}
     missing = [f for f in annotations if f not in base]
     unlabelled = [f for f in base if f not in annotations]
     if missing or unlabelled:
-        raise DataError(f"'{where}': val_annotations.txt labels {len(annotations)} images but val/images "
-                        f"holds {len(val)} (e.g. missing files {missing[:3]}, unlabelled files {unlabelled[:3]}); "
-                        f"the counts must match. {HOW}.")
+        raise DataError(
+            f"'{where}': val_annotations.txt labels {len(annotations)} images but val/images "
+            f"holds {len(val)} (e.g. missing files {missing[:3]}, unlabelled files {unlabelled[:3]}); "
+            f"the counts must match. {HOW}."
+        )
     unknown = sorted({w for w in annotations.values() if w not in index})
     if unknown:
-        raise DataError(f"'{where}': val_annotations.txt names wnids with no train folder: {unknown[:5]}; {HOW}.")
+        raise DataError(
+            f"'{where}': val_annotations.txt names wnids with no train folder: {unknown[:5]}; {HOW}."
+        )
     if annotations:
         files = list(annotations)
         vk = [len(train) + base[f] for f in files]
-        out["test"] = ImageSet(stack_images([arrays[k] for k in vk], files, True),
-                               np.array([index[annotations[f]] for f in files], np.int64), classes, where)
+        out["test"] = ImageSet(
+            stack_images([arrays[k] for k in vk], files, True),
+            np.array([index[annotations[f]] for f in files], np.int64),
+            classes,
+            where,
+        )
     return out
 
 
@@ -114,10 +136,14 @@ def read_tiny_archive(archive: Path) -> dict[str, ImageSet]:
 
     decoded = decode_all(members(), rgb=True)  # decodes while the archive is still being read
     if len(prefixes) > 1:
-        raise DataError(f"archive '{archive}' holds more than one tiny-imagenet tree: {sorted(prefixes)}; {HOW}.")
+        raise DataError(
+            f"archive '{archive}' holds more than one tiny-imagenet tree: {sorted(prefixes)}; {HOW}."
+        )
     if not ann:
         raise DataError(f"archive '{archive}' has no val/val_annotations.txt; {HOW}.")
     arrays: list = [None] * len(decoded)  # _build wants train first, then val
     for (is_val, i), a in zip(stream, decoded):
         arrays[len(train) + i if is_val else i] = a
-    return _build(train, val, _parse_annotations(ann[0], f"{archive}:val_annotations.txt"), arrays, str(archive))
+    return _build(
+        train, val, _parse_annotations(ann[0], f"{archive}:val_annotations.txt"), arrays, str(archive)
+    )

@@ -13,6 +13,7 @@ the whole image also lets its outermost output pixels blend in the half pixel ju
 `sample` draws the parameters (from the generator's device, then moved, so CPU and CUDA runs draw
 alike); `apply` is pure, for tests and inspection; `views` makes V views of a normalised batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,9 @@ def hsv_to_rgb(x: Tensor) -> Tensor:
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
     i = i.long() % 6
     # for sector i: (r, g, b) picks from (v, q, p, t) as colorsys does
-    table = torch.stack([torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], 1)
+    table = torch.stack(
+        [torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], 1
+    )
     return table.gather(1, i[:, None, None].expand(-1, 1, 3, *i.shape[1:])).squeeze(1)
 
 
@@ -74,14 +77,32 @@ def crop_theta(scale: Tensor, log_ratio: Tensor, u: Tensor, flip: Tensor) -> Ten
 class ViewAugment:
     """V random views per image: resized crop + flip, colour jitter, greyscale."""
 
-    def __init__(self, mean, std, device=None, *, crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1),
-                 jitter_p: float = 0.8, grey_p: float = 0.2, hflip: bool = True):
+    def __init__(
+        self,
+        mean,
+        std,
+        device=None,
+        *,
+        crop_scale=(0.2, 1.0),
+        jitter=(0.4, 0.4, 0.4, 0.1),
+        jitter_p: float = 0.8,
+        grey_p: float = 0.2,
+        hflip: bool = True,
+    ):
         lo, hi = crop_scale
         if not 0 < lo <= hi <= 1 or len(jitter) != 4 or not (0 <= jitter_p <= 1 and 0 <= grey_p <= 1):
-            raise ValueError(f"ViewAugment: crop_scale {crop_scale} must satisfy 0 < low <= high <= 1, jitter "
-                             f"{jitter} needs 4 strengths, probabilities {jitter_p}, {grey_p} must lie in [0, 1]")
+            raise ValueError(
+                f"ViewAugment: crop_scale {crop_scale} must satisfy 0 < low <= high <= 1, jitter "
+                f"{jitter} needs 4 strengths, probabilities {jitter_p}, {grey_p} must lie in [0, 1]"
+            )
         self.space = PixelSpace(mean, std, device)
-        self.crop_scale, self.jitter, self.jitter_p, self.grey_p, self.hflip = (lo, hi), tuple(jitter), jitter_p, grey_p, hflip
+        self.crop_scale, self.jitter, self.jitter_p, self.grey_p, self.hflip = (
+            (lo, hi),
+            tuple(jitter),
+            jitter_p,
+            grey_p,
+            hflip,
+        )
 
     def sample(self, n: int, generator: torch.Generator, device) -> dict[str, Tensor]:
         gd = generator.device
@@ -89,11 +110,17 @@ class ViewAugment:
         lo, hi = self.crop_scale
         bri, con, sat, hu = self.jitter
         return {
-            "crop": crop_theta(lo + r[:, 0] * (hi - lo), (r[:, 1] * 2 - 1) * math.log(4 / 3), r[:, 2:4],
-                               (r[:, 4] < 0.5) & self.hflip),
+            "crop": crop_theta(
+                lo + r[:, 0] * (hi - lo),
+                (r[:, 1] * 2 - 1) * math.log(4 / 3),
+                r[:, 2:4],
+                (r[:, 4] < 0.5) & self.hflip,
+            ),
             "jitter": r[:, 5] < self.jitter_p,
             # factors uniform in [1 - s, 1 + s] (clamped at 0), hue shift in [-s, s] turns
-            "factors": torch.stack([1 + (r[:, 6 + k] * 2 - 1) * s for k, s in enumerate((bri, con, sat))], 1).clamp_min(0),
+            "factors": torch.stack(
+                [1 + (r[:, 6 + k] * 2 - 1) * s for k, s in enumerate((bri, con, sat))], 1
+            ).clamp_min(0),
             "hue": (r[:, 9] * 2 - 1) * hu,
             "grey": torch.rand(n, generator=generator, device=gd).to(device) < self.grey_p,
         }
@@ -110,10 +137,16 @@ class ViewAugment:
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """One view of a normalised batch, normalised."""
-        return self.space.to_model(self.apply(self.space.to_pixels(x), self.sample(x.shape[0], generator, x.device)))
+        return self.space.to_model(
+            self.apply(self.space.to_pixels(x), self.sample(x.shape[0], generator, x.device))
+        )
 
     def views(self, x: Tensor, generator: torch.Generator, v: int) -> Tensor:
         """[v, N, C, H, W]: v independent views of every image of a normalised batch."""
         pixels = self.space.to_pixels(x)
-        return torch.stack([self.space.to_model(self.apply(pixels, self.sample(x.shape[0], generator, x.device)))
-                            for _ in range(v)])
+        return torch.stack(
+            [
+                self.space.to_model(self.apply(pixels, self.sample(x.shape[0], generator, x.device)))
+                for _ in range(v)
+            ]
+        )

@@ -4,7 +4,7 @@ Every backbone has `.feat_dim`, `forward(x) -> [B, feat_dim]`, `forward_features
 map, for Grad-CAM) and named stages `layer1..layer3` (`layer4` for ResNet-18).
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

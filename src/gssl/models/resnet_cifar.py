@@ -36,8 +36,13 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = (ZeroPadShortcut(planes - in_planes, stride) if shortcut == "A" else
-                             nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)))
+            self.shortcut = (
+                ZeroPadShortcut(planes - in_planes, stride)
+                if shortcut == "A"
+                else nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+                )
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -18,6 +18,7 @@ properties (tests/test_scattering.py):
 Every operation is a differentiable torch op (FFTs, products, modulus), so gradients reach the input
 (Grad-CAM, adversarial attacks); the transform has no parameters and runs in float32 under autocast.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ def _gaussian_hat(wx: Tensor, wy: Tensor, sigma: float, theta: float, slant: flo
         for dy in (-2 * math.pi, 0.0, 2 * math.pi):
             u, v = wx + dx, wy + dy
             a, b = c * u + s * v, -s * u + c * v  # along theta, across it
-            out += torch.exp(-0.5 * sigma ** 2 * (a ** 2 + b ** 2 / slant ** 2))
+            out += torch.exp(-0.5 * sigma**2 * (a**2 + b**2 / slant**2))
     return out
 
 
@@ -56,7 +57,7 @@ def filter_bank(m: int, n: int, J: int = 2, L: int = 8) -> tuple[Tensor, Tensor]
     phi = _gaussian_hat(wx, wy, 0.8 * 2 ** (J - 1), 0.0, 1.0)  # Kymatio's width
     psi = torch.zeros(J, L, m, n, dtype=torch.float64)
     for j in range(J):
-        sigma, xi = 0.8 * 2 ** j, 3 * math.pi / 4 / 2 ** j
+        sigma, xi = 0.8 * 2**j, 3 * math.pi / 4 / 2**j
         for l in range(L):
             theta = math.pi * l / L
             cx, cy = xi * math.cos(theta), xi * math.sin(theta)
@@ -95,7 +96,7 @@ class Scattering2D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        k = 2 ** self.J
+        k = 2**self.J
         if h % k or w % k:
             raise ValueError(f"Scattering2D: image sides {h} x {w} must be divisible by 2^J = {k}")
         with torch.autocast(x.device.type, enabled=False):
@@ -108,7 +109,7 @@ class Scattering2D(nn.Module):
             s1 = _lowpass(u1_hat, phi, k)
             s2 = []
             for j1 in range(self.J):
-                first = u1_hat[:, :, j1 * self.L:(j1 + 1) * self.L].unsqueeze(3)  # [B, C, L, 1, M, N]
+                first = u1_hat[:, :, j1 * self.L : (j1 + 1) * self.L].unsqueeze(3)  # [B, C, L, 1, M, N]
                 for j2 in range(j1 + 1, self.J):
                     u2 = torch.fft.ifft2(first * psi[j2]).abs()  # [B, C, L, L, M, N]
                     s2.append(_lowpass(torch.fft.fft2(u2), phi, k).flatten(2, 3))
@@ -128,9 +129,15 @@ class ScatNet(nn.Module):
         self.scattering = Scattering2D(J, L)
         k = in_channels * n_coefficients(J, L)
         self.bn = nn.BatchNorm2d(k)
-        self.layer1 = nn.Sequential(nn.Conv2d(k, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.layer1 = nn.Sequential(
+            nn.Conv2d(k, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.layer2 = BasicBlock(width, width)
-        self.layer3 = nn.Sequential(*[BasicBlock(width, width) for _ in range(blocks - 1)]) if blocks > 1 else nn.Identity()
+        self.layer3 = (
+            nn.Sequential(*[BasicBlock(width, width) for _ in range(blocks - 1)])
+            if blocks > 1
+            else nn.Identity()
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)

@@ -1,6 +1,7 @@
 """Scenarios as plug-ins: the ways gssl trains, by the config's `method`, and the wrappers that go
 around them (adversarial training, SSP pre-training). A new way of training is one module with a
 Scenario subclass and one line here; `gssl.engine.fit` never changes for it."""
+
 from __future__ import annotations
 
 from ..config import Config, ConfigError
@@ -21,8 +22,18 @@ SCENARIOS: dict[str, type[Scenario]] = {
 WRAPPERS: dict[str, type[Wrapper]] = {"adversarial": Adversarial, "ssp": SSPPretraining}  # inner to outer
 COMMON_SECTIONS = ("data", "model", "ssl", "optim", "distributed")
 
-__all__ = ["COMMON_SECTIONS", "Context", "SCENARIOS", "Scenario", "WRAPPERS", "Wrapper", "build", "method_of",
-           "scenario_class", "used_sections"]
+__all__ = [
+    "COMMON_SECTIONS",
+    "Context",
+    "SCENARIOS",
+    "Scenario",
+    "WRAPPERS",
+    "Wrapper",
+    "build",
+    "method_of",
+    "scenario_class",
+    "used_sections",
+]
 
 
 def method_of(cfg: Config) -> str:
@@ -32,15 +43,18 @@ def method_of(cfg: Config) -> str:
     if cfg.method is None:
         if len(claimed) > 1:
             asked = " and ".join(f"{SCENARIOS[name].trigger} ({name})" for name in claimed)
-            raise ConfigError(f"{asked} ask for two methods at once; choose one `method` and turn the "
-                              "other's settings off")
+            raise ConfigError(
+                f"{asked} ask for two methods at once; choose one `method` and turn the other's settings off"
+            )
         return claimed[0] if claimed else "supervised"
     if cfg.method not in SCENARIOS:
         raise ConfigError(f"method: {cfg.method!r} is not a gssl method; choose one of {list(SCENARIOS)}")
     others = [name for name in claimed if name != cfg.method]
     if others:
-        raise ConfigError(f"method={cfg.method}, but {SCENARIOS[others[0]].trigger} is set, which is {others[0]}'s; "
-                          f"set method={others[0]} or turn {SCENARIOS[others[0]].trigger} off")
+        raise ConfigError(
+            f"method={cfg.method}, but {SCENARIOS[others[0]].trigger} is set, which is {others[0]}'s; "
+            f"set method={others[0]} or turn {SCENARIOS[others[0]].trigger} off"
+        )
     return cfg.method
 
 
@@ -58,8 +72,10 @@ def check(cfg: Config) -> None:
     for wrapper in wrappers_of(cfg):
         wrapper.check(cfg)
     if cfg.fusion.enabled and "fusion" not in used_sections(cfg):
-        raise ConfigError("fusion.enabled=true is a plug-in for contrastive pre-training; set contrastive.views=2 "
-                          "(or more), or fusion.enabled=false")
+        raise ConfigError(
+            "fusion.enabled=true is a plug-in for contrastive pre-training; set contrastive.views=2 "
+            "(or more), or fusion.enabled=false"
+        )
 
 
 def used_sections(cfg: Config) -> tuple[str, ...]:

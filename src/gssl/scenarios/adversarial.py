@@ -1,5 +1,6 @@
 """Adversarial training (SPEC section 6) around a scenario whose batches are (x, y, loss, params): the
 step sees the attacked batch (the attack itself runs eagerly), and the run ends with robust accuracy."""
+
 from __future__ import annotations
 
 from .. import attacks
@@ -25,8 +26,10 @@ class Adversarial(Wrapper):
     @staticmethod
     def check(cfg: Config) -> None:
         if cfg.semi.labels_per_class is not None:
-            raise ConfigError("adv.attack does not combine with FixMatch (semi.labels_per_class); "
-                              "set adv.attack=none or semi.labels_per_class=null")
+            raise ConfigError(
+                "adv.attack does not combine with FixMatch (semi.labels_per_class); "
+                "set adv.attack=none or semi.labels_per_class=null"
+            )
 
     def __init__(self, inner):
         super().__init__(inner)
@@ -36,8 +39,11 @@ class Adversarial(Wrapper):
     def prepare(self, x, y, generator, epoch, step):
         x, y, cls_loss, params = self.inner.prepare(x, y, generator, epoch, step)
         model, cfg = self.ctx.model, self.ctx.cfg
-        objective = (attacks.training_objective(model, cls_loss, params) if cfg.adv.objective == "pretext"
-                     else attacks.classification_objective(model, cls_loss))
+        objective = (
+            attacks.training_objective(model, cls_loss, params)
+            if cfg.adv.objective == "pretext"
+            else attacks.classification_objective(model, cls_loss)
+        )
         with attacks.attack_mode(model, cfg.adv.bn_train), autocast(self.ctx.device.type, self.ctx.precision):
             x = attacks.perturb(objective, x, y, self.space, self.attack, generator)
         return x, y, cls_loss, params
@@ -46,9 +52,17 @@ class Adversarial(Wrapper):
         logits, labels, extra = self.inner.evaluate_final()
         adv = self.ctx.cfg.adv
         if adv.eval_steps:  # robust accuracy, PGD with eval_steps steps, eval mode
-            _, robust = attacks.robust_accuracy(self.ctx.model, self.test_loader, self.space,
-                                                attack_of(self.ctx.cfg, adv.eval_steps, "pgd"),
-                                                precision=self.ctx.precision, seed=self.ctx.cfg.seed)
-            extra = {**extra, "robust_test_acc": robust,
-                     "robust_attack": f"pgd-{adv.eval_steps} eps {adv.eps:.5g} step {adv.eval_step_size:.5g}"}
+            _, robust = attacks.robust_accuracy(
+                self.ctx.model,
+                self.test_loader,
+                self.space,
+                attack_of(self.ctx.cfg, adv.eval_steps, "pgd"),
+                precision=self.ctx.precision,
+                seed=self.ctx.cfg.seed,
+            )
+            extra = {
+                **extra,
+                "robust_test_acc": robust,
+                "robust_attack": f"pgd-{adv.eval_steps} eps {adv.eps:.5g} step {adv.eval_step_size:.5g}",
+            }
         return logits, labels, extra

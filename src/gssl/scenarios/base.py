@@ -16,11 +16,13 @@ through the hooks fit() calls, in this order:
 `state_dict`/`load_state_dict` carry any state of its own in the checkpoint. A wrapper (adversarial
 training, SSP pre-training) is a Scenario around another one, overriding only its own hooks.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -35,9 +37,10 @@ from ..losses import drw_weights
 @dataclass
 class Context:
     """What every scenario may read: the run's parts, built by the engine before training."""
+
     cfg: Config
     data: Data
-    model: nn.Module              # the network itself (not the DDP wrapper)
+    model: nn.Module  # the network itself (not the DDP wrapper)
     device: torch.device
     dist: distributed.Dist
     precision: str
@@ -46,19 +49,32 @@ class Context:
     drw_epoch: int | None
     run_dir: Path
     quiet: bool
-    log: Callable[[str], None]    # progress messages; a no-op when quiet
+    log: Callable[[str], None]  # progress messages; a no-op when quiet
 
     @property
     def num_classes(self) -> int:
         return len(self.data.train.classes)
 
-    def loader(self, images, labels, batch_size: int, seed: int, *, drop_last: bool = False,
-               sharded: bool = True) -> DeviceLoader:
+    def loader(
+        self, images, labels, batch_size: int, seed: int, *, drop_last: bool = False, sharded: bool = True
+    ) -> DeviceLoader:
         """A shuffled, augmented training loader (crop and flip as the config says)."""
         dist = self.dist if sharded else distributed.Dist()
-        return DeviceLoader(images, labels, batch_size, mean=self.data.mean, std=self.data.std,
-                            crop_padding=self.cfg.data.crop_padding, hflip=self.cfg.data.hflip, shuffle=True,
-                            seed=seed, device=self.device, rank=dist.rank, world=dist.world, drop_last=drop_last)
+        return DeviceLoader(
+            images,
+            labels,
+            batch_size,
+            mean=self.data.mean,
+            std=self.data.std,
+            crop_padding=self.cfg.data.crop_padding,
+            hflip=self.cfg.data.hflip,
+            shuffle=True,
+            seed=seed,
+            device=self.device,
+            rank=dist.rank,
+            world=dist.world,
+            drop_last=drop_last,
+        )
 
     def ordered(self, split) -> DeviceLoader:
         """Un-augmented and in order: the test set, or the training images for a frozen evaluation."""
@@ -89,8 +105,13 @@ class Scenario:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self.train_loader = ctx.loader(ctx.data.train.images, ctx.data.train.labels, ctx.cfg.optim.batch_size,
-                                       ctx.cfg.seed, drop_last=self.drop_last)
+        self.train_loader = ctx.loader(
+            ctx.data.train.images,
+            ctx.data.train.labels,
+            ctx.cfg.optim.batch_size,
+            ctx.cfg.seed,
+            drop_last=self.drop_last,
+        )
         self.test_loader = ctx.ordered(ctx.data.test)
         self.drw = drw_weights(ctx.data.counts, ctx.cfg.loss.drw_beta).to(ctx.device)
 
@@ -121,8 +142,9 @@ class Scenario:
         return self.train_loader, len(self.train_loader)
 
     def prepare(self, x, y, generator: torch.Generator, epoch: int, step: int) -> tuple:
-        params = distributed.global_params(self.ctx.dist, self.ctx.model, x, generator,
-                                           *self.train_loader.shard(step))
+        params = distributed.global_params(
+            self.ctx.dist, self.ctx.model, x, generator, *self.train_loader.shard(step)
+        )
         return x, y, self.ctx.cls_loss, params
 
     @staticmethod
@@ -133,15 +155,19 @@ class Scenario:
         pass
 
     def evaluate_epoch(self, eval_fn) -> dict:
-        logits, labels = metrics.predict(self.eval_model, self.test_loader, self.ctx.device.type,
-                                         precision=self.ctx.precision, fn=eval_fn)
+        logits, labels = metrics.predict(
+            self.eval_model, self.test_loader, self.ctx.device.type, precision=self.ctx.precision, fn=eval_fn
+        )
         shots = metrics.report(logits, labels, self.ctx.data.counts)  # many/medium/few-shot, every epoch
-        return {"test_acc": shots["top1"],
-                **{f"test_{g}_shot_acc": shots[f"{g}_shot_acc"] for g in ("many", "medium", "few")}}
+        return {
+            "test_acc": shots["top1"],
+            **{f"test_{g}_shot_acc": shots[f"{g}_shot_acc"] for g in ("many", "medium", "few")},
+        }
 
     def evaluate_final(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        logits, labels = metrics.predict(self.eval_model, self.test_loader, self.ctx.device.type,
-                                         precision=self.ctx.precision)
+        logits, labels = metrics.predict(
+            self.eval_model, self.test_loader, self.ctx.device.type, precision=self.ctx.precision
+        )
         return logits, labels, {}
 
     def state_dict(self) -> dict:

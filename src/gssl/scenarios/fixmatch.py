@@ -1,5 +1,6 @@
 """FixMatch with the gated pretext loss (gssl.semisup): labelled, weak and strong views in one forward
 pass, a fixed number of steps per epoch, and evaluation on an exponential moving average of the weights."""
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,9 @@ class FixMatch(Scenario):
     sections = ("loss", "semi")
     per_rank_draws = True  # under torchrun each rank draws its own strong augmentations
 
-    trigger = "semi.labels_per_class"  # the setting that asks for this method in config files without `method`
+    trigger = (
+        "semi.labels_per_class"  # the setting that asks for this method in config files without `method`
+    )
 
     @staticmethod
     def claims(cfg: Config) -> bool:
@@ -23,15 +26,18 @@ class FixMatch(Scenario):
     @staticmethod
     def check(cfg: Config) -> None:
         if cfg.semi.labels_per_class is None:
-            raise ConfigError("method fixmatch needs semi.labels_per_class (labelled images per class, e.g. 25)")
+            raise ConfigError(
+                "method fixmatch needs semi.labels_per_class (labelled images per class, e.g. 25)"
+            )
 
     build_model = staticmethod(Supervised.build_model)
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         unlabeled, semi = ctx.data.unlabeled, ctx.cfg.semi
-        self.unlabeled_loader = ctx.loader(unlabeled.images, unlabeled.labels, ctx.cfg.optim.batch_size * semi.mu,
-                                           ctx.cfg.seed + 1)
+        self.unlabeled_loader = ctx.loader(
+            unlabeled.images, unlabeled.labels, ctx.cfg.optim.batch_size * semi.mu, ctx.cfg.seed + 1
+        )
         self.strong = semisup.StrongAugment(ctx.data.mean, ctx.data.std, ctx.device)
         self.ema = semisup.EMA(ctx.model, semi.ema) if semi.ema > 0 else None
 

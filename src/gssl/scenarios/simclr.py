@@ -1,6 +1,7 @@
 """Contrastive pre-training with pretext regularisation (gssl.contrastive): V augmented views of every
 image, NT-Xent plus the gated pretext term, optional batch fusion; judged by k-NN on the frozen
 backbone every epoch and by a linear probe at the end."""
+
 from __future__ import annotations
 
 from ..config import Config, ConfigError
@@ -25,28 +26,52 @@ class SimCLRScenario(Scenario):
     def check(cfg: Config) -> None:
         if cfg.contrastive.views < 2:
             raise ConfigError("method simclr needs contrastive.views >= 2 (views of every image)")
-        others = [key for key, on in (("sla.transform", cfg.sla.transform != "none"),
-                                      ("adv.attack", cfg.adv.attack != "none"),
-                                      ("semi.labels_per_class", cfg.semi.labels_per_class is not None),
-                                      ("pretrain.epochs", cfg.pretrain.epochs > 0)) if on]
+        others = [
+            key
+            for key, on in (
+                ("sla.transform", cfg.sla.transform != "none"),
+                ("adv.attack", cfg.adv.attack != "none"),
+                ("semi.labels_per_class", cfg.semi.labels_per_class is not None),
+                ("pretrain.epochs", cfg.pretrain.epochs > 0),
+            )
+            if on
+        ]
         if others:
-            raise ConfigError(f"contrastive.views={cfg.contrastive.views} (SimCLR pre-training) does not combine "
-                              f"with {', '.join(others)}; set contrastive.views=0 or turn those off")
+            raise ConfigError(
+                f"contrastive.views={cfg.contrastive.views} (SimCLR pre-training) does not combine "
+                f"with {', '.join(others)}; set contrastive.views=0 or turn those off"
+            )
 
     @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> SimCLR:
         c, f = cfg.contrastive, cfg.fusion
-        fusion = (BatchFusion(in_channels, patch=f.patch, dim=f.dim, heads=f.heads, layers=f.layers,
-                              strength=f.strength) if f.enabled else None)
+        fusion = (
+            BatchFusion(
+                in_channels, patch=f.patch, dim=f.dim, heads=f.heads, layers=f.layers, strength=f.strength
+            )
+            if f.enabled
+            else None
+        )
         gate_kw = {"tau": cfg.ssl.gate_tau} if cfg.ssl.gate == "learned" else None
-        return SimCLR(cfg.model.backbone, views=c.views, temperature=c.temperature, proj_dim=c.proj_dim,
-                      proj_hidden=c.proj_hidden, tasks=cfg.ssl.tasks, gate=cfg.ssl.gate, ssl_ratio=cfg.ssl.ratio,
-                      in_channels=in_channels, gate_kw=gate_kw, fusion=fusion)
+        return SimCLR(
+            cfg.model.backbone,
+            views=c.views,
+            temperature=c.temperature,
+            proj_dim=c.proj_dim,
+            proj_hidden=c.proj_hidden,
+            tasks=cfg.ssl.tasks,
+            gate=cfg.ssl.gate,
+            ssl_ratio=cfg.ssl.ratio,
+            in_channels=in_channels,
+            gate_kw=gate_kw,
+            fusion=fusion,
+        )
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        self.view_augment = ViewAugment(ctx.data.mean, ctx.data.std, ctx.device,
-                                        crop_scale=(ctx.cfg.contrastive.crop_min_scale, 1.0))
+        self.view_augment = ViewAugment(
+            ctx.data.mean, ctx.data.std, ctx.device, crop_scale=(ctx.cfg.contrastive.crop_min_scale, 1.0)
+        )
         self.bank_loader = ctx.ordered(ctx.data.train)
 
     @property
@@ -66,10 +91,19 @@ class SimCLRScenario(Scenario):
 
     def _frozen_eval(self, linear_epochs: int) -> dict:
         c = self.ctx.cfg.contrastive
-        return frozen_eval(self.ctx.model.backbone, self.bank_loader, self.test_loader, self.ctx.num_classes,
-                           device_type=self.ctx.device.type, precision=self.ctx.precision, knn_k=c.knn_k,
-                           knn_temperature=c.knn_temperature, linear_epochs=linear_epochs,
-                           linear_lr=c.linear_lr, seed=self.ctx.cfg.seed)
+        return frozen_eval(
+            self.ctx.model.backbone,
+            self.bank_loader,
+            self.test_loader,
+            self.ctx.num_classes,
+            device_type=self.ctx.device.type,
+            precision=self.ctx.precision,
+            knn_k=c.knn_k,
+            knn_temperature=c.knn_temperature,
+            linear_epochs=linear_epochs,
+            linear_lr=c.linear_lr,
+            seed=self.ctx.cfg.seed,
+        )
 
     def evaluate_epoch(self, eval_fn) -> dict:
         return {"test_acc": self._frozen_eval(0)["knn_acc"]}  # no classifier: k-NN on the frozen features
@@ -77,6 +111,16 @@ class SimCLRScenario(Scenario):
     def evaluate_final(self):
         c = self.ctx.cfg.contrastive  # judged by a linear probe on the frozen backbone (and k-NN)
         judged = self._frozen_eval(c.linear_epochs)
-        final = f"linear probe ({c.linear_epochs} epochs) on the frozen backbone" if c.linear_epochs else f"{c.knn_k}-NN"
-        return judged["logits"], judged["labels"], {
-            "knn_test_acc": judged["knn_acc"], "test_acc_protocol": f"{final}; per-epoch test_acc is {c.knn_k}-NN"}
+        final = (
+            f"linear probe ({c.linear_epochs} epochs) on the frozen backbone"
+            if c.linear_epochs
+            else f"{c.knn_k}-NN"
+        )
+        return (
+            judged["logits"],
+            judged["labels"],
+            {
+                "knn_test_acc": judged["knn_acc"],
+                "test_acc_protocol": f"{final}; per-epoch test_acc is {c.knn_k}-NN",
+            },
+        )

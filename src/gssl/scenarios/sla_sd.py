@@ -1,5 +1,6 @@
 """SLA-SD, a Table 1 baseline (gssl.sla): every image under every transformation, a joint head, and a
 single head distilled from the aggregated prediction; judged also by the aggregated inference."""
+
 from __future__ import annotations
 
 from .. import metrics
@@ -22,17 +23,31 @@ class SLASDScenario(Scenario):
         if cfg.sla.transform == "none":
             raise ConfigError("method sla-sd needs sla.transform=rotation or channel")
         if cfg.ssl.tasks and cfg.ssl.gate != "none":
-            raise ConfigError(f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
-                              f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none")
+            raise ConfigError(
+                f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
+                f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none"
+            )
 
     @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> SLASD:
-        return SLASD(cfg.model.backbone, num_classes, transform=cfg.sla.transform, head=cfg.model.head,
-                     in_channels=in_channels, temperature=cfg.sla.temperature, joint_scale=cfg.loss.scale)
+        return SLASD(
+            cfg.model.backbone,
+            num_classes,
+            transform=cfg.sla.transform,
+            head=cfg.model.head,
+            in_channels=in_channels,
+            temperature=cfg.sla.temperature,
+            joint_scale=cfg.loss.scale,
+        )
 
     def evaluate_final(self):
         logits, labels, extra = super().evaluate_final()
         model = self.ctx.model  # the aggregated inference: M forward passes, beside the single head
-        aggregated, _ = metrics.predict(model, self.test_loader, self.ctx.device.type, precision=self.ctx.precision,
-                                        fn=model.aggregated_logits)
+        aggregated, _ = metrics.predict(
+            model,
+            self.test_loader,
+            self.ctx.device.type,
+            precision=self.ctx.precision,
+            fn=model.aggregated_logits,
+        )
         return logits, labels, {**extra, "aggregated_test_acc": metrics.top1(aggregated, labels)}

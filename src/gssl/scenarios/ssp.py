@@ -1,5 +1,6 @@
 """SSP pre-training (gssl.ssp) before another scenario: the backbone learns whole-image rotation on the
 training images first; the supervised run then starts from those weights."""
+
 from __future__ import annotations
 
 import math
@@ -25,18 +26,29 @@ class SSPPretraining(Wrapper):
 
     def before_fit(self, run_dir: Path) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
-        loader = ctx.loader(ctx.data.train.images, ctx.data.train.labels, cfg.optim.batch_size, cfg.seed + 1,
-                            sharded=False)  # every rank pre-trains alike
-        history = pretrain_rotation(ctx.model.backbone, loader, epochs=cfg.pretrain.epochs, lr=cfg.pretrain.lr,
-                                    weight_decay=cfg.optim.weight_decay, seed=cfg.seed, log=ctx.log,
-                                    compile=ctx.compiled, precision=ctx.precision)
+        loader = ctx.loader(
+            ctx.data.train.images, ctx.data.train.labels, cfg.optim.batch_size, cfg.seed + 1, sharded=False
+        )  # every rank pre-trains alike
+        history = pretrain_rotation(
+            ctx.model.backbone,
+            loader,
+            epochs=cfg.pretrain.epochs,
+            lr=cfg.pretrain.lr,
+            weight_decay=cfg.optim.weight_decay,
+            seed=cfg.seed,
+            log=ctx.log,
+            compile=ctx.compiled,
+            precision=ctx.precision,
+        )
         if ctx.compiled:  # the pre-training step's graphs are done with; the supervised step compiles afresh
             torch.compiler.reset()
         if not all(math.isfinite(row["loss"]) for row in history):
             raise TrainingError("SSP pre-training diverged (non-finite rotation loss); lower pretrain.lr")
         if ctx.dist.main:
-            rundir.save_checkpoint(run_dir / rundir.CKPT_DIR / PRETRAIN_CHECKPOINT,
-                                   {"backbone": ctx.model.backbone.state_dict(), "history": history})
+            rundir.save_checkpoint(
+                run_dir / rundir.CKPT_DIR / PRETRAIN_CHECKPOINT,
+                {"backbone": ctx.model.backbone.state_dict(), "history": history},
+            )
         if ctx.dist.enabled:  # the supervised run starts from rank 0's pre-trained weights on every rank
             for tensor in ctx.model.state_dict().values():
                 torch.distributed.broadcast(tensor, 0)

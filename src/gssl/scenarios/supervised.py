@@ -1,4 +1,5 @@
 """Supervised (and long-tailed) training: the classifier and the gated pretext term on one forward pass."""
+
 from __future__ import annotations
 
 from ..config import Config
@@ -10,6 +11,15 @@ class Supervised(Scenario):
     @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL:
         gate_kw = {"tau": cfg.ssl.gate_tau} if cfg.ssl.gate == "learned" else None
-        return GatedSSL(cfg.model.backbone, num_classes, tasks=cfg.ssl.tasks, gate=cfg.ssl.gate,
-                        head=cfg.model.head, ssl_ratio=cfg.ssl.ratio, flip_axis=cfg.ssl.flip_axis,
-                        in_channels=in_channels, gate_kw=gate_kw, pretext_scale=cfg.ssl.pretext_scale)
+        return GatedSSL(
+            cfg.model.backbone,
+            num_classes,
+            tasks=cfg.ssl.tasks,
+            gate=cfg.ssl.gate,
+            head=cfg.model.head,
+            ssl_ratio=cfg.ssl.ratio,
+            flip_axis=cfg.ssl.flip_axis,
+            in_channels=in_channels,
+            gate_kw=gate_kw,
+            pretext_scale=cfg.ssl.pretext_scale,
+        )
