@@ -34,7 +34,7 @@ __all__ = ["TrainingError", "fit", "lr_at", "train"]
 def lr_at(cfg: Config, epoch: int) -> float:
     """Linear warm-up per epoch, then step decays (gamma**i after the i-th milestone) or cosine."""
     o = cfg.optim
-    warm, miles, _ = scaled_schedule(o, cfg.loss.drw_epoch)
+    warm, miles, _ = scaled_schedule(o, None)
     if epoch < warm:
         return o.lr * (epoch + 1) / warm
     if o.schedule == "cosine":
@@ -115,14 +115,15 @@ def build_context(
     torch.manual_seed(cfg.seed)
     data = build_data(cfg)
     check_shapes(cfg, *data.train.images.shape[1:])
-    distributed.check_same(dist, "the class counts (LDAM margins, DRW weights)", data.counts, device)
+    distributed.check_same(
+        dist, "the class counts (the losses' per-class margins and weights)", data.counts, device
+    )
     model = build_model(cfg, len(data.train.classes), data.train.images.shape[1]).to(device)
     # NHWC activations: 1.34x the eager CPU step, about 1.02x once compiled (inductor picks NHWC for
     # convolutions itself); the usual choice on CUDA (docs/performance.md)
     if channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
     model = distributed.convert_sync_bn(dist, model, cfg.distributed.sync_bn, device)
-    _, _, drw_epoch = scaled_schedule(cfg.optim, cfg.loss.drw_epoch)
     return Context(
         cfg,
         data,
@@ -132,7 +133,6 @@ def build_context(
         resolve_precision(cfg.precision, device),
         compiled=False,
         cls_loss=build_cls_loss(cfg, data.counts).to(device),
-        drw_epoch=drw_epoch,
         run_dir=run_dir,
         quiet=quiet,
         log=(lambda message: None) if quiet else log,
@@ -274,7 +274,7 @@ def train_epoch(ctx: Context, scenario: Scenario, loop: Loop, epoch: int) -> tup
     """One pass of the scenario's batches: (device-side sums of the step statistics over every rank,
     images seen, training seconds)."""
     cfg, dist, cuda = ctx.cfg, ctx.dist, ctx.device.type == "cuda"
-    # drawn where used; a scenario that augments views draws them per rank under torchrun
+    # drawn where used; a scenario whose augmentations differ per rank draws them per rank under torchrun
     seed = pretext_seed(cfg.seed, epoch) + (dist.rank if scenario.per_rank_draws else 0)
     generator = torch.Generator(device=ctx.device).manual_seed(seed)
     ctx.model.train()
@@ -366,7 +366,8 @@ def epoch_line(row: dict, epochs: int) -> str:
     gates = " ".join(f"{k[5:]}={row[k]:.3f}" for k in row if k.startswith("gate_"))
     return (
         f"epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g} loss {row['loss']:.4f} "
-        f"train {row['train_acc']:.2f}% test {row['test_acc']:.2f}% {gates} ({row['images_per_second']:.0f} img/s)"
+        f"train {row['train_acc']:.2f}% test {row['test_acc']:.2f}% {gates} "
+        f"({row['images_per_second']:.0f} img/s)"
     )
 
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .. import distributed, metrics
 from ..build import Data, ordered_loader
-from ..config import Config
+from ..config import Config, scaled_schedule
 from ..data import DeviceLoader
 from ..losses import drw_weights
 
@@ -46,7 +46,6 @@ class Context:
     precision: str
     compiled: bool
     cls_loss: nn.Module
-    drw_epoch: int | None
     run_dir: Path
     quiet: bool
     log: Callable[[str], None]  # progress messages; a no-op when quiet
@@ -114,6 +113,7 @@ class Scenario:
         )
         self.test_loader = ctx.ordered(ctx.data.test)
         self.drw = drw_weights(ctx.data.counts, ctx.cfg.loss.drw_beta).to(ctx.device)
+        _, _, self.drw_epoch = scaled_schedule(ctx.cfg.optim, ctx.cfg.loss.drw_epoch)  # scaled with the run
 
     drop_last: ClassVar[bool] = False
 
@@ -134,7 +134,7 @@ class Scenario:
         pass
 
     def start_epoch(self, epoch: int) -> None:
-        drw_on = self.ctx.drw_epoch is not None and epoch >= self.ctx.drw_epoch
+        drw_on = self.drw_epoch is not None and epoch >= self.drw_epoch
         self.ctx.cls_loss.set_weight(self.drw if drw_on else None)  # in place: no recompilation
 
     def batches(self, epoch: int):
