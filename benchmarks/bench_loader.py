@@ -168,7 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
             persistent_workers=w > 0,
             generator=torch.Generator().manual_seed(0),
         )
-        ips = time_loader(lambda epoch: iter(dl), args.n, device, to_device=True)
+
+        def dl_iter(epoch, dl=dl):
+            return iter(dl)
+
+        ips = time_loader(dl_iter, args.n, device, to_device=True)
         rows.append({"method": f"torch DataLoader, per-sample PIL, num_workers={w}", "images_per_s": ips})
         del dl
     ref = rows[0]  # the DeviceLoader as configured by default (cpu_threads=1 on CPU; on GPU, the GPU run)

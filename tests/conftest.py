@@ -17,7 +17,8 @@ def shared_data_dir() -> Path:
 def write_fake_cifar10(
     root: Path, per_class_train: int = 20, per_class_test: int = 10, seed: int = 0
 ) -> Path:
-    """`cifar-10-batches-py/` in the real format; each class is tinted towards its own colour, so it is learnable."""
+    """`cifar-10-batches-py/` in the real format; each class is tinted towards its own colour, so it is
+    learnable."""
     write_cifar(
         root, "cifar10", n_train=10 * per_class_train, n_test=10 * per_class_test, seed=seed, tint=0.8
     )
@@ -62,7 +63,8 @@ TINY_FIXMATCH = [
 
 
 def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> Path:
-    """A real `gssl train` run on the fake CIFAR-10 (ResNet-20, gated LoRot-E + flip + channel, batch 16, constant lr)."""
+    """A real `gssl train` run on the fake CIFAR-10 (ResNet-20, gated LoRot-E + flip + channel, batch 16,
+    constant lr)."""
     from gssl.cli import main
 
     args = [

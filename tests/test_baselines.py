@@ -40,7 +40,7 @@ def test_every_method_trains_end_to_end(fake_cifar10, tmp_path, method):
     run = train_tiny_run(fake_cifar10, tmp_path / method, 1, *sets)
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["test_acc"] <= 100 and summary["epochs"] == 1
-    row = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert all(torch.isfinite(torch.tensor(v)) for k, v in row.items() if isinstance(v, float))
     if method.startswith("sla-sd"):
         assert "aggregated_test_acc" in summary and "sla_joint" in row and "sla_agg_train_acc" in row

@@ -191,7 +191,7 @@ def test_cpu_threads_limited_only_while_assembling_and_results_unchanged():
     kw = dict(mean=(0.5,) * 3, std=(0.5,) * 3, seed=2)
     before = torch.get_num_threads()
     seen = []
-    for xb, _ in DeviceLoader(x, y, 16, cpu_threads=1, **kw):
+    for _ in DeviceLoader(x, y, 16, cpu_threads=1, **kw):
         seen.append(torch.get_num_threads())  # the consumer always sees its own setting
     assert seen == [before] * 3 and torch.get_num_threads() == before
     assert torch.equal(

@@ -1,4 +1,5 @@
-"""Batch fusion: shapes, where gradients flow (across samples of a group, never across groups), the strength."""
+"""Batch fusion: shapes, where gradients flow (across samples of a group, never across groups), the
+strength."""
 
 import pytest
 import torch

@@ -152,13 +152,13 @@ def test_lorot_i_matches_per_sample(seed, B, size):
     x = torch.randn(B, 3, size, size, generator=torch.Generator().manual_seed(seed))
     pretext = build_pretext(["lorot_i"])
     params = pretext.sample(x, torch.Generator().manual_seed(seed))
-    s, t, l = int(params["side"]), int(params["top"]), int(params["left"])
-    assert 2 <= s <= size // 2 and 0 <= t < size - s and 0 <= l < size - s
+    s, top, left = int(params["side"]), int(params["top"]), int(params["left"])
+    assert 2 <= s <= size // 2 and 0 <= top < size - s and 0 <= left < size - s
     y, labels = pretext.apply(x, params)
     ref = x.clone()
     for i in range(B):
-        square = ref[i][:, t : t + s, l : l + s]
-        ref[i][:, t : t + s, l : l + s] = torch.rot90(square, int(labels["lorot_i"][i]), [1, 2])
+        square = ref[i][:, top : top + s, left : left + s]
+        ref[i][:, top : top + s, left : left + s] = torch.rot90(square, int(labels["lorot_i"][i]), [1, 2])
     assert torch.equal(y, ref)
     back = square_transform(y, params["side"], params["top"], params["left"], (4 - labels["lorot_i"]) % 4)
     assert torch.equal(back, x)

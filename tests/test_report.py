@@ -1,4 +1,5 @@
-"""gssl report and gssl analyze on real (tiny) runs: every section, valid PNGs, several runs, the t-SNE cache."""
+"""gssl report and gssl analyze on real (tiny) runs: every section, valid PNGs, several runs, the t-SNE
+cache."""
 
 import base64
 import io

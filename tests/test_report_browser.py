@@ -13,7 +13,8 @@ CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) 
 DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
-    reason="headless Chromium not installed: `apt-get install chromium chromium-driver` (install.sh does it as root)",
+    reason="headless Chromium not installed: `apt-get install chromium chromium-driver` "
+    "(install.sh does it as root)",
 )
 
 webdriver = pytest.importorskip(

@@ -25,13 +25,13 @@ def test_each_wavelet_peaks_at_its_centre_frequency():
     wx, wy = frequency_grid(M, M)
     step = 2 * math.pi / M
     for j in range(J):
-        for l in range(L):
-            xi, theta = 3 * math.pi / 4 / 2**j, math.pi * l / L
-            i = psi[j, l].argmax()
+        for orient in range(L):
+            xi, theta = 3 * math.pi / 4 / 2**j, math.pi * orient / L
+            i = psi[j, orient].argmax()
             peak = torch.tensor([wx.flatten()[i], wy.flatten()[i]])
             want = torch.tensor([xi * math.cos(theta), xi * math.sin(theta)])
-            assert (peak - want).norm() <= step, (j, l)
-            assert 0.9 < psi[j, l].max() <= 1.0 + 1e-4
+            assert (peak - want).norm() <= step, (j, orient)
+            assert 0.9 < psi[j, orient].max() <= 1.0 + 1e-4
 
 
 def test_a_quarter_turn_of_the_frequencies_moves_a_wavelet_by_half_the_orientations():
@@ -39,10 +39,10 @@ def test_a_quarter_turn_of_the_frequencies_moves_a_wavelet_by_half_the_orientati
     _, psi = filter_bank(M, M, J, L)
     rows, cols = torch.meshgrid(torch.arange(M), torch.arange(M), indexing="ij")
     for j in range(J):
-        for l in range(L // 2):
+        for orient in range(L // 2):
             # psi_{theta + pi/2}(wx, wy) = psi_theta(wy, -wx): row (wy) <- -wx, column (wx) <- wy
-            turned = psi[j, l][(-cols) % M, rows]
-            assert torch.allclose(psi[j, l + L // 2], turned, atol=1e-5)
+            turned = psi[j, orient][(-cols) % M, rows]
+            assert torch.allclose(psi[j, orient + L // 2], turned, atol=1e-5)
 
 
 def test_shapes_coefficient_count_and_bad_sizes():

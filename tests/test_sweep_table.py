@@ -84,9 +84,11 @@ def test_table_best_metric_is_labelled_and_csv_matches(table_runs, tmp_path, cap
     b = rows[("ldam-drw", "cifar10 0.01")]
     assert float(b["mean"]) == pytest.approx(statistics.fmean(BASE.values()) + 1) and b["n"] == "3"
     assert b["metric"] == "best_test_acc" and b["seeds"] == "0 1 2"
-    l = rows[("gated-triple (ssl.gate=learned)", "cifar10 0.01")]
-    assert l["unfinished_seeds"] == "3" and l["paper"] == "" and l["diff_n"] == "3"
-    assert float(l["diff_mean"]) == pytest.approx(statistics.fmean(LEARNED[s] - BASE[s] - 1 for s in BASE))
+    learned = rows[("gated-triple (ssl.gate=learned)", "cifar10 0.01")]
+    assert learned["unfinished_seeds"] == "3" and learned["paper"] == "" and learned["diff_n"] == "3"
+    assert float(learned["diff_mean"]) == pytest.approx(
+        statistics.fmean(LEARNED[s] - BASE[s] - 1 for s in BASE)
+    )
 
 
 def test_table_of_contrastive_runs_knn_metric_and_baseline_by_method_name(tmp_path, capsys):
@@ -263,13 +265,13 @@ def test_sweep_grid_expands_every_combination_with_readable_names(tmp_path, caps
         )
         == 0
     )
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[new]")]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[new]")]
     assert len(lines) == 8  # 2 gates x 2 ratios x 2 seeds
     assert any(
         "--set ssl.gate=learned --set ssl.ratio=0.5 --set seed=1 --out "
         + str(out / "quickstart+gate-learned+ratio-0.5" / "seed1")
-        in l
-        for l in lines
+        in line
+        for line in lines
     )
     assert main(["sweep", "--preset", "quickstart", "--grid", "ssl.gate=learned", "--out", str(out)]) == 2
     assert "expected KEY=[V1,V2,...]" in capsys.readouterr().err

@@ -196,7 +196,9 @@ def test_nothing_in_gssl_loads_untrusted_files_unsafely():
     bad = {
         r"\bpickle\.(load|loads|Unpickler)\b": "pickle: use data.pickle_safe.safe_load",
         r"\btorch\.load\((?![^)]*weights_only=True)": "torch.load without weights_only=True",
-        r"\byaml\.(load|unsafe_load|full_load|load_all|unsafe_load_all)\(|\bLoader\s*=": "YAML without safe_load",
+        r"\byaml\.(load|unsafe_load|full_load|load_all|unsafe_load_all)\(|\bLoader\s*=": (
+            "YAML without safe_load"
+        ),
         r"allow_pickle\s*=\s*True": "numpy pickles",
     }
     found = []

@@ -289,7 +289,8 @@ def _eval(args) -> int:
         a = rep["attack"]
         what = f"{a['kind']}" + (f"-{a['steps']} (step {a['step_size']:.4g})" if a["kind"] == "pgd" else "")
         print(
-            f"under {what} at eps {a['eps']:.4g}: robust {rep['robust_acc']:.2f}% (clean {rep['clean_acc']:.2f}%)"
+            f"under {what} at eps {a['eps']:.4g}: robust {rep['robust_acc']:.2f}% "
+            f"(clean {rep['clean_acc']:.2f}%)"
         )
     for g in ("many", "medium", "few"):
         if rep[g + "_shot_acc"] is not None:
@@ -334,7 +335,8 @@ def _data(args) -> int:
         for split in ("train", "test"):
             s = data.load_dataset(args.name, args.root, split)
             print(
-                f"{args.name} {split}: {len(s.labels)} images {tuple(s.images.shape[1:])}, {len(s.classes)} classes (cached)"
+                f"{args.name} {split}: {len(s.labels)} images {tuple(s.images.shape[1:])}, "
+                f"{len(s.classes)} classes (cached)"
             )
         return 0
     print(json.dumps(data.describe(args.name, args.root), indent=2))

@@ -48,7 +48,8 @@ class DataConfig:
     )
     crop_padding: int = field(default=4, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     hflip: bool = True
-    # "dataset": the dataset's mean/std; "symmetric": inputs in [0, 1] fed as 2x - 1 (the adversarial protocol)
+    # "dataset": the dataset's mean/std; "symmetric": inputs in [0, 1] fed as 2x - 1 (the adversarial
+    # protocol)
     normalize: str = field(default="dataset", metadata=_choice("dataset", "symmetric"))
     to_rgb: bool = True  # replicate greyscale to 3 channels so every pretext task applies (SPEC 10)
 
@@ -84,8 +85,9 @@ class SSLConfig:
         default_factory=list,
         metadata=_check(
             lambda v: len(set(v)) == len(v) and any(set(v) <= group for group in TASK_GROUPS),
-            "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw], all acting on one "
-            "region: quadrant tasks (lorot, flip, channel), lorot_i, or whole-image tasks (rotation, jigsaw)",
+            "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw], "
+            "all acting on one region: quadrant tasks (lorot, flip, channel), lorot_i, "
+            "or whole-image tasks (rotation, jigsaw)",
         ),
     )
     gate: str = field(default="reference", metadata=_choice("reference", "learned", "uniform", "none"))
@@ -139,7 +141,8 @@ class PretrainConfig:
 
 @dataclass
 class AdvConfig:
-    """PGD/FGSM adversarial training (SPEC section 6); pixel-space L-inf, eps etc. accept fractions (8/255)."""
+    """PGD/FGSM adversarial training (SPEC section 6); pixel-space L-inf, eps etc. accept fractions
+    (8/255)."""
 
     attack: str = field(default="none", metadata=_choice("none", "fgsm", "pgd"))
     eps: float = field(

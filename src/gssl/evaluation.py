@@ -156,7 +156,8 @@ def write_eval(
     extra: dict | None = None,
     name: str | None = None,
 ) -> dict:
-    """`gssl eval`'s report of a checkpoint, written to RUN_DIR/<name>.json (eval-<checkpoint>) and returned."""
+    """`gssl eval`'s report of a checkpoint, written to RUN_DIR/<name>.json (eval-<checkpoint>) and
+    returned."""
     rep = metrics.report(logits, labels, data.counts)
     name = name or f"eval-{checkpoint}"
     rep.update(

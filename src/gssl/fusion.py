@@ -52,7 +52,8 @@ class BatchFusion(nn.Module):
         self.register_buffer("progress", torch.zeros(()), persistent=False)
 
     def set_progress(self, fraction: float) -> None:
-        """Where training is, 0 at the start and 1 at the end (a buffer, so a compiled step does not recompile)."""
+        """Where training is, 0 at the start and 1 at the end (a buffer, so a compiled step does not
+        recompile)."""
         self.progress.fill_(min(max(fraction, 0.0), 1.0))
 
     def alpha(self) -> Tensor:

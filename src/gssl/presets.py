@@ -3,8 +3,9 @@
 Table 1: long-tailed CIFAR-10/100 at ratios 0.01, 0.02, 0.05 x (six methods + five baselines gssl runs
 itself: ERM, SSP, SLA-SD x 2, LoRot-I); Table 2: Tiny-ImageNet x six methods; adversarial training on
 CIFAR-10 and FixMatch with 4,000 labels (the longer paper) x four each; contrastive pre-training on CIFAR-10
-(SimCLR / ScatSimCLR x plain, pretext, gated pretext, batch fusion, and SimCLR + LoRot-E); plus `quickstart`. Each preset records the paper's published top-1 where one exists,
-so tables can print it beside our numbers.
+(SimCLR / ScatSimCLR x plain, pretext, gated pretext, batch fusion, and SimCLR + LoRot-E); plus
+`quickstart`. Each preset records the paper's published top-1 where one exists, so tables can print
+it beside our numbers.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ class EMA(torch.nn.Module):
 
 
 def cycle(loader, steps: int, epoch: int):
-    """`steps` batches from `loader`, starting a new shuffled pass (its own seeded epoch) whenever it runs out."""
+    """`steps` batches from `loader`, starting a new shuffled pass (its own seeded epoch) whenever it
+    runs out."""
     made, wrap = 0, 0
     while made < steps:
         loader.set_epoch(epoch * 100_003 + wrap)

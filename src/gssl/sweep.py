@@ -94,7 +94,8 @@ def _grid(grid, where: str) -> list[tuple[str, list[str]]]:
         return [("", [])]
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(
-            f"{where}: grid must map keys to non-empty lists of values, e.g. {{ssl.gate: [reference, learned]}}"
+            f"{where}: grid must map keys to non-empty lists of values, "
+            "e.g. {ssl.gate: [reference, learned]}"
         )
     out = []
     for combo in itertools.product(*grid.values()):

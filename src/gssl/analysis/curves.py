@@ -119,7 +119,8 @@ def _with_key(name: str, records: list[Record], key: str, log) -> list[Record]:
 
 
 def _panels(n: int, per_line: int = 3):
-    """n panels, at most per_line side by side (a wide sweep wraps instead of shrinking); unused ones hidden."""
+    """n panels, at most per_line side by side (a wide sweep wraps instead of shrinking); unused ones
+    hidden."""
     lines = -(-n // per_line)
     fig, axes = plt.subplots(
         lines, min(n, per_line), figsize=(4.6 * min(n, per_line), 3.6 * lines), squeeze=False

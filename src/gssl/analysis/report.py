@@ -26,12 +26,14 @@ from .run import Run
 from .tsne import tsne_of_run
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;\
+margin:0;color:#1d2330;background:#f6f7f9}
 main{max-width:1180px;margin:0 auto;padding:16px 28px 48px}
 h1{font-size:22px;margin:18px 0 4px} h2{font-size:18px;margin:30px 0 8px;border-bottom:1px solid #d8dce3}
 h3{font-size:15px;margin:20px 0 6px} .meta{color:#5a6270} nav a{margin-right:12px}
 figure{margin:10px 0 18px;background:#fff;border:1px solid #e0e3e8;border-radius:6px;padding:10px}
-figure img{max-width:100%;height:auto;display:block;margin:0 auto} figcaption{color:#4a5260;font-size:13px;margin-top:6px}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto} \
+figcaption{color:#4a5260;font-size:13px;margin-top:6px}
 table{border-collapse:collapse;background:#fff;margin:8px 0 14px;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #e0e3e8;padding:4px 9px;text-align:left} th{background:#eef1f5}
 td.num{text-align:right} .note{background:#fff8e1;border-left:3px solid #f0b400;padding:6px 10px;margin:8px 0}
@@ -66,7 +68,8 @@ class Page:
         self.figures.append(path)
         data = base64.b64encode(Path(path).read_bytes()).decode()
         self.add(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}" data-file="report/{_e(path.name)}">'
+            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}" '
+            f'data-file="report/{_e(path.name)}">'
             f"<figcaption>{caption}</figcaption></figure>"
         )
 
@@ -163,8 +166,8 @@ def gate_verdict(run: Run) -> str:
     moved = max(abs(last[f"gate_{t}"] - first[f"gate_{t}"]) for t in tasks)
     order = sorted(tasks, key=lambda t: -last[f"gate_{t}"])
     s = (
-        f"Over training the weights stayed within {dev:.3f} of uniform (1/{n} = {1 / n:.3f}) and moved at most "
-        f"{moved:.3f} from epoch 1 to epoch {len(rows)}. "
+        f"Over training the weights stayed within {dev:.3f} of uniform (1/{n} = {1 / n:.3f}) "
+        f"and moved at most {moved:.3f} from epoch 1 to epoch {len(rows)}. "
     )
     ranked = ", ".join(f"{t} {last['gate_' + t]:.3f}" for t in order)
     s += (
@@ -173,7 +176,10 @@ def gate_verdict(run: Run) -> str:
         else "The gate stayed close to uniform: it did not learn a clear preference. "
     )
     if mode == "reference":
-        s += "This is the reference gate: its weights are detached and get no gradient, so any change comes from the features."
+        s += (
+            "This is the reference gate: its weights are detached and get no gradient, "
+            "so any change comes from the features."
+        )
     return s
 
 
@@ -237,8 +243,8 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
         rep = run.evaluation()
         page.figure(
             figures.confusion(rep["confusion_matrix"], rep["classes"], fd / f"{prefix}confusion.png"),
-            f"Checkpoint <code>{_e(run.checkpoint)}</code> (epoch {rep['epoch'] + 1}), {rep['num_test']} test "
-            f"images, top-1 {rep['top1']:.2f}%.",
+            f"Checkpoint <code>{_e(run.checkpoint)}</code> (epoch {rep['epoch'] + 1}), "
+            f"{rep['num_test']} test images, top-1 {rep['top1']:.2f}%.",
             "confusion matrix",
         )
 
@@ -277,8 +283,8 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
                     g["layer"],
                     fd / f"{prefix}gradcam.png",
                 ),
-                f"Stage <code>{_e(g['layer'])}</code>; middle row: evidence for the true class, bottom: for the "
-                "predicted class (the same when the prediction is right).",
+                f"Stage <code>{_e(g['layer'])}</code>; middle row: evidence for the true class, "
+                "bottom: for the predicted class (the same when the prediction is right).",
                 "Grad-CAM",
             )
 
@@ -326,7 +332,8 @@ def render_report(
     layer: str | None = None,
     log=print,
 ) -> Path:
-    """Write report.html (+ report/*.png) into the run directory, or into `out` (required for several runs)."""
+    """Write report.html (+ report/*.png) into the run directory, or into `out` (required for several
+    runs)."""
     runs = [Run(Path(p), checkpoint) for p in run_dirs]
     if not runs:
         raise rundir.RunDirError("name at least one run directory")

@@ -109,7 +109,8 @@ _LOOKED_FOR = {
     "cifar-10-jpg.tar.gz or cifar-10-python.tar.gz",
     "cifar100": "cifar-100-python/, cifar-100-jpg/{train,test}/<class>/, {train,test}/<class>/ or "
     "cifar-100-python.tar.gz",
-    "tiny-imagenet": f"{TINY_FOLDER}/ (train/<wnid>/images/, val/val_annotations.txt) or one of {TINY_ARCHIVES}",
+    "tiny-imagenet": f"{TINY_FOLDER}/ (train/<wnid>/images/, val/val_annotations.txt) "
+    f"or one of {TINY_ARCHIVES}",
     "fashion-mnist": "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
     "t10k-labels-idx1-ubyte.gz (directly or under fashion-mnist/)",
     "folder": "{train,test}/<class>/<image>, or a .tar.gz/.zip archive holding that tree",

@@ -14,7 +14,6 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -26,7 +25,7 @@ IMAGE_EXTS = frozenset(
 )
 CHUNK = 1024  # images per task: big enough to amortise pickling, small enough to balance load
 
-Payload = Union[bytes, str, os.PathLike]
+Payload = bytes | str | os.PathLike
 
 
 def is_image_name(name: str) -> bool:

@@ -58,12 +58,12 @@ def filter_bank(m: int, n: int, J: int = 2, L: int = 8) -> tuple[Tensor, Tensor]
     psi = torch.zeros(J, L, m, n, dtype=torch.float64)
     for j in range(J):
         sigma, xi = 0.8 * 2**j, 3 * math.pi / 4 / 2**j
-        for l in range(L):
-            theta = math.pi * l / L
+        for orient in range(L):
+            theta = math.pi * orient / L
             cx, cy = xi * math.cos(theta), xi * math.sin(theta)
             gabor = _gaussian_hat(wx - cx, wy - cy, sigma, theta, 4 / L)
             envelope = _gaussian_hat(wx, wy, sigma, theta, 4 / L)
-            psi[j, l] = gabor - gabor[0, 0] / envelope[0, 0] * envelope  # Morlet: the mean removed
+            psi[j, orient] = gabor - gabor[0, 0] / envelope[0, 0] * envelope  # Morlet: the mean removed
     return phi.float(), psi.float()
 
 
