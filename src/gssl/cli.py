@@ -60,15 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run `gssl COMMAND --help` for each command's options and examples.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    fmt = argparse.RawDescriptionHelpFormatter
 
-    t = sub.add_parser(
-        "train",
-        help="train a model from a preset or config",
-        epilog=EXAMPLES_TRAIN,
-        formatter_class=fmt,
-        description="Train a model. Configuration: defaults <- --preset (or --config) <- --set overrides.",
-    )
+    t = _command(sub, "train")
     src = t.add_mutually_exclusive_group()
     src.add_argument("--preset", help="a named preset (see `gssl presets`)")
     src.add_argument(
@@ -91,71 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
-    e = sub.add_parser(
-        "eval",
-        help="evaluate a run's checkpoint on the test set",
-        epilog=EXAMPLES_EVAL,
-        formatter_class=fmt,
-        description="Top-1/top-5, per-class and many/medium/few-shot accuracy "
-        "and the confusion matrix, written to RUN_DIR/eval-<checkpoint>.json and printed.",
-    )
-    e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument(
-        "--checkpoint",
-        choices=["last", "best"],
-        default="last",
-        help="'last' (final epoch, default) or 'best' (chosen on the test set)",
-    )
-    e.add_argument("--json", action="store_true", help="print the full JSON report")
-    e.add_argument(
-        "--attack",
-        choices=["pgd", "fgsm"],
-        help="also report accuracy under this L-inf attack (pixel space [0, 1], model in eval mode)",
-    )
-    e.add_argument("--eps", default="8/255", help="attack radius, a number or fraction (default 8/255)")
-    e.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    e.add_argument("--step-size", default="2/255", help="PGD step size (default 2/255)")
-    e.add_argument("--no-random-start", action="store_true", help="PGD from the clean image")
-    e.add_argument(
-        "--protocol",
-        choices=["classifier", "linear", "knn"],
-        help="the run's classifier (default), or a "
-        "linear probe / k-NN on the frozen backbone's features (default for contrastive runs: linear)",
-    )
-    e.add_argument(
-        "--knn-k", type=int, help="neighbours for --protocol knn (default: the run's contrastive.knn_k)"
-    )
-    e.add_argument(
-        "--linear-epochs",
-        type=int,
-        help="epochs of the linear probe (default: the run's contrastive.linear_epochs, or 100)",
-    )
+    _eval_parser(sub)
 
-    pr = sub.add_parser(
-        "presets",
-        help="list the presets",
-        epilog=EXAMPLES_PRESETS,
-        formatter_class=fmt,
-        description="The paper's protocols (Table 1, Table 2) and a quickstart.",
-    )
+    pr = _command(sub, "presets")
     pr.add_argument("--show", metavar="NAME", help="print the preset's full configuration as YAML")
     pr.add_argument("--keys", action="store_true", help="list every configuration key")
 
-    d = sub.add_parser(
-        "data",
-        help="describe, prepare or download datasets",
-        epilog=EXAMPLES_DATA,
-        formatter_class=fmt,
-        description="Datasets: cifar10, cifar100, tiny-imagenet, fashion-mnist, folder.",
-    )
+    d = _command(sub, "data")
     d.add_argument("action", choices=["describe", "prepare", "download"])
     d.add_argument("name", help="dataset name")
     d.add_argument(
         "--root", help="dataset location (folder or archive); default $GSSL_DATA or the dataset's default"
     )
     d.add_argument("--dest", default="data", help="download destination folder (default ./data)")
-    _analysis_parsers(sub, fmt)
-    _sweep_parsers(sub, fmt)
+    _analysis_parsers(sub)
+    _sweep_parsers(sub)
     return p
 
 
@@ -346,29 +289,13 @@ def _data(args) -> int:
 # --- report and analyze (gssl.analysis; needs matplotlib and scikit-learn: the `analysis` extra) ---
 
 
-def _analysis_parsers(sub, fmt) -> None:
-    r = sub.add_parser(
-        "report",
-        help="write an HTML report of one or several runs",
-        epilog=EXAMPLES_REPORT,
-        formatter_class=fmt,
-        description="Learning curves, gate weights per task, per-class accuracy "
-        "against class size, confusion matrix, t-SNE of features, Grad-CAM and the pretext tasks, in a "
-        "self-contained report.html (figures embedded; also written as PNGs to report/ beside it). "
-        "One run: written into RUN_DIR. Several: overlaid curves and a summary table, into --out.",
-    )
+def _analysis_parsers(sub) -> None:
+    r = _command(sub, "report")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     r.add_argument("--out", metavar="DIR", help="where to write report.html (required for several runs)")
     r.add_argument("--no-tsne", dest="tsne", action="store_false", help="leave out the t-SNE figure")
     r.add_argument("--no-gradcam", dest="gradcam", action="store_false", help="leave out the Grad-CAM figure")
-    a = sub.add_parser(
-        "analyze",
-        help="just the Grad-CAM and/or t-SNE figures of a run",
-        epilog=EXAMPLES_ANALYZE,
-        formatter_class=fmt,
-        description="Write RUN_DIR/analysis/gradcam-<checkpoint>-<layer>.png "
-        "and tsne-<checkpoint>.png. With neither --gradcam nor --tsne, both.",
-    )
+    a = _command(sub, "analyze")
     a.add_argument("run_dir", metavar="RUN_DIR")
     a.add_argument(
         "--gradcam", action="store_true", help="Grad-CAM heatmaps for the true and predicted class"
@@ -478,15 +405,107 @@ EXAMPLES_TABLE = """examples:
 """
 
 
-def _sweep_parsers(sub, fmt) -> None:
-    s = sub.add_parser(
-        "sweep",
-        help="run a grid of presets x seeds x overrides",
-        epilog=EXAMPLES_SWEEP,
-        formatter_class=fmt,
-        description="Run every (run, seed) of a sweep file or of --preset x "
+# each subcommand: (one-line help, description, examples)
+COMMANDS = {
+    "train": (
+        "train a model from a preset or config",
+        "Train a model. Configuration: defaults <- --preset (or --config) <- --set overrides.",
+        EXAMPLES_TRAIN,
+    ),
+    "presets": (
+        "list the presets",
+        "The paper's protocols (Table 1, Table 2) and a quickstart.",
+        EXAMPLES_PRESETS,
+    ),
+    "data": (
+        "describe, prepare or download datasets",
+        "Datasets: cifar10, cifar100, tiny-imagenet, fashion-mnist, folder.",
+        EXAMPLES_DATA,
+    ),
+    "report": (
+        "write an HTML report of one or several runs",
+        "Learning curves, gate weights per task, per-class accuracy "
+        "against class size, confusion matrix, t-SNE of features, Grad-CAM and the pretext tasks, in a "
+        "self-contained report.html (figures embedded; also written as PNGs to report/ beside it). "
+        "One run: written into RUN_DIR. Several: overlaid curves and a summary table, into --out.",
+        EXAMPLES_REPORT,
+    ),
+    "analyze": (
+        "just the Grad-CAM and/or t-SNE figures of a run",
+        "Write RUN_DIR/analysis/gradcam-<checkpoint>-<layer>.png "
+        "and tsne-<checkpoint>.png. With neither --gradcam nor --tsne, both.",
+        EXAMPLES_ANALYZE,
+    ),
+    "eval": (
+        "evaluate a run's checkpoint on the test set",
+        "Top-1/top-5, per-class and many/medium/few-shot accuracy "
+        "and the confusion matrix, written to RUN_DIR/eval-<checkpoint>.json and printed.",
+        EXAMPLES_EVAL,
+    ),
+    "sweep": (
+        "run a grid of presets x seeds x overrides",
+        "Run every (run, seed) of a sweep file or of --preset x "
         "--seeds into OUT/<name>/seed<k>: finished runs are skipped, interrupted ones resumed.",
+        EXAMPLES_SWEEP,
+    ),
+    "table": (
+        "results of runs as a Markdown (and CSV) table",
+        "Group runs by method and setting: mean +- std over "
+        "seeds, the paper's number, the paired difference against the baseline row.",
+        EXAMPLES_TABLE,
+    ),
+}
+
+
+def _command(sub, name: str) -> argparse.ArgumentParser:
+    """A subcommand's parser, with its one-line help, description and examples from COMMANDS."""
+    help_text, description, examples = COMMANDS[name]
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _eval_parser(sub) -> None:
+    e = _command(sub, "eval")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="'last' (final epoch, default) or 'best' (chosen on the test set)",
+    )
+    e.add_argument("--json", action="store_true", help="print the full JSON report")
+    e.add_argument(
+        "--attack",
+        choices=["pgd", "fgsm"],
+        help="also report accuracy under this L-inf attack (pixel space [0, 1], model in eval mode)",
+    )
+    e.add_argument("--eps", default="8/255", help="attack radius, a number or fraction (default 8/255)")
+    e.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    e.add_argument("--step-size", default="2/255", help="PGD step size (default 2/255)")
+    e.add_argument("--no-random-start", action="store_true", help="PGD from the clean image")
+    e.add_argument(
+        "--protocol",
+        choices=["classifier", "linear", "knn"],
+        help="the run's classifier (default), or a "
+        "linear probe / k-NN on the frozen backbone's features (default for contrastive runs: linear)",
+    )
+    e.add_argument(
+        "--knn-k", type=int, help="neighbours for --protocol knn (default: the run's contrastive.knn_k)"
+    )
+    e.add_argument(
+        "--linear-epochs",
+        type=int,
+        help="epochs of the linear probe (default: the run's contrastive.linear_epochs, or 100)",
+    )
+
+
+def _sweep_parsers(sub) -> None:
+    s = _command(sub, "sweep")
     s.add_argument("file", nargs="?", metavar="SWEEP.yaml", help="a sweep file (out, seeds, set, runs)")
     s.add_argument(
         "--preset", dest="presets", action="append", default=[], help="a preset to run (repeatable)"
@@ -518,14 +537,7 @@ def _sweep_parsers(sub, fmt) -> None:
     )
     s.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
 
-    t = sub.add_parser(
-        "table",
-        help="results of runs as a Markdown (and CSV) table",
-        epilog=EXAMPLES_TABLE,
-        formatter_class=fmt,
-        description="Group runs by method and setting: mean +- std over "
-        "seeds, the paper's number, the paired difference against the baseline row.",
-    )
+    t = _command(sub, "table")
     t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
     t.add_argument(
         "--metric",

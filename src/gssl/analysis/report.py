@@ -192,7 +192,18 @@ def _guard(page: Page, what: str, fn):
 
 
 def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) -> None:
-    h = f"h{level}"
+    """One run's sections: what its records show, then what needs its checkpoint."""
+    _record_sections(page, run, prefix, f"h{level}")
+    if not run.has_checkpoint:
+        page.note(
+            f"No checkpoint at {_e(run.checkpoint_path)}: confusion matrix, t-SNE and Grad-CAM need one."
+        )
+        return
+    _checkpoint_sections(page, run, prefix, opts, f"h{level}")
+
+
+def _record_sections(page: Page, run: Run, prefix: str, h: str) -> None:
+    """Learning curves, gate weights and per-class accuracy, from metrics.jsonl and summary.json."""
     fd = page.fig_dir
     rows, s = run.rows, run.summary
     page.add(f"<{h}>Learning curves</{h}>")
@@ -232,84 +243,69 @@ def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) 
 
     _guard(page, "Per-class accuracy", per_class)
 
-    if not run.has_checkpoint:
-        page.note(
-            f"No checkpoint at {_e(run.checkpoint_path)}: confusion matrix, t-SNE and Grad-CAM need one."
-        )
-        return
-    page.add(f"<{h}>Confusion matrix</{h}>")
 
-    def confusion():
-        rep = run.evaluation()
-        page.figure(
-            figures.confusion(rep["confusion_matrix"], rep["classes"], fd / f"{prefix}confusion.png"),
-            f"Checkpoint <code>{_e(run.checkpoint)}</code> (epoch {rep['epoch'] + 1}), "
-            f"{rep['num_test']} test images, top-1 {rep['top1']:.2f}%.",
-            "confusion matrix",
-        )
+def _checkpoint_sections(page: Page, run: Run, prefix: str, opts: dict, h: str) -> None:
+    """Confusion matrix, t-SNE, Grad-CAM and the pretext examples, from the rebuilt model."""
+    sections = [
+        ("Confusion matrix", "Confusion matrix", True, _confusion),
+        ("t-SNE of pooled features", "t-SNE", opts["tsne"], _tsne),
+        ("Grad-CAM", "Grad-CAM", opts["gradcam"], _gradcam),
+        ("Pretext tasks", "Pretext tasks", bool(run.tasks()), _pretext_examples),
+    ]
 
-    _guard(page, "Confusion matrix", confusion)
+    def figure_path(name: str) -> Path:
+        return page.fig_dir / f"{prefix}{name}"
 
-    if opts["tsne"]:
-        page.add(f"<{h}>t-SNE of pooled features</{h}>")
+    for title, what, wanted, section in sections:
+        if wanted:
+            page.add(f"<{h}>{title}</{h}>")
+            _guard(page, what, lambda section=section: section(page, run, figure_path, opts))
 
-        def tsne():
-            t = tsne_of_run(run, opts["max_images"], log=opts["log"])
-            page.figure(
-                figures.tsne_scatter(
-                    t["embedding"], t["labels"], t["preds"], run.classes(), fd / f"{prefix}tsne.png"
-                ),
-                f"Backbone features of {len(t['labels'])} test images (balanced over classes), perplexity "
-                f"{min(50, len(t['labels']) - 1)}, checkpoint epoch {t['epoch'] + 1}"
-                f"{' (from the cache)' if t['cached'] else ''}.",
-                "t-SNE",
-            )
 
-        _guard(page, "t-SNE", tsne)
+def _confusion(page: Page, run: Run, figure_path, opts: dict) -> None:
+    rep = run.evaluation()
+    page.figure(
+        figures.confusion(rep["confusion_matrix"], rep["classes"], figure_path("confusion.png")),
+        f"Checkpoint <code>{_e(run.checkpoint)}</code> (epoch {rep['epoch'] + 1}), "
+        f"{rep['num_test']} test images, top-1 {rep['top1']:.2f}%.",
+        "confusion matrix",
+    )
 
-    if opts["gradcam"]:
-        page.add(f"<{h}>Grad-CAM</{h}>")
 
-        def gradcam():
-            g = gradcam_examples(run, opts["gradcam_images"], opts["layer"])
-            page.figure(
-                figures.gradcam_grid(
-                    g["images"],
-                    g["cam_true"],
-                    g["cam_pred"],
-                    g["labels"],
-                    g["preds"],
-                    g["classes"],
-                    g["layer"],
-                    fd / f"{prefix}gradcam.png",
-                ),
-                f"Stage <code>{_e(g['layer'])}</code>; middle row: evidence for the true class, "
-                "bottom: for the predicted class (the same when the prediction is right).",
-                "Grad-CAM",
-            )
+def _tsne(page: Page, run: Run, figure_path, opts: dict) -> None:
+    t = tsne_of_run(run, opts["max_images"], log=opts["log"])
+    page.figure(
+        figures.tsne_scatter(t["embedding"], t["labels"], t["preds"], run.classes(), figure_path("tsne.png")),
+        f"Backbone features of {len(t['labels'])} test images (balanced over classes), perplexity "
+        f"{min(50, len(t['labels']) - 1)}, checkpoint epoch {t['epoch'] + 1}"
+        f"{' (from the cache)' if t['cached'] else ''}.",
+        "t-SNE",
+    )
 
-        _guard(page, "Grad-CAM", gradcam)
 
-    if run.tasks():
-        page.add(f"<{h}>Pretext tasks</{h}>")
+def _gradcam(page: Page, run: Run, figure_path, opts: dict) -> None:
+    g = gradcam_examples(run, opts["gradcam_images"], opts["layer"])
+    cams = [g[key] for key in ("images", "cam_true", "cam_pred", "labels", "preds", "classes", "layer")]
+    page.figure(
+        figures.gradcam_grid(*cams, figure_path("gradcam.png")),
+        f"Stage <code>{_e(g['layer'])}</code>; middle row: evidence for the true class, "
+        "bottom: for the predicted class (the same when the prediction is right).",
+        "Grad-CAM",
+    )
 
-        def pretext():
-            imgs = sample_test_images(run, 4)
-            note = (
-                "greyscale images: the channel permutation changes nothing visible"
-                if ("channel" in run.tasks() and is_greyscale(imgs))
-                else ""
-            )
-            page.figure(
-                figures.pretext_grid(
-                    pretext_rows(imgs, run.tasks(), run.cfg.ssl.flip_axis), fd / f"{prefix}pretext.png", note
-                ),
-                "Test images with each task's transformation alone and with its label, then all tasks "
-                "together as training applies them; outlined: the transformed region.",
-                "pretext tasks",
-            )
 
-        _guard(page, "Pretext tasks", pretext)
+def _pretext_examples(page: Page, run: Run, figure_path, opts: dict) -> None:
+    imgs = sample_test_images(run, 4)
+    greyscale = "channel" in run.tasks() and is_greyscale(imgs)
+    note = "greyscale images: the channel permutation changes nothing visible" if greyscale else ""
+    page.figure(
+        figures.pretext_grid(
+            pretext_rows(imgs, run.tasks(), run.cfg.ssl.flip_axis), figure_path("pretext.png"), note
+        ),
+        "Test images with each task's transformation alone and with its label, then all tasks "
+        "together as training applies them; outlined: the transformed region.",
+        "pretext tasks",
+    )
 
 
 def _header(runs: list[Run], checkpoint: str) -> str:
