@@ -76,8 +76,7 @@ def test_real_cifar10_long_tail(cifar10):
 
 
 @pytest.mark.skipif(
-    os.environ.get("GSSL_TEST_TINY") != "1" or not TINY.is_file(),
-    reason="opt-in (GSSL_TEST_TINY=1, about a minute on 2 cores) and needs the Tiny-ImageNet archive",
+    not TINY.is_file(), reason=f"needs the Tiny-ImageNet archive ({TINY}; CI points GSSL_SHARED_DATA at it)"
 )
 def test_real_tiny_imagenet(real_cache):
     train = load_dataset("tiny-imagenet", TINY, "train", cache_dir=real_cache)
