@@ -131,3 +131,53 @@ def test_adversarial_training_end_to_end_and_eval_attack_cli(fake_cifar10, tmp_p
     assert "--eps: expected a number" in capsys.readouterr().err
     assert main(["eval", str(run), "--attack", "pgd", "--eps", "3"]) == 2
     assert "eps 3" in capsys.readouterr().err
+
+
+def test_the_training_loop_steps_on_attacked_batches(fake_cifar10, tmp_path):
+    """The adversarial wrapper's prepare() hands the step a perturbed batch (within eps in pixel space), and
+    a run with the attack ends with other weights than the same run without it."""
+    from gssl import engine, scenarios
+    from gssl.config import parse_set
+    from gssl.distributed import Dist
+    from gssl.presets import resolve
+
+    sets = [
+        f"data.root={fake_cifar10}",
+        "adv.attack=pgd",
+        "adv.steps=2",
+        "adv.eps=8/255",
+        "optim.batch_size=16",
+        "model.backbone=resnet8",
+        "data.normalize=symmetric",
+        "compile=false",
+        "data.imbalance=0.5",
+    ]
+    cfg = resolve("cifar10-lt0.01-gated-triple", sets=[parse_set(s) for s in sets])
+    ctx = engine.build_context(cfg, tmp_path / "run", Dist(), "cpu", quiet=True)
+    scenario = scenarios.build(ctx)
+    assert type(scenario).__name__ == "Adversarial"
+    batches, _ = scenario.batches(0)
+    x, y = next(iter(batches))
+    attacked, y_out, _, _ = scenario.prepare(x, y, torch.Generator().manual_seed(0), 0, 0)
+    gap = (attacked - x) * 0.5  # symmetric normalisation: pixel = 0.5 * x + 0.5
+    assert torch.equal(y_out, y) and gap.abs().max() > 1 / 255
+    assert gap.abs().max() <= 8 / 255 + 1e-6
+
+    clean = train_tiny_run(fake_cifar10, tmp_path / "clean", 1, "data.normalize=symmetric")
+    attacked_run = train_tiny_run(
+        fake_cifar10,
+        tmp_path / "adv",
+        1,
+        "adv.attack=pgd",
+        "adv.steps=2",
+        "adv.eval_steps=0",
+        "adv.eps=8/255",
+        "data.normalize=symmetric",
+    )
+    weights = [
+        torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+        for run in (clean, attacked_run)
+    ]
+    assert any(
+        not torch.equal(weights[0][k], weights[1][k]) for k in weights[0] if weights[0][k].is_floating_point()
+    )

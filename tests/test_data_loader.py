@@ -160,7 +160,9 @@ def test_loader_determinism_and_resume():
 def test_epoch_seed_mixes():
     seeds = {epoch_seed(s, e) for s in range(5) for e in range(50)}
     assert len(seeds) == 250 and all(0 <= v < 2**63 for v in seeds)
-    assert epoch_seed(0, 3) == epoch_seed(0, 3) and epoch_seed(-1, 0) != epoch_seed(1, 0)
+    # pinned: a change of the mixing would silently change every run's sample order and augmentations
+    assert epoch_seed(0, 3) == 426229271328196471 and epoch_seed(7, 0) == 4474668370826950401
+    assert epoch_seed(-1, 0) != epoch_seed(1, 0)
 
 
 def test_loader_accepts_numpy_and_validates():
