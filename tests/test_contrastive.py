@@ -168,7 +168,10 @@ def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar1
         assert r["gate_rotation"] + r["gate_jigsaw"] == pytest.approx(1, abs=1e-4) and r["ssl_jigsaw"] > 0
     s = json.loads((run / "summary.json").read_text())
     assert s["test_acc_protocol"].startswith("linear probe (5 epochs)") and 0 <= s["knn_test_acc"] <= 100
-    assert s["test_acc"] > 10  # the fake classes are tinted: even 2 epochs' features separate some
+    # On the tinted fake classes an untrained backbone already scores high (k-NN near 100%), so no test
+    # accuracy floor tells training from no training here; the objective itself must have moved:
+    assert rows[1]["contrastive_loss"] < rows[0]["contrastive_loss"]
+    assert rows[1]["train_acc"] > rows[0]["train_acc"]  # positives found as nearest neighbours more often
     from gssl.analysis.report import summary_rows
     from gssl.analysis.run import Run
 
