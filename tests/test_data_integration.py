@@ -85,3 +85,27 @@ def test_real_tiny_imagenet(real_cache):
     assert (
         len(train.classes) == 200 and set(train.class_counts()) == {500} and set(test.class_counts()) == {50}
     )
+
+
+@needs_cifar
+def test_gssl_data_describe_and_prepare_on_the_real_archive(tmp_path, monkeypatch, capsys):
+    import json
+
+    from gssl.cli import main
+
+    monkeypatch.setenv("GSSL_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "describe", "cifar10", "--root", str(CIFAR_JPG)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["splits"]["train"]["per_class"] == [5000] * 10
+    assert described["splits"]["test"]["per_class"] == [1000] * 10 and described["classes"] == CIFAR10_CLASSES
+    assert main(["data", "prepare", "cifar10", "--root", str(CIFAR_JPG)]) == 0
+    assert "cifar10 train: 50000 images (3, 32, 32), 10 classes" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("*.npy"))) >= 2  # both splits decoded into the cache
+
+
+def test_gssl_data_download_of_a_dataset_without_a_source_is_refused(tmp_path, capsys):
+    from gssl.cli import main
+
+    assert main(["data", "download", "folder", "--dest", str(tmp_path / "d")]) == 2
+    assert "no download source for 'folder'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
