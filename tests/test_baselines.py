@@ -2,54 +2,94 @@
 method overlay, end to end at toy scale; SLA's aggregated inference and SSP's weight transfer on their own."""
 
 import json
+import math
 
 import pytest
 import torch
 
-from conftest import train_tiny_run
+from conftest import TWO_EPOCHS_EVERY_EVENT, initial_weights, train_tiny_run
+from gssl import metrics
+from gssl.cli import main
+from gssl.config import flatten, load_yaml
 from gssl.data import DeviceLoader
 from gssl.losses import build_loss
 from gssl.models import build_backbone
-from gssl.presets import BASELINES, METHODS
+from gssl.presets import BASELINES, METHODS, resolve
 from gssl.sla import SLASD, aggregate, expand, joint_labels
 from gssl.ssp import pretrain_rotation
 
+# what defines a method in its preset; the run must keep all of it (only the scale is the test's)
+METHOD_KEYS = (
+    "method",
+    "ssl.tasks",
+    "ssl.gate",
+    "ssl.ratio",
+    "loss.name",
+    "model.head",
+    "sla.transform",
+    "pretrain.lr",
+)
 
-def _toy_sets(method: str) -> list[str]:
-    """The tiny run's preset is the gated triple; re-point it at `method`'s overlay."""
-    sets = {
-        "ssp": ["ssl.tasks=[]", "ssl.gate=none", "pretrain.epochs=1"],
-        "sla-sd": ["ssl.tasks=[]", "ssl.gate=none", "sla.transform=rotation"],
-        "sla-sd-channel": ["ssl.tasks=[]", "ssl.gate=none", "sla.transform=channel"],
-        "lorot-i": ["ssl.tasks=[lorot_i]", "ssl.gate=uniform"],
-        "erm": ["ssl.tasks=[]", "ssl.gate=none", "loss.name=ce", "loss.drw_epoch=null", "model.head=linear"],
-        "baseline": ["ssl.tasks=[]", "ssl.gate=none"],
-    }
-    return sets.get(method, [])
+
+def _untrained_test_acc(run) -> float:
+    """The test accuracy of the run's own initial weights: the floor training must clear."""
+    from gssl.evaluation import load_run
+
+    loaded = load_run(run, "last")
+    loaded.model.load_state_dict(initial_weights(run))
+    loader = DeviceLoader(
+        loaded.data.test.images,
+        loaded.data.test.labels,
+        512,
+        mean=loaded.data.mean,
+        std=loaded.data.std,
+        crop_padding=0,
+        hflip=False,
+        shuffle=False,
+    )
+    logits, labels = metrics.predict(loaded.model.eval(), loader, "cpu")
+    return metrics.top1(logits, labels)
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) | set(BASELINES)))
-def test_every_method_trains_end_to_end(fake_cifar10, tmp_path, method):
-    from gssl.presets import preset_dict
-
-    overlay = preset_dict(f"cifar10-lt0.01-{'ldam-drw' if method == 'baseline' else method}")
-    sets = _toy_sets(method) or [
-        f"ssl.tasks=[{','.join(overlay['ssl']['tasks'])}]",
-        f"ssl.gate={overlay['ssl']['gate']}",
+def test_every_method_trains_end_to_end_from_its_real_preset(fake_cifar10, tmp_path, method):
+    preset = f"cifar10-lt0.01-{'ldam-drw' if method == 'baseline' else method}"
+    out = tmp_path / method
+    argv = [
+        "train",
+        "--preset",
+        preset,
+        "--set",
+        f"data.root={fake_cifar10}",
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "pretrain.epochs=1" if method == "ssp" else "compile=false",
     ]
-    run = train_tiny_run(fake_cifar10, tmp_path / method, 1, *sets)
-    summary = json.loads((run / "summary.json").read_text())
-    assert 0 <= summary["test_acc"] <= 100 and summary["epochs"] == 1
-    row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    assert all(torch.isfinite(torch.tensor(v)) for k, v in row.items() if isinstance(v, float))
+    for item in TWO_EPOCHS_EVERY_EVENT:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    saved = flatten(load_yaml(out / "config.yaml"))
+    wanted = flatten(resolve(preset).to_dict())
+    assert {k: saved.get(k, wanted[k]) for k in METHOD_KEYS} == {k: wanted[k] for k in METHOD_KEYS}
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(
+        math.isfinite(v) for row in rows for v in row.values() if isinstance(v, float)
+    )
+    untrained = _untrained_test_acc(out)
+    assert summary["test_acc"] > untrained, (summary["test_acc"], untrained)
     if method.startswith("sla-sd"):
-        assert "aggregated_test_acc" in summary and "sla_joint" in row and "sla_agg_train_acc" in row
+        assert (
+            "aggregated_test_acc" in summary and "sla_joint" in rows[-1] and "sla_agg_train_acc" in rows[-1]
+        )
     if method == "ssp":
-        assert (run / "checkpoints" / "pretrain.pt").is_file() and summary[
+        assert (out / "checkpoints" / "pretrain.pt").is_file() and summary[
             "pretrain_rotation_acc"
         ] is not None
     if method == "lorot-i":
-        assert "ssl_lorot_i" in row and row["gate_lorot_i"] == 1.0
+        assert "ssl_lorot_i" in rows[-1] and rows[-1]["gate_lorot_i"] == 1.0
 
 
 @pytest.mark.parametrize("gate", ["reference", "learned", "uniform"])
