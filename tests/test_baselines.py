@@ -98,6 +98,17 @@ def test_gated_rows_take_every_gate_mode(fake_cifar10, tmp_path, gate):
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     weights = [row[f"gate_{t}"] for t in ("lorot", "flip", "channel")]
     assert sum(weights) == pytest.approx(3.0 if gate == "uniform" else 1.0, abs=1e-4)
+    trained = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    initial = initial_weights(run)
+    gate_params = [k for k in trained if k.startswith("pretext.gate.linear.")]
+    if gate == "uniform":
+        assert gate_params == []  # nothing to learn
+    elif gate == "reference":  # the authors' gate is cut from the graph: it never moves from its init
+        assert gate_params and all(torch.equal(trained[k], initial[k]) for k in gate_params)
+        assert len(set(round(w, 4) for w in weights)) == 3  # and its random init weighs the tasks unevenly
+    else:  # the learned gate starts uniform (zero weights) and learns
+        assert all(not initial[k].any() for k in gate_params)
+        assert any(trained[k].abs().max() > 1e-4 for k in gate_params)
 
 
 # --- SLA-SD -------------------------------------------------------------------------------------
