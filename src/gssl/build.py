@@ -59,13 +59,17 @@ def ordered_loader(split: ImageSet, data: Data, batch_size: int, device) -> Devi
 
 
 def build_data(cfg: Config) -> Data:
-    d = cfg.data
-    train = load_dataset(d.name, d.root, "train")
-    test = load_dataset(d.name, d.root, "test")
-    if d.max_per_class is not None:  # cap every class first (small, fast runs), keeping the protocol's order
-        train = train.subset(first_per_class(train.labels.numpy(), d.max_per_class))
-    if d.imbalance < 1:
-        train = train.subset(long_tail_indices(train.labels.numpy(), d.imbalance, d.profile, seed=0))
+    data_cfg = cfg.data
+    train = load_dataset(data_cfg.name, data_cfg.root, "train")
+    test = load_dataset(data_cfg.name, data_cfg.root, "test")
+    if (
+        data_cfg.max_per_class is not None
+    ):  # cap every class first (small, fast runs), keeping the protocol's order
+        train = train.subset(first_per_class(train.labels.numpy(), data_cfg.max_per_class))
+    if data_cfg.imbalance < 1:
+        train = train.subset(
+            long_tail_indices(train.labels.numpy(), data_cfg.imbalance, data_cfg.profile, seed=0)
+        )
     unlabeled = None
     if (
         cfg.semi.labels_per_class is not None
@@ -74,28 +78,32 @@ def build_data(cfg: Config) -> Data:
             train.labels.numpy(), cfg.semi.labels_per_class, cfg.semi.split_seed
         )
         train, unlabeled = train.subset(lab), train.subset(unl)
-    if d.test_limit is not None:  # balanced: the same number of test images from every class
-        test = test.subset(first_per_class(test.labels.numpy(), math.ceil(d.test_limit / len(test.classes))))
-    if d.to_rgb:
+    if data_cfg.test_limit is not None:  # balanced: the same number of test images from every class
+        test = test.subset(
+            first_per_class(test.labels.numpy(), math.ceil(data_cfg.test_limit / len(test.classes)))
+        )
+    if data_cfg.to_rgb:
         train, test = train.to_rgb(), test.to_rgb()
         unlabeled = unlabeled.to_rgb() if unlabeled is not None else None
     C = train.images.shape[1]
     mean, std = (
-        ((0.5,) * C, (0.5,) * C) if d.normalize == "symmetric" else mean_std(d.name, train, channels=C)
+        ((0.5,) * C, (0.5,) * C)
+        if data_cfg.normalize == "symmetric"
+        else mean_std(data_cfg.name, train, channels=C)
     )
     counts = torch.bincount(train.labels, minlength=len(train.classes)).tolist()
     empty = [name for name, n in zip(train.classes, counts) if n == 0]
     if empty:  # the losses (LDAM margins, DRW weights) need every class present
         names = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
-        if d.imbalance == 1:
+        if data_cfg.imbalance == 1:
             raise DataError(
-                f"{d.name}: no training images for {len(empty)} of {len(counts)} classes ({names})"
+                f"{data_cfg.name}: no training images for {len(empty)} of {len(counts)} classes ({names})"
             )
         raise ConfigError(
-            f"data.imbalance={d.imbalance}: the long tail leaves {len(empty)} of {len(counts)} classes "
-            f"with no training images ({names}), as the rarest class keeps int({max(counts)} x "
-            f"{d.imbalance}) images. Raise data.imbalance"
-            f"{' or data.max_per_class' if d.max_per_class else ''}, or use more images per class"
+            f"data.imbalance={data_cfg.imbalance}: the long tail leaves {len(empty)} of {len(counts)} "
+            f"classes with no training images ({names}), as the rarest class keeps int({max(counts)} x "
+            f"{data_cfg.imbalance}) images. Raise data.imbalance"
+            f"{' or data.max_per_class' if data_cfg.max_per_class else ''}, or use more images per class"
         )
     return Data(train, test, counts, tuple(mean), tuple(std), unlabeled)
 

@@ -90,13 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--show", metavar="NAME", help="print the preset's full configuration as YAML")
     pr.add_argument("--keys", action="store_true", help="list every configuration key")
 
-    d = _command(sub, "data")
-    d.add_argument("action", choices=["describe", "prepare", "download"])
-    d.add_argument("name", help="dataset name")
-    d.add_argument(
+    data_parser = _command(sub, "data")
+    data_parser.add_argument("action", choices=["describe", "prepare", "download"])
+    data_parser.add_argument("name", help="dataset name")
+    data_parser.add_argument(
         "--root", help="dataset location (folder or archive); default $GSSL_DATA or the dataset's default"
     )
-    d.add_argument("--dest", default="data", help="download destination folder (default ./data)")
+    data_parser.add_argument("--dest", default="data", help="download destination folder (default ./data)")
     _analysis_parsers(sub)
     _sweep_parsers(sub)
     return p

@@ -36,34 +36,34 @@ class Dist:
 def setup(device_name: str, timeout_s: int = 600) -> tuple[Dist, str]:
     """(Dist, device name for this rank). Joins the process group if torchrun started us."""
     if dist.is_available() and dist.is_initialized():
-        d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        ranks = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
         cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
         local = int(os.environ.get("LOCAL_RANK", 0))
         if cuda:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-        d = Dist(dist.get_rank(), dist.get_world_size(), local, owned=True)
+        ranks = Dist(dist.get_rank(), dist.get_world_size(), local, owned=True)
     else:
         return Dist(), device_name
     if device_name == "cpu" or (device_name == "auto" and not torch.cuda.is_available()):
-        return d, "cpu"
-    return d, f"cuda:{d.local_rank}"
+        return ranks, "cpu"
+    return ranks, f"cuda:{ranks.local_rank}"
 
 
-def teardown(d: Dist) -> None:
-    if d.owned and dist.is_initialized():
+def teardown(ranks: Dist) -> None:
+    if ranks.owned and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def barrier(d: Dist) -> None:
-    if d.enabled:
+def barrier(ranks: Dist) -> None:
+    if ranks.enabled:
         dist.barrier()
 
 
-def all_sum(d: Dist, values: dict[str, torch.Tensor], seen: int) -> tuple[dict[str, torch.Tensor], int]:
+def all_sum(ranks: Dist, values: dict[str, torch.Tensor], seen: int) -> tuple[dict[str, torch.Tensor], int]:
     """Sum the epoch's metric sums and sample count over ranks (one collective)."""
-    if not d.enabled:
+    if not ranks.enabled:
         return values, seen
     keys = list(values)  # the same order on every rank: the same code filled it
     device = values[keys[0]].device if keys else torch.device("cpu")
@@ -74,9 +74,9 @@ def all_sum(d: Dist, values: dict[str, torch.Tensor], seen: int) -> tuple[dict[s
     return {k: flat[i] for i, k in enumerate(keys)}, int(flat[-1].item())
 
 
-def check_same(d: Dist, what: str, values: list[float], device) -> None:
+def check_same(ranks: Dist, what: str, values: list[float], device) -> None:
     """Refuse to train if ranks disagree (e.g. class counts, hence LDAM margins and DRW weights)."""
-    if not d.enabled:
+    if not ranks.enabled:
         return
     t = torch.tensor(values, dtype=torch.float64, device=device)
     lo, hi = t.clone(), t.clone()
@@ -100,9 +100,9 @@ class StepModule(nn.Module):
         return self.loss_fn(self.model, *args)
 
 
-def convert_sync_bn(d: Dist, model: nn.Module, sync_bn: bool, device: torch.device) -> nn.Module:
+def convert_sync_bn(ranks: Dist, model: nn.Module, sync_bn: bool, device: torch.device) -> nn.Module:
     """The model with SyncBatchNorm under torchrun when asked (CUDA only), else as it is."""
-    if not (d.enabled and sync_bn):
+    if not (ranks.enabled and sync_bn):
         return model
     if device.type != "cuda":
         from .config import ConfigError
@@ -114,11 +114,11 @@ def convert_sync_bn(d: Dist, model: nn.Module, sync_bn: bool, device: torch.devi
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def step_module(d: Dist, model: nn.Module, loss_fn, device: torch.device) -> nn.Module:
+def step_module(ranks: Dist, model: nn.Module, loss_fn, device: torch.device) -> nn.Module:
     """StepModule(model, loss_fn), under torchrun inside DistributedDataParallel; the reference gate's
     parameters get no gradient (its output is detached), hence find_unused_parameters for that gate alone."""
     step = StepModule(model, loss_fn)
-    if not d.enabled:
+    if not ranks.enabled:
         return step
     return nn.parallel.DistributedDataParallel(
         step,
@@ -132,10 +132,10 @@ def _frozen_gate(model: nn.Module) -> bool:
     return pretext is not None and pretext.gate_mode == "reference"
 
 
-def global_params(d: Dist, model, x: torch.Tensor, gen: torch.Generator, size: int, start: int) -> dict:
+def global_params(ranks: Dist, model, x: torch.Tensor, gen: torch.Generator, size: int, start: int) -> dict:
     """Pretext parameters drawn for the whole global batch of `size` (as one process would draw them),
     then this rank's rows [start, start + len(x))."""
-    if not d.enabled:
+    if not ranks.enabled:
         return model.sample_params(x, gen)
     full = model.sample_params(x[:1].expand(size, *x.shape[1:]), gen)
     b = x.shape[0]

@@ -215,23 +215,23 @@ def check_jobs(jobs: list[Job]) -> list[Job]:
 def status(job: Job) -> str:
     """'done' (skip), 'resume', 'restart' (started, no checkpoint) or 'new'; ConfigError if the folder
     holds a run of another configuration (a sweep never overwrites a different run)."""
-    d = job.run_dir
-    if not d.exists():
+    run_dir = job.run_dir
+    if not run_dir.exists():
         return "new"
-    cfg_path = d / rundir.CONFIG
+    cfg_path = run_dir / rundir.CONFIG
     if not cfg_path.is_file():
-        raise ConfigError(f"{d} exists but is not a gssl run; move it away or choose another --out")
+        raise ConfigError(f"{run_dir} exists but is not a gssl run; move it away or choose another --out")
     # where the data lies is the machine's business: a record made from /work/shared/data is the same run
     # when a fresh checkout elsewhere points data.root at its own copy
     changed = [k for k in diff(from_dict(load_yaml(cfg_path)), job.resolved()) if k != "data.root"]
     if changed:
         raise ConfigError(
-            f"{d} holds a run with another configuration (differs in {', '.join(changed)}); "
+            f"{run_dir} holds a run with another configuration (differs in {', '.join(changed)}); "
             "move it away, or use another --out"
         )
-    if (d / rundir.SUMMARY).is_file():
+    if (run_dir / rundir.SUMMARY).is_file():
         return "done"
-    return "resume" if (d / rundir.CKPT_DIR / "last.pt").is_file() else "restart"
+    return "resume" if (run_dir / rundir.CKPT_DIR / "last.pt").is_file() else "restart"
 
 
 def run(

@@ -98,8 +98,8 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def setting_of(cfg: Config) -> str:
-    d = cfg.data
-    return d.name if d.imbalance == 1 else f"{d.name} {d.imbalance:g}"
+    data_cfg = cfg.data
+    return data_cfg.name if data_cfg.imbalance == 1 else f"{data_cfg.name} {data_cfg.imbalance:g}"
 
 
 def _method_diffs(cfg: Config) -> dict:
@@ -195,10 +195,11 @@ def _row_order(label: str):
 def paired(cell: Cell, base: Cell) -> tuple[float | None, float | None, int]:
     """Mean and standard deviation of (method - baseline) over the seeds both finished."""
     seeds = sorted(set(cell.accs) & set(base.accs))
-    d = [cell.accs[s] - base.accs[s] for s in seeds]
-    if not d:
+    differences = [cell.accs[s] - base.accs[s] for s in seeds]
+    if not differences:
         return None, None, 0
-    return statistics.fmean(d), statistics.stdev(d) if len(d) > 1 else None, len(d)
+    spread = statistics.stdev(differences) if len(differences) > 1 else None
+    return statistics.fmean(differences), spread, len(differences)
 
 
 def _fmt(mean, std, n=None) -> str:

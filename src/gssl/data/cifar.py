@@ -45,16 +45,16 @@ def _str(x: Any) -> str:
     return x.decode("latin1") if isinstance(x, (bytes, bytearray)) else str(x)
 
 
-def _get(d: Any, key: str, what: str) -> Any:
-    if not isinstance(d, dict):
+def _get(record: Any, key: str, what: str) -> Any:
+    if not isinstance(record, dict):
         raise DataError(
-            f"{what}: expected a pickled dict, found {type(d).__name__}; re-download the dataset."
+            f"{what}: expected a pickled dict, found {type(record).__name__}; re-download the dataset."
         )
     for k in (key, key.encode()):
-        if k in d:
-            return d[k]
+        if k in record:
+            return record[k]
     raise DataError(
-        f"{what}: no '{key}' entry (found {sorted(_str(k) for k in d)}); "
+        f"{what}: no '{key}' entry (found {sorted(_str(k) for k in record)}); "
         "this is not a CIFAR batch of the expected kind. Re-download the dataset."
     )
 
@@ -93,9 +93,9 @@ def _parse(name: str, split: str, read: Callable[[str], Any], where: str) -> Ima
     return ImageSet(np.concatenate(images), np.concatenate(labels), classes, where)
 
 
-def read_pickle_dir(name: str, d: Path, split: str) -> ImageSet:
+def read_pickle_dir(name: str, folder: Path, split: str) -> ImageSet:
     def read(fname: str) -> Any:
-        p = d / fname
+        p = folder / fname
         if not p.is_file():
             raise DataError(
                 f"missing '{p}': a {LAYOUT[name][0]}/ folder holds "
@@ -105,7 +105,7 @@ def read_pickle_dir(name: str, d: Path, split: str) -> ImageSet:
         with open(p, "rb") as fh:
             return safe_load(fh, str(p))
 
-    return _parse(name, split, read, str(d))
+    return _parse(name, split, read, str(folder))
 
 
 def read_pickle_archive(name: str, archive: Path) -> dict[str, ImageSet]:

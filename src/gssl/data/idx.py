@@ -40,10 +40,10 @@ HOW = (
 )
 
 
-def _find(d: Path, stem: str) -> Path | None:
+def _find(folder: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
-        if (d / name).is_file():
-            return d / name
+        if (folder / name).is_file():
+            return folder / name
     return None
 
 
@@ -74,11 +74,11 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return data.reshape(shape)
 
 
-def read_fashion_mnist(d: Path, split: str) -> ImageSet:
+def read_fashion_mnist(folder: Path, split: str) -> ImageSet:
     img_stem, lab_stem = FILES[split]
-    img_path, lab_path = _find(d, img_stem), _find(d, lab_stem)
+    img_path, lab_path = _find(folder, img_stem), _find(folder, lab_stem)
     if img_path is None or lab_path is None:
-        raise DataError(f"'{d}' lacks the {split} files {img_stem}.gz / {lab_stem}.gz; {HOW}.")
+        raise DataError(f"'{folder}' lacks the {split} files {img_stem}.gz / {lab_stem}.gz; {HOW}.")
     images = read_idx(img_path, 3)
     labels = read_idx(lab_path, 1).astype(np.int64)
     if len(images) != len(labels):
@@ -86,4 +86,4 @@ def read_fashion_mnist(d: Path, split: str) -> ImageSet:
             f"'{img_path.name}' holds {len(images)} images but '{lab_path.name}' {len(labels)} "
             f"labels; expected equal counts (files from different versions?). {HOW}."
         )
-    return ImageSet(images[:, None].copy(), labels, list(FASHION_CLASSES), str(d))
+    return ImageSet(images[:, None].copy(), labels, list(FASHION_CLASSES), str(folder))

@@ -93,8 +93,8 @@ def _build(
     return out
 
 
-def read_tiny_dir(d: Path) -> dict[str, ImageSet]:
-    train_dir = d / "train"
+def read_tiny_dir(folder: Path) -> dict[str, ImageSet]:
+    train_dir = folder / "train"
     train = []
     for wdir in sorted(p for p in train_dir.iterdir() if p.is_dir()):
         img_dir = wdir / "images"
@@ -102,14 +102,14 @@ def read_tiny_dir(d: Path) -> dict[str, ImageSet]:
         if not imgs:
             raise DataError(f"class folder '{img_dir}' holds no images; {HOW}.")
         train += [(wdir.name, str(p)) for p in imgs]
-    ann_path = d / "val" / "val_annotations.txt"
+    ann_path = folder / "val" / "val_annotations.txt"
     if not ann_path.is_file():
         raise DataError(f"missing '{ann_path}'; {HOW}.")
     annotations = _parse_annotations(ann_path.read_text(), str(ann_path))
-    val_dir = d / "val" / "images"
+    val_dir = folder / "val" / "images"
     val = sorted(str(p) for p in val_dir.iterdir() if is_image_name(p.name)) if val_dir.is_dir() else []
     arrays = decode_all([(n, n) for _, n in train] + [(n, n) for n in val], rgb=True)
-    return _build(train, val, annotations, arrays, str(d))
+    return _build(train, val, annotations, arrays, str(folder))
 
 
 def read_tiny_archive(archive: Path) -> dict[str, ImageSet]:
