@@ -62,6 +62,17 @@ TINY_FIXMATCH = [
 ]
 
 
+def train_preset(preset: str, data_root: Path, out: Path, *sets: str) -> Path:
+    """`gssl train --preset PRESET --set data.root=DATA_ROOT --set S... --out OUT --quiet`: must succeed."""
+    from gssl.cli import main
+
+    argv = ["train", "--preset", preset, "--out", str(out), "--quiet"]
+    for item in (f"data.root={data_root}", *sets):
+        argv += ["--set", item]
+    assert main(argv) == 0, f"gssl train --preset {preset} into {out} failed"
+    return out
+
+
 def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> Path:
     """A real `gssl train` run on the fake CIFAR-10 (ResNet-20, gated LoRot-E + flip + channel, batch 16,
     constant lr)."""

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import TWO_EPOCHS_EVERY_EVENT, initial_weights, train_tiny_run
+from conftest import TWO_EPOCHS_EVERY_EVENT, initial_weights, train_preset, train_tiny_run
 from gssl import metrics
 from gssl.cli import main
 from gssl.config import flatten, load_yaml
@@ -55,21 +55,8 @@ def _untrained_test_acc(run) -> float:
 def test_every_method_trains_end_to_end_from_its_real_preset(fake_cifar10, tmp_path, method):
     preset = f"cifar10-lt0.01-{'ldam-drw' if method == 'baseline' else method}"
     out = tmp_path / method
-    argv = [
-        "train",
-        "--preset",
-        preset,
-        "--set",
-        f"data.root={fake_cifar10}",
-        "--out",
-        str(out),
-        "--quiet",
-        "--set",
-        "pretrain.epochs=1" if method == "ssp" else "compile=false",
-    ]
-    for item in TWO_EPOCHS_EVERY_EVENT:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    extra = "pretrain.epochs=1" if method == "ssp" else "compile=false"
+    train_preset(preset, fake_cifar10, out, extra, *TWO_EPOCHS_EVERY_EVENT)
     saved = flatten(load_yaml(out / "config.yaml"))
     wanted = flatten(resolve(preset).to_dict())
     assert {k: saved.get(k, wanted[k]) for k in METHOD_KEYS} == {k: wanted[k] for k in METHOD_KEYS}
@@ -211,7 +198,6 @@ def test_ssp_weights_are_where_supervised_training_starts(fake_cifar10, tmp_path
 
 
 def test_sla_with_gated_tasks_is_refused(fake_cifar10, tmp_path, capsys):
-    from gssl.cli import main
 
     code = main(
         [

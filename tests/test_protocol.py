@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from conftest import train_preset
 from gssl import engine, metrics, scenarios
-from gssl.cli import main
 from gssl.config import parse_set
 from gssl.distributed import Dist
 from gssl.presets import resolve
@@ -38,19 +38,7 @@ def _expected_lr(epoch: int) -> float:
 
 def test_a_scaled_table1_run_logs_the_learning_rate_of_every_epoch(fake_cifar10, tmp_path):
     out = tmp_path / "ldam"
-    argv = [
-        "train",
-        "--preset",
-        "cifar10-lt0.01-ldam-drw",
-        "--set",
-        f"data.root={fake_cifar10}",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-    for item in SCALED:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    train_preset("cifar10-lt0.01-ldam-drw", fake_cifar10, out, *SCALED)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == list(range(40))
     for row in rows:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TWO_EPOCHS_EVERY_EVENT
+from conftest import TWO_EPOCHS_EVERY_EVENT, train_preset
 from gssl.cli import main
 from gssl.scenarios import SCENARIOS, WRAPPERS
 
@@ -66,23 +66,9 @@ def test_the_documented_toy_scenario_trains_through_fit(fake_cifar10, tmp_path, 
     exec(compile(_design_toy_scenario(), str(DESIGN), "exec"), namespace)
     assert SCENARIOS["mixup"] is namespace["Mixup"]
     out = tmp_path / "mixup"
-    argv = [
-        "train",
-        "--preset",
-        "cifar10-lt0.01-erm",
-        "--set",
-        f"data.root={fake_cifar10}",
-        "--out",
-        str(out),
-        "--quiet",
-        "--set",
-        "method=mixup",
-        "--set",
-        "compile=false",
-    ]
-    for item in TWO_EPOCHS_EVERY_EVENT:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    train_preset(
+        "cifar10-lt0.01-erm", fake_cifar10, out, "method=mixup", "compile=false", *TWO_EPOCHS_EVERY_EVENT
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "mixup" and len(rows) == 2
