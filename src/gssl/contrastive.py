@@ -110,13 +110,13 @@ class SimCLR(nn.Module):
     def loss_from_params(self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]):
         """x: [V*N] views; y and cls_loss are not used (no labels in pre-training). Under torchrun the
         negatives are every rank's views (gather_views), as one process with the global batch has."""
-        z, ssl_total, stats = pretext_forward(
+        z, pretext_term, stats = pretext_forward(
             self.backbone, self.projection, self.pretext, x, params, self.fusion
         )
         zs, world = gather_views(z.float().view(self.views, -1, z.shape[1]))
         loss_c, correct = nt_xent(zs, self.temperature, with_correct=True)
         correct = correct / world  # every rank counts the global batch; the epoch sums over ranks
-        total = loss_c + ssl_total
+        total = pretext_term.added_to(loss_c, stats)
         stats.update({"contrastive_loss": loss_c.detach(), "correct": correct, "loss": total.detach()})
         return total, stats
 

@@ -74,6 +74,27 @@ def all_sum(ranks: Dist, values: dict[str, torch.Tensor], seen: int) -> tuple[di
     return {k: flat[i] for i, k in enumerate(keys)}, int(flat[-1].item())
 
 
+def sum_over_ranks(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(tensor summed over every rank, the number of ranks) inside a training step: a functional
+    all-reduce, which torch.compile traces into the step's graph. Without torchrun, (tensor, 1). For the
+    statistics a gate must see for the global batch (GradNorm's gradient norms, GCS's gradients); detached
+    values."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor, 1
+    world = dist.get_world_size()
+    if world == 1:
+        return tensor, 1
+    from torch.distributed import _functional_collectives as funcol
+
+    return funcol.all_reduce(tensor, "sum", dist.group.WORLD), world
+
+
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """tensor averaged over every rank (sum_over_ranks / world); tensor itself without torchrun."""
+    total, world = sum_over_ranks(tensor)
+    return total if world == 1 else total / world
+
+
 def check_same(ranks: Dist, what: str, values: list[float], device) -> None:
     """Refuse to train if ranks disagree (e.g. class counts, hence LDAM margins and DRW weights)."""
     if not ranks.enabled:

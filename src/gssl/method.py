@@ -14,6 +14,7 @@ The random draw (`sample_params`) is kept apart from the pure, compile-friendly 
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -25,13 +26,38 @@ from .models import build_backbone, build_head
 from .pretext import build_pretext
 
 
+class PretextTerm(NamedTuple):
+    """The gated pretext term of one forward pass, handed to the loss that knows the main term.
+
+    Most gates weigh the tasks on their own: `value` (ssl_ratio x the gated pretext loss + the gate's own
+    term) is added to the main loss as it is. A gate that weighs each task against the main task (gcs,
+    `needs_main_loss`) can only do so once the main loss exists: then `pretext` is the component whose
+    gate does it, and `losses`, `head_losses`, `shared` are what it reads. `added_to` is the one call
+    every carrier (GatedSSL, FixMatch's loss, SimCLR) makes."""
+
+    value: Tensor
+    pretext: "GatedPretext | None" = None
+    losses: Tensor | None = None  # [T] batch-mean task losses through the shared feature
+    head_losses: Tensor | None = None  # [T] the same through the detached feature (gradient to heads only)
+    shared: tuple[Tensor, ...] = ()  # the parameters upstream of the feature, shared with the main task
+
+    def added_to(self, main_loss: Tensor, stats: dict[str, Tensor]) -> Tensor:
+        """main_loss + the pretext term: the step's total. A gate weighing against the main loss writes
+        its weights (gate_<task>) and cosines (cos_<task>) into `stats`."""
+        if self.pretext is None:
+            return main_loss + self.value
+        return main_loss + self.pretext.against_main(main_loss, self, stats)
+
+
 class GatedPretext(nn.Module):
     """Pretext transform + one head per task + the gate: what any network (a classifier, SimCLR's
     encoder, FixMatch's) adds to train on the gated pretext loss from its own forward pass.
 
     `sample` draws the per-sample parameters (eager), `transform` applies them to the batch before the
-    backbone, and `forward(feat, labels)` returns ssl_ratio x the gated pretext loss + the gate's own
-    term, with the statistics that say whether each head learns."""
+    backbone, and `forward(feat, labels, shared)` returns the PretextTerm (ssl_ratio x the gated pretext
+    loss + the gate's own term, or what a gate weighing against the main loss needs), with the
+    statistics that say whether each head learns. `start_epoch` and `after_step` pass the scenario's
+    hooks on to a gate with state of its own (dwa, gradnorm)."""
 
     def __init__(
         self,
@@ -61,12 +87,19 @@ class GatedPretext(nn.Module):
     def transform(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         return self.transformer.apply(x, params)
 
-    def forward(self, feat: Tensor, labels: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, feat: Tensor, labels: dict[str, Tensor], shared: Sequence[Tensor] = ()
+    ) -> tuple[PretextTerm, dict[str, Tensor]]:
+        """`shared`: the parameters upstream of `feat` (read only by a gate that needs the main loss)."""
         # per-sample CE on each head; raw cosines when the heads are cosine (SPEC section 4)
         head_logits = {task: self.heads[task](feat).float() * self.scale for task in self.tasks}
         losses = torch.stack(
             [F.cross_entropy(head_logits[task], labels[task], reduction="none") for task in self.tasks], dim=1
         )
+        if getattr(self.gate, "needs_main_loss", False):
+            return self.term_for_main(feat, labels, losses, shared), self.head_stats(
+                head_logits, labels, losses
+            )
         gated = self.gate(feat, losses)
         stats: dict[str, Tensor] = {"aux": gated.aux_loss.detach()}
         per_task = losses.detach().mean(0)
@@ -77,7 +110,57 @@ class GatedPretext(nn.Module):
             stats[f"pretext_acc_{task}"] = (
                 100.0 * (head_logits[task].argmax(1) == labels[task]).float().mean()
             )
-        return self.ratio * gated.pretext_loss + gated.aux_loss, stats
+        return PretextTerm(self.ratio * gated.pretext_loss + gated.aux_loss), stats
+
+    def head_stats(
+        self, head_logits: dict[str, Tensor], labels: dict[str, Tensor], losses: Tensor
+    ) -> dict[str, Tensor]:
+        """The statistics known before the main loss (the gate's weights come with it: against_main)."""
+        stats: dict[str, Tensor] = {"aux": losses.new_zeros(())}
+        per_task = losses.detach().mean(0)
+        for i, task in enumerate(self.tasks):
+            stats[f"ssl_{task}"] = per_task[i]
+            stats[f"pretext_acc_{task}"] = (
+                100.0 * (head_logits[task].argmax(1) == labels[task]).float().mean()
+            )
+        return stats
+
+    def term_for_main(
+        self, feat: Tensor, labels: dict[str, Tensor], losses: Tensor, shared: Sequence[Tensor]
+    ) -> PretextTerm:
+        """What a gate weighing against the main loss reads: the batch-mean losses, the same through the
+        detached feature (one more pass of the small heads), the shared parameters."""
+        detached = feat.detach()
+        head_losses = torch.stack(
+            [
+                F.cross_entropy(self.heads[task](detached).float() * self.scale, labels[task])
+                for task in self.tasks
+            ]
+        )
+        value = self.ratio * losses.mean(0).sum()  # what against_main returns, whatever the weights
+        shared = tuple(p for p in shared if p.requires_grad)
+        return PretextTerm(value, self, losses.mean(0), head_losses, shared)
+
+    def against_main(self, main_loss: Tensor, term: PretextTerm, stats: dict[str, Tensor]) -> Tensor:
+        """ssl_ratio x the pretext loss a `needs_main_loss` gate makes of the main loss (PretextTerm)."""
+        gated, cosines = self.gate.combine(main_loss, term.losses, term.head_losses, term.shared)
+        for i, task in enumerate(self.tasks):
+            stats[f"gate_{task}"] = gated.weights[i].detach()
+            stats[f"cos_{task}"] = cosines[i].detach()
+        stats["aux"] = gated.aux_loss.detach()
+        return self.ratio * gated.pretext_loss + gated.aux_loss
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before each epoch (the scenario calls it): a gate with per-epoch state (dwa) rolls it here."""
+        hook = getattr(self.gate, "start_epoch", None)
+        if hook is not None:
+            hook(epoch)
+
+    def after_step(self) -> None:
+        """After each optimiser step: a gate with per-step state (dwa's sums, gradnorm's renormalisation)."""
+        hook = getattr(self.gate, "after_step", None)
+        if hook is not None:
+            hook()
 
 
 def build_gated_pretext(tasks: Sequence[str], gate: str, feat_dim: int, **kw) -> GatedPretext | None:
@@ -151,9 +234,9 @@ class GatedSSL(nn.Module):
         self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Pure part of the training step. Returns (total loss, detached stats tensors)."""
-        logits, ssl_total, stats = self.train_forward(x, params)
+        logits, term, stats = self.train_forward(x, params)
         loss_cls = cls_loss(logits, y)
-        total = loss_cls + ssl_total
+        total = term.added_to(loss_cls, stats)
         stats.update(
             {"cls_loss": loss_cls.detach(), "correct": (logits.argmax(1) == y).sum(), "loss": total.detach()}
         )
@@ -165,9 +248,11 @@ class GatedSSL(nn.Module):
         """Draw and step in one call (tests, notebooks); the engine keeps the two apart."""
         return self.loss_from_params(x, y, cls_loss, self.sample_params(x, generator))
 
-    def train_forward(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The transformed batch through the backbone once: (class logits, ssl_ratio x gated pretext loss
-        + the gate's own term, stats). FixMatch calls this on its labelled, weak and strong views at once."""
+    def train_forward(
+        self, x: Tensor, params: dict[str, Tensor]
+    ) -> tuple[Tensor, PretextTerm, dict[str, Tensor]]:
+        """The transformed batch through the backbone once: (class logits, the pretext term to add to the
+        main loss, stats). FixMatch calls this on its labelled, weak and strong views at once."""
         return pretext_forward(self.backbone, self.classifier, self.pretext, x, params)
 
 
@@ -178,9 +263,10 @@ def pretext_forward(
     x: Tensor,
     params: dict[str, Tensor],
     fusion: nn.Module | None = None,
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+) -> tuple[Tensor, PretextTerm, dict[str, Tensor]]:
     """One backbone pass over the (pretext-transformed, then fused) batch: (head output, the pretext term,
-    stats). The shared forward of every network that carries a GatedPretext."""
+    stats). The shared forward of every network that carries a GatedPretext; the backbone's (and the
+    fusion's) parameters are the ones its tasks share with the main task."""
     labels = {}
     if pretext is not None:
         x, labels = pretext.transform(x, params)
@@ -190,6 +276,9 @@ def pretext_forward(
     out = head(feat)
     if pretext is None:
         ssl_total = out.new_zeros((), dtype=torch.float32)
-        return out, ssl_total, {"aux": ssl_total.detach()}
-    ssl_total, stats = pretext(feat, labels)
-    return out, ssl_total, stats
+        return out, PretextTerm(ssl_total), {"aux": ssl_total.detach()}
+    shared = ()
+    if getattr(pretext.gate, "needs_main_loss", False):
+        shared = (*backbone.parameters(), *(fusion.parameters() if fusion is not None else ()))
+    term, stats = pretext(feat, labels, shared)
+    return out, term, stats

@@ -46,12 +46,12 @@ def fixmatch_loss(
     """One step's loss and stats; `params` are pretext parameters for the concatenated batch
     [labelled, weak, strong]. `yu_true` only feeds the pseudo-label accuracy statistic."""
     b, u = xl.shape[0], xu_weak.shape[0]
-    logits, ssl_total, stats = model.train_forward(torch.cat([xl, xu_weak, xu_strong]), params)
+    logits, pretext_term, stats = model.train_forward(torch.cat([xl, xu_weak, xu_strong]), params)
     logits = logits.float()
     lx = cls_loss(logits[:b], yl)
     pseudo, mask = pseudo_labels(logits[b : b + u], threshold)
     lu = (F.cross_entropy(logits[b + u :], pseudo, reduction="none") * mask).mean()
-    total = lx + lambda_u * lu + ssl_total
+    total = pretext_term.added_to(lx + lambda_u * lu, stats)  # the main loss: labelled + unlabelled
     stats.update(
         {
             "cls_loss": lx.detach(),

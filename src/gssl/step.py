@@ -11,6 +11,12 @@ alias each other loses the loss's gradient. With no pretext task, `loss_cls + 0`
 buffer; AOTAutograd then returns the loss as an alias of a non-differentiable output, and the first
 `backward()` fails ("element 0 of tensors does not require grad"). `torch.stack` of the statistics
 allocates a new buffer, so no statistic can alias the loss whatever the step computes.
+
+Gradients inside the step: the gcs and gradnorm gates (gssl.gating) call torch.autograd.grad in the
+step itself (the cosines of the tasks' gradients, the gradient norms at the feature). Dynamo breaks the
+graph there by default, and the compiled step then failed outright (the differentiated tensor crossed the
+break); with its `trace_autograd_ops` on, which `Compiled` sets while tracing a step, those calls are
+traced into the one graph. A step without them traces exactly as before.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import warnings
 
 import torch
+import torch._dynamo
 from torch import Tensor
 
 
@@ -64,6 +71,8 @@ class Compiled:
         kw = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
         target = packed_step(fn) if what == "step" else fn
         self.compiled = torch.compile(target, backend=backend, dynamic=False, **kw) if enabled else None
+        if self.compiled is not None and what == "step":  # see "Gradients inside the step" above
+            self.compiled = torch._dynamo.config.patch(trace_autograd_ops=True)(self.compiled)
         self.fallbacks = 0
         self.compiled_calls = 0
 

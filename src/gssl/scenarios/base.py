@@ -5,11 +5,11 @@ non-finite watch, checkpoints, logging). A `Scenario` owns everything particular
 through the hooks fit() calls, in this order:
 
     before_fit(run_dir)                     once, fresh runs only (SSP pre-trains here)
-    per epoch:  start_epoch(epoch)          (DRW switches on here)
+    per epoch:  start_epoch(epoch)          (DRW switches on here; a gate's per-epoch state rolls)
                 batches(epoch) -> (iterable of (x, y), steps)
                 per batch:  prepare(x, y, generator, epoch, step) -> args    eager: the random draws
                             loss(model, *args) -> (loss, stats)              pure: compiled, under DDP
-                            after_step()                                    (an EMA updates here)
+                            after_step()                    (a gate's step state; an EMA updates here)
                 evaluate_epoch(eval_fn) -> the row's test metrics ("test_acc" first)
     evaluate_final() -> (logits, labels, extra summary fields)
 
@@ -136,6 +136,8 @@ class Scenario:
     def start_epoch(self, epoch: int) -> None:
         drw_on = self.drw_epoch is not None and epoch >= self.drw_epoch
         self.ctx.cls_loss.set_weight(self.drw if drw_on else None)  # in place: no recompilation
+        if self.pretext is not None:  # a gate with per-epoch state (dwa) rolls it
+            self.pretext.start_epoch(epoch)
 
     def batches(self, epoch: int):
         self.train_loader.set_epoch(epoch)
@@ -152,7 +154,13 @@ class Scenario:
         return model.loss_from_params(*args)
 
     def after_step(self) -> None:
-        pass
+        if self.pretext is not None:  # a gate with per-step state (dwa's sums, gradnorm's renormalisation)
+            self.pretext.after_step()
+
+    @property
+    def pretext(self):
+        """The network's gated pretext component (gssl.method.GatedPretext), or None."""
+        return getattr(self.ctx.model, "pretext", None)
 
     def evaluate_epoch(self, eval_fn) -> dict:
         logits, labels = metrics.predict(

@@ -64,6 +64,7 @@ class FixMatch(Scenario):
     loss = staticmethod(semisup.fixmatch_loss)
 
     def after_step(self) -> None:
+        super().after_step()  # the gate's step state first: the EMA then averages the stepped weights
         if self.ema is not None:
             self.ema.update(self.ctx.model)
 
