@@ -90,13 +90,29 @@ class SSLConfig:
             "or whole-image tasks (rotation, jigsaw)",
         ),
     )
-    gate: str = field(default="reference", metadata=_choice("reference", "learned", "uniform", "none"))
+    # reference, learned, uniform (gssl.gating); the established loss weightings of docs/gates.md:
+    # uncertainty, gradnorm, gcs, dwa; none: no pretext tasks
+    gate: str = field(
+        default="reference",
+        metadata=_choice("reference", "learned", "uniform", "uncertainty", "gradnorm", "gcs", "dwa", "none"),
+    )
     ratio: float = field(
         default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
     )
     flip_axis: str = field(default="H", metadata=_choice("H", "W"))
     gate_tau: float = field(
         default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
+    # gate=gradnorm: the asymmetry alpha of GradNorm (Chen et al. 2018; their default 1.5)
+    gradnorm_alpha: float = field(
+        default=1.5,
+        metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0 (paper: 1.5)"),
+    )
+    # gate=gcs: false, a task is used iff cos > 0 (Du et al. 2018, unweighted); true, weighted by max(0, cos)
+    gcs_weighted: bool = False
+    # gate=dwa: the softmax temperature T of dynamic weight average (Liu et al. 2019; their default 2)
+    dwa_temperature: float = field(
+        default=2.0, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0 (paper: 2)")
     )
     # A DEVIATION from the reference when != 1: multiplies a cosine pretext head's logits before the
     # cross-entropy. The reference feeds raw cosines in [-1, 1] (loss >= 1.1 for 16 classes), and on a

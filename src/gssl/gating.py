@@ -9,6 +9,18 @@ The training loss is  L_cls + ssl_ratio * pretext_loss + aux_loss.
 Modes: `reference` (the authors' code), `learned` (a gate that learns, with a defence against
 collapse), `uniform` (every weight 1, the code's "Nomoe"). `none` means no pretext tasks at all:
 there is nothing to gate, so the caller builds no Pretext and no gate.
+
+The established ways to weigh auxiliary losses, side by side with them (docs/gates.md): `uncertainty`
+(Kendall et al. 2018), `gradnorm` (Chen et al. 2018), `gcs` (Du et al. 2018), `dwa` (Liu et al. 2019).
+In all of them the classification (or contrastive) loss keeps weight 1 and ssl_ratio still scales the
+pretext term, so they differ from the gates above only in how the pretext tasks are weighed. Two
+optional parts of the protocol serve them:
+  combine(main_loss, losses, head_losses, shared)  a gate with `needs_main_loss` (gcs) weighs the
+      tasks against the main task: GatedPretext calls it, through PretextTerm.added_to, where the
+      main loss is known (instead of forward);
+  start_epoch(epoch), after_step()  per-epoch and per-step state (dwa, gradnorm), called by the
+      scenario through GatedPretext; a step's losses are counted once, whatever number of forward
+      passes it made (an adversarial attack calls the loss too).
 """
 
 import math
@@ -19,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from .distributed import mean_over_ranks, sum_over_ranks
 
 
 class GateOutput(NamedTuple):
@@ -136,13 +150,262 @@ class LearnedGate(nn.Module):
         return GateOutput(pretext, aux, g.detach().mean(0))
 
 
+class UncertaintyGate(nn.Module):
+    """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018, "Multi-task learning using
+    uncertainty to weigh losses for scene geometry and semantics").
+
+    One learned log-variance s_n = log sigma_n^2 per pretext task; the pretext term is
+
+        sum_n exp(-s_n) L_n + s_n        (L_n: task n's batch-mean loss)
+
+    This is twice the paper's eq. 7 written in s = log sigma^2 (1/(2 sigma^2) L + log sigma, the form of
+    the MTAN authors' code, lorenmt/mtan im2im_pred/utils.py: 1 / (2 exp(s)) L + s / 2); the factor 2
+    moves neither the optimum, exp(s_n) = L_n, nor the weight at it, exp(-s_n) = 1 / L_n: a task whose
+    loss stays high (noisy or random labels) is down-weighted, an easy one up-weighted without bound.
+    The paper's classification form (eq. 10, 1/sigma^2 L + log sigma) would halve the regulariser
+    (optimum weight 1 / (2 L_n)); we keep one form for every task, as that code does.
+
+    The classification loss is NOT weighted: it is the main task and keeps weight 1 (no s of its own),
+    so that the comparison with the other gates is about the pretext tasks only; ssl_ratio multiplies
+    the whole term above (the optimum is the same, s moves ssl_ratio times slower). s starts at 0 (the
+    uniform gate) and is stepped by the run's optimiser, weight decay included (negligible beside
+    ssl_ratio x (1 - L_n exp(-s_n))). Logged weights: exp(-s_n). Compiles as one graph; under DDP,
+    s's gradient is averaged like any parameter's, nothing else is reduced."""
+
+    def __init__(self, feat_dim: int, n_tasks: int, **_):
+        super().__init__()
+        self.log_variance = nn.Parameter(torch.zeros(n_tasks))
+
+    def forward(self, feat: Tensor, losses: Tensor) -> GateOutput:
+        log_variance = self.log_variance.float()
+        precision = torch.exp(-log_variance)
+        pretext = (precision * losses.float().mean(0) + log_variance).sum()
+        return GateOutput(pretext, pretext.new_zeros(()), precision.detach())
+
+
+class GradNormGate(nn.Module):
+    """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018, "GradNorm: gradient normalization for
+    adaptive loss balancing in deep multitask networks"), Algorithm 1 and eq. 1-2.
+
+    Task weights w_n (a parameter, starting at 1) weigh the pretext losses: pretext = sum_n w_n L_n,
+    with w held constant there (the network never changes w). With G_n = ||grad_W (w_n L_n)||, G-bar
+    their mean, r_n = L~_n / mean_k L~_k the relative inverse training rate and L~_n = L_n(t) / L_n(0),
+    the weights' own loss is the L1 gap (eq. 2)
+
+        L_grad = sum_n | G_n - [G-bar r_n^alpha] |        (the bracket treated as a constant)
+
+    whose gradient reaches w only; w is stepped by the run's optimiser with the network (one optimiser,
+    as Algorithm 1) and, after each step (`after_step`), clamped at 0 and renormalised to sum to the
+    number of tasks. L_n(0) is the first step's loss. alpha (the asymmetry) defaults to the paper's 1.5.
+
+    W, the "last shared layer": the backbone's POOLED FEATURE f (the shared representation every head
+    reads), not the last convolution's weights, so G_n = w_n ||d L_n / d f||. Why: it is defined for every
+    backbone gssl has (ResNets, WRNs, the scattering network) without naming a layer; its gradient goes
+    through the pretext heads only (no backward through the backbone: this gate costs N small head
+    backward passes a step); and it is exact under DDP, since the global batch's feature gradient is
+    every rank's rows: one all-reduce of 2N numbers (each rank's squared norms and losses) gives the
+    one-process G_n and L_n, so every rank computes the same L_grad.
+
+    The classification loss is not one of GradNorm's tasks: it keeps weight 1, so the comparison with
+    the other gates is about the pretext tasks only (and ssl_ratio keeps its meaning). The gradients are
+    taken with torch.autograd.grad inside the step, which torch.compile traces into the step's graph
+    (gssl.step.Compiled turns dynamo's trace_autograd_ops on)."""
+
+    def __init__(self, feat_dim: int, n_tasks: int, *, alpha: float = 1.5, **_):
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"gradnorm alpha must be >= 0, got {alpha}")
+        self.task_weight = nn.Parameter(torch.ones(n_tasks))
+        self.register_buffer("initial_losses", torch.ones(n_tasks))  # L_n(0), set after the first step
+        self.register_buffer("has_initial", torch.zeros(()))
+        self.register_buffer("last_losses", torch.zeros(n_tasks))  # this step's (global) L_n
+        self.alpha, self.n_tasks = alpha, n_tasks
+
+    def forward(self, feat: Tensor, losses: Tensor) -> GateOutput:
+        task_losses = losses.float().mean(0)
+        grad_norms, global_losses = self.feature_gradient_norms(feat, task_losses)
+        weight = self.task_weight.float()
+        weighted_norms = weight * grad_norms  # G_n, differentiable in w only
+        initial = torch.where(self.has_initial > 0, self.initial_losses, global_losses)
+        loss_ratio = global_losses / initial.clamp_min(1e-12)
+        inverse_rate = loss_ratio / loss_ratio.mean()
+        target = (weighted_norms.mean() * inverse_rate**self.alpha).detach()
+        gap = (weighted_norms - target).abs().sum()
+        self.last_losses.copy_(global_losses)
+        return GateOutput((weight.detach() * task_losses).sum(), gap, weight.detach())
+
+    def feature_gradient_norms(self, feat: Tensor, task_losses: Tensor) -> tuple[Tensor, Tensor]:
+        """(||d L_n / d f|| for the global batch, the global batch's L_n), both detached."""
+        if torch.is_grad_enabled() and feat.requires_grad:
+            squared = torch.stack(
+                [
+                    torch.autograd.grad(task_losses[n], feat, retain_graph=True)[0].float().square().sum()
+                    for n in range(self.n_tasks)
+                ]
+            )
+        else:  # no graph (a loss evaluated under no_grad): nothing to balance
+            squared = task_losses.new_zeros(self.n_tasks)
+        summed, world = sum_over_ranks(torch.cat([squared, task_losses.detach()]))
+        # the global loss is the mean of the ranks' losses, so its feature gradient is each rank's / world
+        return (summed[: self.n_tasks] / world**2).sqrt(), summed[self.n_tasks :] / world
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.initial_losses.copy_(torch.where(self.has_initial > 0, self.initial_losses, self.last_losses))
+        self.has_initial.fill_(1.0)
+        weight = self.task_weight.clamp_(min=0)
+        total = weight.sum()
+        weight.copy_(torch.where(total > 0, weight * self.n_tasks / total.clamp_min(1e-12), 1.0))
+
+
+class GradientSimilarityGate(nn.Module):
+    """Gradient similarity (Du, Czarnecki, Jayakumar, Farajtabar, Pascanu & Lakshminarayanan, 2018,
+    "Adapting auxiliary losses using gradient similarity", arXiv:1812.02224): an auxiliary task's gradient
+    reaches the SHARED parameters theta only as far as it agrees with the main task's there, with
+    cos_n = cos(grad_theta L_main, grad_theta L_n):
+
+        unweighted (Algorithm 1, `weighted=False`):  theta gets grad L_main + sum_n 1[cos_n > 0] grad L_n
+        weighted (Algorithm 2, `weighted=True`):     theta gets grad L_main + sum_n max(0, cos_n) grad L_n
+
+    while each task's own head always gets its full gradient (the paper updates the task-specific
+    parameters with their own loss unconditionally). Written as one loss for the engine's backward:
+        pretext = sum_n w_n L_n(f) + (1 - w_n) L_n(f.detach())
+    (the same value as sum_n L_n; the heads see the full gradient, the backbone w_n of it).
+
+    Shared parameters: every parameter upstream of the feature the heads read (the backbone, and batch
+    fusion in contrastive runs), as the network carrying the GatedPretext passes them. The main loss is
+    the classification loss (FixMatch: labelled + lambda_u x unlabelled; SimCLR: NT-Xent), which is why
+    this gate combines where the main loss is known (`combine`) and not in `forward`.
+
+    Cost: N + 1 extra backward passes through the backbone per step (torch.autograd.grad of the main
+    loss and of each task loss on the shared parameters; docs/gates.md measures it). torch.compile traces
+    them into the step's graph (gssl.step.Compiled turns dynamo's trace_autograd_ops on). Under DDP the
+    N + 1 flattened gradients are averaged over ranks before the cosines (one all-reduce of (N + 1) x
+    |theta| numbers), so every rank gates with the one-process cosines. Under fp16 autocast the gradients
+    are taken unscaled (no GradScaler): small ones may underflow to a cosine of 0 (the task off)."""
+
+    needs_main_loss = True
+
+    def __init__(self, feat_dim: int, n_tasks: int, *, weighted: bool = False, **_):
+        super().__init__()
+        self.weighted, self.n_tasks = weighted, n_tasks
+
+    def forward(self, feat: Tensor, losses: Tensor) -> GateOutput:
+        raise RuntimeError("the gcs gate weighs the tasks against the main loss: call combine() with it")
+
+    def combine(
+        self, main_loss: Tensor, losses: Tensor, head_losses: Tensor, shared: Sequence[Tensor]
+    ) -> tuple[GateOutput, Tensor]:
+        """(the gated output, the cosines) from the main loss, the tasks' batch-mean losses [T] through
+        the feature, the same losses through the detached feature, and the shared parameters."""
+        cosines = self.cosines(main_loss, losses, shared)
+        weights = cosines.clamp_min(0) if self.weighted else (cosines > 0).float()
+        pretext = (weights * losses + (1 - weights) * head_losses).sum()
+        return GateOutput(pretext, pretext.new_zeros(()), weights), cosines
+
+    def cosines(self, main_loss: Tensor, losses: Tensor, shared: Sequence[Tensor]) -> Tensor:
+        if not (torch.is_grad_enabled() and main_loss.requires_grad and shared):
+            return losses.new_ones(self.n_tasks)  # no graph to compare (no_grad): every task kept
+        grads = [flat_gradient(main_loss, shared)]
+        grads += [flat_gradient(losses[n], shared) for n in range(self.n_tasks)]
+        grads = mean_over_ranks(torch.stack(grads))
+        return F.cosine_similarity(grads[:1], grads[1:], dim=1)
+
+
+def flat_gradient(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """d loss / d params as one float32 vector (zeros for a parameter the loss does not reach)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).float().reshape(-1) for g, p in zip(grads, params)]
+    )
+
+
+class DynamicWeightAverageGate(nn.Module):
+    """Dynamic weight average (Liu, Johns & Davison, CVPR 2019, "End-to-end multi-task learning with
+    attention", eq. 7; the authors' code: lorenmt/mtan im2im_pred/utils.py, multi_task_trainer):
+
+        w_n(t) = N exp(r_n(t-1) / T) / sum_k exp(r_k(t-1) / T),   r_n(t-1) = L_n(t-1) / L_n(t-2)
+
+    with L_n(t) task n's mean training loss over epoch t (the mean over the epoch's steps, as that code
+    averages per batch) and w_n = 1 in the first two epochs; T (the temperature) defaults to the paper's
+    2. A task whose loss falls more slowly gets more weight. The weights are constant within an epoch.
+
+    State: this step's losses are written in `forward` (a buffer), added to the epoch's sums once per
+    step by `after_step` and rolled into the last two epoch means by `start_epoch`, all buffers, so a
+    checkpoint carries them and a resumed run weighs its next epoch as an uninterrupted one. Under DDP
+    `after_step` averages the step's losses over ranks (one all-reduce of N numbers), so the epoch means
+    are the global batch's and every rank has the same weights. Compiles as one graph. The
+    classification loss keeps weight 1, as in the other gates of this family."""
+
+    def __init__(self, feat_dim: int, n_tasks: int, *, temperature: float = 2.0, **_):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"dwa temperature must be > 0, got {temperature}")
+        self.temperature, self.n_tasks = temperature, n_tasks
+        self.register_buffer("task_weight", torch.ones(n_tasks))
+        self.register_buffer("last_losses", torch.zeros(n_tasks))
+        self.register_buffer("epoch_loss_sum", torch.zeros(n_tasks))
+        self.register_buffer("epoch_steps", torch.zeros(()))
+        self.register_buffer("epoch_means", torch.ones(2, n_tasks))  # rows: L(t-2), L(t-1)
+        self.register_buffer("epochs_seen", torch.zeros(()))
+
+    def forward(self, feat: Tensor, losses: Tensor) -> GateOutput:
+        task_losses = losses.float().mean(0)
+        self.last_losses.copy_(task_losses.detach())
+        weight = self.task_weight.clone()
+        return GateOutput((weight * task_losses).sum(), task_losses.new_zeros(()), weight)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.epoch_loss_sum.add_(mean_over_ranks(self.last_losses))
+        self.epoch_steps.add_(1)
+
+    @torch.no_grad()
+    def start_epoch(self, epoch: int) -> None:
+        """Close the epoch that ran (if any: a repeated call, or the first epoch, finds no steps) and set
+        the weights for the one that starts."""
+        if self.epoch_steps.item() > 0:
+            mean = self.epoch_loss_sum / self.epoch_steps
+            self.epoch_means.copy_(torch.stack([self.epoch_means[1], mean]))
+            self.epochs_seen.add_(1)
+            self.epoch_loss_sum.zero_()
+            self.epoch_steps.zero_()
+        self.task_weight.copy_(self.weights_from_history())
+
+    def weights_from_history(self) -> Tensor:
+        if self.epochs_seen.item() < 2:
+            return torch.ones_like(self.task_weight)
+        rate = self.epoch_means[1] / self.epoch_means[0].clamp_min(1e-12)
+        return self.n_tasks * F.softmax(rate / self.temperature, dim=0)
+
+
 GATES: dict[str, type] = {"reference": ReferenceGate, "learned": LearnedGate, "uniform": UniformGate}
+# the established ways to weigh auxiliary losses (issue 21, docs/gates.md)
+LOSS_WEIGHTINGS: dict[str, type] = {
+    "uncertainty": UncertaintyGate,
+    "gradnorm": GradNormGate,
+    "gcs": GradientSimilarityGate,
+    "dwa": DynamicWeightAverageGate,
+}
+ALL_GATES: dict[str, type] = {**GATES, **LOSS_WEIGHTINGS}
 
 
 def build_gate(mode: str, feat_dim: int, n_tasks: int, **kw) -> nn.Module:
-    """kw is passed on; LearnedGate uses num_classes (per task), tau, strength, per_sample."""
+    """kw is passed on; LearnedGate uses num_classes (per task), tau, strength, per_sample; GradNormGate
+    alpha; GradientSimilarityGate weighted; DynamicWeightAverageGate temperature."""
     if mode == "none":
         raise ValueError("gate 'none' means no pretext tasks: build no Pretext and no gate")
-    if mode not in GATES:
-        raise ValueError(f"unknown gate {mode!r}; valid: {', '.join(GATES)}, none")
-    return GATES[mode](feat_dim, n_tasks, **kw)
+    if mode not in ALL_GATES:
+        raise ValueError(f"unknown gate {mode!r}; valid: {', '.join(ALL_GATES)}, none")
+    return ALL_GATES[mode](feat_dim, n_tasks, **kw)
+
+
+def gate_options(ssl) -> dict | None:
+    """The chosen gate's own settings from the config's ssl section (None: the gate has none)."""
+    options = {
+        "learned": {"tau": ssl.gate_tau},
+        "gradnorm": {"alpha": ssl.gradnorm_alpha},
+        "gcs": {"weighted": ssl.gcs_weighted},
+        "dwa": {"temperature": ssl.dwa_temperature},
+    }
+    return options.get(ssl.gate)

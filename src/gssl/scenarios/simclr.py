@@ -8,6 +8,7 @@ from ..config import Config, ConfigError
 from ..contrastive import SimCLR, frozen_eval
 from ..data.views import ViewAugment
 from ..fusion import BatchFusion
+from ..gating import gate_options
 from .base import Context, Scenario
 
 
@@ -52,7 +53,6 @@ class SimCLRScenario(Scenario):
             if f.enabled
             else None
         )
-        gate_kw = {"tau": cfg.ssl.gate_tau} if cfg.ssl.gate == "learned" else None
         return SimCLR(
             cfg.model.backbone,
             views=c.views,
@@ -63,7 +63,7 @@ class SimCLRScenario(Scenario):
             gate=cfg.ssl.gate,
             ssl_ratio=cfg.ssl.ratio,
             in_channels=in_channels,
-            gate_kw=gate_kw,
+            gate_kw=gate_options(cfg.ssl),
             fusion=fusion,
         )
 

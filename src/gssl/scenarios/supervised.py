@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config
+from ..gating import gate_options
 from ..method import GatedSSL
 from .base import Scenario
 
@@ -10,7 +11,6 @@ from .base import Scenario
 class Supervised(Scenario):
     @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL:
-        gate_kw = {"tau": cfg.ssl.gate_tau} if cfg.ssl.gate == "learned" else None
         return GatedSSL(
             cfg.model.backbone,
             num_classes,
@@ -20,6 +20,6 @@ class Supervised(Scenario):
             ssl_ratio=cfg.ssl.ratio,
             flip_axis=cfg.ssl.flip_axis,
             in_channels=in_channels,
-            gate_kw=gate_kw,
+            gate_kw=gate_options(cfg.ssl),
             pretext_scale=cfg.ssl.pretext_scale,
         )
