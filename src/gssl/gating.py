@@ -400,6 +400,15 @@ def build_gate(mode: str, feat_dim: int, n_tasks: int, **kw) -> nn.Module:
     return ALL_GATES[mode](feat_dim, n_tasks, **kw)
 
 
+SOFTMAX_GATES = ("reference", "learned")  # weights on the simplex: they sum to 1
+
+
+def uniform_weight(mode: str, n_tasks: int) -> float:
+    """The weight of every task when the gate does not discriminate: 1/n for the softmax gates, 1 for the
+    others (uniform, and the loss weightings, which start there: gradnorm and dwa keep the sum at n)."""
+    return 1 / n_tasks if mode in SOFTMAX_GATES else 1.0
+
+
 def gate_options(ssl) -> dict | None:
     """The chosen gate's own settings from the config's ssl section (None: the gate has none)."""
     options = {

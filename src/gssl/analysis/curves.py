@@ -19,12 +19,14 @@ from matplotlib.ticker import FuncFormatter
 
 from .. import rundir
 from ..config import ConfigError
+from ..gating import uniform_weight
 from ..presets import PRESETS
 from ..pretext import TASKS
 from ..table import Run, _row_order
 from .figures import _save  # also selects the Agg backend and the report's style
 
-GATED = ("reference", "learned")  # a uniform gate weighs every task 1: nothing to plot
+# a uniform gate weighs every task 1: nothing to plot
+GATED = ("reference", "learned", "uncertainty", "gradnorm", "gcs", "dwa")
 MARKERS = "osD^vP*Xh<>"
 
 
@@ -182,15 +184,17 @@ def pretext_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = p
 
 
 def gate_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = print):
-    """Each gated row's gate weight per task over training (dashed: uniform 1/n): did the gate choose?
-    None when no row has a reference or learned gate."""
+    """Each gated row's gate weight per task over training (dashed: uniform, 1/n for a softmax gate, 1 for
+    the loss weightings): did the gate choose? None when no row has a gate that can."""
     gated = {n: r for n, r in rows.items() if r[0].gate in GATED and r[0].tasks}
     if not gated:
         return None
     fig, axes = _panels(len(gated))
     for ax, (name, records) in zip(axes, gated.items()):
         tasks = records[0].tasks
-        ax.axhline(1 / len(tasks), color="0.4", ls="--", lw=1, label=f"uniform 1/{len(tasks)}")
+        uniform = uniform_weight(records[0].gate, len(tasks))
+        label = f"uniform 1/{len(tasks)}" if uniform != 1 else "uniform 1"
+        ax.axhline(uniform, color="0.4", ls="--", lw=1, label=label)
         for j, task in enumerate(tasks):
             have = _with_key(name, records, f"gate_{task}", log)
             if have:
@@ -251,7 +255,7 @@ def per_class_points(rows: dict[str, list[Record]], log: Callable[[str], None] =
 FIGURES = {
     "test_acc.png": (accuracy_curves, "no row logged test_acc"),
     "pretext_acc.png": (pretext_curves, "no row with pretext tasks logged pretext_acc_<task>"),
-    "gate_weights.png": (gate_curves, "no row has a reference or learned gate"),
+    "gate_weights.png": (gate_curves, "no row has a gate that weighs its tasks unevenly"),
     "per_class_acc.png": (per_class_points, "no summary.json holds per_class_acc and class_counts"),
 }
 

@@ -20,6 +20,7 @@ from .. import rundir
 from ..config import ConfigError
 from ..data import DataError
 from ..evaluation import has_classifier
+from ..gating import uniform_weight
 from . import figures
 from .examples import gradcam_examples, is_greyscale, pretext_rows, sample_test_images
 from .run import Run
@@ -162,11 +163,13 @@ def gate_verdict(run: Run) -> str:
         return "Uniform gate: every pretext loss is weighed 1 throughout; there is nothing to learn."
     first, last = rows[0], rows[-1]
     n = len(tasks)
-    dev = max(abs(r[f"gate_{t}"] - 1 / n) for r in rows for t in tasks)
+    uniform = uniform_weight(mode, n)
+    dev = max(abs(r[f"gate_{t}"] - uniform) for r in rows for t in tasks)
     moved = max(abs(last[f"gate_{t}"] - first[f"gate_{t}"]) for t in tasks)
     order = sorted(tasks, key=lambda t: -last[f"gate_{t}"])
     s = (
-        f"Over training the weights stayed within {dev:.3f} of uniform (1/{n} = {1 / n:.3f}) "
+        f"Over training the weights stayed within {dev:.3f} of uniform "
+        f"({f'1/{n} = {uniform:.3f}' if uniform != 1 else '1 per task'}) "
         f"and moved at most {moved:.3f} from epoch 1 to epoch {len(rows)}. "
     )
     ranked = ", ".join(f"{t} {last['gate_' + t]:.3f}" for t in order)
