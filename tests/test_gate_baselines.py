@@ -395,7 +395,7 @@ def test_gcs_in_fixmatch_and_simclr_weighs_against_their_main_loss():
     assert all(p.grad is not None for p in simclr.backbone.parameters())
 
 
-def _train(root, out, *sets):
+def _train(root, out, *sets, compile_=False):
     args = [
         "train",
         "--preset",
@@ -405,7 +405,7 @@ def _train(root, out, *sets):
         "--out",
         str(out),
     ]
-    for s in (*TWO_EPOCHS_EVERY_EVENT, "compile=false", *sets):
+    for s in (*TWO_EPOCHS_EVERY_EVENT, f"compile={str(compile_).lower()}", *sets):
         args += ["--set", s]
     assert main([*args, "--quiet"]) == 0
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -477,3 +477,96 @@ def test_dwa_resumes_as_an_uninterrupted_run(fake_cifar10, tmp_path):
         rundir.load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["model"] for n in ("whole", "killed")
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def cifar600(tmp_path_factory):
+    from conftest import write_fake_cifar10
+
+    root = tmp_path_factory.mktemp("fake-cifar10-600")
+    return write_fake_cifar10(root, per_class_train=20, per_class_test=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", NEW_MODES)
+def test_compiled_step_trains_like_the_eager_one(cifar600, tmp_path, gate):
+    """Inductor on the real step (C++ on CPU), as tests/test_compile.py checks every other scenario: it
+    compiled (no fallback, no recompilation across the epochs and DRW), and moved the weights within 5%
+    of the eager run's update. gcs and gradnorm take torch.autograd.grad inside the step."""
+    from test_compile import assert_compiled_matches_eager
+
+    assert_compiled_matches_eager(cifar600, tmp_path, "cifar10-lt0.01-gated-triple", f"ssl.gate={gate}")
+
+
+@pytest.mark.slow
+def test_compiled_dwa_takes_its_third_epochs_weights_without_recompiling(cifar600, tmp_path):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        sets = ["ssl.gate=dwa", "optim.epochs=3", "optim.base_epochs=3", "optim.lr=0.01"]
+        rows = _train(cifar600, tmp_path / "dwa", *sets, compile_=True)
+    summary = json.loads((tmp_path / "dwa" / "summary.json").read_text())
+    assert summary["compiled"] and summary["compile_fallbacks"] == 0 and summary["compiled_steps"] > 0
+    assert len({round(rows[2][f"gate_{t}"], 6) for t in TRIPLE}) > 1
+
+
+def test_the_report_draws_the_loss_weightings_against_a_uniform_weight_of_one():
+    from gssl.analysis import curves
+    from gssl.gating import uniform_weight
+
+    weights = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.8, 1.1, 1.1]]
+    rows = [{"epoch": e, **{f"gate_{t}": w for t, w in zip(TRIPLE, ws)}} for e, ws in enumerate(weights)]
+    fig = curves.gate_curves({"dwa": [curves.Record(0, TRIPLE, "dwa", rows, {})]})
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert list(lines["uniform 1"].get_ydata()) == [1.0, 1.0]
+    assert list(lines["lorot (1 seed)"].get_ydata()) == [1.0, 1.0, 0.8]
+    assert uniform_weight("learned", 3) == 1 / 3 and uniform_weight("gcs", 3) == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", NEW_MODES)
+def test_two_processes_weigh_like_one_with_the_global_batch(fake_cifar10, tmp_path, monkeypatch, gate):
+    """Under torchrun (2 ranks, gloo, batch 8 each) every mode trains as one process with batch 16 whose
+    batch norm normalises each half on its own (as tests/test_distributed.py checks for the learned
+    gate): what each mode reduces over ranks (gcs: the gradients before the cosines; gradnorm: the
+    squared feature-gradient norms and the losses; dwa: each step's losses) makes the weights the
+    one-process weights. One epoch (rounding grows chaotically over steps: tests/test_distributed.py),
+    three for dwa, whose third epoch is the first it weighs unevenly."""
+    from conftest import train_tiny_run
+    from test_distributed import TINY, _torchrun, _weights
+
+    work = tmp_path / "work"
+    work.mkdir()
+    common = ["data.max_per_class=5", "optim.lr=0.01", "channels_last=false", f"ssl.gate={gate}"]
+    epochs = 3 if gate == "dwa" else 1
+    args = [*TINY, "--set", f"data.root={fake_cifar10}"]
+    for s in (*common, "optim.batch_size=8", f"optim.epochs={epochs}", f"optim.base_epochs={epochs}"):
+        args += ["--set", s]
+    r = _torchrun([*args, "--out", "ddp"], cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    real = torch.nn.modules.batchnorm._BatchNorm.forward
+
+    def ghost(self, x):  # normalise each half of the batch on its own, as the two ranks do
+        if self.training and x.shape[0] >= 2:
+            return torch.cat([real(self, c) for c in x.split((x.shape[0] + 1) // 2)])
+        return real(self, x)
+
+    monkeypatch.setattr(torch.nn.modules.batchnorm._BatchNorm, "forward", ghost)
+    sets = [a for a in TINY[2:] if a not in ("--set", "--quiet")]
+    one = train_tiny_run(fake_cifar10, tmp_path / "one", epochs, *sets, *common, "optim.batch_size=16")
+    rows = [
+        [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (work / "ddp", one)
+    ]
+    for ddp_row, one_row in zip(*rows, strict=True):
+        for t in TRIPLE:
+            assert ddp_row[f"gate_{t}"] == pytest.approx(one_row[f"gate_{t}"], rel=1e-4, abs=1e-6)
+    if gate == "dwa":
+        assert len({round(rows[0][2][f"gate_{t}"], 6) for t in TRIPLE}) > 1
+    a, b = _weights(work / "ddp"), _weights(one)
+    # every state but dwa's scratch copy of the step's losses, which rank 0 keeps for its own half
+    keys = [k for k in a if not k.endswith("gate.last_losses") or gate != "dwa"]
+    worst, where = max(((a[k].float() - b[k].float()).abs().max().item(), k) for k in keys)
+    assert worst < (1e-6 if epochs == 1 else 1e-3), f"largest difference {worst:.2e} in {where}"
