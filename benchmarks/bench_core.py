@@ -3,7 +3,8 @@
 (a) the composite pretext transform (LoRot-E + flip + channel permutation) on a batch of 128
     32x32 images: our vectorised gather against a per-sample Python loop in the reference's style;
 (b) one training step (forward + backward + SGD step) of ResNet-32, batch 128: plain
-    classification against + LoRot-E and + the gated triple (reference and learned gates).
+    classification against + LoRot-E and + the gated triple under every gate mode (reference,
+    learned, and the loss weightings of docs/gates.md: uncertainty, gradnorm, gcs, dwa).
 Repetitions are interleaved (A B C D A B C D ...) so drifting machine load hits every variant
 alike; medians are reported. Target: gated step <= 1.05x the plain step.
 
@@ -99,17 +100,19 @@ def bench_extras(reps: int) -> dict:
     for gate in ("reference", "learned"):
         model = GatedSSL("resnet20", 10, tasks=["lorot", "flip", "channel"], gate=gate)
         feat = torch.randn(128, 64, requires_grad=True)
-        labels = {t: torch.randint(n, (128,)) for t, n in model.pretext.num_classes.items()}
+        classes = model.pretext.transformer.num_classes
+        labels = {t: torch.randint(classes[t], (128,)) for t in model.tasks}
 
         def extra(model=model, feat=feat, labels=labels):
+            heads = model.pretext.heads
             losses = torch.stack(
                 [
-                    torch.nn.functional.cross_entropy(model.heads[t](feat), labels[t], reduction="none")
+                    torch.nn.functional.cross_entropy(heads[t](feat), labels[t], reduction="none")
                     for t in model.tasks
                 ],
                 1,
             )
-            g = model.gate(feat, losses)
+            g = model.pretext.gate(feat, losses)
             (0.1 * g.pretext_loss + g.aux_loss).backward()
 
         out[f"heads + CE + {gate} gate (fwd+bwd)"] = extra
@@ -117,9 +120,9 @@ def bench_extras(reps: int) -> dict:
     return {name: {"median_s": statistics.median(t), "min_s": min(t)} for name, t in times.items()}
 
 
-def make_step(tasks, gate):
+def make_step(tasks, gate, gate_kw=None):
     torch.manual_seed(0)
-    model = GatedSSL("resnet32", 10, tasks=tasks, gate=gate)
+    model = GatedSSL("resnet32", 10, tasks=tasks, gate=gate, gate_kw=gate_kw)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     loss_fn = build_loss("ce")
     g = torch.Generator().manual_seed(0)
@@ -130,6 +133,8 @@ def make_step(tasks, gate):
         loss, _ = model.training_loss(x, y, loss_fn, g)
         loss.backward()
         opt.step()
+        if model.pretext is not None:  # the gate's per-step hook, as the scenario calls it
+            model.pretext.after_step()
 
     return step
 
@@ -141,6 +146,11 @@ def bench_step(reps: int) -> dict:
         "+ LoRot-E": make_step(["lorot"], "reference"),
         "+ gated triple (reference)": make_step(triple, "reference"),
         "+ gated triple (learned)": make_step(triple, "learned"),
+        "+ gated triple (uncertainty)": make_step(triple, "uncertainty"),
+        "+ gated triple (gradnorm)": make_step(triple, "gradnorm"),
+        "+ gated triple (gcs)": make_step(triple, "gcs"),
+        "+ gated triple (gcs weighted)": make_step(triple, "gcs", {"weighted": True}),
+        "+ gated triple (dwa)": make_step(triple, "dwa"),
     }
     return summary(interleaved(fns, reps), "plain classification")
 
@@ -180,6 +190,11 @@ def main():
             f"{name:32s} {r['median_s'] * 1e3:10.1f} {r['min_s'] * 1e3:8.1f}    "
             f"{r['ratio_median']:7.3f}x {r['ratio_min']:7.3f}x {r['ratio_paired']:7.3f}x"
         )
+    ref = st["+ gated triple (reference)"]["ratio_median"]
+    print("\nthe gated triple's step under each gate mode against the reference gate's (medians):")
+    for name, r in st.items():
+        if name.startswith("+ gated triple"):
+            print(f"{name:32s} {r['ratio_median'] / ref:7.2f}x")
     plain = st["plain classification"]["min_s"]
     apply = tr["vectorised (apply only)"]["min_s"]
     print("\nwhat the gated triple adds (min times, as a fraction of the plain step):")

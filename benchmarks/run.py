@@ -12,6 +12,11 @@ Sections (ratios are always measured side by side in one run, repetitions interl
             time, with inductor's on-disk caches as found) apart from the steady-state rate.
             --quick: one small shape (ResNet-8, batch 16), so that compiling stays short on CPU, and
             (as the epoch and sweep sections' processes) one thread, which other load cannot stall
+  gates     training step of every gate mode on the gated triple, side by side with the plain step and
+            the reference-gated one: reference, learned, uniform and the loss weightings of
+            docs/gates.md (uncertainty, gradnorm, gcs unweighted and weighted, dwa), each with its
+            per-step hook; the step section's shape(s), eager, and compiled too on CUDA (--quick: the
+            small shape, eager)
   transform pretext transform, vectorised against the reference's per-sample loop (bench_core)
   loader    DeviceLoader against a DataLoader with per-sample PIL transforms (bench_loader)
   epoch     one whole epoch of long-tailed CIFAR-10 (0.01) through `gssl train`, end to end
@@ -51,6 +56,19 @@ VARIANTS = {
     "+ LoRot-E": (["lorot"], "uniform"),
     "+ gated triple": (["lorot", "flip", "channel"], "reference"),
 }
+TRIPLE = ["lorot", "flip", "channel"]
+# the gates section: every gate mode on the triple, beside the plain and the reference-gated step
+GATE_VARIANTS = {
+    "plain": ([], "none"),
+    "reference": (TRIPLE, "reference"),
+    "learned": (TRIPLE, "learned"),
+    "uniform": (TRIPLE, "uniform"),
+    "uncertainty": (TRIPLE, "uncertainty"),
+    "gradnorm": (TRIPLE, "gradnorm"),
+    "gcs": (TRIPLE, "gcs"),
+    "gcs weighted": (TRIPLE, "gcs", {"weighted": True}),
+    "dwa": (TRIPLE, "dwa"),
+}
 # layout name -> (compiled, channels_last); the first layout of a run is what "x base" compares against
 LAYOUTS = {
     "eager": (False, False),
@@ -75,15 +93,25 @@ def _allow_recompiles(n: int = 64) -> None:
 
 
 def step_fn(
-    backbone, batch, side, tasks, gate, device, compiled, channels_last=None, precision=None, mode=None
+    backbone,
+    batch,
+    side,
+    tasks,
+    gate,
+    device,
+    compiled,
+    channels_last=None,
+    precision=None,
+    mode=None,
+    gate_kw=None,
 ):
     """One training step as the engine runs it (pretext draw, forward + loss through gssl.step.Compiled,
-    backward, SGD); `.fn` is the Compiled, for its call and fallback counts."""
+    backward, SGD, the gate's per-step hook); `.fn` is the Compiled, for its call and fallback counts."""
     torch.manual_seed(0)
     cuda = device.type == "cuda"
     channels_last = cuda if channels_last is None else channels_last
     precision = resolve_precision(precision, device)
-    model = GatedSSL(backbone, 10, tasks=tasks, gate=gate).to(device)
+    model = GatedSSL(backbone, 10, tasks=tasks, gate=gate, gate_kw=gate_kw).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(
@@ -109,6 +137,8 @@ def step_fn(
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)  # no gradient (a CUDA-graph output) outlives the step
+        if model.pretext is not None:  # as the scenario's after_step: dwa's sums, gradnorm's renormalisation
+            model.pretext.after_step()
 
     step.fn = fn
     return step
@@ -136,10 +166,22 @@ def _first_call(step, device) -> tuple[float, str | None]:
     return seconds, ("warm" if not miss else "cold" if not hit else "partly warm") if hit + miss else None
 
 
-def bench_step(device, reps, quick, shapes=None, layouts=None, precisions=None, deadline=None, skipped=None):
+def bench_step(
+    device,
+    reps,
+    quick,
+    shapes=None,
+    layouts=None,
+    precisions=None,
+    deadline=None,
+    skipped=None,
+    variants=None,
+    title="step",
+):
     """Images/s of every (precision, layout, variant) per shape, all repetitions of a shape interleaved.
     With a `deadline` (time.monotonic()), step functions whose compile would not fit are left out,
-    and named in `skipped`."""
+    and named in `skipped`. `variants`: name -> (tasks, gate[, gate settings]), VARIANTS by default."""
+    variants = variants or VARIANTS
     cuda = device.type == "cuda"
     shapes = shapes or ([("resnet8", 16, 32)] if quick else [("resnet32", 128, 32), ("resnet18", 64, 64)])
     layouts = layouts or list(LAYOUTS)
@@ -156,15 +198,15 @@ def bench_step(device, reps, quick, shapes=None, layouts=None, precisions=None, 
     try:
         for shape in shapes:
             torch.compiler.reset()  # each shape compiles afresh, as a new run would
-            steps = _build(device, shape, layouts, precisions, deadline, skipped)
+            steps = _build(device, shape, layouts, precisions, deadline, skipped, variants)
             rows += _time(device, reps, shape, layouts, steps, deadline)
     finally:
         torch.set_num_threads(threads)
-    _print_step(device, rows, skipped)
+    _print_step(device, rows, skipped, title)
     return rows
 
 
-def _build(device, shape, layouts, precisions, deadline, skipped) -> dict:
+def _build(device, shape, layouts, precisions, deadline, skipped, variants) -> dict:
     """(precision, layout, variant) -> (step, first-call seconds, inductor cache), built and warmed up in
     that order, so that a deadline leaves out the compiled fp32 steps first."""
     backbone, batch, side = shape
@@ -172,11 +214,12 @@ def _build(device, shape, layouts, precisions, deadline, skipped) -> dict:
     for prec in precisions:
         for layout in layouts:
             compiled, cl = LAYOUTS[layout]
-            for name, (tasks, gate) in VARIANTS.items():
+            for name, (tasks, gate, *gate_kw) in variants.items():
                 if deadline is not None and time.monotonic() + (est if compiled else 0.0) > deadline:
                     skipped.append(f"step {backbone} batch {batch} {prec} {layout} {name}")
                     continue
-                step = step_fn(backbone, batch, side, tasks, gate, device, compiled, cl, prec)
+                kw = gate_kw[0] if gate_kw else None
+                step = step_fn(backbone, batch, side, tasks, gate, device, compiled, cl, prec, gate_kw=kw)
                 first, cache = _first_call(step, device)
                 est = max(est, first) if compiled else est
                 for _ in range(3 if compiled else 1):  # CUDA graphs: warm-up, record, replay
@@ -246,9 +289,9 @@ def _x(v, width=8):
     return f"{v:>{width - 1}.3f}x" if v is not None else f"{'-':>{width}}"
 
 
-def _print_step(device, rows, skipped):
+def _print_step(device, rows, skipped, title="step"):
     print(
-        f"\n[step] training step on {device}: fwd + bwd + SGD; x plain = time / plain's time; "
+        f"\n[{title}] training step on {device}: fwd + bwd + SGD; x plain = time / plain's time; "
         "x base = speed-up over the first layout (paired); first call = compile time for compiled rows, "
         "cache = inductor's on-disk cache (cold: compiled from scratch)"
     )
@@ -265,6 +308,27 @@ def _print_step(device, rows, skipped):
         )
     for s in skipped:
         print(f"skipped (time budget): {s}")
+
+
+def bench_gates(device, reps, quick):
+    """Every gate mode's training step beside the plain and the reference-gated one (GATE_VARIANTS): eager,
+    and compiled on CUDA, where runs compile (on CPU a long run compiles too, but compiling nine variants
+    here would take many minutes). gcs takes N + 1 extra backward passes a step: measured, not guessed."""
+    layouts = ["eager", "compiled"] if device.type == "cuda" and not quick else ["eager"]
+    shapes = [("resnet8", 16, 32)] if quick else [("resnet32", 128, 32)]
+    precisions = [resolve_precision(None, device)]  # the run's default: bf16 on CUDA, fp32 on CPU
+    rows = bench_step(device, reps, quick, shapes, layouts, precisions, variants=GATE_VARIANTS, title="gates")
+    reference = {(r["precision"], r["layout"]): r for r in rows if r["variant"] == "reference"}
+    for r in rows:  # each mode's step against the reference-gated one (medians), beside x plain
+        base = reference.get((r["precision"], r["layout"]))
+        r["vs_reference_median"] = r["vs_plain_median"] / base["vs_plain_median"] if base else None
+    for prec, layout in reference:
+        same = [r for r in rows if (r["precision"], r["layout"]) == (prec, layout)]
+        print(
+            f"x reference ({prec} {layout}, medians): "
+            + ", ".join(f"{r['variant']} {r['vs_reference_median']:.2f}x" for r in same)
+        )
+    return rows
 
 
 def bench_transform(reps):
@@ -426,13 +490,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke check")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--sections", default="step,transform,loader,epoch,sweep")
+    ap.add_argument("--sections", default="step,gates,transform,loader,epoch,sweep")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 2 quick, 10 full)")
     ap.add_argument("--json", type=Path, default=Path("benchmark-results.json"))
     args = ap.parse_args(argv)
     device, reps = torch.device(args.device), args.reps or (2 if args.quick else 10)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"step", "transform", "loader", "epoch", "sweep"}
+    unknown = set(sections) - {"step", "gates", "transform", "loader", "epoch", "sweep"}
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
@@ -452,6 +516,7 @@ def main(argv=None):
         tmp = Path(tmp)
         run = {
             "step": lambda: bench_step(device, reps, args.quick),
+            "gates": lambda: bench_gates(device, reps, args.quick),
             "transform": lambda: bench_transform(reps),
             "loader": lambda: bench_loader_section(device, args.quick),
             "epoch": lambda: bench_epoch(device, args.quick, tmp),
