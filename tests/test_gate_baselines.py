@@ -18,8 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import TWO_EPOCHS_EVERY_EVENT
-from gssl.cli import main
+from conftest import TWO_EPOCHS_EVERY_EVENT, train_preset
 from gssl.config import ConfigError, from_dict, parse_set
 from gssl.gating import LOSS_WEIGHTINGS, build_gate
 from gssl.losses import build_loss
@@ -396,18 +395,9 @@ def test_gcs_in_fixmatch_and_simclr_weighs_against_their_main_loss():
 
 
 def _train(root, out, *sets, compile_=False):
-    args = [
-        "train",
-        "--preset",
-        "cifar10-lt0.01-gated-triple",
-        "--set",
-        f"data.root={root}",
-        "--out",
-        str(out),
-    ]
-    for s in (*TWO_EPOCHS_EVERY_EVENT, f"compile={str(compile_).lower()}", *sets):
-        args += ["--set", s]
-    assert main([*args, "--quiet"]) == 0
+    """The gated triple through `gssl train`, two tiny epochs unless `sets` say more: its metrics rows."""
+    schedule = (*TWO_EPOCHS_EVERY_EVENT, f"compile={str(compile_).lower()}")
+    train_preset("cifar10-lt0.01-gated-triple", root, out, *schedule, *sets)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
