@@ -96,26 +96,20 @@ class GatedPretext(nn.Module):
         losses = torch.stack(
             [F.cross_entropy(head_logits[task], labels[task], reduction="none") for task in self.tasks], dim=1
         )
-        if getattr(self.gate, "needs_main_loss", False):
-            return self.term_for_main(feat, labels, losses, shared), self.head_stats(
-                head_logits, labels, losses
-            )
+        stats = self.head_stats(head_logits, labels, losses)
+        if getattr(self.gate, "needs_main_loss", False):  # its weights come with the main loss: against_main
+            return self.term_for_main(feat, labels, losses, shared), stats
         gated = self.gate(feat, losses)
-        stats: dict[str, Tensor] = {"aux": gated.aux_loss.detach()}
-        per_task = losses.detach().mean(0)
+        stats["aux"] = gated.aux_loss.detach()
         for i, task in enumerate(self.tasks):
-            stats[f"ssl_{task}"] = per_task[i]
             stats[f"gate_{task}"] = gated.weights[i]
-            # the pretext head's training accuracy, percent: has the head learned anything yet?
-            stats[f"pretext_acc_{task}"] = (
-                100.0 * (head_logits[task].argmax(1) == labels[task]).float().mean()
-            )
         return PretextTerm(self.ratio * gated.pretext_loss + gated.aux_loss), stats
 
     def head_stats(
         self, head_logits: dict[str, Tensor], labels: dict[str, Tensor], losses: Tensor
     ) -> dict[str, Tensor]:
-        """The statistics known before the main loss (the gate's weights come with it: against_main)."""
+        """Each task's loss and its head's training accuracy (percent: has the head learned anything yet?);
+        "aux", the gate's own objective, is 0 until the gate sets it."""
         stats: dict[str, Tensor] = {"aux": losses.new_zeros(())}
         per_task = losses.detach().mean(0)
         for i, task in enumerate(self.tasks):
