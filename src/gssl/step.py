@@ -71,7 +71,13 @@ class Compiled:
         kw = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
         target = packed_step(fn) if what == "step" else fn
         self.compiled = torch.compile(target, backend=backend, dynamic=False, **kw) if enabled else None
-        if self.compiled is not None and what == "step":  # see "Gradients inside the step" above
+        if (
+            self.compiled is not None
+            and what == "step"
+            and hasattr(torch._dynamo.config, "trace_autograd_ops")
+        ):
+            # see "Gradients inside the step" above; a torch without the flag compiles gcs/gradnorm steps
+            # with a graph break (or falls back to eager), every other step as before
             self.compiled = torch._dynamo.config.patch(trace_autograd_ops=True)(self.compiled)
         self.fallbacks = 0
         self.compiled_calls = 0
