@@ -88,7 +88,10 @@ def _refused(argv, old_run, capsys, *fragments):
         ("ssl.tasks=[flip,flip]", [r"ssl\.tasks.*distinct"]),
         (
             "ssl.gate=moe",
-            [r"ssl\.gate: 'moe' is not allowed; choose one of \['reference', 'learned', 'uniform', 'none'\]"],
+            [
+                r"ssl\.gate: 'moe' is not allowed; choose one of \['reference', 'learned', 'uniform', "
+                r"'uncertainty', 'gradnorm', 'gcs', 'dwa', 'none'\]"
+            ],
         ),
         ("optim.batch_size=0", [r"optim\.batch_size: 0 is not allowed; expected an integer >= 1"]),
         ("optim.batch_size=-8", [r"optim\.batch_size: -8 is not allowed"]),
