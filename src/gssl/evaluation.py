@@ -21,16 +21,18 @@ def evaluate_run(
     protocol: str | None = None,
     knn_k: int | None = None,
     linear_epochs: int | None = None,
+    loaded: LoadedRun | None = None,
 ) -> dict:
     """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set; with
     `attack`, also the accuracy under it (pixel-space L-inf, model in eval mode). protocol: "classifier"
     (the run's own head; the default), "linear" or "knn" (on the frozen backbone's pooled features, the
     training images un-augmented; the default for contrastive runs, which have no classifier). knn_k and
-    linear_epochs default to the run's own contrastive settings, so the default reproduces its summary."""
+    linear_epochs default to the run's own contrastive settings, so the default reproduces its summary.
+    `loaded`: this run and checkpoint already rebuilt by `load_run` (the report has it), not rebuilt again."""
     from .config import ConfigError
 
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
+    cfg = loaded.cfg if loaded is not None else read_config(run_dir)
     classifier = has_classifier(cfg)
     protocol = protocol or ("classifier" if classifier else "linear")
     if protocol == "classifier" and not classifier:
@@ -47,7 +49,7 @@ def evaluate_run(
     linear_epochs = (cfg.contrastive.linear_epochs or 100) if linear_epochs is None else linear_epochs
     if knn_k < 1 or linear_epochs < 1:
         raise ConfigError(f"--knn-k ({knn_k}) and --linear-epochs ({linear_epochs}) must be >= 1")
-    run = load_run(run_dir, checkpoint, cfg)
+    run = loaded if loaded is not None else load_run(run_dir, checkpoint, cfg)
     model, data, device = run.model, run.data, run.device
     precision = resolve_precision(cfg.precision, device)
     loader = ordered_loader(data.test, data, 512, device)

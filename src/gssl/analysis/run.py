@@ -103,7 +103,8 @@ class Run:
             rep = rundir.read_json(p)
             if rep.get("epoch") == self.checkpoint_epoch() and "confusion_matrix" in rep:
                 return rep
-        return evaluate_run(self.path, self.checkpoint, protocol="classifier" if classifier else "linear")
+        protocol = "classifier" if classifier else "linear"
+        return evaluate_run(self.path, self.checkpoint, protocol=protocol, loaded=self.loaded())
 
 
 def normalised(ld: LoadedRun, images_uint8: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,7 @@ class Scenario:
     trigger: ClassVar[str] = ""  # the setting that claims() reads
     has_classifier: ClassVar[bool] = True  # false: judged on frozen features (k-NN, linear probe)
     per_rank_draws: ClassVar[bool] = False  # augmentations drawn per rank (views), not for the global batch
+    drop_last: ClassVar[bool] = False  # the training loader's; SimCLR's under torchrun needs equal shares
 
     @staticmethod
     def claims(cfg: Config) -> bool:
@@ -114,8 +115,6 @@ class Scenario:
         self.test_loader = ctx.ordered(ctx.data.test)
         self.drw = drw_weights(ctx.data.counts, ctx.cfg.loss.drw_beta).to(ctx.device)
         _, _, self.drw_epoch = scaled_schedule(ctx.cfg.optim, ctx.cfg.loss.drw_epoch)  # scaled with the run
-
-    drop_last: ClassVar[bool] = False
 
     @property
     def step_batch(self) -> int:
