@@ -203,8 +203,8 @@ def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool =
         scenario.start_epoch(epoch)
         epoch_start = time.perf_counter()
         sums, seen, train_seconds = train_epoch(ctx, scenario, loop, epoch)
-        row = {"epoch": epoch, "lr": lr, **scenario.evaluate_epoch(loop.evaluate)}
-        row = epoch_row(row, sums, seen, train_seconds, time.perf_counter() - epoch_start)
+        evaluated = scenario.evaluate_epoch(loop.evaluate)
+        row = epoch_row(epoch, lr, evaluated, sums, seen, train_seconds, time.perf_counter() - epoch_start)
         progress.history.append(row)
         if row["test_acc"] > progress.best:
             progress.best, progress.best_epoch = row["test_acc"], epoch
@@ -319,16 +319,18 @@ def optimizer_step(loop: Loop, loss: torch.Tensor) -> None:
     loop.scaler.update()
 
 
-def epoch_row(evaluated: dict, sums: dict, seen: int, train_seconds: float, seconds: float) -> dict:
+def epoch_row(
+    epoch: int, lr: float, evaluated: dict, sums: dict, seen: int, train_seconds: float, seconds: float
+) -> dict:
     """metrics.jsonl's line for an epoch: epoch, lr, timings, accuracies, then every statistic's mean."""
     row = {
-        "epoch": evaluated["epoch"],
-        "lr": evaluated["lr"],
+        "epoch": epoch,
+        "lr": lr,
         "seconds": round(seconds, 3),
         "images_per_second": round(seen / train_seconds, 1),
         "train_acc": 100.0 * sums["correct"].item() / seen,
     }
-    row.update({k: v for k, v in evaluated.items() if k not in ("epoch", "lr")})
+    row.update(evaluated)
     row.update({k: v.item() / seen for k, v in sums.items() if not k.endswith("correct")})
     row.update(
         {
