@@ -3,8 +3,9 @@
 import pytest
 import yaml
 
-from gssl.config import Config, ConfigError, all_keys, diff, from_dict, parse_set, scaled_schedule, to_yaml
+from gssl.config import Config, ConfigError, all_keys, diff, from_dict, parse_set, to_yaml
 from gssl.presets import PRESETS, RATIOS, preset_dict, resolve
+from gssl.schedule import scaled_schedule
 
 
 def test_every_preset_loads_validates_and_round_trips():

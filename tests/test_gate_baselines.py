@@ -357,6 +357,7 @@ def _sets(*items):
     return out
 
 
+@pytest.mark.compiles
 @pytest.mark.parametrize("gate", ["gcs", "gradnorm"])
 def test_the_step_with_gradients_inside_is_one_graph(gate):
     """torch.autograd.grad inside the step is traced into the graph (Compiled sets trace_autograd_ops)."""
@@ -489,6 +490,7 @@ def test_compiled_step_trains_like_the_eager_one(cifar600, tmp_path, gate):
 
 
 @pytest.mark.slow
+@pytest.mark.compiles
 def test_compiled_dwa_takes_its_third_epochs_weights_without_recompiling(cifar600, tmp_path):
     import torch._dynamo
 

@@ -138,6 +138,7 @@ def test_reference_gate_in_a_step_of_sgd_stays_put():
     assert all(torch.equal(a, b) for a, b in zip(before, gate.parameters()))
 
 
+@pytest.mark.slow
 def test_learned_gate_is_stable_on_large_unnormalised_features():
     """Pooled ResNet features are large; at lr 0.1 the gate must not overshoot into a saturated
     softmax (seen before the unit-norm input: weights 1.000 / 0 / 0 with every task at chance)."""

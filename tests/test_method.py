@@ -86,6 +86,7 @@ def test_same_seed_same_step():
     assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_lorot_i_and_rotation_baselines_and_greyscale():
     x, y = batch()
     for tasks in (["lorot_i"], ["rotation"]):
@@ -117,6 +118,8 @@ def test_bf16_autocast_channels_last(gate):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.slow
+@pytest.mark.compiles
 def test_dynamo_traces_the_training_step_without_graph_breaks():
     """The pure part of the step (transform, forward, losses, gate) is one graph; the random
     draw (sample_params) stays outside it. Learned gate + cosine heads + LDAM: the most code."""
@@ -131,6 +134,8 @@ def test_dynamo_traces_the_training_step_without_graph_breaks():
     assert time.time() - t0 < 60
 
 
+@pytest.mark.slow
+@pytest.mark.compiles
 def test_compiled_step_matches_eager_forward_and_backward():
     """fullgraph=True fails on any graph break; aot_eager also traces the backward (no C compiler)."""
     model = GatedSSL("resnet20", 10, tasks=TRIPLE, gate="learned")

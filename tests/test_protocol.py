@@ -36,6 +36,7 @@ def _expected_lr(epoch: int) -> float:
     return 0.1 * (1.0 if epoch < 32 else 0.01 if epoch < 36 else 0.0001)
 
 
+@pytest.mark.slow
 def test_a_scaled_table1_run_logs_the_learning_rate_of_every_epoch(fake_cifar10, tmp_path):
     out = tmp_path / "ldam"
     train_preset("cifar10-lt0.01-ldam-drw", fake_cifar10, out, *SCALED)
@@ -53,6 +54,7 @@ def _context(fake_cifar10, tmp_path, *sets):
     return engine.build_context(cfg, tmp_path / "run", Dist(), "cpu", quiet=True)
 
 
+@pytest.mark.slow
 def test_drw_weights_reach_the_loss_from_the_scaled_epoch_on_inside_the_loop(fake_cifar10, tmp_path):
     ctx = _context(fake_cifar10, tmp_path, "optim.epochs=4")  # DRW at round(160 * 4 / 200) = 3
     scenario = scenarios.build(ctx)

@@ -84,6 +84,7 @@ def test_the_unlabelled_loss_never_reads_true_labels_and_the_split_is_disjoint(f
     assert not any(bytes(im.numpy()) in lab for im in data.unlabeled.images)
 
 
+@pytest.mark.slow
 def test_fixmatch_trains_end_to_end_with_its_metrics_and_ema_evaluation(fake_cifar10, tmp_path, capsys):
     run = train_tiny_run(fake_cifar10, tmp_path / "fm", 2, *SEMI)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -102,6 +103,7 @@ def test_fixmatch_trains_end_to_end_with_its_metrics_and_ema_evaluation(fake_cif
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_report_and_eval_of_a_fixmatch_run_both_judge_the_ema_weights(fake_cifar10, tmp_path, capsys):
     """Regression: `gssl report` evaluated the raw weights and wrote eval-last.json, the file `gssl eval`
     writes from the EMA weights, so its content depended on which command ran last."""
@@ -125,6 +127,17 @@ def test_report_and_eval_of_a_fixmatch_run_both_judge_the_ema_weights(fake_cifar
     judged = model.state_dict()
     assert all(torch.equal(judged[k], ema[k]) for k in judged)
     assert any(not torch.equal(judged[k], ck["model"][k]) for k in judged if judged[k].is_floating_point())
+    # ... and the EMA followed training: with decay 0.5 over 6 steps it sits far nearer the trained weights
+    # than the initial ones (an EMA never updated would still equal the initial weights)
+    from conftest import initial_weights
+
+    start = initial_weights(run)
+    params = [k for k in ema if ema[k].is_floating_point() and k in start and "running" not in k]
+
+    def distance(a, b):
+        return sum(float((a[k].float() - b[k].float()).norm() ** 2) for k in params) ** 0.5
+
+    assert distance(ema, ck["model"]) < 0.5 * distance(start, ck["model"])
     from gssl.analysis.run import Run
 
     for_report = Run(run).loaded().model.state_dict()  # what the report's figures and evaluation use

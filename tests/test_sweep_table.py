@@ -146,6 +146,7 @@ runs:
     return f
 
 
+@pytest.mark.slow
 def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10, tmp_path, capsys):
     out = tmp_path / "sweep"
     spec = _sweep_file(tmp_path, fake_cifar10, out)

@@ -537,12 +537,3 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[prefix + k] = v
     return out
-
-
-def scaled_schedule(o: OptimConfig, drw_epoch: int | None) -> tuple[int, list[int], int | None]:
-    """Warm-up, milestones and DRW start scaled from base_epochs to epochs (shortened protocols)."""
-    s = o.epochs / o.base_epochs
-    warm = int(round(o.warmup_epochs * s))
-    miles = [int(round(m * s)) for m in o.milestones]
-    drw = None if drw_epoch is None else int(round(drw_epoch * s))
-    return warm, miles, drw

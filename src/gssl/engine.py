@@ -12,7 +12,6 @@ uninterrupted run would, bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
-import math
 import platform
 import sys
 import time
@@ -24,23 +23,12 @@ import torch
 
 from . import __version__, distributed, metrics, rundir, scenarios
 from .build import build_cls_loss, build_data, build_model, check_shapes, pick_device
-from .config import Config, ConfigError, scaled_schedule, to_yaml
+from .config import Config, ConfigError, to_yaml
 from .scenarios import Context, Scenario
+from .schedule import lr_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
 __all__ = ["TrainingError", "fit", "lr_at", "train"]
-
-
-def lr_at(cfg: Config, epoch: int) -> float:
-    """Linear warm-up per epoch, then step decays (gamma**i after the i-th milestone) or cosine."""
-    o = cfg.optim
-    warm, miles, _ = scaled_schedule(o, None)
-    if epoch < warm:
-        return o.lr * (epoch + 1) / warm
-    if o.schedule == "cosine":
-        t = (epoch - warm) / max(1, o.epochs - warm)
-        return o.lr * 0.5 * (1 + math.cos(math.pi * t))
-    return o.lr * o.gamma ** sum(epoch >= m for m in miles)
 
 
 def pretext_seed(seed: int, epoch: int) -> int:

@@ -29,9 +29,10 @@ import torch.nn as nn
 
 from .. import distributed, metrics
 from ..build import Data, ordered_loader
-from ..config import Config, scaled_schedule
+from ..config import Config
 from ..data import DeviceLoader
 from ..losses import drw_weights
+from ..schedule import drw_on
 
 
 @dataclass
@@ -114,7 +115,6 @@ class Scenario:
         )
         self.test_loader = ctx.ordered(ctx.data.test)
         self.drw = drw_weights(ctx.data.counts, ctx.cfg.loss.drw_beta).to(ctx.device)
-        _, _, self.drw_epoch = scaled_schedule(ctx.cfg.optim, ctx.cfg.loss.drw_epoch)  # scaled with the run
 
     @property
     def step_batch(self) -> int:
@@ -133,8 +133,9 @@ class Scenario:
         pass
 
     def start_epoch(self, epoch: int) -> None:
-        drw_on = self.drw_epoch is not None and epoch >= self.drw_epoch
-        self.ctx.cls_loss.set_weight(self.drw if drw_on else None)  # in place: no recompilation
+        self.ctx.cls_loss.set_weight(
+            self.drw if drw_on(self.ctx.cfg, epoch) else None
+        )  # in place: no recompilation
         if self.pretext is not None:  # a gate with per-epoch state (dwa) rolls it
             self.pretext.start_epoch(epoch)
 
