@@ -129,3 +129,42 @@ def initial_weights(run: Path) -> dict:
     cfg = from_dict(load_yaml(run / "config.yaml"))
     torch.manual_seed(cfg.seed)
     return build_model(cfg, 10, 3).state_dict()
+
+
+TIMING_KEYS = {"seconds", "images_per_second"}
+
+
+def assert_runs_identical(full: Path, resumed: Path) -> None:
+    """Two runs of one config ended in the same place: logged rows (timing aside), every tensor of the
+    last checkpoint (model, optimiser, EMA, gate state) and the summary's numbers, bit for bit."""
+    import json
+
+    import torch
+
+    from gssl import rundir
+
+    def rows(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+    assert rows(resumed) == rows(full)
+
+    def tensors(tree, prefix=""):
+        if isinstance(tree, torch.Tensor):
+            yield prefix, tree
+        elif isinstance(tree, dict):
+            for key, value in tree.items():
+                yield from tensors(value, f"{prefix}/{key}")
+        elif isinstance(tree, (list, tuple)):
+            for index, value in enumerate(tree):
+                yield from tensors(value, f"{prefix}/{index}")
+
+    a, b = (dict(tensors(rundir.load_checkpoint(run / "checkpoints" / "last.pt"))) for run in (full, resumed))
+    assert a.keys() == b.keys() and len(a) > 0
+    assert [key for key in a if not torch.equal(a[key], b[key])] == []
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (full, resumed)]
+    results = [
+        {k: v for k, v in s.items() if k.endswith("acc") or k in ("best_epoch", "gate_weights")}
+        for s in summaries
+    ]
+    assert results[0] == results[1] and "test_acc" in results[0]

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import initial_weights, train_tiny_run
+from conftest import assert_runs_identical, initial_weights, train_tiny_run
 from gssl import rundir
 from gssl.data import DeviceLoader
 from gssl.distributed import Dist, global_params
@@ -268,7 +268,11 @@ def test_nt_xent_under_two_ranks_sees_every_negative_and_has_the_one_process_gra
         ),
     ],
 )
-def test_fixmatch_and_simclr_presets_train_under_torchrun(fake_cifar10, tmp_path, preset, sets):
+def test_fixmatch_and_simclr_presets_train_under_torchrun_and_resume_exactly(
+    fake_cifar10, tmp_path, preset, sets
+):
+    """Both presets train under torchrun; a job killed while writing its second checkpoint and resumed
+    ends bit for bit where the uninterrupted job ends (EMA, unlabelled stream, views, probes)."""
     args = [
         "--preset",
         preset,
@@ -298,11 +302,14 @@ def test_fixmatch_and_simclr_presets_train_under_torchrun(fake_cifar10, tmp_path
         )
     else:
         assert all(row["contrastive_loss"] > 0 for row in rows)
-        resumed = _torchrun(
-            ["--resume", "ddp", "--set", "optim.epochs=3", "--force", "--quiet"], cwd=tmp_path
-        )
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 3
+    killed = _torchrun(
+        [*args, "--out", "killed"], cwd=tmp_path, env_extra={"GSSL_FAULT": "kill-during-write:last.pt:2"}
+    )
+    assert killed.returncode != 0
+    assert rundir.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 0
+    resumed = _torchrun(["--resume", "killed", "--quiet"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_runs_identical(tmp_path / "ddp", tmp_path / "killed")
 
 
 def test_compiled_step_under_ddp_trains_like_the_eager_ddp_run(fake_cifar10, tmp_path):

@@ -7,8 +7,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
+from conftest import TINY_FIXMATCH, assert_runs_identical
+from gssl import rundir
 from gssl.cli import main
 
 TIMING = {"seconds", "images_per_second"}
@@ -141,3 +144,38 @@ def test_resuming_in_another_memory_format_keeps_the_fused_sgd_update_exact(tmp_
     step(resumed, opt, x.contiguous(memory_format=torch.channels_last))
     for a, b in zip(resumed.parameters(), ref.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "preset, sets",
+    [
+        ("cifar10-4000-fixmatch-gated-triple", [*TINY_FIXMATCH, "optim.batch_size=4", "semi.ema=0.5"]),
+        (
+            "cifar10-simclr-gated-pretext",
+            [
+                "contrastive.knn_k=5",
+                "contrastive.linear_epochs=2",
+                "optim.batch_size=8",
+                "data.max_per_class=9",
+            ],
+        ),
+    ],
+)
+def test_fixmatch_and_simclr_killed_mid_checkpoint_resume_bit_identical(fake_cifar10, tmp_path, preset, sets):
+    """One process: killed while writing the second epoch's checkpoint, resumed, the run ends exactly as
+    the uninterrupted one (FixMatch's EMA and unlabelled stream, SimCLR's views and its final probes)."""
+    argv = [sys.executable, "-m", "gssl", "train", "--preset", preset, "--quiet"]
+    for item in (f"data.root={fake_cifar10}", "model.backbone=resnet8", "optim.epochs=3", *sets):
+        argv += ["--set", item]
+    full = subprocess.run(
+        [*argv, "--out", str(tmp_path / "full")], env=_env(), capture_output=True, text=True
+    )
+    assert full.returncode == 0, full.stderr[-3000:]
+    fault = {**_env(), "GSSL_FAULT": "kill-during-write:last.pt:2"}
+    killed = subprocess.run([*argv, "--out", str(tmp_path / "killed")], env=fault, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert rundir.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 0
+    resume = [*argv[:4], "--resume", str(tmp_path / "killed"), "--quiet"]
+    resumed = subprocess.run(resume, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_runs_identical(tmp_path / "full", tmp_path / "killed")
