@@ -3,10 +3,13 @@ cache."""
 
 import base64
 import io
+import json
 import os
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,6 +18,7 @@ pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip insta
 pytest.importorskip("sklearn", reason="the report's t-SNE needs scikit-learn (pip install 'gssl[analysis]')")
 
 from conftest import train_tiny_run  # noqa: E402
+from gssl.analysis import figures  # noqa: E402
 from gssl.analysis import tsne as tsne_mod  # noqa: E402
 from gssl.analysis.examples import pretext_rows  # noqa: E402
 from gssl.cli import main  # noqa: E402
@@ -84,7 +88,12 @@ def run_copy(tiny_run, tmp_path):
     return dst
 
 
-def test_report_of_one_run_has_every_section(run_copy, capsys):
+def test_report_of_one_run_has_every_section(run_copy, capsys, monkeypatch):
+    drawn = {}
+    save = figures._save
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, path: save(drawn.setdefault(Path(path).name, fig), path)
+    )
     assert main(["report", str(run_copy), "--gradcam-images", "6"]) == 0
     assert "report written to" in capsys.readouterr().out
     page = _check_page(run_copy / "report.html")
@@ -107,6 +116,37 @@ def test_report_of_one_run_has_every_section(run_copy, capsys):
     assert "cpu (" in text and ", fp32<" in text  # where and in which precision it trained
     assert _png((run_copy / "report" / "gradcam.png").read_bytes()).width > 6 * 100  # 6 columns of images
     assert (run_copy / "eval-last.json").is_file()  # the confusion matrix, computed once like `gssl eval`
+    _check_figure_content(run_copy, drawn)
+
+
+def _check_figure_content(run, drawn):
+    """What the figures show is the run's own numbers: confusion counts, gate weights, per-class points."""
+    evaluation = json.loads((run / "eval-last.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    counts = np.array(evaluation["confusion_matrix"])
+    per_class = 100 * counts.diagonal() / counts.sum(1)
+    assert per_class == pytest.approx(summary["per_class_acc"])  # the matrix agrees with the training's
+    assert 100 * counts.trace() / counts.sum() == pytest.approx(summary["test_acc"])
+
+    confusion_axes = drawn["confusion.png"].axes[0]
+    assert np.asarray(confusion_axes.images[0].get_array()) == pytest.approx(
+        counts / counts.sum(1, keepdims=True)
+    )
+    written = {
+        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in confusion_axes.texts
+    }
+    assert written == {(i, j): str(counts[i, j]) for i, j in zip(*counts.nonzero())}
+
+    weights_axes, losses_axes = drawn["gates.png"].axes[:2]
+    for task_index, task in enumerate(("lorot", "flip", "channel")):
+        assert list(weights_axes.lines[task_index].get_ydata()) == [row[f"gate_{task}"] for row in rows]
+        assert list(losses_axes.lines[task_index].get_ydata()) == [row[f"ssl_{task}"] for row in rows]
+
+    points = drawn["per-class.png"].axes[0].collections[-1].get_offsets()
+    assert np.asarray(points) == pytest.approx(
+        np.column_stack([summary["class_counts"], summary["per_class_acc"]])
+    )
 
 
 def test_tsne_cache_is_reused_and_invalidated_by_a_new_checkpoint(run_copy, monkeypatch):
