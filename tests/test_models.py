@@ -19,8 +19,11 @@ COUNTS = {
     # no published count: BN over 243 scattering maps (486) + 3x3 conv 243->128 (279,936) + BN (256)
     # + two residual blocks of 128 channels (2 x 295,424); the scattering itself has none
     "scatnet": 871_526,
+    # ViT-Tiny, patch 4 on 32 px: 12 blocks x 444,864 (qkv, proj, MLP 192-768-192, two LayerNorms)
+    # + patch embedding 9,408 + class token 192 + 65 positional embeddings 12,480 + final norm 384
+    "vit": 5_360_832,
 }
-FEAT = {"resnet18": 512, "wrn28_2": 128, "wrn40_2": 128, "scatnet": 128}
+FEAT = {"resnet18": 512, "wrn28_2": 128, "wrn40_2": 128, "scatnet": 128, "vit": 192}
 
 
 def n_params(m):

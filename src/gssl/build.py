@@ -4,6 +4,7 @@ training loop (engine.py), evaluation and the analysis tools all build through h
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -108,6 +109,11 @@ def build_data(cfg: Config) -> Data:
     return Data(train, test, counts, tuple(mean), tuple(std), unlabeled)
 
 
+def backbone_options(cfg: Config) -> dict:
+    """The backbone's own settings: the `vit` section for the ViT, none for the others."""
+    return dataclasses.asdict(cfg.vit) if cfg.model.backbone == "vit" else {}
+
+
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
     """The network of the config's method (gssl.scenarios), initialised from the global torch seed."""
     from .scenarios import scenario_class  # the scenarios build their parts through this module
@@ -131,6 +137,12 @@ def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:
         raise ConfigError(
             f"fusion.patch={cfg.fusion.patch} must divide the image sides ({cfg.data.name}: {H}x{W}); "
             "pick a patch size that does"
+        )
+    if cfg.model.backbone == "vit" and (H != W or H != cfg.vit.image_size or H % cfg.vit.patch):
+        raise ConfigError(
+            f"model.backbone=vit: vit.image_size={cfg.vit.image_size} and vit.patch={cfg.vit.patch} must fit "
+            f"the {cfg.data.name} images ({H}x{W}): set vit.image_size={H} and a vit.patch dividing it "
+            f"(4 on 32 px, 8 on 64 px)"
         )
     if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
         raise ConfigError(

@@ -69,9 +69,30 @@ class ModelConfig:
             "wrn28_2",
             "wrn40_2",
             "scatnet",
+            "vit",
         ),
     )
     head: str = field(default="cosine", metadata=_choice("linear", "cosine"))
+
+
+@dataclass
+class ViTConfig:
+    """The ViT backbone's size (model.backbone=vit; gssl.models.vit): ViT-Tiny by default. Patch 4 on
+    32 px images, patch 8 on 64 px ones: an 8 x 8 grid either way."""
+
+    patch: int = field(
+        default=4, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing the image side")
+    )
+    width: int = field(
+        default=192, metadata=_check(lambda v: v >= 1, "an integer >= 1 divisible by vit.heads")
+    )
+    depth: int = field(default=12, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    heads: int = field(default=3, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing vit.width"))
+    mlp_ratio: float = field(
+        default=4.0, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
+    # the side of the training images, for which the positional embeddings are learned
+    image_size: int = field(default=32, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
 
 
 # pretext tasks that can share a run: they transform the same region of the image (pretext.TASKS[t].region;
@@ -283,6 +304,7 @@ class Config:
     method: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sla: SLAConfig = field(default_factory=SLAConfig)

@@ -83,9 +83,10 @@ class SimCLR(nn.Module):
         in_channels: int = 3,
         gate_kw: dict | None = None,
         fusion: nn.Module | None = None,
+        backbone_options: dict | None = None,
     ):
         super().__init__()
-        self.backbone = build_backbone(backbone, in_channels)
+        self.backbone = build_backbone(backbone, in_channels, backbone_options)
         dim = self.backbone.feat_dim
         self.pretext = build_gated_pretext(
             tasks, gate, dim, head="linear", ratio=ssl_ratio, flip_axis="W", gate_kw=gate_kw

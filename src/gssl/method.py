@@ -196,9 +196,10 @@ class GatedSSL(nn.Module):
         in_channels: int = 3,
         gate_kw: dict | None = None,
         pretext_scale: float = 1.0,
+        backbone_options: dict | None = None,
     ):
         super().__init__()
-        self.backbone = build_backbone(backbone, in_channels)
+        self.backbone = build_backbone(backbone, in_channels, backbone_options)
         self.classifier = build_head(head, self.backbone.feat_dim, num_classes)
         self.pretext = build_gated_pretext(
             tasks,

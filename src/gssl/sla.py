@@ -68,11 +68,12 @@ class SLASD(nn.Module):
         in_channels: int = 3,
         temperature: float = 1.0,
         joint_scale: float = 30.0,
+        backbone_options: dict | None = None,
     ):
         super().__init__()
         if transform not in TRANSFORMS:
             raise ValueError(f"unknown SLA transform {transform!r}; choose one of {sorted(TRANSFORMS)}")
-        self.backbone = build_backbone(backbone, in_channels)
+        self.backbone = build_backbone(backbone, in_channels, backbone_options)
         dim = self.backbone.feat_dim
         self.classifier = build_head(head, dim, num_classes)  # the single, distilled head
         self.joint = build_head(head, dim, num_classes * TRANSFORMS[transform])

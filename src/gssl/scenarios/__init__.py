@@ -81,7 +81,8 @@ def check(cfg: Config) -> None:
 def used_sections(cfg: Config) -> tuple[str, ...]:
     """The config sections this run reads: what its config.yaml keeps."""
     extra = [s for cls in (scenario_class(cfg), *wrappers_of(cfg)) for s in cls.sections]
-    return COMMON_SECTIONS + tuple(dict.fromkeys(extra))
+    backbone = ["vit"] if cfg.model.backbone == "vit" else []  # the ViT's size, only where it is read
+    return COMMON_SECTIONS + tuple(dict.fromkeys(backbone + extra))
 
 
 def build(ctx: Context) -> Scenario:

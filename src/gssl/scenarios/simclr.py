@@ -4,6 +4,7 @@ backbone every epoch and by a linear probe at the end."""
 
 from __future__ import annotations
 
+from ..build import backbone_options
 from ..config import Config, ConfigError
 from ..contrastive import SimCLR, frozen_eval
 from ..data.views import ViewAugment
@@ -65,6 +66,7 @@ class SimCLRScenario(Scenario):
             in_channels=in_channels,
             gate_kw=gate_options(cfg.ssl),
             fusion=fusion,
+            backbone_options=backbone_options(cfg),
         )
 
     def __init__(self, ctx: Context):

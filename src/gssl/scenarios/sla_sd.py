@@ -4,6 +4,7 @@ single head distilled from the aggregated prediction; judged also by the aggrega
 from __future__ import annotations
 
 from .. import metrics
+from ..build import backbone_options
 from ..config import Config, ConfigError
 from ..sla import SLASD
 from .base import Scenario
@@ -38,6 +39,7 @@ class SLASDScenario(Scenario):
             in_channels=in_channels,
             temperature=cfg.sla.temperature,
             joint_scale=cfg.loss.scale,
+            backbone_options=backbone_options(cfg),
         )
 
     def evaluate_final(self):

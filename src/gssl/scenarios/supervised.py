@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..build import backbone_options
 from ..config import Config
 from ..gating import gate_options
 from ..method import GatedSSL
@@ -22,4 +23,5 @@ class Supervised(Scenario):
             in_channels=in_channels,
             gate_kw=gate_options(cfg.ssl),
             pretext_scale=cfg.ssl.pretext_scale,
+            backbone_options=backbone_options(cfg),
         )
