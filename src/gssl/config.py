@@ -249,6 +249,80 @@ class ContrastiveConfig:
     )
 
 
+def _scale_range(v) -> bool:
+    return len(v) == 2 and 0 < v[0] <= v[1] <= 1
+
+
+@dataclass
+class DINOConfig:
+    """DINO self-distillation on a ViT (method=dino; gssl.dino, docs/selfpatch.md): the defaults are DINO's
+    and SelfPatch's (`main_selfpatch.py`) but for the sizes made for 32 px images. No labels are read in
+    training; per-epoch test accuracy is k-NN on the teacher's frozen image representation, the final one
+    a linear probe (and both also on its averaged patch tokens)."""
+
+    out_dim: int = field(default=4096, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    hidden_dim: int = field(default=2048, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    bottleneck_dim: int = field(default=256, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    norm_last_layer: bool = True  # the last layer's weight norm fixed at 1
+    local_crops: int = field(
+        default=6, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no local views)")
+    )
+    local_size: int = field(
+        default=16, metadata=_check(lambda v: v >= 1, "an integer >= 1 (a multiple of vit.patch)")
+    )
+    global_crop_scale: list[float] = field(
+        default_factory=lambda: [0.25, 1.0],
+        metadata=_check(_scale_range, "[low, high] with 0 < low <= high <= 1"),
+    )
+    local_crop_scale: list[float] = field(
+        default_factory=lambda: [0.05, 0.25],
+        metadata=_check(_scale_range, "[low, high] with 0 < low <= high <= 1"),
+    )
+    student_temp: float = field(
+        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a number > 0")
+    )
+    teacher_temp: float = field(
+        default=0.04, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a number > 0")
+    )
+    warmup_teacher_temp: float = field(
+        default=0.04, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a number > 0")
+    )
+    warmup_teacher_temp_epochs: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
+    center_momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    momentum_teacher: float = field(
+        default=0.996, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)")
+    )
+    freeze_last_layer: int = field(default=1, metadata=_check(lambda v: v >= 0, "epochs >= 0"))
+    knn_k: int = field(default=20, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    knn_temperature: float = field(
+        default=0.07, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
+    linear_epochs: int = field(
+        default=100, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: k-NN only)")
+    )
+    linear_lr: float = field(
+        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    )
+
+
+@dataclass
+class SelfPatchConfig:
+    """SelfPatch's patch-level loss on top of DINO (gssl.selfpatch): off unless enabled."""
+
+    enabled: bool = False
+    k: int = field(
+        default=4, metadata=_check(lambda v: 1 <= v <= 8, "an integer in 1..8 (of the 8 neighbours)")
+    )
+    # lambda; with a gate (ssl.gate != none) the gate and ssl.ratio weigh the loss instead
+    weight: float = field(
+        default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
+    )
+    out_dim: int = field(default=4096, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    blocks: int = field(default=2, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    # wrap: neighbours taken modulo the grid (the authors' code); mask: only patches on the grid
+    border: str = field(default="wrap", metadata=_choice("wrap", "mask"))
+
+
 @dataclass
 class FusionConfig:
     """Adaptive batch fusion ahead of the backbone in contrastive pre-training (gssl.fusion)."""
@@ -299,7 +373,7 @@ class OptimConfig:
 
 @dataclass
 class Config:
-    # the way of training: supervised, sla-sd, fixmatch, simclr (gssl.scenarios); null in config files
+    # the way of training: supervised, sla-sd, fixmatch, simclr, dino (gssl.scenarios); null in config files
     # written before it existed, where the sections say which (from_dict fills it in)
     method: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -313,6 +387,8 @@ class Config:
     semi: SemiConfig = field(default_factory=SemiConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    selfpatch: SelfPatchConfig = field(default_factory=SelfPatchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
@@ -498,6 +574,7 @@ def parse_set(item: str) -> dict:
         "attack",
         "objective",
         "normalize",
+        "border",
     }:
         try:  # '8/255' and similar fractions for numeric keys
             value = parse_number(key, value)

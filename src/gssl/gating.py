@@ -239,7 +239,13 @@ class GradNormGate(nn.Module):
         if torch.is_grad_enabled() and feat.requires_grad:
             squared = torch.stack(
                 [
-                    torch.autograd.grad(task_losses[n], feat, retain_graph=True)[0].float().square().sum()
+                    # allow_unused: an extra loss (SelfPatch's) need not reach the feature: its norm is 0
+                    torch.autograd.grad(
+                        task_losses[n], feat, retain_graph=True, allow_unused=True, materialize_grads=True
+                    )[0]
+                    .float()
+                    .square()
+                    .sum()
                     for n in range(self.n_tasks)
                 ]
             )

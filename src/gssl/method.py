@@ -57,7 +57,12 @@ class GatedPretext(nn.Module):
     backbone, and `forward(feat, labels, shared)` returns the PretextTerm (ssl_ratio x the gated pretext
     loss + the gate's own term, or what a gate weighing against the main loss needs), with the
     statistics that say whether each head learns. `start_epoch` and `after_step` pass the scenario's
-    hooks on to a gate with state of its own (dwa, gradnorm)."""
+    hooks on to a gate with state of its own (dwa, gradnorm).
+
+    `extra` names auxiliary losses computed elsewhere (SelfPatch's patch-level loss, gssl.selfpatch):
+    the caller hands their per-sample values to `forward`, and the gate weighs them beside the tasks'
+    (one more column each; `extra_classes` is each one's "number of classes", whose log is its chance
+    level for the learned gate). They have no head here, and `tasks` may then be empty."""
 
     def __init__(
         self,
@@ -70,39 +75,52 @@ class GatedPretext(nn.Module):
         flip_axis: str = "H",
         gate_kw: dict | None = None,
         scale: float = 1.0,
+        extra: Sequence[str] = (),
+        extra_classes: Sequence[int] = (),
     ):
         super().__init__()
-        self.tasks = list(tasks)
-        self.transformer = build_pretext(self.tasks, flip_axis)
-        classes = self.transformer.num_classes
+        self.tasks, self.extra = list(tasks), list(extra)
+        self.transformer = build_pretext(self.tasks, flip_axis) if self.tasks else None
+        classes = self.transformer.num_classes if self.tasks else {}
         self.heads = nn.ModuleDict({task: build_head(head, feat_dim, classes[task]) for task in self.tasks})
-        gate_kw = {"num_classes": [classes[task] for task in self.tasks], **(gate_kw or {})}
-        self.gate = build_gate(gate, feat_dim, len(self.tasks), **gate_kw)
+        chance = [classes[task] for task in self.tasks] + list(extra_classes)
+        gate_kw = {"num_classes": chance, **(gate_kw or {})}
+        self.gate = build_gate(gate, feat_dim, len(self.tasks) + len(self.extra), **gate_kw)
         self.gate_mode, self.ratio = gate, ratio
         self.scale = scale  # 1 = the reference's raw cosines; anything else is a labelled deviation
 
+    @property
+    def names(self) -> list[str]:
+        """What the gate weighs, in its order: the tasks, then the extra losses."""
+        return self.tasks + self.extra
+
     def sample(self, x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        return self.transformer.sample(x, generator)
+        return self.transformer.sample(x, generator) if self.tasks else {}
 
     def transform(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.transformer.apply(x, params)
+        return self.transformer.apply(x, params) if self.tasks else (x, {})
 
     def forward(
-        self, feat: Tensor, labels: dict[str, Tensor], shared: Sequence[Tensor] = ()
+        self,
+        feat: Tensor,
+        labels: dict[str, Tensor],
+        shared: Sequence[Tensor] = (),
+        extra_losses: dict[str, Tensor] | None = None,
     ) -> tuple[PretextTerm, dict[str, Tensor]]:
-        """`shared`: the parameters upstream of `feat` (read only by a gate that needs the main loss)."""
+        """`shared`: the parameters upstream of `feat` (read only by a gate that needs the main loss);
+        `extra_losses`: a per-sample [B] loss for each of `extra`."""
         # per-sample CE on each head; raw cosines when the heads are cosine (SPEC section 4)
         head_logits = {task: self.heads[task](feat).float() * self.scale for task in self.tasks}
-        losses = torch.stack(
-            [F.cross_entropy(head_logits[task], labels[task], reduction="none") for task in self.tasks], dim=1
-        )
+        columns = [F.cross_entropy(head_logits[task], labels[task], reduction="none") for task in self.tasks]
+        columns += [extra_losses[name].float() for name in self.extra]
+        losses = torch.stack(columns, dim=1)
         stats = self.head_stats(head_logits, labels, losses)
         if getattr(self.gate, "needs_main_loss", False):  # its weights come with the main loss: against_main
             return self.term_for_main(feat, labels, losses, shared), stats
         gated = self.gate(feat, losses)
         stats["aux"] = gated.aux_loss.detach()
-        for i, task in enumerate(self.tasks):
-            stats[f"gate_{task}"] = gated.weights[i]
+        for i, name in enumerate(self.names):
+            stats[f"gate_{name}"] = gated.weights[i]
         return PretextTerm(self.ratio * gated.pretext_loss + gated.aux_loss), stats
 
     def head_stats(
@@ -112,8 +130,9 @@ class GatedPretext(nn.Module):
         "aux", the gate's own objective, is 0 until the gate sets it."""
         stats: dict[str, Tensor] = {"aux": losses.new_zeros(())}
         per_task = losses.detach().mean(0)
-        for i, task in enumerate(self.tasks):
-            stats[f"ssl_{task}"] = per_task[i]
+        for i, name in enumerate(self.names):
+            stats[f"ssl_{name}"] = per_task[i]
+        for task in self.tasks:
             stats[f"pretext_acc_{task}"] = (
                 100.0 * (head_logits[task].argmax(1) == labels[task]).float().mean()
             )
@@ -123,13 +142,15 @@ class GatedPretext(nn.Module):
         self, feat: Tensor, labels: dict[str, Tensor], losses: Tensor, shared: Sequence[Tensor]
     ) -> PretextTerm:
         """What a gate weighing against the main loss reads: the batch-mean losses, the same through the
-        detached feature (one more pass of the small heads), the shared parameters."""
+        detached feature (one more pass of the small heads), the shared parameters. An extra loss has no
+        head of its own: its "head loss" is itself, detached (a task the gate switches off is off)."""
         detached = feat.detach()
+        head_losses = [
+            F.cross_entropy(self.heads[task](detached).float() * self.scale, labels[task])
+            for task in self.tasks
+        ]
         head_losses = torch.stack(
-            [
-                F.cross_entropy(self.heads[task](detached).float() * self.scale, labels[task])
-                for task in self.tasks
-            ]
+            head_losses + [losses[:, i].mean().detach() for i in range(len(self.tasks), losses.shape[1])]
         )
         value = self.ratio * losses.mean(0).sum()  # what against_main returns, whatever the weights
         shared = tuple(p for p in shared if p.requires_grad)
@@ -138,9 +159,9 @@ class GatedPretext(nn.Module):
     def against_main(self, main_loss: Tensor, term: PretextTerm, stats: dict[str, Tensor]) -> Tensor:
         """ssl_ratio x the pretext loss a `needs_main_loss` gate makes of the main loss (PretextTerm)."""
         gated, cosines = self.gate.combine(main_loss, term.losses, term.head_losses, term.shared)
-        for i, task in enumerate(self.tasks):
-            stats[f"gate_{task}"] = gated.weights[i].detach()
-            stats[f"cos_{task}"] = cosines[i].detach()
+        for i, name in enumerate(self.names):
+            stats[f"gate_{name}"] = gated.weights[i].detach()
+            stats[f"cos_{name}"] = cosines[i].detach()
         stats["aux"] = gated.aux_loss.detach()
         return self.ratio * gated.pretext_loss + gated.aux_loss
 

@@ -197,6 +197,7 @@ def _build_presets() -> dict[str, Preset]:
         None,
         "simclr-lorot",
     )
+    presets.update(_dino_presets())
     presets["quickstart"] = Preset(
         "quickstart",
         "quickstart.yaml",
@@ -204,6 +205,29 @@ def _build_presets() -> dict[str, Preset]:
         "long-tailed Fashion-MNIST, ResNet-20, gated LoRot-E + Flip + ShuffleChannel, 4 epochs on CPU",
         method="quickstart",
     )
+    return presets
+
+
+def _dino_presets() -> dict[str, Preset]:
+    """Self-distillation on CIFAR-10 with a ViT (docs/selfpatch.md): DINO, + SelfPatch, + both gated."""
+    presets = {}
+    dino_rows = {
+        "dino": ("DINO", {}),
+        "dino-selfpatch": ("DINO + SelfPatch (lambda 0.1)", {"selfpatch": {"enabled": True}}),
+        "dino-selfpatch-gated": (
+            "DINO + SelfPatch + LoRot-E, weighed by the learned gate (ssl.ratio 0.1 in lambda's place)",
+            {"selfpatch": {"enabled": True}, "ssl": {"tasks": ["lorot"], "gate": "learned", "ratio": 0.1}},
+        ),
+    }
+    for row, (what, overlay) in dino_rows.items():
+        presets[f"cifar10-{row}-vit"] = Preset(
+            f"cifar10-{row}-vit",
+            "cifar10-dino.yaml",
+            overlay,
+            f"self-distillation on CIFAR-10, ViT-Tiny/4: {what}",
+            None,
+            row,
+        )
     return presets
 
 

@@ -11,7 +11,9 @@ keep the whole batch in a handful of kernels with no host synchronisation. (Samp
 the whole image also lets its outermost output pixels blend in the half pixel just outside it.)
 
 `sample` draws the parameters (from the generator's device, then moved, so CPU and CUDA runs draw
-alike); `apply` is pure, for tests and inspection; `views` makes V views of a normalised batch.
+alike); `apply` is pure, for tests and inspection; `views` makes V views of a normalised batch. A `size`
+resizes the crops to size x size instead of the image's own size: DINO's multi-crop draws its small
+local views so, from a second ViewAugment with a smaller crop scale.
 """
 
 from __future__ import annotations
@@ -126,9 +128,10 @@ class ViewAugment:
         }
 
     @staticmethod
-    def apply(x: Tensor, p: dict[str, Tensor]) -> Tensor:
-        """Views of [0, 1] images for drawn parameters `p` (no randomness here)."""
-        grid = F.affine_grid(p["crop"], list(x.shape), align_corners=False)
+    def apply(x: Tensor, p: dict[str, Tensor], size: int | None = None) -> Tensor:
+        """Views of [0, 1] images for drawn parameters `p` (no randomness here), size x size if given."""
+        shape = list(x.shape) if size is None else [*x.shape[:2], size, size]
+        grid = F.affine_grid(p["crop"], shape, align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         f = p["factors"]
         jittered = hue(color(contrast(brightness(x, f[:, 0]), f[:, 1]), f[:, 2]), p["hue"])
@@ -141,12 +144,13 @@ class ViewAugment:
             self.apply(self.space.to_pixels(x), self.sample(x.shape[0], generator, x.device))
         )
 
-    def views(self, x: Tensor, generator: torch.Generator, v: int) -> Tensor:
-        """[v, N, C, H, W]: v independent views of every image of a normalised batch."""
+    def views(self, x: Tensor, generator: torch.Generator, v: int, size: int | None = None) -> Tensor:
+        """[v, N, C, H, W]: v independent views of every image of a normalised batch (H = W = size if
+        given)."""
         pixels = self.space.to_pixels(x)
         return torch.stack(
             [
-                self.space.to_model(self.apply(pixels, self.sample(x.shape[0], generator, x.device)))
+                self.space.to_model(self.apply(pixels, self.sample(x.shape[0], generator, x.device), size))
                 for _ in range(v)
             ]
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..config import Config, ConfigError
 from .adversarial import Adversarial
 from .base import Context, Scenario, Wrapper
+from .dino import DINOScenario
 from .fixmatch import FixMatch
 from .simclr import SimCLRScenario
 from .sla_sd import SLASDScenario
@@ -18,6 +19,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "sla-sd": SLASDScenario,
     "fixmatch": FixMatch,
     "simclr": SimCLRScenario,
+    "dino": DINOScenario,
 }
 WRAPPERS: dict[str, type[Wrapper]] = {"adversarial": Adversarial, "ssp": SSPPretraining}  # inner to outer
 COMMON_SECTIONS = ("data", "model", "ssl", "optim", "distributed")
@@ -75,6 +77,11 @@ def check(cfg: Config) -> None:
         raise ConfigError(
             "fusion.enabled=true is a plug-in for contrastive pre-training; set contrastive.views=2 "
             "(or more), or fusion.enabled=false"
+        )
+    if cfg.selfpatch.enabled and "selfpatch" not in used_sections(cfg):
+        raise ConfigError(
+            "selfpatch.enabled=true is a patch-level loss on top of DINO; set method=dino "
+            "(and model.backbone=vit), or selfpatch.enabled=false"
         )
 
 
