@@ -4,6 +4,7 @@ the weight-normalised head; multi-crop views; a run interrupted after a checkpoi
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +132,32 @@ def test_an_interrupted_dino_selfpatch_run_resumes_bit_for_bit(fake_cifar10, tmp
     monkeypatch.setattr(engine, "save_epoch", save)
     assert main(["train", "--resume", str(tmp_path / "resumed"), "--quiet"]) == 0
     assert_runs_identical(full, tmp_path / "resumed")  # teacher, centres, gate and optimiser included
+
+
+def test_the_report_of_a_dino_run_shows_the_teachers_class_token_attention(
+    fake_cifar10, tmp_path, monkeypatch
+):
+    pytest.importorskip("matplotlib")
+    from pathlib import Path
+
+    from gssl.analysis import figures
+
+    run = train_preset("cifar10-dino-vit", fake_cifar10, tmp_path / "dino", *TINY, "dino.linear_epochs=0")
+    drawn = {}
+    save = figures._save
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, path: save(drawn.setdefault(Path(path).name, fig), path)
+    )
+    assert main(["report", str(run), "--no-tsne", "--gradcam-images", "2"]) == 0
+    assert (run / "report" / "attention.png").is_file()
+    figure = drawn["attention.png"]
+    assert "teacher" in figure._suptitle.get_text()  # the ViT the run is judged by
+    columns = 6
+    assert len(figure.axes) == (2 + 2) * columns  # image, mean of 2 heads, each head
+    maps = np.stack([np.asarray(ax.images[-1].get_array()) for ax in figure.axes[2 * columns : 3 * columns]])
+    assert maps.shape == (columns, 8, 8)  # 8 x 8 patches of 4 px on 32 px images
+    sums = maps.sum((1, 2))
+    assert (maps >= 0).all() and (sums > 0).all() and (sums < 1).all()  # the rest: the class token itself
+    mean_maps = np.stack([np.asarray(ax.images[-1].get_array()) for ax in figure.axes[columns : 2 * columns]])
+    head2 = np.stack([np.asarray(ax.images[-1].get_array()) for ax in figure.axes[3 * columns :]])
+    assert mean_maps == pytest.approx((maps + head2) / 2)

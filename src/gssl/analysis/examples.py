@@ -121,3 +121,23 @@ def is_greyscale(images_uint8: torch.Tensor) -> bool:
 def sample_test_images(run: Run, n: int = 4) -> torch.Tensor:
     ld = run.loaded()
     return ld.data.test.images[torch.as_tensor(one_per_class(ld.data.test.labels, n))]
+
+
+@torch.inference_mode()
+def class_attention_examples(run: Run, n: int = 6) -> dict:
+    """Test images (one per class) and the last block's class-token attention over their patches, in the
+    ViT the run is judged by (DINO's teacher, else the model's backbone): what DINO's users look at first.
+    maps: [n, heads, rows, cols], each image's maps summing to at most 1 per head (the rest is the class
+    token attending to itself)."""
+    from ..models.vit import ViT
+
+    loaded = run.loaded()
+    vits = {name: module for name, module in loaded.model.named_modules() if isinstance(module, ViT)}
+    if not vits:
+        raise ValueError(
+            f"model.backbone={loaded.cfg.model.backbone} has no class-token attention (not a ViT)"
+        )
+    name = next((name for name in vits if name.startswith("teacher")), next(iter(vits)))
+    images = sample_test_images(run, n)
+    maps = vits[name].class_attention(normalised(loaded, images)).float().cpu()
+    return {"images": images, "maps": maps, "module": name}

@@ -282,6 +282,30 @@ def gradcam_grid(
     return _save(fig, path)
 
 
+def attention_grid(images, maps, module: str, path: Path) -> Path:
+    """Columns: test images. Rows: the image, the class token's attention averaged over heads, then each
+    head's, drawn over the greyscale image (nearest patches: the map is per patch)."""
+    images, maps = np.asarray(images), np.asarray(maps)
+    n, heads = len(images), maps.shape[1]
+    rows = [("image", None), ("mean of heads", maps.mean(1))] + [
+        (f"head {h + 1}", maps[:, h]) for h in range(heads)
+    ]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.55 * n + 0.8, 1.6 * len(rows)), squeeze=False)
+    for j in range(n):
+        _show(axes[0, j], images[j])
+        for row, (_, attention) in enumerate(rows[1:], start=1):
+            _show(axes[row, j], images[j].mean(0, keepdims=True))
+            side = images.shape[-1]
+            axes[row, j].imshow(
+                attention[j], cmap="inferno", alpha=0.6, extent=(-0.5, side - 0.5, side - 0.5, -0.5)
+            )
+    for row, (label, _) in enumerate(rows):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(f"class-token attention of the last block ({module})", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def pretext_grid(rows: list[list[tuple]], path: Path, note: str = "") -> Path:
     """rows: per sample image, a list of (title, image [C, H, W], box or None) panels; box = (top,
     left, height, width) of the transformed region, outlined."""

@@ -22,7 +22,13 @@ from ..data import DataError
 from ..evaluation import has_classifier
 from ..gating import uniform_weight
 from . import figures
-from .examples import gradcam_examples, is_greyscale, pretext_rows, sample_test_images
+from .examples import (
+    class_attention_examples,
+    gradcam_examples,
+    is_greyscale,
+    pretext_rows,
+    sample_test_images,
+)
 from .run import Run
 from .tsne import tsne_of_run
 
@@ -254,6 +260,7 @@ def _checkpoint_sections(page: Page, run: Run, prefix: str, opts: dict, h: str) 
         ("t-SNE of pooled features", "t-SNE", opts["tsne"], _tsne),
         ("Grad-CAM", "Grad-CAM", opts["gradcam"], _gradcam),
         ("Pretext tasks", "Pretext tasks", bool(run.tasks()), _pretext_examples),
+        ("Class-token attention", "attention maps", run.cfg.model.backbone == "vit", _attention),
     ]
 
     def figure_path(name: str) -> Path:
@@ -294,6 +301,17 @@ def _gradcam(page: Page, run: Run, figure_path, opts: dict) -> None:
         f"Stage <code>{_e(g['layer'])}</code>; middle row: evidence for the true class, "
         "bottom: for the predicted class (the same when the prediction is right).",
         "Grad-CAM",
+    )
+
+
+def _attention(page: Page, run: Run, figure_path, opts: dict) -> None:
+    found = class_attention_examples(run, 6)
+    page.figure(
+        figures.attention_grid(found["images"], found["maps"], found["module"], figure_path("attention.png")),
+        f"Last-block attention of the class token of <code>{_e(found['module'])}</code> to each patch. Under "
+        "SelfPatch the image representation is the aggregation of the patch tokens, not the class token, "
+        "so its map there says less.",
+        "class-token attention",
     )
 
 
