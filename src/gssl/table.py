@@ -70,7 +70,8 @@ class Cell:
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
-    """Every run directory (a folder with config.yaml) at or below the given paths."""
+    """The runs at the given paths: a run directory (a folder with config.yaml) is that one run; any other
+    folder gives every run directory below it."""
     dirs: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -241,11 +242,12 @@ def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None
             if missing:
                 notes.append(f"{r}, {c}: seeds {missing} missing")
         lines.append("| " + " | ".join(out) + " |")
-    if shared:
+    shown = [(k, v) for k, v in shared if k not in _NOT_METHOD]
+    if shown:
         lines += [
             "",
             "Shared by every run (not the paper's protocol): "
-            + ", ".join(f"{k}={_short(json.loads(v))}" for k, v in shared if k not in _NOT_METHOD),
+            + ", ".join(f"{k}={_short(json.loads(v))}" for k, v in shown),
         ]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
