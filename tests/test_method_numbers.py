@@ -695,3 +695,17 @@ def test_normalize_applies_float64_mean_and_std_as_float32():
     m32 = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
     s32 = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
     assert out.dtype == torch.float32 and torch.equal(out, (x.float() / 255 - m32) / s32)
+
+
+def test_gradnorm_gives_a_loss_that_never_reaches_the_feature_a_zero_norm():
+    """An extra loss computed elsewhere (SelfPatch's) need not depend on the image feature. Stacked with a
+    task that does, its norm is 0 and the other's its own (||d(3 f.sum())/df|| = 3 sqrt(4) = 6); gated
+    alone (no pretext task: nothing at all reaches the feature), its norm is 0 too, not an error."""
+    feat = torch.ones(2, 2, requires_grad=True)
+    elsewhere = torch.tensor(2.0, requires_grad=True)
+    losses = torch.stack([3 * feat.sum(), elsewhere * 1.5])
+    norms, mean_losses = GradNormGate(2, 2).feature_gradient_norms(feat, losses)
+    assert norms.tolist() == pytest.approx([6.0, 0.0])
+    assert mean_losses.tolist() == pytest.approx([12.0, 3.0])
+    norms, mean_losses = GradNormGate(2, 1).feature_gradient_norms(feat, torch.stack([elsewhere * 1.5]))
+    assert norms.tolist() == [0.0] and mean_losses.tolist() == pytest.approx([3.0])
