@@ -156,9 +156,11 @@ def test_missing_dataset_exits_2(tmp_path, capsys):
 def test_presets_lists_every_preset_and_shows_yaml(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * 3 * 11 + 6 + 4 + 4 + 2 * 4 + 1 + 1 and any(
+    dino = ["cifar10-dino-vit", "cifar10-dino-selfpatch-vit", "cifar10-dino-selfpatch-gated-vit"]
+    assert len(lines) == 2 * 3 * 11 + 6 + 4 + 4 + 2 * 4 + 1 + 1 + len(dino) and any(
         line.startswith("quickstart") for line in lines
     )
+    assert all(any(line.startswith(name + " ") for line in lines) for name in dino)
     assert main(["presets", "--show", "cifar100-lt0.02-gated-lorot-channel"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["data"]["name"] == "cifar100" and shown["ssl"]["tasks"] == ["lorot", "channel"]

@@ -417,6 +417,15 @@ def test_every_mode_trains_end_to_end_and_logs_its_weights_per_epoch(fake_cifar1
     if gate == "dwa":
         assert [rows[0][f"gate_{t}"] for t in TRIPLE] == [1.0, 1.0, 1.0]
         assert len({round(rows[2][f"gate_{t}"], 6) for t in TRIPLE}) > 1
+        # the weights logged in epoch 2 are DWA's formula (Liu et al. 2019, eq. 7, T = 2) applied to the
+        # task losses logged in epochs 0 and 1: what the log says the gate did is what it did. The log's
+        # loss is the mean over images and DWA's the mean over steps (as the MTAN code), which differ by
+        # the partial last batch, so the weights' departures from 1 agree to 10%, not to rounding (an
+        # inverted rate flips their signs, another T scales them)
+        rates = [rows[1][f"ssl_{t}"] / rows[0][f"ssl_{t}"] for t in TRIPLE]
+        exps = [math.exp(rate / 2.0) for rate in rates]
+        expected = [3 * e / sum(exps) - 1 for e in exps]
+        assert [rows[2][f"gate_{t}"] - 1 for t in TRIPLE] == pytest.approx(expected, rel=0.1)
     if gate.startswith("gcs"):
         assert all(-1 <= rows[-1][f"cos_{t}"] <= 1 for t in TRIPLE)
     summary = json.loads((tmp_path / gate / "summary.json").read_text())

@@ -172,6 +172,26 @@ class Scenario:
             **{f"test_{g}_shot_acc": shots[f"{g}_shot_acc"] for g in ("many", "medium", "few")},
         }
 
+    def judge_frozen(self, features: nn.Module, options, linear_epochs: int) -> dict:
+        """k-NN (and, if linear_epochs, a linear probe) of frozen `features` against the un-augmented
+        training images (gssl.contrastive.frozen_eval), for the scenarios without a classifier; `options`:
+        their config section (knn_k, knn_temperature, linear_lr)."""
+        from ..contrastive import frozen_eval
+
+        return frozen_eval(
+            features,
+            self.ctx.ordered(self.ctx.data.train),
+            self.test_loader,
+            self.ctx.num_classes,
+            device_type=self.ctx.device.type,
+            precision=self.ctx.precision,
+            knn_k=options.knn_k,
+            knn_temperature=options.knn_temperature,
+            linear_epochs=linear_epochs,
+            linear_lr=options.linear_lr,
+            seed=self.ctx.cfg.seed,
+        )
+
     def evaluate_final(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
         logits, labels = metrics.predict(
             self.eval_model, self.test_loader, self.ctx.device.type, precision=self.ctx.precision

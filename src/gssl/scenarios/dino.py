@@ -11,7 +11,6 @@ import torch
 
 from ..build import backbone_options
 from ..config import Config, ConfigError
-from ..contrastive import frozen_eval
 from ..data.views import ViewAugment
 from ..dino import DINO, PatchFeatures, teacher_momentum, teacher_temperature
 from ..gating import gate_options
@@ -70,7 +69,6 @@ class DINOScenario(Scenario):
             data.mean, data.std, ctx.device, crop_scale=tuple(d.global_crop_scale)
         )
         self.local_views = ViewAugment(data.mean, data.std, ctx.device, crop_scale=tuple(d.local_crop_scale))
-        self.bank_loader = ctx.ordered(data.train)
         self.step_in_run = 0
 
     @property
@@ -109,20 +107,7 @@ class DINOScenario(Scenario):
         return self.ctx.model.teacher.module
 
     def _frozen_eval(self, features: torch.nn.Module, linear_epochs: int) -> dict:
-        d = self.ctx.cfg.dino
-        return frozen_eval(
-            features,
-            self.bank_loader,
-            self.test_loader,
-            self.ctx.num_classes,
-            device_type=self.ctx.device.type,
-            precision=self.ctx.precision,
-            knn_k=d.knn_k,
-            knn_temperature=d.knn_temperature,
-            linear_epochs=linear_epochs,
-            linear_lr=d.linear_lr,
-            seed=self.ctx.cfg.seed,
-        )
+        return self.judge_frozen(features, self.ctx.cfg.dino, linear_epochs)
 
     def evaluate_epoch(self, eval_fn) -> dict:
         return {"test_acc": self._frozen_eval(self.eval_model, 0)["knn_acc"]}

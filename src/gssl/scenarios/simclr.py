@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..build import backbone_options
 from ..config import Config, ConfigError
-from ..contrastive import SimCLR, frozen_eval
+from ..contrastive import SimCLR
 from ..data.views import ViewAugment
 from ..fusion import BatchFusion
 from ..gating import gate_options
@@ -74,7 +74,6 @@ class SimCLRScenario(Scenario):
         self.view_augment = ViewAugment(
             ctx.data.mean, ctx.data.std, ctx.device, crop_scale=(ctx.cfg.contrastive.crop_min_scale, 1.0)
         )
-        self.bank_loader = ctx.ordered(ctx.data.train)
 
     @property
     def drop_last(self) -> bool:  # under torchrun the views are gathered: every rank needs an equal share
@@ -92,20 +91,7 @@ class SimCLRScenario(Scenario):
         return views, y, self.ctx.cls_loss, model.sample_params(views, generator)
 
     def _frozen_eval(self, linear_epochs: int) -> dict:
-        c = self.ctx.cfg.contrastive
-        return frozen_eval(
-            self.ctx.model.backbone,
-            self.bank_loader,
-            self.test_loader,
-            self.ctx.num_classes,
-            device_type=self.ctx.device.type,
-            precision=self.ctx.precision,
-            knn_k=c.knn_k,
-            knn_temperature=c.knn_temperature,
-            linear_epochs=linear_epochs,
-            linear_lr=c.linear_lr,
-            seed=self.ctx.cfg.seed,
-        )
+        return self.judge_frozen(self.ctx.model.backbone, self.ctx.cfg.contrastive, linear_epochs)
 
     def evaluate_epoch(self, eval_fn) -> dict:
         return {"test_acc": self._frozen_eval(0)["knn_acc"]}  # no classifier: k-NN on the frozen features
