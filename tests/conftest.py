@@ -168,3 +168,29 @@ def assert_runs_identical(full: Path, resumed: Path) -> None:
         for s in summaries
     ]
     assert results[0] == results[1] and "test_acc" in results[0]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops: a second OpenMP thread waiting for a busy core costs more than it saves."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def two_ranks_batchnorm(monkeypatch) -> None:
+    """One process normalising each half of its batch on its own, as two DDP ranks do: what makes a
+    one-process run comparable with a two-rank one."""
+    import torch
+
+    real = torch.nn.modules.batchnorm._BatchNorm.forward
+
+    def per_half(self, x):
+        if self.training and x.shape[0] >= 2:
+            return torch.cat([real(self, c) for c in x.split((x.shape[0] + 1) // 2)])
+        return real(self, x)
+
+    monkeypatch.setattr(torch.nn.modules.batchnorm._BatchNorm, "forward", per_half)

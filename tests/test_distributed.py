@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import assert_runs_identical, initial_weights, train_tiny_run
+from conftest import assert_runs_identical, initial_weights, train_tiny_run, two_ranks_batchnorm
 from gssl import rundir
 from gssl.data import DeviceLoader
 from gssl.distributed import Dist, global_params
@@ -124,14 +124,7 @@ def test_two_processes_with_batch_b_train_like_one_with_2b(fake_cifar10, tmp_pat
     ]
     assert "final test accuracy" in r.stdout and r.stdout.count("final test accuracy") == 1
 
-    real = torch.nn.modules.batchnorm._BatchNorm.forward
-
-    def ghost(self, x):  # normalise each half of the batch on its own, as the two ranks do
-        if self.training and x.shape[0] >= 2:
-            return torch.cat([real(self, c) for c in x.split((x.shape[0] + 1) // 2)])
-        return real(self, x)
-
-    monkeypatch.setattr(torch.nn.modules.batchnorm._BatchNorm, "forward", ghost)
+    two_ranks_batchnorm(monkeypatch)
     sets = [a for a in TINY[2:] if a not in ("--set", "--quiet")]
     one = train_tiny_run(
         fake_cifar10,

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import TWO_EPOCHS_EVERY_EVENT, train_preset
+from conftest import TWO_EPOCHS_EVERY_EVENT, train_preset, two_ranks_batchnorm
 from gssl.config import ConfigError, from_dict, parse_set
 from gssl.gating import LOSS_WEIGHTINGS, build_gate
 from gssl.losses import build_loss
@@ -29,13 +29,7 @@ NEW_MODES = ["uncertainty", "gradnorm", "gcs", "dwa"]
 TRIPLE = ["lorot", "flip", "channel"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: a second OpenMP thread waiting for a busy core costs more than it saves (see test_gating)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Toy(nn.Module):
@@ -547,14 +541,7 @@ def test_two_processes_weigh_like_one_with_the_global_batch(fake_cifar10, tmp_pa
     r = _torchrun([*args, "--out", "ddp"], cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
 
-    real = torch.nn.modules.batchnorm._BatchNorm.forward
-
-    def ghost(self, x):  # normalise each half of the batch on its own, as the two ranks do
-        if self.training and x.shape[0] >= 2:
-            return torch.cat([real(self, c) for c in x.split((x.shape[0] + 1) // 2)])
-        return real(self, x)
-
-    monkeypatch.setattr(torch.nn.modules.batchnorm._BatchNorm, "forward", ghost)
+    two_ranks_batchnorm(monkeypatch)
     sets = [a for a in TINY[2:] if a not in ("--set", "--quiet")]
     one = train_tiny_run(fake_cifar10, tmp_path / "one", epochs, *sets, *common, "optim.batch_size=16")
     rows = [

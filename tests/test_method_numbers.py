@@ -38,13 +38,7 @@ CIFAR10_LT_001 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: a second OpenMP thread waiting for a busy core costs more than it saves (see test_gating)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def softmax(row):

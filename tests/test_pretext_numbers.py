@@ -270,19 +270,9 @@ def test_results_do_not_depend_on_the_default_device():
         build_pretext(["lorot_i"]),
         build_pretext(["jigsaw"]),
     )
-    expected = [
-        quadrant_transform(x, q, k, f, c),
-        quadrant_transform(x, q),
-        rotation_transform(x, k),
-        jigsaw_transform(x, tiles),
-        square_transform(x, side, top, left, k),
-        _permutation_table("cpu"),
-        _tile_permutation_table("cpu"),
-        _patch_maps(2, 2, "W", "cpu"),
-    ]
-    draws = [pre.sample(x, torch.Generator().manual_seed(3)) for pre in (pre_q, pre_i, pre_r)]
-    with torch.device("meta"):
-        got = [
+
+    def everything():
+        outputs = [
             quadrant_transform(x, q, k, f, c),
             quadrant_transform(x, q),
             rotation_transform(x, k),
@@ -292,7 +282,11 @@ def test_results_do_not_depend_on_the_default_device():
             _tile_permutation_table("cpu"),
             _patch_maps(2, 2, "W", "cpu"),
         ]
-        got_draws = [pre.sample(x, torch.Generator().manual_seed(3)) for pre in (pre_q, pre_i, pre_r)]
+        return outputs, [pre.sample(x, torch.Generator().manual_seed(3)) for pre in (pre_q, pre_i, pre_r)]
+
+    expected, draws = everything()
+    with torch.device("meta"):
+        got, got_draws = everything()
     for a, b in zip(expected, got):
         assert b.device.type == "cpu" and torch.equal(a, b)
     for a, b in zip(draws, got_draws):

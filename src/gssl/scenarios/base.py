@@ -81,6 +81,23 @@ class Context:
         return ordered_loader(split, self.data, max(512, self.cfg.optim.batch_size), self.device)
 
 
+# The settings that switch on another way of training, each with its test: a scenario that cannot take
+# some of them names them in its check (settings_on) and refuses the ones that are on.
+SWITCHES = {
+    "sla.transform": lambda cfg: cfg.sla.transform != "none",
+    "adv.attack": lambda cfg: cfg.adv.attack != "none",
+    "semi.labels_per_class": lambda cfg: cfg.semi.labels_per_class is not None,
+    "pretrain.epochs": lambda cfg: cfg.pretrain.epochs > 0,
+    "contrastive.views": lambda cfg: cfg.contrastive.views > 0,
+    "fusion.enabled": lambda cfg: cfg.fusion.enabled,
+}
+
+
+def settings_on(cfg: Config, names) -> list[str]:
+    """Which of the named SWITCHES this config turns on, in the order named."""
+    return [name for name in names if SWITCHES[name](cfg)]
+
+
 class Scenario:
     """Supervised training on the classifier (and the gated pretext term its network carries): the
     default every hook falls back to."""

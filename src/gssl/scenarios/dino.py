@@ -15,7 +15,7 @@ from ..data.views import ViewAugment
 from ..dino import DINO, PatchFeatures, teacher_momentum, teacher_temperature
 from ..gating import gate_options
 from ..step import autocast
-from .base import Context, Scenario
+from .base import SWITCHES, Context, Scenario, settings_on
 
 
 class DINOScenario(Scenario):
@@ -33,18 +33,7 @@ class DINOScenario(Scenario):
             raise ConfigError(
                 f"dino.local_size={cfg.dino.local_size} must be a multiple of vit.patch={cfg.vit.patch}"
             )
-        others = [
-            key
-            for key, on in (
-                ("sla.transform", cfg.sla.transform != "none"),
-                ("adv.attack", cfg.adv.attack != "none"),
-                ("semi.labels_per_class", cfg.semi.labels_per_class is not None),
-                ("pretrain.epochs", cfg.pretrain.epochs > 0),
-                ("contrastive.views", cfg.contrastive.views > 0),
-                ("fusion.enabled", cfg.fusion.enabled),
-            )
-            if on
-        ]
+        others = settings_on(cfg, SWITCHES)
         if others:
             raise ConfigError(f"method dino does not combine with {', '.join(others)}; turn those off")
 

@@ -10,7 +10,7 @@ from ..contrastive import SimCLR
 from ..data.views import ViewAugment
 from ..fusion import BatchFusion
 from ..gating import gate_options
-from .base import Context, Scenario
+from .base import Context, Scenario, settings_on
 
 
 class SimCLRScenario(Scenario):
@@ -28,16 +28,7 @@ class SimCLRScenario(Scenario):
     def check(cfg: Config) -> None:
         if cfg.contrastive.views < 2:
             raise ConfigError("method simclr needs contrastive.views >= 2 (views of every image)")
-        others = [
-            key
-            for key, on in (
-                ("sla.transform", cfg.sla.transform != "none"),
-                ("adv.attack", cfg.adv.attack != "none"),
-                ("semi.labels_per_class", cfg.semi.labels_per_class is not None),
-                ("pretrain.epochs", cfg.pretrain.epochs > 0),
-            )
-            if on
-        ]
+        others = settings_on(cfg, ("sla.transform", "adv.attack", "semi.labels_per_class", "pretrain.epochs"))
         if others:
             raise ConfigError(
                 f"contrastive.views={cfg.contrastive.views} (SimCLR pre-training) does not combine "
