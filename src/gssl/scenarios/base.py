@@ -19,6 +19,7 @@ training, SSP pre-training) is a Scenario around another one, overriding only it
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,11 @@ class Scenario:
             **{f"test_{g}_shot_acc": shots[f"{g}_shot_acc"] for g in ("many", "medium", "few")},
         }
 
+    @functools.cached_property
+    def bank_loader(self) -> DeviceLoader:
+        """The training images, un-augmented and in order, for judge_frozen; built once, on first use."""
+        return self.ctx.ordered(self.ctx.data.train)
+
     def judge_frozen(self, features: nn.Module, options, linear_epochs: int) -> dict:
         """k-NN (and, if linear_epochs, a linear probe) of frozen `features` against the un-augmented
         training images (gssl.contrastive.frozen_eval), for the scenarios without a classifier; `options`:
@@ -197,7 +203,7 @@ class Scenario:
 
         return frozen_eval(
             features,
-            self.ctx.ordered(self.ctx.data.train),
+            self.bank_loader,
             self.test_loader,
             self.ctx.num_classes,
             device_type=self.ctx.device.type,
