@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_runs_identical, train_preset
-from gssl import engine
+from gssl import engine, rundir
 from gssl.cli import main
 from gssl.config import ConfigError, from_dict, parse_set
 from gssl.data.views import ViewAugment
@@ -118,6 +118,10 @@ def test_dino_is_refused_without_a_vit_and_selfpatch_without_dino():
 def test_an_interrupted_dino_selfpatch_run_resumes_bit_for_bit(fake_cifar10, tmp_path, monkeypatch):
     preset = "cifar10-dino-selfpatch-gated-vit"
     full = train_preset(preset, fake_cifar10, tmp_path / "full", *TINY)
+    optimizer = torch.load(full / rundir.CKPT_DIR / "last.pt", weights_only=False)["optimizer"]
+    # AdamW, with the second (last) epoch's weight decay of the cosine 0.04 -> 0.4 on the weights alone
+    assert [g["weight_decay"] for g in optimizer["param_groups"]] == [pytest.approx(0.22), 0.0]
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(optimizer["state"].values())))
     save = engine.save_epoch
 
     def save_then_die(ctx, scenario, optimizer, progress, epoch, board):

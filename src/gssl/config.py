@@ -353,12 +353,22 @@ class OptimConfig:
     epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     base_epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
     batch_size: int = field(default=128, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    # sgd: momentum (and nesterov); adamw: DINO's recipe for ViTs (betas 0.9, 0.999), momentum unused
+    optimizer: str = field(default="sgd", metadata=_choice("sgd", "adamw"))
     lr: float = field(
         default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
     )
     momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
     nesterov: bool = False
     weight_decay: float = field(default=2e-4, metadata=_check(lambda v: v >= 0, "a number >= 0"))
+    # a cosine from weight_decay (first epoch) towards this (DINO: 0.04 -> 0.4); null: constant
+    weight_decay_end: float | None = field(
+        default=None, metadata=_check(lambda v: v is None or v >= 0, "a number >= 0, or null")
+    )
+    # each parameter's gradient scaled down to this norm on its own (DINO's clip_gradients); null: none
+    clip_grad: float | None = field(
+        default=None, metadata=_check(lambda v: v is None or v > 0, "a number > 0, or null")
+    )
     schedule: str = field(default="step", metadata=_choice("step", "cosine"))
     warmup_epochs: int = field(default=5, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
     milestones: list[int] = field(

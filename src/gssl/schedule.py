@@ -33,3 +33,15 @@ def drw_on(cfg: Config, epoch: int) -> bool:
     """Whether the class-balanced DRW weights apply in this epoch (from the scaled drw_epoch on)."""
     _, _, drw_epoch = scaled_schedule(cfg.optim, cfg.loss.drw_epoch)
     return drw_epoch is not None and epoch >= drw_epoch
+
+
+def weight_decay_at(cfg: Config, epoch: int) -> float:
+    """optim.weight_decay, or with weight_decay_end a cosine from it (epoch 0) towards weight_decay_end:
+    DINO's `cosine_scheduler` for the weight decay, taken per epoch as gssl's learning rate is."""
+    optim = cfg.optim
+    if optim.weight_decay_end is None:
+        return optim.weight_decay
+    progress = epoch / optim.epochs
+    return optim.weight_decay_end + 0.5 * (optim.weight_decay - optim.weight_decay_end) * (
+        1 + math.cos(math.pi * progress)
+    )
