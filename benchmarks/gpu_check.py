@@ -5,10 +5,11 @@
 
 Parts, in this order, each with a share of --budget-s (time a part leaves unused passes on to the
 next; what would not fit is skipped, and named in the output and the JSON):
-  probes  at once: the CUDA tests (tests/test_fastpath.py, tests/test_compile.py, -x) and two compiled
+  probes  at once: the CUDA tests (tests/test_fastpath.py, tests/test_compile.py, -x) and three compiled
           2-epoch training runs with full-size batches on the real data (LDAM-DRW with no pretext task,
           and the gated triple; cosine heads; DRW switched on for epoch 2; compiled evaluation on all
-          10,000 test images between the epochs), all with TORCH_LOGS=recompiles; every line of their
+          10,000 test images between the epochs; and DINO + SelfPatch + LoRot-E, gated, on ViT-Tiny,
+          10,000 training images), all with TORCH_LOGS=recompiles; every line of their
           output that shows one of SYMPTOMS is printed and kept under "symptoms"
   step    training images/s, ResNet-32 at batch 128: plain, + LoRot-E, + gated triple; eager against
           compiled (channels_last, as the engine runs on CUDA); bf16 against fp32 (run.py's step section)
@@ -61,7 +62,33 @@ PROBE_SETS = [
     "compile=true",
     "model.head=cosine",
 ]
-PROBES = {"train-ldam-drw": "cifar10-lt0.01-ldam-drw", "train-gated-triple": "cifar10-lt0.01-gated-triple"}
+# DINO + SelfPatch + LoRot-E under the learned gate on ViT-Tiny: 2 compiled epochs of 10,000 images (the
+# teacher temperature, the frozen last layer and the weight decay change between them); its per-epoch
+# evaluation is k-NN on frozen features, which is not the compiled classifier evaluation
+DINO_PROBE_SETS = [
+    "optim.epochs=2",
+    "optim.base_epochs=2",
+    "optim.warmup_epochs=1",
+    "data.max_per_class=1000",
+    "compile=true",
+    "dino.linear_epochs=5",
+]
+DINO_TOY_SETS = [  # --smoke: a one-block ViT and small heads, so that compiling fits a CPU core
+    "vit.width=32",
+    "vit.depth=1",
+    "vit.heads=2",
+    "dino.out_dim=64",
+    "dino.hidden_dim=64",
+    "dino.bottleneck_dim=16",
+    "selfpatch.out_dim=32",
+    "dino.local_crops=2",
+    "optim.batch_size=16",
+]
+PROBES = {  # name: (preset, its settings, whether its per-epoch evaluation is the compiled one)
+    "train-ldam-drw": ("cifar10-lt0.01-ldam-drw", PROBE_SETS, True),
+    "train-gated-triple": ("cifar10-lt0.01-gated-triple", PROBE_SETS, True),
+    "train-dino-selfpatch": ("cifar10-dino-selfpatch-gated-vit", DINO_PROBE_SETS, False),
+}
 SUMMARY_KEYS = (
     "precision",
     "compiled",
@@ -198,8 +225,8 @@ class Check:
         upto = list(SHARES)[: list(SHARES).index(part) + 1]
         return self.t0 + self.args.budget_s * sum(SHARES[p] for p in upto)
 
-    def sets(self) -> list[str]:
-        return self.data_sets + (TOY_SETS if self.args.smoke else []) + [f"device={self.device.type}"]
+    def sets(self, toy: list[str] = TOY_SETS) -> list[str]:
+        return self.data_sets + (toy if self.args.smoke else []) + [f"device={self.device.type}"]
 
     def scan(self, probe: str, text: str) -> None:
         """Keep and print the symptom lines of one child's output."""
@@ -282,8 +309,9 @@ def part_probes(c: Check) -> dict:
     pytest = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     procs = [Proc("pytest", pytest + (["-k", "cuda"] if c.args.smoke else []), c.env, c.tmp / "pytest.log")]
     procs = procs if tests else []
-    for name, preset in PROBES.items():
-        cmd = gssl_train(preset, c.tmp / name, c.sets() + PROBE_SETS)
+    for name, (preset, probe_sets, _) in PROBES.items():
+        toy = DINO_TOY_SETS if preset.startswith("cifar10-dino") else TOY_SETS
+        cmd = gssl_train(preset, c.tmp / name, c.sets(toy) + probe_sets)
         procs.append(Proc(name, cmd, c.env, c.tmp / f"{name}.log"))
     wait_all(procs, c.deadline("probes"))
     out = {}
@@ -308,7 +336,12 @@ def _judge(c: Check, name: str, r: dict) -> None:
     elif r["rc"] != 0:
         c.out["problems"].append(f"{name}: exit status {r['rc']}")
     s = r.get("summary")
-    if s and (s["compile_fallbacks"] or not s["compiled_steps"] or s["compiled_eval_batches"] == 0):
+    eval_compiled = PROBES.get(name, (None, None, False))[2]
+    if s and (
+        s["compile_fallbacks"]
+        or not s["compiled_steps"]
+        or (eval_compiled and s["compiled_eval_batches"] == 0)
+    ):
         c.out["problems"].append(
             f"{name}: {s['compiled_steps']} compiled steps, "
             f"{s['compiled_eval_batches']} compiled evaluation batches, "

@@ -337,3 +337,34 @@ def test_compiled_step_under_ddp_trains_like_the_eager_ddp_run(fake_cifar10, tmp
     apart = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
     travelled = torch.cat([(b[k] - start[k]).flatten() for k in a]).norm()
     assert 0 < apart < 0.05 * travelled, f"{apart / travelled:.1%} of the update apart"
+
+
+def test_the_gated_dino_selfpatch_preset_trains_under_torchrun(fake_cifar10, tmp_path):
+    """DINO + SelfPatch + LoRot-E under the learned gate, 2 ranks: the centres are averaged over the ranks
+    (mean_over_ranks), each rank draws its own views; rank 0 alone writes the record and the probes."""
+    sets = [
+        f"data.root={fake_cifar10}",
+        "vit.width=32",
+        "vit.depth=1",
+        "vit.heads=2",
+        "dino.out_dim=32",
+        "dino.hidden_dim=32",
+        "dino.bottleneck_dim=16",
+        "selfpatch.out_dim=32",
+        "dino.local_crops=2",
+        "dino.linear_epochs=2",
+        "optim.batch_size=8",
+        "optim.epochs=2",
+        "optim.base_epochs=2",
+        "optim.warmup_epochs=0",
+    ]
+    args = ["--preset", "cifar10-dino-selfpatch-gated-vit", "--out", "ddp", "--quiet"]
+    r = _torchrun([*args, *(a for s in sets for a in ("--set", s))], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["loss"] > 0 and 0 <= row["test_acc"] <= 100 for row in rows)
+    assert all(row["gate_lorot"] + row["gate_selfpatch"] == pytest.approx(1.0) for row in rows)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert {"knn_test_acc", "patch_knn_test_acc", "patch_linear_test_acc"} <= set(summary)
+    assert r.stdout.count("final test accuracy") == 1
