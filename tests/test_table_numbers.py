@@ -282,9 +282,9 @@ def test_two_rows_of_baseline_methods_with_own_settings_leave_no_baseline(tmp_pa
     assert rows == ["ldam-drw (loss.drw_epoch=4)", "ldam-drw (loss.drw_epoch=5)"] and base is None
 
 
-def test_run_without_a_preset_is_a_config_row_with_its_departures_from_the_defaults(tmp_path):
-    """A run from a config file without a preset is labelled `config` plus the keys where it departs from
-    gssl's defaults; it has no paper number. 50.0 - 52.5 = -2.5 against ldam-drw (seed 0)."""
+def test_run_without_a_preset_is_named_by_its_method_with_its_departures_from_the_defaults(tmp_path):
+    """A run from a config file without a preset is labelled by its way of training plus the keys where it
+    departs from gssl's defaults (not `method`, which every such run sets); it has no paper number. 50.0 - 52.5 = -2.5 against ldam-drw (seed 0)."""
     root = tmp_path / "sweep"
     d = root / "own"
     d.mkdir(parents=True)
@@ -300,7 +300,7 @@ final-epoch top-1 (%): mean ± std over seeds (number of seeds); Δ paired by se
 | method | cifar10 0.01 ours | cifar10 0.01 paper (200 ep.) | cifar10 0.01 Δ vs ldam-drw |
 |---|---|---|---|
 | ldam-drw | 52.50 (1) | 77.03 |  |
-| config (method=supervised, optim.lr=0.05) | 50.00 (1) | - | -2.50 (1) |
+| supervised (optim.lr=0.05) | 50.00 (1) | - | -2.50 (1) |
 """
     )
 

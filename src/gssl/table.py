@@ -109,7 +109,9 @@ def _method_diffs(cfg: Config) -> dict:
     if cfg.preset in PRESETS:
         ref = flatten(from_dict(preset_dict(cfg.preset)).to_dict())
         return PRESETS[cfg.preset].method, {k: v for k, v in flat.items() if ref.get(k) != v}
-    return "config", {k: v for k, v in flat.items() if flatten(Config().to_dict()).get(k) != v}
+    # no preset: the way of training names the row, and the rest departs from the defaults
+    defaults = flatten(Config().to_dict())
+    return cfg.method or "config", {k: v for k, v in flat.items() if k != "method" and defaults.get(k) != v}
 
 
 def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
