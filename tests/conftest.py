@@ -37,6 +37,24 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
 
 
+# Two epochs of a 2-block ViT-32 with small DINO / SelfPatch heads and 2 local views (DINO's tests).
+DINO_TINY = [
+    "vit.width=32",
+    "vit.depth=2",
+    "vit.heads=2",
+    "dino.out_dim=64",
+    "dino.hidden_dim=64",
+    "dino.bottleneck_dim=16",
+    "selfpatch.out_dim=32",
+    "dino.local_crops=2",
+    "dino.linear_epochs=2",
+    "optim.batch_size=16",
+    "optim.epochs=2",
+    "optim.base_epochs=2",
+    "optim.warmup_epochs=0",
+]
+
+
 # Two epochs of ResNet-8 that cross every schedule event: warm-up, a decay and DRW at epoch 1.
 TWO_EPOCHS_EVERY_EVENT = [
     "model.backbone=resnet8",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_runs_identical, train_preset
+from conftest import DINO_TINY, assert_runs_identical, train_preset
 from gssl import engine, rundir
 from gssl.cli import main
 from gssl.config import ConfigError, from_dict, parse_set
@@ -24,21 +24,7 @@ from gssl.dino import (
 from gssl.presets import resolve
 from gssl.scenarios.dino import DINOScenario
 
-TINY = [
-    "vit.width=32",
-    "vit.depth=2",
-    "vit.heads=2",
-    "dino.out_dim=64",
-    "dino.hidden_dim=64",
-    "dino.bottleneck_dim=16",
-    "selfpatch.out_dim=32",
-    "dino.local_crops=2",
-    "dino.linear_epochs=2",
-    "optim.batch_size=16",
-    "optim.epochs=2",
-    "optim.base_epochs=2",
-    "optim.warmup_epochs=0",
-]
+TINY = DINO_TINY
 
 
 def tiny_model(preset="cifar10-dino-selfpatch-vit", *sets):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import assert_runs_identical, initial_weights, train_tiny_run, two_ranks_batchnorm
+from conftest import DINO_TINY, assert_runs_identical, initial_weights, train_tiny_run, two_ranks_batchnorm
 from gssl import rundir
 from gssl.data import DeviceLoader
 from gssl.distributed import Dist, global_params
@@ -342,22 +342,7 @@ def test_compiled_step_under_ddp_trains_like_the_eager_ddp_run(fake_cifar10, tmp
 def test_the_gated_dino_selfpatch_preset_trains_under_torchrun(fake_cifar10, tmp_path):
     """DINO + SelfPatch + LoRot-E under the learned gate, 2 ranks: the centres are averaged over the ranks
     (mean_over_ranks), each rank draws its own views; rank 0 alone writes the record and the probes."""
-    sets = [
-        f"data.root={fake_cifar10}",
-        "vit.width=32",
-        "vit.depth=1",
-        "vit.heads=2",
-        "dino.out_dim=32",
-        "dino.hidden_dim=32",
-        "dino.bottleneck_dim=16",
-        "selfpatch.out_dim=32",
-        "dino.local_crops=2",
-        "dino.linear_epochs=2",
-        "optim.batch_size=8",
-        "optim.epochs=2",
-        "optim.base_epochs=2",
-        "optim.warmup_epochs=0",
-    ]
+    sets = [f"data.root={fake_cifar10}", *DINO_TINY]
     args = ["--preset", "cifar10-dino-selfpatch-gated-vit", "--out", "ddp", "--quiet"]
     r = _torchrun([*args, *(a for s in sets for a in ("--set", s))], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

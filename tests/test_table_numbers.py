@@ -284,7 +284,8 @@ def test_two_rows_of_baseline_methods_with_own_settings_leave_no_baseline(tmp_pa
 
 def test_run_without_a_preset_is_named_by_its_method_with_its_departures_from_the_defaults(tmp_path):
     """A run from a config file without a preset is labelled by its way of training plus the keys where it
-    departs from gssl's defaults (not `method`, which every such run sets); it has no paper number. 50.0 - 52.5 = -2.5 against ldam-drw (seed 0)."""
+    departs from gssl's defaults (not `method`, which every such run sets); it has no paper number.
+    50.0 - 52.5 = -2.5 against ldam-drw (seed 0)."""
     root = tmp_path / "sweep"
     d = root / "own"
     d.mkdir(parents=True)
