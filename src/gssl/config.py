@@ -493,7 +493,7 @@ def _build(cls, values: dict, prefix: str = ""):
     for name, value in values.items():
         key = prefix + str(name)
         if name not in fields:
-            raise ConfigError(_unknown_key_message(key))
+            raise ConfigError(_unknown_key_message(_first_leaf(key, value)))
         hint = hints[name]
         if _is_dataclass_type(hint):
             kwargs[name] = _build(hint, value, key + ".")
@@ -520,6 +520,15 @@ def all_keys(cls=Config, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + f.name)
     return keys
+
+
+def _first_leaf(key: str, value) -> str:
+    """An unknown section's first full key ('optimizer' holding {'lr': 0.1} -> 'optimizer.lr'): the
+    closest valid key is then found for what was typed, optim.lr, not for the section name alone."""
+    while isinstance(value, dict) and value:
+        name, value = next(iter(value.items()))
+        key = f"{key}.{name}"
+    return key
 
 
 def _unknown_key_message(key: str) -> str:
