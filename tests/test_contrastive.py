@@ -169,9 +169,19 @@ def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar1
     s = json.loads((run / "summary.json").read_text())
     assert s["test_acc_protocol"].startswith("linear probe (5 epochs)") and 0 <= s["knn_test_acc"] <= 100
     # On the tinted fake classes an untrained backbone already scores high (k-NN near 100%), so no test
-    # accuracy floor tells training from no training here; the objective itself must have moved:
-    assert rows[1]["contrastive_loss"] < rows[0]["contrastive_loss"]
-    assert rows[1]["train_acc"] > rows[0]["train_acc"]  # positives found as nearest neighbours more often
+    # accuracy floor tells training from no training here; the objective itself must have moved. Epoch to
+    # epoch, batch-16 NT-Xent is too noisy to show it (one thread: 3.20 -> 3.24), so the second epoch is
+    # compared with the same seed's run at a learning rate too small to learn: the same views, untrained.
+    still = _train(
+        "cifar10-simclr-gated-pretext",
+        fake_cifar10,
+        tmp_path / "still",
+        "fusion.enabled=true",
+        "optim.lr=1e-7",
+    )
+    untrained = [json.loads(line) for line in (still / "metrics.jsonl").read_text().splitlines()]
+    trained_loss, untrained_loss = rows[1]["contrastive_loss"], untrained[1]["contrastive_loss"]
+    assert trained_loss < untrained_loss - 0.05, (trained_loss, untrained_loss)  # one thread: 3.24, 3.34
     from gssl.analysis.report import summary_rows
     from gssl.analysis.run import Run
 

@@ -133,11 +133,12 @@ def test_channels_last_on_cpu_is_an_option_with_the_same_training(fake_cifar10, 
         x.contiguous(memory_format=torch.channels_last), y, loss_fn, params
     )
     assert torch.allclose(ref, nhwc, rtol=1e-5)  # the same step, another memory layout
-    a = train_tiny_run(fake_cifar10, tmp_path / "nhwc", 1, "channels_last=true")
-    b = train_tiny_run(fake_cifar10, tmp_path / "nchw", 1, "channels_last=false")
+    a = train_tiny_run(fake_cifar10, tmp_path / "nhwc", 1, "channels_last=true", "optim.lr=0.001")
+    b = train_tiny_run(fake_cifar10, tmp_path / "nchw", 1, "channels_last=false", "optim.lr=0.001")
     ra, rb = (json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in (a, b))
-    # over an epoch, float rounding in another summation order drifts a little (batch 16, lr 0.1)
-    assert ra["loss"] == pytest.approx(rb["loss"], rel=0.05)
+    # another summation order rounds differently; at lr 0.1 an epoch of batch-16 LDAM steps amplifies that
+    # into a 10% different loss on one thread (chaotic, not a layout bug), so a small step keeps it near
+    assert ra["loss"] == pytest.approx(rb["loss"], rel=0.005)
 
 
 def test_compile_default_repays_itself_on_cpu_and_is_on_for_cuda():

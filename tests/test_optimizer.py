@@ -1,4 +1,4 @@
-"""The optimiser behind every scenario (gssl.engine.build_optimizer, optimizer_step): SGD or DINO's AdamW,
+"""The optimiser behind every scenario (gssl.build_optimizer, optimizer_step): SGD or DINO's AdamW,
 the weight-decay groups and schedule, and DINO's per-parameter gradient clipping, checked by hand."""
 
 import math
@@ -8,6 +8,7 @@ import torch
 
 from gssl import engine
 from gssl.config import parse_set
+from gssl.optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
 from gssl.presets import resolve
 from gssl.scenarios.dino import DINOScenario
 from gssl.schedule import weight_decay_at
@@ -32,7 +33,7 @@ def test_dinos_weight_decay_follows_a_cosine_from_0_04_to_0_4_and_others_stay_co
 def test_the_dino_preset_trains_with_adamw_decaying_weights_but_not_norms_and_biases():
     cfg = _cfg("cifar10-dino-vit", *SMALL_VIT)
     model = DINOScenario.build_model(cfg, 10, 3)
-    optimizer = engine.build_optimizer(cfg, model, torch.device("cpu"))
+    optimizer = build_optimizer(cfg, model, torch.device("cpu"))
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["lr"] == 5e-4
     decayed, undecayed = optimizer.param_groups
@@ -40,14 +41,14 @@ def test_the_dino_preset_trains_with_adamw_decaying_weights_but_not_norms_and_bi
     assert all(p.dim() > 1 for p in decayed["params"]) and all(p.dim() <= 1 for p in undecayed["params"])
     named = dict(model.named_parameters())
     assert any(named[name] is p for p in decayed["params"] for name in named if name.endswith("pos_embed"))
-    engine.set_epoch_hyperparameters(optimizer, 1e-4, 0.3)
+    set_epoch_hyperparameters(optimizer, 1e-4, 0.3)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 1e-4]
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.3, 0.0]  # norms and biases stay free
 
 
 def test_sgd_stays_the_default_with_its_momentum():
     cfg = _cfg("cifar10-lt0.01-ldam-drw")
-    optimizer = engine.build_optimizer(cfg, torch.nn.Linear(3, 2), torch.device("cpu"))
+    optimizer = build_optimizer(cfg, torch.nn.Linear(3, 2), torch.device("cpu"))
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
     assert [g["weight_decay"] for g in optimizer.param_groups] == [2e-4]  # decay_norm_and_bias: one group
 
@@ -55,7 +56,7 @@ def test_sgd_stays_the_default_with_its_momentum():
 def test_each_parameter_is_clipped_to_the_norm_on_its_own_as_dinos_clip_gradients():
     big, small = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
     big.grad, small.grad = torch.tensor([6.0, 8.0]), torch.tensor([1.0, 2.0, 2.0])  # norms 10 and 3
-    engine.clip_each_gradient([big, small], 5.0)
+    clip_each_gradient([big, small], 5.0)
     assert big.grad.tolist() == pytest.approx([3.0, 4.0], rel=1e-6)  # scaled to norm 5 (1e-6 of eps)
     assert small.grad.tolist() == [1.0, 2.0, 2.0]  # under the limit: untouched, not scaled up
     # one global norm (sqrt(109)) would have scaled the small one down too
