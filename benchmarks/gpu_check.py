@@ -84,10 +84,11 @@ DINO_TOY_SETS = [  # --smoke: a one-block ViT and small heads, so that compiling
     "dino.local_crops=2",
     "optim.batch_size=16",
 ]
-PROBES = {  # name: (preset, its settings, whether its per-epoch evaluation is the compiled one)
-    "train-ldam-drw": ("cifar10-lt0.01-ldam-drw", PROBE_SETS, True),
-    "train-gated-triple": ("cifar10-lt0.01-gated-triple", PROBE_SETS, True),
-    "train-dino-selfpatch": ("cifar10-dino-selfpatch-gated-vit", DINO_PROBE_SETS, False),
+TOY_SETS = ["model.backbone=resnet8", "optim.batch_size=16", "data.imbalance=0.5"]
+PROBES = {  # name: (preset, its settings, its --smoke sizes, whether its per-epoch evaluation is compiled)
+    "train-ldam-drw": ("cifar10-lt0.01-ldam-drw", PROBE_SETS, TOY_SETS, True),
+    "train-gated-triple": ("cifar10-lt0.01-gated-triple", PROBE_SETS, TOY_SETS, True),
+    "train-dino-selfpatch": ("cifar10-dino-selfpatch-gated-vit", DINO_PROBE_SETS, DINO_TOY_SETS, False),
 }
 SUMMARY_KEYS = (
     "precision",
@@ -99,7 +100,6 @@ SUMMARY_KEYS = (
     "epochs",
     "wall_seconds",
 )
-TOY_SETS = ["model.backbone=resnet8", "optim.batch_size=16", "data.imbalance=0.5"]
 TEST_FILES = ("tests/test_fastpath.py", "tests/test_compile.py")
 
 
@@ -309,8 +309,7 @@ def part_probes(c: Check) -> dict:
     pytest = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     procs = [Proc("pytest", pytest + (["-k", "cuda"] if c.args.smoke else []), c.env, c.tmp / "pytest.log")]
     procs = procs if tests else []
-    for name, (preset, probe_sets, _) in PROBES.items():
-        toy = DINO_TOY_SETS if preset.startswith("cifar10-dino") else TOY_SETS
+    for name, (preset, probe_sets, toy, _) in PROBES.items():
         cmd = gssl_train(preset, c.tmp / name, c.sets(toy) + probe_sets)
         procs.append(Proc(name, cmd, c.env, c.tmp / f"{name}.log"))
     wait_all(procs, c.deadline("probes"))
@@ -336,7 +335,7 @@ def _judge(c: Check, name: str, r: dict) -> None:
     elif r["rc"] != 0:
         c.out["problems"].append(f"{name}: exit status {r['rc']}")
     s = r.get("summary")
-    eval_compiled = PROBES.get(name, (None, None, False))[2]
+    eval_compiled = name in PROBES and PROBES[name][3]
     if s and (
         s["compile_fallbacks"]
         or not s["compiled_steps"]
