@@ -1,6 +1,7 @@
 """Shared fixtures: a small CIFAR-10-format dataset with a learnable signal, and the real data's location."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from gssl.data.fakes import write_cifar
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from gpu_check import DINO_TOY_SETS  # noqa: E402  (one home for the toy ViT's sizes)
 
 
 def shared_data_dir() -> Path:
@@ -37,18 +40,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
 
 
-# Two epochs of a 2-block ViT-32 with small DINO / SelfPatch heads and 2 local views (DINO's tests).
+# Two epochs of the ViT gpu_check compiles under --smoke (small DINO / SelfPatch heads, 2 local views),
+# with a second block (DINO's tests).
 DINO_TINY = [
-    "vit.width=32",
+    *DINO_TOY_SETS,
     "vit.depth=2",
-    "vit.heads=2",
-    "dino.out_dim=64",
-    "dino.hidden_dim=64",
-    "dino.bottleneck_dim=16",
-    "selfpatch.out_dim=32",
-    "dino.local_crops=2",
     "dino.linear_epochs=2",
-    "optim.batch_size=16",
     "optim.epochs=2",
     "optim.base_epochs=2",
     "optim.warmup_epochs=0",
