@@ -29,26 +29,9 @@ def evaluate_run(
     training images un-augmented; the default for contrastive runs, which have no classifier). knn_k and
     linear_epochs default to the run's own contrastive settings, so the default reproduces its summary.
     `loaded`: this run and checkpoint already rebuilt by `load_run` (the report has it), not rebuilt again."""
-    from .config import ConfigError
-
     run_dir = Path(run_dir)
     cfg = loaded.cfg if loaded is not None else read_config(run_dir)
-    classifier = has_classifier(cfg)
-    protocol = protocol or ("classifier" if classifier else "linear")
-    if protocol == "classifier" and not classifier:
-        raise ConfigError(
-            f"{run_dir} is a contrastive pre-training run: it has no classifier. Use --protocol linear "
-            "or --protocol knn"
-        )
-    if attack is not None and protocol != "classifier":
-        raise ConfigError(
-            "--attack needs the run's classifier (--protocol classifier); the linear and k-NN "
-            "protocols train or look up a head after the fact"
-        )
-    knn_k = cfg.contrastive.knn_k if knn_k is None else knn_k
-    linear_epochs = (cfg.contrastive.linear_epochs or 100) if linear_epochs is None else linear_epochs
-    if knn_k < 1 or linear_epochs < 1:
-        raise ConfigError(f"--knn-k ({knn_k}) and --linear-epochs ({linear_epochs}) must be >= 1")
+    protocol, knn_k, linear_epochs = _checked_protocol(cfg, run_dir, protocol, attack, knn_k, linear_epochs)
     run = loaded if loaded is not None else load_run(run_dir, checkpoint, cfg)
     model, data, device = run.model, run.data, run.device
     precision = resolve_precision(cfg.precision, device)
@@ -71,13 +54,8 @@ def evaluate_run(
             seed=cfg.seed,
         )
         logits, labels = fe["logits"], fe["labels"]
-        extra.update(
-            {
-                "knn_acc": fe["knn_acc"],
-                "protocol": f"{protocol} ({f'{knn_k}-NN' if protocol == 'knn' else f'{linear_epochs} epochs'}"
-                " on the frozen backbone)",
-            }
-        )
+        how = f"{knn_k}-NN" if protocol == "knn" else f"{linear_epochs} epochs"
+        extra.update({"knn_acc": fe["knn_acc"], "protocol": f"{protocol} ({how} on the frozen backbone)"})
     if attack is not None:
         clean, robust = attacks.robust_accuracy(
             model,
@@ -98,6 +76,30 @@ def evaluate_run(
         extra,
         name=f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}"),
     )
+
+
+def _checked_protocol(cfg, run_dir: Path, protocol, attack, knn_k, linear_epochs) -> tuple[str, int, int]:
+    """The protocol and its k-NN / linear settings, the run's own where not given; ConfigError (exit 2)
+    for a combination that cannot be evaluated, before anything is loaded."""
+    from .config import ConfigError
+
+    classifier = has_classifier(cfg)
+    protocol = protocol or ("classifier" if classifier else "linear")
+    if protocol == "classifier" and not classifier:
+        raise ConfigError(
+            f"{run_dir} is a contrastive pre-training run: it has no classifier. Use --protocol linear "
+            "or --protocol knn"
+        )
+    if attack is not None and protocol != "classifier":
+        raise ConfigError(
+            "--attack needs the run's classifier (--protocol classifier); the linear and k-NN "
+            "protocols train or look up a head after the fact"
+        )
+    knn_k = cfg.contrastive.knn_k if knn_k is None else knn_k
+    linear_epochs = (cfg.contrastive.linear_epochs or 100) if linear_epochs is None else linear_epochs
+    if knn_k < 1 or linear_epochs < 1:
+        raise ConfigError(f"--knn-k ({knn_k}) and --linear-epochs ({linear_epochs}) must be >= 1")
+    return protocol, knn_k, linear_epochs
 
 
 def read_config(run_dir: Path):
