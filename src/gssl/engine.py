@@ -286,18 +286,20 @@ def optimizer_step(loop: Loop, loss: torch.Tensor) -> None:
     loop.optimizer.zero_grad(set_to_none=True)
     if loop.scaler is None:
         loss.backward()
-    else:
-        loop.scaler.scale(loss).backward()
+        _clip(loop)
+        loop.optimizer.step()
+        return
+    loop.scaler.scale(loss).backward()
+    loop.scaler.unscale_(loop.optimizer)  # clip the true gradients; scaler.step would unscale them anyway
+    _clip(loop)
+    loop.scaler.step(loop.optimizer)
+    loop.scaler.update()
+
+
+def _clip(loop: Loop) -> None:
     if loop.clip_grad is not None:
-        if loop.scaler is not None:
-            loop.scaler.unscale_(loop.optimizer)  # clip the true gradients, not the scaled ones
         for group in loop.optimizer.param_groups:
             clip_each_gradient(group["params"], loop.clip_grad)
-    if loop.scaler is None:
-        loop.optimizer.step()
-    else:
-        loop.scaler.step(loop.optimizer)
-        loop.scaler.update()
 
 
 def epoch_row(
