@@ -138,6 +138,22 @@ def test_gate_weights_of_gated_rows_only(sweep):
         np.testing.assert_allclose(_line(ax, f"{task} (2 seeds)").get_ydata(), mean)
 
 
+def test_gate_weights_that_stay_uniform_stay_in_view(tmp_path):
+    """A gate that never leaves 1/3 (the learned gate with every head at chance) is drawn below the top of
+    its panel, not on the frame where the line cannot be seen."""
+    run = write_record(
+        tmp_path / "sweep" / "learned" / "seed0", "gated-triple", *ROWS["gated-triple"][:2], 0, [1.0] * 3
+    )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({**m, **{f"gate_{t}": 1 / 3 for t in TASKS}}) + "\n" for m in rows)
+    )
+    ax = curves.gate_curves(_rows(tmp_path / "sweep")).axes[0]
+    np.testing.assert_allclose(_line(ax, "lorot (1 seed)").get_ydata(), [1 / 3] * 3)
+    bottom, top = ax.get_ylim()
+    assert bottom == 0 and top >= 1.15 / 3
+
+
 def test_per_class_accuracy_at_the_class_sizes_on_a_log_axis(sweep):
     ax = curves.per_class_points(_rows(sweep)).axes[0]
     assert ax.get_xscale() == "log"

@@ -200,7 +200,8 @@ def gate_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = prin
             if have:
                 x, values = seed_matrix(have, f"gate_{task}")
                 _mean_band(ax, x, values, f"C{j}", f"{task} ({_seeds(len(have))})", marker="o", ms=2.5)
-        ax.set(title=f"{name}: gate weight ({records[0].gate})", xlabel="epoch", ylim=(0, None))
+        ax.set(title=f"{name}: gate weight ({records[0].gate})", xlabel="epoch")
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1.15 * uniform))  # weights that stay at uniform stay in view
         ax.legend()
     fig.tight_layout()
     return fig
