@@ -161,8 +161,10 @@ def test_gated_triple_every_gate(cifar600, tmp_path, gate):
 
 @pytest.mark.slow
 def test_erm_and_sla_sd(cifar600, tmp_path):
-    assert_compiled_matches_eager(cifar600, tmp_path / "erm", "cifar10-lt0.01-erm")
-    s = assert_compiled_matches_eager(cifar600, tmp_path / "sla", "cifar10-lt0.01-sla-sd-channel")
+    # 5.1% apart for ERM on one 2-core AMD EPYC host (2026-12-02), under 5% on another: inductor's
+    # rounding depends on the CPU it generates code for; a real fault is ~100%, so 10% as for ssp
+    assert_compiled_matches_eager(cifar600, tmp_path / "erm", "cifar10-lt0.01-erm", rtol=0.1)
+    s = assert_compiled_matches_eager(cifar600, tmp_path / "sla", "cifar10-lt0.01-sla-sd-channel", rtol=0.1)
     assert "aggregated_test_acc" in s
 
 
