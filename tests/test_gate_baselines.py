@@ -557,4 +557,6 @@ def test_two_processes_weigh_like_one_with_the_global_batch(fake_cifar10, tmp_pa
     # every state but dwa's scratch copy of the step's losses, which rank 0 keeps for its own half
     keys = [k for k in a if not k.endswith("gate.last_losses") or gate != "dwa"]
     worst, where = max(((a[k].float() - b[k].float()).abs().max().item(), k) for k in keys)
-    assert worst < (1e-6 if epochs == 1 else 1e-3), f"largest difference {worst:.2e} in {where}"
+    # one epoch: rounding measured 2.3e-6 (gradnorm) and 8.5e-6 (gcs) on two CPU hosts, under 1e-6 on a
+    # third; gcs without its gradients' mean over ranks moves a weight 9.2e-5 (and its gate far more)
+    assert worst < (3e-5 if epochs == 1 else 1e-3), f"largest difference {worst:.2e} in {where}"
