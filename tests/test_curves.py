@@ -301,3 +301,28 @@ def test_figures_of_the_committed_45_epoch_sweep(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (out / "test_acc.png").is_file() and (out / "per_class_acc.png").is_file()
     assert "paper (200/300 ep.)" in printed or "paper (200 ep.)" in printed
+
+
+def _points_under_legend(ax) -> list[str]:
+    """Labels of the lines with a plotted point inside the panel's legend box (display coordinates)."""
+    ax.figure.canvas.draw()
+    box = ax.get_legend().get_window_extent()
+    hidden = []
+    for line in ax.get_lines():
+        xy = line.get_transform().transform(np.column_stack([line.get_xdata(), line.get_ydata()]))
+        if any(box.contains(x, y) for x, y in xy):
+            hidden.append(line.get_label())
+    return hidden
+
+
+def test_legends_of_the_committed_sweep_hide_no_curve():
+    """The gate and pretext panels of the 45-epoch sweep: lines that run along the middle (the uncertainty
+    gate's flip weight at 1.44) or the top (flip accuracy at 50%) of a panel stay visible."""
+    sweep_dir = REPO / "results" / "cifar10-lt-45ep"
+    if not any(sweep_dir.glob("*/seed*/summary.json")):
+        pytest.skip(f"{sweep_dir} holds no finished record (config.yaml + metrics.jsonl + summary.json)")
+    rows = _rows(sweep_dir)
+    for fig in (curves.gate_curves(rows), curves.pretext_curves(rows)):
+        for ax in fig.axes:
+            if ax.get_visible() and ax.get_legend() is not None:
+                assert _points_under_legend(ax) == [], ax.get_title()

@@ -120,6 +120,14 @@ def _with_key(name: str, records: list[Record], key: str, log) -> list[Record]:
     return have
 
 
+def _legend_on_top(ax, ncol: int) -> None:
+    """Legend in a band added above the data, so it never hides a curve that runs along the top or
+    the middle of a panel (the lines of these panels span the whole width)."""
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top + 0.4 * (top - bottom))
+    ax.legend(loc="upper center", ncol=ncol, columnspacing=1.0, handlelength=1.6)
+
+
 def _panels(n: int, per_line: int = 3):
     """n panels, at most per_line side by side (a wide sweep wraps instead of shrinking); unused ones
     hidden."""
@@ -178,7 +186,7 @@ def pretext_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = p
             ylabel="accuracy (%)",
             ylim=(0, None),
         )
-        ax.legend()
+        _legend_on_top(ax, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -202,7 +210,7 @@ def gate_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = prin
                 _mean_band(ax, x, values, f"C{j}", f"{task} ({_seeds(len(have))})", marker="o", ms=2.5)
         ax.set(title=f"{name}: gate weight ({records[0].gate})", xlabel="epoch")
         ax.set_ylim(0, max(ax.get_ylim()[1], 1.15 * uniform))  # weights that stay at uniform stay in view
-        ax.legend()
+        _legend_on_top(ax, ncol=2)
     fig.tight_layout()
     return fig
 
