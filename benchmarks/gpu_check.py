@@ -404,13 +404,13 @@ def part_run(c: Check) -> dict:
     wanted_end, part_end = time.monotonic() + c.args.run_s, c.deadline("run")
     sets = c.sets() + [f"optim.epochs={epochs}", f"optim.base_epochs={epochs}", "compile=true"]
     p = Proc("run", gssl_train("cifar10-lt0.01-gated-triple", out_dir, sets), c.env, c.tmp / "run.log")
-    first_row_at, rows_so_far = None, 0
+    first_row_at = None
     while not p.done() and time.monotonic() < part_end:
-        if time.monotonic() >= wanted_end and rows_so_far >= 2:
-            break
         rows_so_far = len(_metrics(out_dir))
         if first_row_at is None and rows_so_far:
             first_row_at = time.monotonic() - p.t0
+        if time.monotonic() >= wanted_end and rows_so_far >= 2:
+            break
         time.sleep(0.5)
     p.stop()
     c.scan("run", p.text())
