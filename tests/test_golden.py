@@ -122,10 +122,7 @@ SQRT_PROBE = (
 @pytest.fixture(scope="module")
 def pinned_kernels():
     """Skips, saying why, where MKL would not take the branch the records were made on."""
-    env = {**os.environ, **PINNED_ENV}
-    probe = subprocess.run([sys.executable, "-c", SQRT_PROBE], env=env, capture_output=True, text=True)
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    wrong = int(probe.stdout.split()[-1])
+    wrong = int(run_pinned(SQRT_PROBE, []).split()[-1])
     if wrong:
         pytest.skip(
             f"MKL did not take its AVX2 branch under MKL_CBWR=AVX2 on this CPU ({wrong} of 4096 square roots "
@@ -134,11 +131,17 @@ def pinned_kernels():
         )
 
 
+def run_pinned(code: str, args: list[str]) -> str:
+    """Python `code` with ARGS in a child process under PINNED_ENV; its stdout."""
+    env = {**os.environ, **PINNED_ENV}
+    r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout
+
+
 def train_pinned(args: list[str]) -> None:
     """`gssl ARGS` in a child process with PINNED_ENV's and PINNED_CHILD's kernels."""
-    env = {**os.environ, **PINNED_ENV}
-    r = subprocess.run([sys.executable, "-c", PINNED_CHILD, *args], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    run_pinned(PINNED_CHILD, args)
 
 
 @pytest.mark.slow
