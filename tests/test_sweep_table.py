@@ -4,9 +4,11 @@ import csv
 import io
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
+from gssl import sweep
 from gssl.cli import main
 from gssl.config import parse_set, to_yaml
 from gssl.presets import resolve
@@ -276,3 +278,25 @@ def test_sweep_grid_expands_every_combination_with_readable_names(tmp_path, caps
     )
     assert main(["sweep", "--preset", "quickstart", "--grid", "ssl.gate=learned", "--out", str(out)]) == 2
     assert "expected KEY=[V1,V2,...]" in capsys.readouterr().err
+
+
+# --- the committed sweep files and their records ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_FILES = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_each_committed_sweep_file_resolves_and_its_records_continue(path):
+    """Every run of every sweep file resolves to a valid configuration, and every run folder committed
+    under its `out` still matches what the file asks for: a later checkout continues the grid (skips,
+    resumes) instead of refusing it because a default moved under the records."""
+    jobs = sweep.jobs_from_file(path)
+    assert jobs and len({(j.name, j.seed) for j in jobs}) == len(jobs)
+    for job in jobs:
+        job.out = REPO / job.out
+        if job.run_dir.is_dir():  # raises ConfigError naming the keys if the record no longer matches
+            state = sweep.status(job)
+            assert state in ("done", "resume", "restart")
+            if (job.run_dir / "summary.json").is_file():
+                assert state == "done" and (job.run_dir / "metrics.jsonl").is_file()
