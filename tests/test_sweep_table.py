@@ -291,12 +291,10 @@ def test_each_committed_sweep_file_resolves_and_its_records_continue(path):
     """Every run of every sweep file resolves to a valid configuration, and every run folder committed
     under its `out` still matches what the file asks for: a later checkout continues the grid (skips,
     resumes) instead of refusing it because a default moved under the records."""
-    jobs = sweep.jobs_from_file(path)
-    assert jobs and len({(j.name, j.seed) for j in jobs}) == len(jobs)
+    jobs = sweep.jobs_from_file(path)  # check_jobs: every run resolves, names and seeds unique
+    assert jobs
     for job in jobs:
         job.out = REPO / job.out
         if job.run_dir.is_dir():  # raises ConfigError naming the keys if the record no longer matches
-            state = sweep.status(job)
-            assert state in ("done", "resume", "restart")
-            if (job.run_dir / "summary.json").is_file():
-                assert state == "done" and (job.run_dir / "metrics.jsonl").is_file()
+            if sweep.status(job) == "done":
+                assert (job.run_dir / "metrics.jsonl").is_file(), job.run_dir
