@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gssl import sweep
+from gssl import sweep, table
 from gssl.cli import main
 from gssl.config import parse_set, to_yaml
 from gssl.presets import resolve
@@ -111,6 +111,45 @@ def test_table_of_contrastive_runs_knn_metric_and_baseline_by_method_name(tmp_pa
     assert main(["table", str(root), "--baseline", "simclr-pretext"]) == 0  # by method name, moved first
     rows = _rows(capsys.readouterr().out)
     assert list(rows) == ["simclr-pretext", "simclr"] and rows["simclr"][2] == "-0.50 ± 2.12 (2)"
+
+
+def test_table_of_dino_runs_reads_the_patch_token_probes_against_plain_dino(tmp_path, capsys):
+    """DINO runs' summaries hold the probes of the class token and of the averaged patch tokens; DINO is
+    the default baseline, so + SelfPatch is paired against it."""
+    root = tmp_path / "runs"
+    probes = {  # preset: per seed (linear, k-NN, patch k-NN, patch linear)
+        "cifar10-dino-vit": ((30.0, 28.0, 26.0, 27.0), (31.0, 29.0, 25.0, 28.0)),
+        "cifar10-dino-selfpatch-vit": ((29.0, 28.5, 27.5, 29.0), (32.0, 28.0, 27.0, 31.0)),
+    }
+    for preset, seeds in probes.items():
+        for seed, (linear, knn, patch_knn, patch_linear) in enumerate(seeds):
+            d = _fake_run(root / preset / f"seed{seed}", preset, seed, linear)
+            summary = {"test_acc": linear, "best_test_acc": linear, "knn_test_acc": knn}
+            summary |= {"patch_knn_test_acc": patch_knn, "patch_linear_test_acc": patch_linear}
+            (d / "summary.json").write_text(json.dumps(summary))
+    expected = {  # metric: (plain DINO's cell, the paired difference of + SelfPatch)
+        "final": ("30.50 ± 0.71 (2)", "0.00 ± 1.41 (2)"),
+        "knn": ("28.50 ± 0.71 (2)", "-0.25 ± 1.06 (2)"),
+        "patch-knn": ("25.50 ± 0.71 (2)", "1.75 ± 0.35 (2)"),
+        "patch-linear": ("27.50 ± 0.71 (2)", "2.50 ± 0.71 (2)"),
+    }
+    for metric, (dino_cell, selfpatch_diff) in expected.items():
+        assert main(["table", str(root), "--metric", metric]) == 0
+        md = capsys.readouterr().out
+        rows = _rows(md)
+        assert list(rows) == ["dino", "dino-selfpatch"], md
+        assert rows["dino"][0] == dino_cell and rows["dino-selfpatch"][2] == selfpatch_diff, (metric, md)
+    assert md.startswith("linear-probe top-1 (%) on the frozen ViT's averaged patch tokens")
+
+
+def test_the_cli_offers_every_metric_of_the_table_and_refuses_others(capsys):
+    from gssl.cli import _parser
+
+    for metric in table.METRICS:  # the CLI lists them by hand: importing gssl.table imports torch
+        assert _parser().parse_args(["table", "runs", "--metric", metric]).metric == metric
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["table", "runs", "--metric", "top5"])
+    assert exc.value.code == 2 and "invalid choice: 'top5'" in capsys.readouterr().err
 
 
 def test_table_refuses_duplicates_and_missing_paths(table_runs, tmp_path, capsys):

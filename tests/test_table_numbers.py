@@ -361,7 +361,10 @@ def test_unknown_metric_and_baseline_are_refused_with_the_choices(sweep):
     runs = table.find_runs([sweep])
     with pytest.raises(ConfigError) as exc:
         table.build(runs, metric="top5")
-    assert str(exc.value) == "--metric 'top5': choose one of ['final', 'best', 'knn']"
+    assert (
+        str(exc.value)
+        == "--metric 'top5': choose one of ['final', 'best', 'knn', 'patch-knn', 'patch-linear']"
+    )
     with pytest.raises(ConfigError) as exc:
         table.build(runs, baseline="ssp")
     assert str(exc.value) == (

@@ -541,16 +541,17 @@ def _sweep_parsers(sub) -> None:
     t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
     t.add_argument(
         "--metric",
-        choices=["final", "best", "knn"],
+        choices=["final", "best", "knn", "patch-knn", "patch-linear"],  # gssl.table.METRICS (imports torch)
         default="final",
-        help="final-epoch accuracy (default), best epoch (chosen on the test set), or k-NN on the "
-        "frozen backbone (contrastive runs)",
+        help="final-epoch accuracy (default; the linear probe for contrastive and DINO runs), best epoch "
+        "(chosen on the test set), k-NN on the frozen backbone (contrastive and DINO runs), or k-NN / "
+        "linear probe on a ViT's averaged patch tokens (DINO runs)",
     )
     t.add_argument(
         "--baseline",
         metavar="ROW",
         help="the row (or method) differences are taken against "
-        "(default: LDAM-DRW, baseline, supervised or SimCLR, whichever is there)",
+        "(default: LDAM-DRW, baseline, supervised, SimCLR or DINO, whichever is there)",
     )
     t.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     t.add_argument(

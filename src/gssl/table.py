@@ -25,9 +25,19 @@ from .presets import PRESETS, preset_dict
 METRICS = {
     "final": ("test_acc", "final-epoch top-1 (%)"),
     "best": ("best_test_acc", "best-epoch top-1 (%), the epoch chosen on the test set (optimistic)"),
-    "knn": ("knn_test_acc", "k-NN top-1 (%) on the frozen backbone (contrastive runs)"),
+    "knn": ("knn_test_acc", "k-NN top-1 (%) on the frozen backbone (contrastive and DINO runs)"),
+    # DINO runs (ViT): the same probes on the averaged patch tokens, the closest thing on CIFAR to the
+    # patch-level representation SelfPatch trains (docs/selfpatch.md)
+    "patch-knn": (
+        "patch_knn_test_acc",
+        "k-NN top-1 (%) on the frozen ViT's averaged patch tokens (DINO runs)",
+    ),
+    "patch-linear": (
+        "patch_linear_test_acc",
+        "linear-probe top-1 (%) on the frozen ViT's averaged patch tokens (DINO runs)",
+    ),
 }
-BASELINE_METHODS = ("ldam-drw", "baseline", "supervised", "simclr")
+BASELINE_METHODS = ("ldam-drw", "baseline", "supervised", "simclr", "dino")
 _NOT_METHOD = {"seed", "preset", "device", "tensorboard", "data.root", "data.name", "data.imbalance"}
 # A row that departs from its paper preset only in these still runs the paper's method (on another schedule,
 # or another machine), so the paper's number is shown beside it; the column header says at which length.
