@@ -1,0 +1,65 @@
+"""A run's frozen-feature probes at initialisation: the floor its self-supervised training has to clear.
+
+DINO and SimCLR runs are judged by k-NN and a linear probe of frozen features, and random features are
+not at chance on either. This rebuilds the run's network from its config.yaml and seed as `gssl train`
+does before its first step (the same data, build and probes) and prints the numbers its summary.json
+would hold at that point, beside the run's own:
+
+    python benchmarks/init_probe.py results/cifar10-dino-cpu/dino/seed0 [--set data.root=PATH] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from gssl import distributed, engine, rundir, scenarios
+from gssl.config import from_dict, load_yaml, merge, parse_set
+
+
+def probe_at_init(run_dir: Path, sets: list[str] = ()) -> dict:
+    """{summary key: value} of the final evaluation, taken on the network as built from the run's seed."""
+    values = load_yaml(Path(run_dir) / rundir.CONFIG)
+    for item in sets:
+        values = merge(values, parse_set(item))
+    cfg = from_dict(values)
+    with tempfile.TemporaryDirectory() as scratch:  # a run directory for the context; the run is not touched
+        ctx = engine.build_context(cfg, Path(scratch), distributed.Dist(), cfg.device, quiet=True)
+        logits, labels, extra = scenarios.build(ctx).evaluate_final()
+    test_acc = 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    return {"test_acc": test_acc, **{k: v for k, v in extra.items() if k.endswith("_acc")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path, help="a `gssl train` run directory (its config.yaml)")
+    ap.add_argument("--set", action="append", default=[], help="override a setting, e.g. data.root=PATH")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args(argv)
+    if not (args.run_dir / rundir.CONFIG).is_file():
+        print(
+            f"init_probe: {args.run_dir} has no {rundir.CONFIG}; pass a gssl run directory", file=sys.stderr
+        )
+        return 2
+    at_init = probe_at_init(args.run_dir, args.set)
+    summary_path = args.run_dir / rundir.SUMMARY
+    trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    print(f"| {args.run_dir} | at initialisation | trained |\n|---|---|---|")
+    for key, value in at_init.items():
+        print(
+            f"| {key} | {value:.2f} | {trained[key]:.2f} |"
+            if key in trained
+            else f"| {key} | {value:.2f} | - |"
+        )
+    if args.json:
+        rundir.write_atomic(
+            args.json, json.dumps({"at_init": at_init, "trained": trained}, indent=1).encode()
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""benchmarks/init_probe.py: a run's frozen-feature probes at initialisation, the floor its self-supervised
+training has to clear (docs/selfpatch.md reads the DINO runs against it)."""
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import DINO_TINY, train_preset
+from gssl.data.fakes import write_cifar
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import init_probe  # noqa: E402
+
+
+def test_the_probe_at_init_is_what_a_run_that_never_moves_reports(tmp_path, capsys):
+    """A DINO run whose learning rate is too small to change a float32 weight ends where it started, so its
+    summary holds the probes of its network at initialisation: the init probe, rebuilding that network
+    from the run's config and seed, must report the same numbers. Faintly tinted classes keep them off
+    100%, where a wrong build could not show."""
+    data = tmp_path / "data"
+    write_cifar(data, "cifar10", n_train=200, n_test=100, seed=0, tint=0.15)
+    frozen = train_preset("cifar10-dino-vit", data, tmp_path / "frozen", *DINO_TINY, "optim.lr=1e-30")
+    summary = json.loads((frozen / "summary.json").read_text())
+    at_init = init_probe.probe_at_init(frozen)
+    assert set(at_init) == {"test_acc", "knn_test_acc", "patch_knn_test_acc", "patch_linear_test_acc"}
+    assert at_init == {key: summary[key] for key in at_init}
+    assert 10 < min(at_init.values()) and max(at_init.values()) < 100, at_init
+    other_seed = init_probe.probe_at_init(frozen, ["seed=1"])  # another network: other numbers
+    assert other_seed != at_init
+
+    assert init_probe.main([str(frozen), "--json", str(tmp_path / "probe.json")]) == 0
+    table = capsys.readouterr().out
+    assert f"| knn_test_acc | {at_init['knn_test_acc']:.2f} | {summary['knn_test_acc']:.2f} |" in table
+    written = json.loads((tmp_path / "probe.json").read_text())
+    assert written["at_init"] == at_init and written["trained"]["test_acc"] == summary["test_acc"]
+
+
+def test_a_folder_that_is_not_a_run_is_refused_with_exit_code_2(tmp_path, capsys):
+    assert init_probe.main([str(tmp_path)]) == 2
+    assert "has no config.yaml; pass a gssl run directory" in capsys.readouterr().err
