@@ -16,21 +16,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gssl import distributed, engine, rundir, scenarios
-from gssl.config import from_dict, load_yaml, merge, parse_set
+from gssl import distributed, engine, metrics, rundir, scenarios
+from gssl.config import load_yaml, parse_set
+from gssl.presets import resolve
 
 
 def probe_at_init(run_dir: Path, sets: list[str] = ()) -> dict:
     """{summary key: value} of the final evaluation, taken on the network as built from the run's seed."""
-    values = load_yaml(Path(run_dir) / rundir.CONFIG)
-    for item in sets:
-        values = merge(values, parse_set(item))
-    cfg = from_dict(values)
+    cfg = resolve(config=load_yaml(Path(run_dir) / rundir.CONFIG), sets=[parse_set(item) for item in sets])
     with tempfile.TemporaryDirectory() as scratch:  # a run directory for the context; the run is not touched
         ctx = engine.build_context(cfg, Path(scratch), distributed.Dist(), cfg.device, quiet=True)
         logits, labels, extra = scenarios.build(ctx).evaluate_final()
-    test_acc = 100.0 * (logits.argmax(1) == labels).float().mean().item()
-    return {"test_acc": test_acc, **{k: v for k, v in extra.items() if k.endswith("_acc")}}
+    return {
+        "test_acc": metrics.top1(logits, labels),
+        **{k: v for k, v in extra.items() if k.endswith("_acc")},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     print(f"| {args.run_dir} | at initialisation | trained |\n|---|---|---|")
     for key, value in at_init.items():
-        print(
-            f"| {key} | {value:.2f} | {trained[key]:.2f} |"
-            if key in trained
-            else f"| {key} | {value:.2f} | - |"
-        )
+        print(f"| {key} | {value:.2f} | {f'{trained[key]:.2f}' if key in trained else '-'} |")
     if args.json:
         rundir.write_atomic(
             args.json, json.dumps({"at_init": at_init, "trained": trained}, indent=1).encode()
