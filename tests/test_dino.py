@@ -151,3 +151,33 @@ def test_the_report_of_a_dino_run_shows_the_teachers_class_token_attention(
     mean_maps = np.stack([np.asarray(ax.images[-1].get_array()) for ax in figure.axes[columns : 2 * columns]])
     head2 = np.stack([np.asarray(ax.images[-1].get_array()) for ax in figure.axes[3 * columns :]])
     assert mean_maps == pytest.approx((maps + head2) / 2)
+
+
+def test_gssl_eval_and_tsne_of_a_dino_run_judge_its_teacher_with_its_own_probe_settings(
+    fake_cifar10, tmp_path, capsys
+):
+    import json
+
+    from gssl.analysis.run import Run, predict_features
+
+    run = train_preset("cifar10-dino-selfpatch-vit", fake_cifar10, tmp_path / "dsp", *TINY, "dino.knn_k=7")
+    summary = json.loads((run / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0  # the default: the run's own linear probe
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["protocol"] == "linear (2 epochs on the frozen features)"
+    assert rep["top1"] == pytest.approx(summary["test_acc"], abs=1e-6)
+    assert main(["eval", str(run), "--protocol", "knn", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["protocol"] == "knn (7-NN on the frozen features)"  # dino.knn_k, not contrastive.knn_k
+    assert rep["top1"] == pytest.approx(summary["knn_test_acc"], abs=1e-6)
+    # t-SNE draws the same representation: the teacher's aggregation output, not the student's backbone
+    loaded = Run(run).loaded()
+    images, labels = loaded.data.test.images[:8], loaded.data.test.labels[:8]
+    features, logits, _ = predict_features(loaded, images, labels)
+    with torch.no_grad():
+        from gssl.analysis.run import normalised
+
+        teacher = loaded.model.teacher.module(normalised(loaded, images)).float().cpu()
+        student = loaded.model.student(normalised(loaded, images)).float().cpu()
+    assert logits is None and torch.equal(features, teacher) and not torch.allclose(features, student)

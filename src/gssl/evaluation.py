@@ -26,8 +26,9 @@ def evaluate_run(
     """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set; with
     `attack`, also the accuracy under it (pixel-space L-inf, model in eval mode). protocol: "classifier"
     (the run's own head; the default), "linear" or "knn" (on the frozen backbone's pooled features, the
-    training images un-augmented; the default for contrastive runs, which have no classifier). knn_k and
-    linear_epochs default to the run's own contrastive settings, so the default reproduces its summary.
+    training images un-augmented; the default for runs without a classifier). The features and the probes'
+    settings are the run's scenario's (a DINO run: its teacher and `dino.*`), knn_k and linear_epochs the
+    run's own unless given, so the default reproduces its summary.
     `loaded`: this run and checkpoint already rebuilt by `load_run` (the report has it), not rebuilt again."""
     run_dir = Path(run_dir)
     cfg = loaded.cfg if loaded is not None else read_config(run_dir)
@@ -40,22 +41,23 @@ def evaluate_run(
     if protocol == "classifier":
         logits, labels = metrics.predict(model, loader, device.type, precision)
     else:
+        options = scenario_class(cfg).probe_options(cfg)
         fe = frozen_eval(
-            model.backbone,
+            scenario_class(cfg).features(model),
             ordered_loader(data.train, data, 512, device),
             loader,
             len(data.train.classes),
             device_type=device.type,
             precision=precision,
             knn_k=knn_k,
-            knn_temperature=cfg.contrastive.knn_temperature,
+            knn_temperature=options.knn_temperature,
             linear_epochs=linear_epochs if protocol == "linear" else 0,
-            linear_lr=cfg.contrastive.linear_lr,
+            linear_lr=options.linear_lr,
             seed=cfg.seed,
         )
         logits, labels = fe["logits"], fe["labels"]
         how = f"{knn_k}-NN" if protocol == "knn" else f"{linear_epochs} epochs"
-        extra.update({"knn_acc": fe["knn_acc"], "protocol": f"{protocol} ({how} on the frozen backbone)"})
+        extra.update({"knn_acc": fe["knn_acc"], "protocol": f"{protocol} ({how} on the frozen features)"})
     if attack is not None:
         clean, robust = attacks.robust_accuracy(
             model,
@@ -95,8 +97,9 @@ def _checked_protocol(cfg, run_dir: Path, protocol, attack, knn_k, linear_epochs
             "--attack needs the run's classifier (--protocol classifier); the linear and k-NN "
             "protocols train or look up a head after the fact"
         )
-    knn_k = cfg.contrastive.knn_k if knn_k is None else knn_k
-    linear_epochs = (cfg.contrastive.linear_epochs or 100) if linear_epochs is None else linear_epochs
+    options = scenario_class(cfg).probe_options(cfg)
+    knn_k = options.knn_k if knn_k is None else knn_k
+    linear_epochs = (options.linear_epochs or 100) if linear_epochs is None else linear_epochs
     if knn_k < 1 or linear_epochs < 1:
         raise ConfigError(f"--knn-k ({knn_k}) and --linear-epochs ({linear_epochs}) must be >= 1")
     return protocol, knn_k, linear_epochs
@@ -117,9 +120,14 @@ def read_config(run_dir: Path):
 
 def has_classifier(cfg) -> bool:
     """Whether the run's network ends in a classifier (a contrastive one is judged on frozen features)."""
+    return scenario_class(cfg).has_classifier
+
+
+def scenario_class(cfg):
+    """The run's scenario class (imported late: gssl.scenarios imports most of gssl)."""
     from .scenarios import scenario_class
 
-    return scenario_class(cfg).has_classifier
+    return scenario_class(cfg)
 
 
 @dataclass

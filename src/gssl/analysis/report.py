@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import rundir
 from ..config import ConfigError
 from ..data import DataError
-from ..evaluation import has_classifier
+from ..evaluation import has_classifier, scenario_class
 from ..gating import uniform_weight
 from . import figures
 from .examples import (
@@ -126,7 +126,7 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
         done = f"{len(r.rows)}/{c.optim.epochs}" if len(r.rows) != c.optim.epochs else str(c.optim.epochs)
         best = "-" if "best_test_acc" not in s else f"{s['best_test_acc']:.2f} ({s['best_epoch'] + 1})"
         if not has_classifier(c) and best != "-":  # final: the linear probe; per epoch: k-NN
-            best += f", {c.contrastive.knn_k}-NN"
+            best += f", {scenario_class(c).probe_options(c).knn_k}-NN"
         final = s.get("test_acc", last.get("test_acc"))
         rows.append(
             [

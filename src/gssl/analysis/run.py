@@ -17,7 +17,7 @@ import torch
 from .. import rundir
 from ..config import Config, from_dict
 from ..data import first_per_class
-from ..evaluation import LoadedRun, evaluate_run, has_classifier, load_run
+from ..evaluation import LoadedRun, evaluate_run, has_classifier, load_run, scenario_class
 
 
 @dataclass
@@ -115,12 +115,13 @@ def normalised(ld: LoadedRun, images_uint8: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_features(ld: LoadedRun, images: torch.Tensor, labels: torch.Tensor, batch: int = 500):
-    """(pooled backbone features [N, D], logits [N, classes], labels [N]), float32 on the CPU. A contrastive
-    run has no classifier: its logits are None."""
+    """(the run's image representation [N, D], logits [N, classes], labels [N]), float32 on the CPU: the
+    pooled backbone features, or a DINO run's teacher's. A run without a classifier has None for logits."""
     feats, logits = [], []
     contrastive = not has_classifier(ld.cfg)
+    features = scenario_class(ld.cfg).features(ld.model)
     for i in range(0, len(images), batch):
-        f = ld.model.backbone(normalised(ld, images[i : i + batch])).float()
+        f = features(normalised(ld, images[i : i + batch])).float()
         feats.append(f)
         if not contrastive:
             logits.append(ld.model.classifier(f).float())

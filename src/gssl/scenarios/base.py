@@ -122,6 +122,18 @@ class Scenario:
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
         raise NotImplementedError
 
+    @staticmethod
+    def features(model: nn.Module) -> nn.Module:
+        """The network's image representation: what t-SNE draws and, without a classifier, what the frozen
+        probes judge, here and in `gssl eval` alike."""
+        return model.backbone
+
+    @staticmethod
+    def probe_options(cfg: Config):
+        """The config section with the frozen probes' settings (knn_k, knn_temperature, linear_epochs,
+        linear_lr), so that `gssl eval` repeats the run's own final judgement."""
+        return cfg.contrastive
+
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.train_loader = ctx.loader(

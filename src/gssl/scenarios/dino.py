@@ -91,12 +91,20 @@ class DINOScenario(Scenario):
         model.teacher.decay = teacher_momentum(self.step_in_run, total, cfg.dino.momentum_teacher)
         model.teacher.update(model.student)
 
+    @staticmethod
+    def features(model: DINO) -> torch.nn.Module:
+        return model.teacher.module  # DINO judges its teacher
+
+    @staticmethod
+    def probe_options(cfg: Config):
+        return cfg.dino
+
     @property
     def eval_model(self) -> torch.nn.Module:
-        return self.ctx.model.teacher.module
+        return self.features(self.ctx.model)
 
     def _frozen_eval(self, features: torch.nn.Module, linear_epochs: int) -> dict:
-        return self.judge_frozen(features, self.ctx.cfg.dino, linear_epochs)
+        return self.judge_frozen(features, self.probe_options(self.ctx.cfg), linear_epochs)
 
     def evaluate_epoch(self, eval_fn) -> dict:
         return {"test_acc": self._frozen_eval(self.eval_model, 0)["knn_acc"]}

@@ -82,7 +82,9 @@ class SimCLRScenario(Scenario):
         return views, y, self.ctx.cls_loss, model.sample_params(views, generator)
 
     def _frozen_eval(self, linear_epochs: int) -> dict:
-        return self.judge_frozen(self.ctx.model.backbone, self.ctx.cfg.contrastive, linear_epochs)
+        return self.judge_frozen(
+            self.features(self.ctx.model), self.probe_options(self.ctx.cfg), linear_epochs
+        )
 
     def evaluate_epoch(self, eval_fn) -> dict:
         return {"test_acc": self._frozen_eval(0)["knn_acc"]}  # no classifier: k-NN on the frozen features
