@@ -11,7 +11,8 @@ Sections (ratios are always measured side by side in one run, repetitions interl
             reduce-overhead on CUDA), on CUDA in bf16 and fp32 autocast; the first call (the compile
             time, with inductor's on-disk caches as found) apart from the steady-state rate.
             --quick: one small shape (ResNet-8, batch 16), so that compiling stays short on CPU, and
-            (as the epoch and sweep sections' processes) one thread, which other load cannot stall
+            (as the epoch and sweep sections' processes, which train a ResNet-8 under --quick) one
+            thread, which other load cannot stall
   gates     training step of every gate mode on the gated triple, side by side with the plain step and
             the reference-gated one: reference, learned, uniform and the loss weightings of
             docs/gates.md (uncertainty, gradnorm, gcs unweighted and weighted, dwa), each with its
@@ -389,8 +390,15 @@ def _quick_env(quick):
     return dict(os.environ, OMP_NUM_THREADS="1") if quick else None
 
 
+def _quick_sets(quick) -> list[str]:
+    """--quick's runs: a ResNet-8 judged on 100 test images (a smoke check; most of its time is the
+    process start)."""
+    return ["model.backbone=resnet8", "data.test_limit=100"] if quick else []
+
+
 def bench_epoch(device, quick, tmp):
     sets, what = _data_sets(quick, tmp)
+    backbone = "ResNet-8" if quick else "ResNet-32"
     rows = []
     for name, (tasks, gate) in VARIANTS.items():
         s = _train(
@@ -403,7 +411,7 @@ def bench_epoch(device, quick, tmp):
                 "optim.base_epochs=1",
                 f"device={device.type}",
             ]
-            + (["data.test_limit=100"] if quick else []),
+            + _quick_sets(quick),
             env=_quick_env(quick),
         )
         rows.append(
@@ -414,7 +422,7 @@ def bench_epoch(device, quick, tmp):
                 "images_per_s": s["images_per_second"],
             }
         )
-    print(f"\n[epoch] one epoch of {what}, ResNet-32, through `gssl train` (train + test evaluation)")
+    print(f"\n[epoch] one epoch of {what}, {backbone}, through `gssl train` (train + test evaluation)")
     for r in rows:
         print(f"{r['variant']:16} {r['wall_s']:8.1f} s  {r['images_per_s']:>9,.0f} train images/s")
     return rows
@@ -435,7 +443,7 @@ def bench_sweep(device, quick, tmp, sets=None, what=None, ns=None, env=None, dea
     time scaled by N) is skipped and named in `skipped`."""
     if sets is None:
         sets, what = _data_sets(True, tmp)  # small runs: the case several-at-once is for
-        sets += ["data.test_limit=100"] if quick else []
+        sets += _quick_sets(quick)
     sets = ["optim.epochs=2", "optim.base_epochs=2", f"device={device.type}"] + sets
     rows, skipped = [], [] if skipped is None else skipped
     for n in ns or ((1, 2) if quick else (1, 2, 4)):
