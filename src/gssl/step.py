@@ -25,7 +25,6 @@ import contextlib
 import warnings
 
 import torch
-import torch._dynamo
 from torch import Tensor
 
 
@@ -57,6 +56,14 @@ def packed_step(step):
     return packed
 
 
+def _dynamo_has(flag: str) -> bool:
+    """Whether this torch's dynamo has a config flag; imported here, not at the top, since importing
+    torch._dynamo costs seconds that an eager run (most CPU runs, every test's subprocess) never needs."""
+    import torch._dynamo
+
+    return hasattr(torch._dynamo.config, flag)
+
+
 class Compiled:
     """`fn` compiled for inputs whose first dimension is `batch`; anything else, or any failure, eager.
 
@@ -71,11 +78,7 @@ class Compiled:
         kw = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
         target = packed_step(fn) if what == "step" else fn
         self.compiled = torch.compile(target, backend=backend, dynamic=False, **kw) if enabled else None
-        if (
-            self.compiled is not None
-            and what == "step"
-            and hasattr(torch._dynamo.config, "trace_autograd_ops")
-        ):
+        if self.compiled is not None and what == "step" and _dynamo_has("trace_autograd_ops"):
             # see "Gradients inside the step" above; a torch without the flag compiles gcs/gradnorm steps
             # with a graph break (or falls back to eager), every other step as before
             self.compiled = torch._dynamo.config.patch(trace_autograd_ops=True)(self.compiled)
