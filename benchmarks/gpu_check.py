@@ -1,7 +1,7 @@
 """Run this first whenever a GPU is lent: the failure probes, then the numbers, in under 8 minutes.
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py --data data/cifar-10-jpg.tar.gz
-    python benchmarks/gpu_check.py --smoke --device cpu   # the script itself, at toy size on CPU (~1 min)
+    python benchmarks/gpu_check.py --smoke --device cpu   # the script itself, at toy size on CPU (~1.5 min)
 
 Parts, in this order, each with a share of --budget-s (time a part leaves unused passes on to the
 next; what would not fit is skipped, and named in the output and the JSON):
@@ -578,7 +578,7 @@ def main(argv=None) -> dict:
         "--run-s",
         type=float,
         default=None,
-        help="seconds of the gated-triple run, at least until it records 2 epochs (default 90; smoke 15)",
+        help="seconds of the gated-triple run, at least until it records 2 epochs (default 90; smoke 8)",
     )
     ap.add_argument("--smoke", action="store_true", help="toy sizes on fake data: checks the script itself")
     ap.add_argument(
@@ -587,7 +587,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"a subset of {','.join(PARTS)}")
     ap.add_argument("--logs", type=Path, help="copy every child's whole output (*.log) into this folder")
     args = ap.parse_args(argv)
-    args.run_s = args.run_s or (15.0 if args.smoke else 90.0)
+    args.run_s = args.run_s or (8.0 if args.smoke else 90.0)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if set(parts) - set(PARTS):
         ap.error(f"unknown parts {sorted(set(parts) - set(PARTS))}")
