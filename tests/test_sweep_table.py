@@ -337,3 +337,34 @@ def test_each_committed_sweep_file_resolves_and_its_records_continue(path):
         if job.run_dir.is_dir():  # raises ConfigError naming the keys if the record no longer matches
             if sweep.status(job) == "done":
                 assert (job.run_dir / "metrics.jsonl").is_file(), job.run_dir
+
+
+def test_table_per_run_lists_each_seed_with_its_paired_difference_gates_and_pretext_heads(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed, acc in ((0, 70.0), (1, 69.0)):
+        _fake_run(root / "ldam" / f"seed{seed}", "cifar10-lt0.01-ldam-drw", seed, acc)
+    triple = _fake_run(root / "triple" / "seed0", "cifar10-lt0.01-gated-triple", 0)
+    summary = {"test_acc": 58.5, "best_test_acc": 59.25, "best_epoch": 4}
+    summary |= {"many_shot_acc": 64.04, "medium_shot_acc": 36.36, "few_shot_acc": None}
+    (triple / "summary.json").write_text(json.dumps(summary))
+    epochs = [
+        {"epoch": 0, "gate_lorot": 0.2, "gate_flip": 0.7, "gate_channel": 0.1, "pretext_acc_lorot": 6.0},
+        {"epoch": 1, "gate_lorot": 0.05, "gate_flip": 0.9, "gate_channel": 0.05, "pretext_acc_lorot": 8.76},
+    ]
+    (triple / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in epochs))
+    unfinished = _fake_run(root / "triple" / "seed1", "cifar10-lt0.01-gated-triple", 1)
+    (unfinished / "metrics.jsonl").write_text(json.dumps(epochs[0]) + "\n")
+    capsys.readouterr()
+    assert main(["table", str(root), "--per-run"]) == 0
+    out = capsys.readouterr().out
+    per_run = out.split("Per run:")[1]
+    lines = [line for line in per_run.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| row | setting | seed | test_acc | Δ vs ldam-drw |")
+    assert lines[1:] == [
+        "| ldam-drw | cifar10 0.01 | 0 | 70.00 |  | 70.00 | - / - / - | - | - | 0 |",
+        "| ldam-drw | cifar10 0.01 | 1 | 69.00 |  | 69.00 | - / - / - | - | - | 0 |",
+        "| gated-triple | cifar10 0.01 | 0 | 58.50 | -11.50 | 59.25 (5) | 64.0 / 36.4 / - | lorot 8.8 "
+        "| 0.20 / 0.70 / 0.10 -> 0.05 / 0.90 / 0.05 (0.0500-0.9000) | 2 |",
+        "| gated-triple | cifar10 0.01 | 1 | - |  | - | - / - / - | lorot 6.0 "
+        "| 0.20 / 0.70 / 0.10 -> 0.20 / 0.70 / 0.10 (0.1000-0.7000) | 1 of 6, unfinished |",
+    ]

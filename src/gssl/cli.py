@@ -402,6 +402,7 @@ EXAMPLES_TABLE = """examples:
   gssl table runs/cifar10-lt-cpu                  # every run below the folder
   gssl table runs/c10/*/seed* --metric best --csv results.csv
   gssl table results/cifar10-lt-45ep --figures docs/figures/cifar10-lt-45ep   # + the sweep's figures (PNG)
+  gssl table results/cifar10-lt-45ep --per-run    # + a line per run: seeds, gates, pretext heads
 """
 
 
@@ -553,6 +554,12 @@ def _sweep_parsers(sub) -> None:
         help="the row (or method) differences are taken against "
         "(default: LDAM-DRW, baseline, supervised, SimCLR or DINO, whichever is there)",
     )
+    t.add_argument(
+        "--per-run",
+        action="store_true",
+        help="also a line per run: the metric and its difference from the baseline's run of the same "
+        "seed, best epoch, shot groups, the pretext heads' accuracy and the gate weights (first -> last)",
+    )
     t.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     t.add_argument(
         "--figures",
@@ -600,6 +607,8 @@ def _table(args) -> int:
 
     runs = table.find_runs(args.run_dirs)
     print(table.markdown(runs, args.metric, args.baseline), end="")
+    if args.per_run:
+        print("\nPer run:\n\n" + table.per_run(runs, args.metric, args.baseline), end="")
     if args.csv:
         write_atomic(Path(args.csv), table.to_csv(runs, args.metric, args.baseline).encode())
         print(f"\nCSV written to {args.csv}")

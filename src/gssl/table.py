@@ -129,19 +129,9 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}: choose one of {list(METRICS)}")
     key, _ = METRICS[metric]
-    parsed = [(r, *_method_diffs(r.cfg)) for r in runs]
-    # differences every run shares (a shortened protocol) describe the table, not a row
-    shared = (
-        set.intersection(*[{(k, json.dumps(v)) for k, v in d.items()} for _, _, d in parsed])
-        if parsed
-        else set()
-    )
+    labelled, shared = _labelled(runs)
     cells: dict[tuple[str, str], Cell] = {}
-    for r, method, diffs in parsed:
-        own = {k: v for k, v in diffs.items() if k not in _NOT_METHOD and (k, json.dumps(v)) not in shared}
-        label = method + (
-            " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(own.items())) + ")" if own else ""
-        )
+    for r, label, diffs in labelled:
         paper, paper_epochs = _paper_number(r.cfg, diffs)
         cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, [], paper, paper_epochs))
         if r.summary is None or not isinstance(r.summary.get(key), (int, float)):
@@ -168,6 +158,25 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
     if baseline is not None:
         rows = [baseline] + [r for r in rows if r != baseline]
     return rows, cols, cells, baseline, sorted(shared)
+
+
+def _labelled(runs: list[Run]) -> tuple[list[tuple[Run, str, dict]], set]:
+    """Each run with its row label and its departures from its preset; the departures every run shares
+    (a shortened protocol), which describe the table, not a row."""
+    parsed = [(r, *_method_diffs(r.cfg)) for r in runs]
+    shared = (
+        set.intersection(*[{(k, json.dumps(v)) for k, v in d.items()} for _, _, d in parsed])
+        if parsed
+        else set()
+    )
+    labelled = []
+    for r, method, diffs in parsed:
+        own = {k: v for k, v in diffs.items() if k not in _NOT_METHOD and (k, json.dumps(v)) not in shared}
+        label = method + (
+            " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(own.items())) + ")" if own else ""
+        )
+        labelled.append((r, label, diffs))
+    return labelled, shared
 
 
 def _paper_number(cfg: Config, diffs: dict) -> tuple[float | None, int | None]:
@@ -264,6 +273,56 @@ def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:
+    """One line per run, in the table's row order: the metric and its difference from the baseline row's
+    run of the same seed; the best epoch and the shot groups (summary.json); from metrics.jsonl, the
+    pretext heads' training accuracy in the last epoch and the gate weights in the first and last epoch
+    with the lowest and highest of any task in any epoch: what a reader checks a mean against."""
+    rows, _, cells, base, _ = build(runs, metric, baseline)
+    key = METRICS[metric][0]
+    head = ["row", "setting", "seed", key, f"Δ vs {base or 'baseline'}", "best (epoch)"]
+    head += ["many / medium / few-shot", "pretext head train acc. % (last epoch)"]
+    head += ["gate weights: first -> last epoch (lowest-highest)", "epochs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    labelled, _ = _labelled(runs)
+    for run, label, _ in sorted(
+        labelled, key=lambda x: (rows.index(x[1]), setting_of(x[0].cfg), x[0].cfg.seed)
+    ):
+        seed, setting, summary = run.cfg.seed, setting_of(run.cfg), run.summary or {}
+        epochs = rundir.read_metrics(run.path)
+        value = summary.get(key)
+        base_cell = cells.get((base, setting))
+        base_value = base_cell.accs.get(seed) if base_cell is not None and label != base else None
+        line = [label, setting, str(seed), _pct(value, 2)]
+        line.append("" if value is None or base_value is None else f"{value - base_value:+.2f}")
+        best = summary.get("best_test_acc")
+        best_epoch = summary.get("best_epoch")
+        line.append(_pct(best, 2) + ("" if best_epoch is None else f" ({best_epoch + 1})"))
+        line.append(" / ".join(_pct(summary.get(f"{g}_shot_acc"), 1) for g in ("many", "medium", "few")))
+        line += [_pretext(epochs[-1] if epochs else {}), _gates(epochs)]
+        line.append(f"{len(epochs)}" + ("" if run.summary else f" of {run.cfg.optim.epochs}, unfinished"))
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value, digits: int) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
+
+
+def _pretext(row: dict) -> str:
+    accs = {k[len("pretext_acc_") :]: v for k, v in row.items() if k.startswith("pretext_acc_")}
+    return ", ".join(f"{task} {acc:.1f}" for task, acc in accs.items()) or "-"
+
+
+def _gates(epochs: list[dict]) -> str:
+    tasks = [k for k in (epochs[-1] if epochs else {}) if k.startswith("gate_")]
+    if not tasks:
+        return "-"
+    values = [row[t] for row in epochs for t in tasks if t in row]
+    first, last = (" / ".join(f"{row[t]:.2f}" for t in tasks) for row in (epochs[0], epochs[-1]))
+    return f"{first} -> {last} ({min(values):.4f}-{max(values):.4f})"
 
 
 def to_csv(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:
