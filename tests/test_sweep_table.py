@@ -140,6 +140,12 @@ def test_table_of_dino_runs_reads_the_patch_token_probes_against_plain_dino(tmp_
         assert list(rows) == ["dino", "dino-selfpatch"], md
         assert rows["dino"][0] == dino_cell and rows["dino-selfpatch"][2] == selfpatch_diff, (metric, md)
     assert md.startswith("linear-probe top-1 (%) on the frozen ViT's averaged patch tokens")
+    assert main(["table", str(root), "--metric", "knn", "--per-run"]) == 0  # every probe of each run
+    lines = [line for line in capsys.readouterr().out.split("Per run:")[1].splitlines() if line[:2] == "| "]
+    assert lines[0].startswith(
+        "| row | setting | seed | knn_test_acc | Δ vs dino | patch_knn_test_acc | patch_linear_test_acc |"
+    )
+    assert lines[-1].startswith("| dino-selfpatch | cifar10 | 1 | 28.00 | -1.00 | 27.00 | 31.00 | 32.00 |")
 
 
 def test_the_cli_offers_every_metric_of_the_table_and_refuses_others(capsys):
@@ -364,7 +370,8 @@ def test_table_per_run_lists_each_seed_with_its_paired_difference_gates_and_pret
         "| ldam-drw | cifar10 0.01 | 0 | 70.00 |  | 70.00 | - / - / - | - | - | 0 |",
         "| ldam-drw | cifar10 0.01 | 1 | 69.00 |  | 69.00 | - / - / - | - | - | 0 |",
         "| gated-triple | cifar10 0.01 | 0 | 58.50 | -11.50 | 59.25 (5) | 64.0 / 36.4 / - | lorot 8.8 "
-        "| 0.20 / 0.70 / 0.10 -> 0.05 / 0.90 / 0.05 (0.0500-0.9000) | 2 |",
+        "| lorot / flip / channel: 0.20 / 0.70 / 0.10 -> 0.05 / 0.90 / 0.05 (0.0500-0.9000) | 2 |",
         "| gated-triple | cifar10 0.01 | 1 | - |  | - | - / - / - | lorot 6.0 "
-        "| 0.20 / 0.70 / 0.10 -> 0.20 / 0.70 / 0.10 (0.1000-0.7000) | 1 of 6, unfinished |",
+        "| lorot / flip / channel: 0.20 / 0.70 / 0.10 -> 0.20 / 0.70 / 0.10 (0.1000-0.7000) "
+        "| 1 of 6, unfinished |",
     ]

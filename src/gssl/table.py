@@ -279,10 +279,13 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
     """One line per run, in the table's row order: the metric and its difference from the baseline row's
     run of the same seed; the best epoch and the shot groups (summary.json); from metrics.jsonl, the
     pretext heads' training accuracy in the last epoch and the gate weights in the first and last epoch
-    with the lowest and highest of any task in any epoch: what a reader checks a mean against."""
+    with the lowest and highest of any task in any epoch: what a reader checks a mean against. The
+    table's other frozen-feature probes (k-NN, patch tokens) get a column each where a run has them."""
     rows, _, cells, base, _ = build(runs, metric, baseline)
     key = METRICS[metric][0]
-    head = ["row", "setting", "seed", key, f"Δ vs {base or 'baseline'}", "best (epoch)"]
+    probes = [k for k, _ in METRICS.values() if k not in (key, "test_acc", "best_test_acc")]
+    probes = [k for k in probes if any(k in (r.summary or {}) for r in runs)]
+    head = ["row", "setting", "seed", key, f"Δ vs {base or 'baseline'}", *probes, "best (epoch)"]
     head += ["many / medium / few-shot", "pretext head train acc. % (last epoch)"]
     head += ["gate weights: first -> last epoch (lowest-highest)", "epochs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -297,6 +300,7 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
         base_value = base_cell.accs.get(seed) if base_cell is not None and label != base else None
         line = [label, setting, str(seed), _pct(value, 2)]
         line.append("" if value is None or base_value is None else f"{value - base_value:+.2f}")
+        line += [_pct(summary.get(probe), 2) for probe in probes]
         best = summary.get("best_test_acc")
         best_epoch = summary.get("best_epoch")
         line.append(_pct(best, 2) + ("" if best_epoch is None else f" ({best_epoch + 1})"))
@@ -322,7 +326,8 @@ def _gates(epochs: list[dict]) -> str:
         return "-"
     values = [row[t] for row in epochs for t in tasks if t in row]
     first, last = (" / ".join(f"{row[t]:.2f}" for t in tasks) for row in (epochs[0], epochs[-1]))
-    return f"{first} -> {last} ({min(values):.4f}-{max(values):.4f})"
+    names = " / ".join(t[len("gate_") :] for t in tasks)
+    return f"{names}: {first} -> {last} ({min(values):.4f}-{max(values):.4f})"
 
 
 def to_csv(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:
