@@ -5,7 +5,7 @@ not at chance on either. This rebuilds the run's network from its config.yaml an
 does before its first step (the same data, build and probes) and prints the numbers its summary.json
 would hold at that point, beside the run's own:
 
-    python benchmarks/init_probe.py results/cifar10-dino-cpu/dino/seed0 [--set data.root=PATH] [--json F]
+    python benchmarks/init_probe.py results/cifar10-dino-cpu/*/seed* [--set data.root=PATH] [--json F]
 """
 
 from __future__ import annotations
@@ -35,25 +35,30 @@ def probe_at_init(run_dir: Path, sets: list[str] = ()) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path, help="a `gssl train` run directory (its config.yaml)")
+    ap.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="`gssl train` run directories")
     ap.add_argument("--set", action="append", default=[], help="override a setting, e.g. data.root=PATH")
-    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--json", type=Path, help="also write the numbers here, by run directory")
     args = ap.parse_args(argv)
-    if not (args.run_dir / rundir.CONFIG).is_file():
+    not_runs = [str(d) for d in args.run_dirs if not (d / rundir.CONFIG).is_file()]
+    if not_runs:  # checked before any probe runs: a typo should not cost the probes before it
         print(
-            f"init_probe: {args.run_dir} has no {rundir.CONFIG}; pass a gssl run directory", file=sys.stderr
+            f"init_probe: {', '.join(not_runs)} has no {rundir.CONFIG}; pass gssl run directories",
+            file=sys.stderr,
         )
         return 2
-    at_init = probe_at_init(args.run_dir, args.set)
-    summary_path = args.run_dir / rundir.SUMMARY
-    trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    print(f"| {args.run_dir} | at initialisation | trained |\n|---|---|---|")
-    for key, value in at_init.items():
-        print(f"| {key} | {value:.2f} | {f'{trained[key]:.2f}' if key in trained else '-'} |")
+    print("| run | probe | at initialisation | trained | gain |\n|---|---|---|---|---|")
+    written = {}
+    for run_dir in args.run_dirs:
+        at_init = probe_at_init(run_dir, args.set)
+        summary_path = run_dir / rundir.SUMMARY
+        trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        for key, value in at_init.items():
+            after = trained.get(key)
+            cells = ("-", "-") if after is None else (f"{after:.2f}", f"{after - value:+.2f}")
+            print(f"| {run_dir} | {key} | {value:.2f} | {cells[0]} | {cells[1]} |", flush=True)
+        written[str(run_dir)] = {"at_init": at_init, "trained": trained}
     if args.json:
-        rundir.write_atomic(
-            args.json, json.dumps({"at_init": at_init, "trained": trained}, indent=1).encode()
-        )
+        rundir.write_atomic(args.json, json.dumps(written, indent=1).encode())
     return 0
 
 

@@ -31,11 +31,16 @@ def test_the_probe_at_init_is_what_a_run_that_never_moves_reports(tmp_path, caps
 
     assert init_probe.main([str(frozen), "--json", str(tmp_path / "probe.json")]) == 0
     table = capsys.readouterr().out
-    assert f"| knn_test_acc | {at_init['knn_test_acc']:.2f} | {summary['knn_test_acc']:.2f} |" in table
-    written = json.loads((tmp_path / "probe.json").read_text())
+    knn = at_init["knn_test_acc"]
+    assert f"| {frozen} | knn_test_acc | {knn:.2f} | {summary['knn_test_acc']:.2f} | +0.00 |" in table
+    written = json.loads((tmp_path / "probe.json").read_text())[str(frozen)]
     assert written["at_init"] == at_init and written["trained"]["test_acc"] == summary["test_acc"]
 
 
-def test_a_folder_that_is_not_a_run_is_refused_with_exit_code_2(tmp_path, capsys):
-    assert init_probe.main([str(tmp_path)]) == 2
-    assert "has no config.yaml; pass a gssl run directory" in capsys.readouterr().err
+def test_a_folder_that_is_not_a_run_is_refused_with_exit_code_2_before_any_probe(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("this: is not read, since the other folder is refused first\n")
+    assert init_probe.main([str(run), str(tmp_path / "typo")]) == 2
+    out = capsys.readouterr()
+    assert "typo has no config.yaml; pass gssl run directories" in out.err and out.out == ""
