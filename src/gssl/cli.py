@@ -493,15 +493,19 @@ def _eval_parser(sub) -> None:
         "--protocol",
         choices=["classifier", "linear", "knn"],
         help="the run's classifier (default), or a "
-        "linear probe / k-NN on the frozen backbone's features (default for contrastive runs: linear)",
+        "linear probe / k-NN on the frozen features (default for contrastive and DINO runs: linear)",
     )
     e.add_argument(
-        "--knn-k", type=int, help="neighbours for --protocol knn (default: the run's contrastive.knn_k)"
+        "--knn-k",
+        type=int,
+        help="neighbours for --protocol knn (default: the run's contrastive.knn_k, "
+        "or dino.knn_k for a DINO run)",
     )
     e.add_argument(
         "--linear-epochs",
         type=int,
-        help="epochs of the linear probe (default: the run's contrastive.linear_epochs, or 100)",
+        help="epochs of the linear probe (default: the run's contrastive.linear_epochs or "
+        "dino.linear_epochs, or 100)",
     )
 
 
