@@ -235,3 +235,41 @@ def test_the_cli_module_runs_as_a_script():
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "cifar10-lt0.01-ldam-drw" in r.stdout
+
+
+def test_a_run_whose_data_moved_is_evaluated_analysed_and_resumed_from_the_new_place(
+    fake_cifar10, tmp_path, capsys
+):
+    import shutil
+
+    from conftest import train_tiny_run
+    from gssl.sweep import Job
+
+    data = tmp_path / "data"
+    shutil.copytree(fake_cifar10, data)
+    run = train_tiny_run(data, tmp_path / "run", 1)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)["top1"]
+    moved = data.rename(tmp_path / "moved")
+    assert main(["eval", str(run)]) == 2  # the error names the option that fixes it
+    assert "does not exist" in (err := capsys.readouterr().err) and "--data-root DIR" in err
+    assert main(["eval", str(run), "--json", "--data-root", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == before
+    assert main(["analyze", str(run), "--tsne", "--max-images", "40", "--data-root", str(moved)]) == 0
+    assert (run / "analysis" / "tsne-last.png").is_file()
+    # resuming: a new data.root alone is the same run (no --force); any other change still needs it
+    assert main(["train", "--resume", str(run), "--set", f"data.root={moved}", "--set", "seed=5"]) == 2
+    err = capsys.readouterr().err
+    assert "differs from the run's saved one in: seed;" in err
+    assert main(["train", "--resume", str(run), "--set", f"data.root={moved}", "--quiet"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(moved)
+    # a sweep resumes its runs with its own data.root, and only that of its settings
+    job = Job("row", 0, "cifar10-lt0.01-gated-triple", None, [f"data.root={moved}", "optim.lr=0.1"], tmp_path)
+    assert job.command("resume")[-5:] == [
+        "--resume",
+        str(job.run_dir),
+        "--quiet",
+        "--set",
+        f"data.root={moved}",
+    ]

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from . import engine, rundir
-    from .config import ConfigError, diff, from_dict, load_yaml, parse_set
+    from .config import ConfigError, from_dict, load_yaml, parse_set, setting_changes
     from .presets import resolve
 
     sets = [parse_set(s) for s in args.sets]
@@ -154,7 +154,7 @@ def _train(args) -> int:
         cfg = saved
         if args.preset or args.config or sets:
             asked = resolve(args.preset, load_yaml(args.config) if args.config else saved.to_dict(), sets)
-            changed = diff(saved, asked)
+            changed = setting_changes(saved, asked)  # data.root may move: the same run, data elsewhere
             if changed and not args.force:
                 raise ConfigError(
                     f"the configuration differs from the run's saved one in: {', '.join(changed)}; "
@@ -219,6 +219,7 @@ def _eval(args) -> int:
         protocol=args.protocol,
         knn_k=args.knn_k,
         linear_epochs=args.linear_epochs,
+        data_root=args.data_root,
     )
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -330,6 +331,16 @@ def _analysis_parsers(sub) -> None:
             help="test images in the Grad-CAM grid, one per class in turn (default 8)",
         )
     r.add_argument("--layer", metavar="NAME", help="Grad-CAM stage (default: the backbone's last)")
+    for p in (r, a):
+        _data_root_option(p)
+
+
+def _data_root_option(p) -> None:
+    p.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="where the run's data set lies now, if it has moved since the run (default: its data.root)",
+    )
 
 
 def _analysis_module():
@@ -366,6 +377,7 @@ def _report(args) -> int:
         max_images=args.max_images,
         gradcam_images=args.gradcam_images,
         layer=args.layer,
+        data_root=args.data_root,
     )
     print(f"report written to {path} (figures in {path.parent / 'report'})")
     return 0
@@ -383,6 +395,7 @@ def _analyze(args) -> int:
         layer=args.layer,
         max_images=args.max_images,
         gradcam_images=args.gradcam_images,
+        data_root=args.data_root,
     ):
         print(p)
     return 0
@@ -507,6 +520,7 @@ def _eval_parser(sub) -> None:
         help="epochs of the linear probe (default: the run's contrastive.linear_epochs or "
         "dino.linear_epochs, or 100)",
     )
+    _data_root_option(e)
 
 
 def _sweep_parsers(sub) -> None:

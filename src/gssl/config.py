@@ -647,6 +647,16 @@ def diff(a: Config, b: Config) -> list[str]:
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
+# Where things lie on this machine, not what a run does: a run resumed, continued by a sweep or evaluated
+# with the data somewhere else is the same run.
+LOCATION_KEYS = frozenset({"data.root"})
+
+
+def setting_changes(a: Config, b: Config) -> list[str]:
+    """diff(a, b) without the LOCATION_KEYS: the changes that would make another run."""
+    return [key for key in diff(a, b) if key not in LOCATION_KEYS]
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

@@ -22,6 +22,7 @@ def evaluate_run(
     knn_k: int | None = None,
     linear_epochs: int | None = None,
     loaded: LoadedRun | None = None,
+    data_root: str | Path | None = None,
 ) -> dict:
     """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set; with
     `attack`, also the accuracy under it (pixel-space L-inf, model in eval mode). protocol: "classifier"
@@ -29,9 +30,10 @@ def evaluate_run(
     training images un-augmented; the default for runs without a classifier). The features and the probes'
     settings are the run's scenario's (a DINO run: its teacher and `dino.*`), knn_k and linear_epochs the
     run's own unless given, so the default reproduces its summary.
-    `loaded`: this run and checkpoint already rebuilt by `load_run` (the report has it), not rebuilt again."""
+    `loaded`: this run and checkpoint already rebuilt by `load_run` (the report has it), not rebuilt again.
+    `data_root`: where the data lies now, if it has moved since the run (default: the run's data.root)."""
     run_dir = Path(run_dir)
-    cfg = loaded.cfg if loaded is not None else read_config(run_dir)
+    cfg = loaded.cfg if loaded is not None else read_config(run_dir, data_root)
     protocol, knn_k, linear_epochs = _checked_protocol(cfg, run_dir, protocol, attack, knn_k, linear_epochs)
     run = loaded if loaded is not None else load_run(run_dir, checkpoint, cfg)
     model, data, device = run.model, run.data, run.device
@@ -105,8 +107,9 @@ def _checked_protocol(cfg, run_dir: Path, protocol, attack, knn_k, linear_epochs
     return protocol, knn_k, linear_epochs
 
 
-def read_config(run_dir: Path):
-    """A run directory's resolved configuration (RunDirError if it is not one)."""
+def read_config(run_dir: Path, data_root: str | Path | None = None):
+    """A run directory's resolved configuration (RunDirError if it is not one), with the data looked for at
+    `data_root` if given: the same run, its data moved (config.LOCATION_KEYS)."""
     from .config import from_dict, load_yaml
 
     path = Path(run_dir) / rundir.CONFIG
@@ -115,7 +118,13 @@ def read_config(run_dir: Path):
             f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
             "pass the --out folder of a `gssl train` run"
         )
-    return from_dict(load_yaml(path))
+    return with_data_root(from_dict(load_yaml(path)), data_root)
+
+
+def with_data_root(cfg, data_root: str | Path | None):
+    if data_root is not None:
+        cfg.data.root = str(Path(data_root).expanduser())
+    return cfg
 
 
 def has_classifier(cfg) -> bool:

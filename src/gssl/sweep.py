@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
-from .config import Config, ConfigError, diff, from_dict, load_yaml, parse_set
+from .config import LOCATION_KEYS, Config, ConfigError, from_dict, load_yaml, parse_set, setting_changes
 from .presets import resolve
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -63,8 +63,9 @@ class Job:
     def command(self, mode: str) -> list[str]:
         """The `gssl train` command line for this run: mode new, resume or restart."""
         cmd = [sys.executable, "-m", "gssl", "train"]
-        if mode == "resume":
-            return cmd + ["--resume", str(self.run_dir), "--quiet"]
+        if mode == "resume":  # with the sweep's data.root: the data may lie elsewhere than when it started
+            moved = [s for s in self.sets if s.split("=", 1)[0].strip() in LOCATION_KEYS]
+            return cmd + ["--resume", str(self.run_dir), "--quiet"] + [a for s in moved for a in ("--set", s)]
         cmd += ["--preset", self.preset] if self.preset else []
         cmd += ["--config", self.config] if self.config else []
         for s in self.sets + [f"seed={self.seed}"]:
@@ -223,7 +224,7 @@ def status(job: Job) -> str:
         raise ConfigError(f"{run_dir} exists but is not a gssl run; move it away or choose another --out")
     # where the data lies is the machine's business: a record made from /work/shared/data is the same run
     # when a fresh checkout elsewhere points data.root at its own copy
-    changed = [k for k in diff(from_dict(load_yaml(cfg_path)), job.resolved()) if k != "data.root"]
+    changed = setting_changes(from_dict(load_yaml(cfg_path)), job.resolved())
     if changed:
         raise ConfigError(
             f"{run_dir} holds a run with another configuration (differs in {', '.join(changed)}); "

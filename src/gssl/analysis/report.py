@@ -347,11 +347,12 @@ def render_report(
     max_images: int = 2000,
     gradcam_images: int = 8,
     layer: str | None = None,
+    data_root: str | None = None,
     log=print,
 ) -> Path:
     """Write report.html (+ report/*.png) into the run directory, or into `out` (required for several
-    runs)."""
-    runs = [Run(Path(p), checkpoint) for p in run_dirs]
+    runs). `data_root`: where the data lies now, if it has moved since the runs."""
+    runs = [Run(Path(p), checkpoint, data_root=data_root) for p in run_dirs]
     if not runs:
         raise rundir.RunDirError("name at least one run directory")
     for r in runs:
@@ -434,10 +435,11 @@ def analyze_run(
     layer: str | None = None,
     max_images: int = 2000,
     gradcam_images: int = 8,
+    data_root: str | None = None,
     log=print,
 ) -> list[Path]:
     """`gssl analyze`: just the Grad-CAM and/or t-SNE figures, into RUN_DIR/analysis/."""
-    run = Run(Path(run_dir), checkpoint)
+    run = Run(Path(run_dir), checkpoint, data_root=data_root)
     run.check_layer(layer)
     out = run.path / "analysis"
     paths = []

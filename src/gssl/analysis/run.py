@@ -17,7 +17,7 @@ import torch
 from .. import rundir
 from ..config import Config, from_dict
 from ..data import first_per_class
-from ..evaluation import LoadedRun, evaluate_run, has_classifier, load_run, scenario_class
+from ..evaluation import LoadedRun, evaluate_run, has_classifier, load_run, scenario_class, with_data_root
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Run:
     path: Path
     checkpoint: str = "last"
     name: str = ""
+    data_root: str | None = None  # where the data lies now, if it has moved since the run
     _loaded: LoadedRun | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -42,7 +43,9 @@ class Run:
         import yaml
 
         try:
-            return from_dict(yaml.safe_load((self.path / rundir.CONFIG).read_text()))
+            return with_data_root(
+                from_dict(yaml.safe_load((self.path / rundir.CONFIG).read_text())), self.data_root
+            )
         except (OSError, yaml.YAMLError) as e:
             raise rundir.RunDirError(f"cannot read {self.path / rundir.CONFIG}: {e}") from None
 

@@ -119,8 +119,8 @@ _LOOKED_FOR = {
 
 def _how_to_fix(name: str) -> str:
     tips = [
-        "pass --root DIR (`gssl train`: --set data.root=DIR), the dataset folder, a folder containing it "
-        "or its archive",
+        "pass --root DIR (`gssl train` and `gssl sweep`: --set data.root=DIR; `gssl eval`, `report` and "
+        "`analyze`: --data-root DIR), the dataset folder, a folder containing it or its archive",
         "set GSSL_DATA=DIR",
     ]
     if name != "folder":
