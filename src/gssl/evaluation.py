@@ -43,20 +43,7 @@ def evaluate_run(
     if protocol == "classifier":
         logits, labels = metrics.predict(model, loader, device.type, precision)
     else:
-        options = scenario_class(cfg).probe_options(cfg)
-        fe = frozen_eval(
-            scenario_class(cfg).features(model),
-            ordered_loader(data.train, data, 512, device),
-            loader,
-            len(data.train.classes),
-            device_type=device.type,
-            precision=precision,
-            knn_k=knn_k,
-            knn_temperature=options.knn_temperature,
-            linear_epochs=linear_epochs if protocol == "linear" else 0,
-            linear_lr=options.linear_lr,
-            seed=cfg.seed,
-        )
+        fe = _frozen_probe(run, loader, precision, knn_k, linear_epochs if protocol == "linear" else 0)
         logits, labels = fe["logits"], fe["labels"]
         how = f"{knn_k}-NN" if protocol == "knn" else f"{linear_epochs} epochs"
         extra.update({"knn_acc": fe["knn_acc"], "protocol": f"{protocol} ({how} on the frozen features)"})
@@ -79,6 +66,25 @@ def evaluate_run(
         data,
         extra,
         name=f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}"),
+    )
+
+
+def _frozen_probe(run: LoadedRun, test_loader, precision: str, knn_k: int, linear_epochs: int) -> dict:
+    """gssl.contrastive.frozen_eval of the features the run's scenario judges, with its probe settings."""
+    cfg, data, device = run.cfg, run.data, run.device
+    options = scenario_class(cfg).probe_options(cfg)
+    return frozen_eval(
+        scenario_class(cfg).features(run.model),
+        ordered_loader(data.train, data, 512, device),
+        test_loader,
+        len(data.train.classes),
+        device_type=device.type,
+        precision=precision,
+        knn_k=knn_k,
+        knn_temperature=options.knn_temperature,
+        linear_epochs=linear_epochs,
+        linear_lr=options.linear_lr,
+        seed=cfg.seed,
     )
 
 
