@@ -72,9 +72,10 @@ def evaluate_run(
 def _frozen_probe(run: LoadedRun, test_loader, precision: str, knn_k: int, linear_epochs: int) -> dict:
     """gssl.contrastive.frozen_eval of the features the run's scenario judges, with its probe settings."""
     cfg, data, device = run.cfg, run.data, run.device
-    options = scenario_class(cfg).probe_options(cfg)
+    scenario = scenario_class(cfg)
+    options = scenario.probe_options(cfg)
     return frozen_eval(
-        scenario_class(cfg).features(run.model),
+        scenario.features(run.model),
         ordered_loader(data.train, data, 512, device),
         test_loader,
         len(data.train.classes),

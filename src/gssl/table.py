@@ -124,12 +124,13 @@ def _method_diffs(cfg: Config) -> dict:
     return cfg.method or "config", {k: v for k, v in flat.items() if k != "method" and defaults.get(k) != v}
 
 
-def build(runs: list[Run], metric: str = "final", baseline: str | None = None):
-    """Rows (method labels, baseline first), columns (settings) and cells {(row, column): Cell}."""
+def build(runs: list[Run], metric: str = "final", baseline: str | None = None, labelled=None):
+    """Rows (method labels, baseline first), columns (settings) and cells {(row, column): Cell}.
+    `labelled`: `_labelled(runs)` where the caller already has it."""
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}: choose one of {list(METRICS)}")
     key, _ = METRICS[metric]
-    labelled, shared = _labelled(runs)
+    labelled, shared = labelled or _labelled(runs)
     cells: dict[tuple[str, str], Cell] = {}
     for r, label, diffs in labelled:
         paper, paper_epochs = _paper_number(r.cfg, diffs)
@@ -281,7 +282,8 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
     pretext heads' training accuracy in the last epoch and the gate weights in the first and last epoch
     with the lowest and highest of any task in any epoch: what a reader checks a mean against. The
     table's other frozen-feature probes (k-NN, patch tokens) get a column each where a run has them."""
-    rows, _, cells, base, _ = build(runs, metric, baseline)
+    labelled, shared = _labelled(runs)
+    rows, _, cells, base, _ = build(runs, metric, baseline, (labelled, shared))
     key = METRICS[metric][0]
     probes = [k for k, _ in METRICS.values() if k not in (key, "test_acc", "best_test_acc")]
     probes = [k for k in probes if any(k in (r.summary or {}) for r in runs)]
@@ -289,7 +291,6 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
     head += ["many / medium / few-shot", "pretext head train acc. % (last epoch)"]
     head += ["gate weights: first -> last epoch (lowest-highest)", "epochs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    labelled, _ = _labelled(runs)
     for run, label, _ in sorted(
         labelled, key=lambda x: (rows.index(x[1]), setting_of(x[0].cfg), x[0].cfg.seed)
     ):
