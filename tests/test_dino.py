@@ -160,7 +160,14 @@ def test_gssl_eval_and_tsne_of_a_dino_run_judge_its_teacher_with_its_own_probe_s
 
     from gssl.analysis.run import Run, predict_features
 
-    run = train_preset("cifar10-dino-selfpatch-vit", fake_cifar10, tmp_path / "dsp", *TINY, "dino.knn_k=7")
+    run = train_preset(
+        "cifar10-dino-selfpatch-vit",
+        fake_cifar10,
+        tmp_path / "dsp",
+        *TINY,
+        "dino.knn_k=7",
+        "data.test_limit=50",
+    )
     summary = json.loads((run / "summary.json").read_text())
     capsys.readouterr()
     assert main(["eval", str(run), "--json"]) == 0  # the default: the run's own linear probe
@@ -181,3 +188,43 @@ def test_gssl_eval_and_tsne_of_a_dino_run_judge_its_teacher_with_its_own_probe_s
         teacher = loaded.model.teacher.module(normalised(loaded, images)).float().cpu()
         student = loaded.model.student(normalised(loaded, images)).float().cpu()
     assert logits is None and torch.equal(features, teacher) and not torch.allclose(features, student)
+
+
+FINAL_PROBES = ("test_acc", "knn_test_acc", "patch_knn_test_acc", "patch_linear_test_acc")
+
+
+def test_the_final_evaluation_of_a_dino_run_is_repeated_exactly_then_on_the_whole_test_set(
+    fake_cifar10, tmp_path, capsys
+):
+    """A run that monitored 50 test images is judged again on all 100 (the CPU grid's 1,000 of 10,000),
+    and gssl table reads that judgement instead of the summary."""
+    import json
+
+    run = train_preset(
+        "cifar10-dino-selfpatch-vit", fake_cifar10, tmp_path / "dsp", *TINY, "data.test_limit=50"
+    )
+    summary_bytes = (run / "summary.json").read_bytes()
+    summary = json.loads(summary_bytes)
+    assert main(["eval", str(run), "--protocol", "final"]) == 0
+    again = json.loads((run / "eval-last-final.json").read_text())
+    assert again["num_test"] == 50 and {k: again[k] for k in FINAL_PROBES} == {
+        k: summary[k] for k in FINAL_PROBES
+    }
+    assert main(["eval", str(run), "--protocol", "final", "--test-limit", "all"]) == 0
+    whole = json.loads((run / "eval-last-final-testall.json").read_text())
+    assert whole["num_test"] == 100 and set(FINAL_PROBES) <= set(whole)
+    assert (run / "summary.json").read_bytes() == summary_bytes  # the run's own record stays as it was
+    assert main(["eval", str(run), "--protocol", "final", "--test-limit", "30"]) == 0
+    assert json.loads((run / "eval-last-final-test30.json").read_text())["num_test"] == 30
+    capsys.readouterr()
+    assert (
+        main(["table", str(run), "--summary", "eval-last-final-testall.json", "--metric", "patch-knn"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "eval-last-final-testall.json, on 100 test images" in out
+    assert f"| {whole['patch_knn_test_acc']:.2f} (1) |" in out
+    for bad in ("0", "-3", "some"):
+        with pytest.raises(SystemExit) as exc:
+            main(["eval", str(run), "--protocol", "final", "--test-limit", bad])
+        assert exc.value.code == 2
+    assert "--test-limit" in capsys.readouterr().err

@@ -116,6 +116,10 @@ def test_report_and_eval_of_a_fixmatch_run_both_judge_the_ema_weights(fake_cifar
     by_eval = json.loads((run / "eval-last.json").read_text())
     assert by_report["confusion_matrix"] == by_eval["confusion_matrix"]
     assert by_report["top1"] == pytest.approx(s["test_acc"]) == pytest.approx(by_eval["top1"])
+    # the final evaluation rebuilt after the fact restores the scenario's own state (the EMA) too
+    assert main(["eval", str(run), "--protocol", "final"]) == 0
+    final = json.loads((run / "eval-last-final.json").read_text())
+    assert final["confusion_matrix"] == by_eval["confusion_matrix"] and final["test_acc"] == s["test_acc"]
     # the weights every command judges are the EMA's, which differ from the raw weights here
     import torch
 

@@ -220,6 +220,7 @@ def _eval(args) -> int:
         knn_k=args.knn_k,
         linear_epochs=args.linear_epochs,
         data_root=args.data_root,
+        test_limit=args.test_limit,
     )
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -229,6 +230,11 @@ def _eval(args) -> int:
         f"{rep['protocol']}"
     )
     print(f"top-1 {rep['top1']:.2f}%  top-5 {rep['top5']:.2f}%")
+    probes = [
+        k for k in ("knn_acc", "knn_test_acc", "patch_knn_test_acc", "patch_linear_test_acc") if k in rep
+    ]
+    if probes:
+        print("  ".join(f"{k} {rep[k]:.2f}%" for k in probes))
     if "robust_acc" in rep:
         a = rep["attack"]
         what = f"{a['kind']}" + (f"-{a['steps']} (step {a['step_size']:.4g})" if a["kind"] == "pgd" else "")
@@ -504,9 +510,18 @@ def _eval_parser(sub) -> None:
     e.add_argument("--no-random-start", action="store_true", help="PGD from the clean image")
     e.add_argument(
         "--protocol",
-        choices=["classifier", "linear", "knn"],
+        choices=["classifier", "linear", "knn", "final"],
         help="the run's classifier (default), or a "
-        "linear probe / k-NN on the frozen features (default for contrastive and DINO runs: linear)",
+        "linear probe / k-NN on the frozen features (default for contrastive and DINO runs: linear), or "
+        "'final': the run's own final evaluation, every number of its summary.json (a DINO run's probes "
+        "of the patch tokens too)",
+    )
+    e.add_argument(
+        "--test-limit",
+        type=_test_limit,
+        metavar="N|all",
+        help="judge on N test images (balanced over the classes) or all of them instead of the run's "
+        "data.test_limit; the report's file name ends in -testN / -testall",
     )
     e.add_argument(
         "--knn-k",
@@ -521,6 +536,16 @@ def _eval_parser(sub) -> None:
         "dino.linear_epochs, or 100)",
     )
     _data_root_option(e)
+
+
+def _test_limit(text: str) -> int:
+    from .evaluation import ALL_TEST
+
+    if text == "all":
+        return ALL_TEST
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of test images >= 1 or 'all'")
+    return int(text)
 
 
 def _sweep_parsers(sub) -> None:
@@ -565,6 +590,14 @@ def _sweep_parsers(sub) -> None:
         help="final-epoch accuracy (default; the linear probe for contrastive and DINO runs), best epoch "
         "(chosen on the test set), k-NN on the frozen backbone (contrastive and DINO runs), or k-NN / "
         "linear probe on a ViT's averaged patch tokens (DINO runs)",
+    )
+    t.add_argument(
+        "--summary",
+        metavar="FILE",
+        default="summary.json",
+        help="the file in each run directory to read the numbers from: summary.json (default) or a report "
+        "of `gssl eval --protocol final` (eval-last-final-testall.json: the same numbers on the whole "
+        "test set); runs without it count as unfinished",
     )
     t.add_argument(
         "--baseline",
@@ -623,7 +656,7 @@ def _table(args) -> int:
     from . import table
     from .rundir import write_atomic
 
-    runs = table.find_runs(args.run_dirs)
+    runs = table.find_runs(args.run_dirs, args.summary)
     print(table.markdown(runs, args.metric, args.baseline), end="")
     if args.per_run:
         print("\nPer run:\n\n" + table.per_run(runs, args.metric, args.baseline), end="")

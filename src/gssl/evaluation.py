@@ -23,6 +23,7 @@ def evaluate_run(
     linear_epochs: int | None = None,
     loaded: LoadedRun | None = None,
     data_root: str | Path | None = None,
+    test_limit: int | None = None,
 ) -> dict:
     """Rebuild the model from the run's saved config and evaluate a checkpoint on the test set; with
     `attack`, also the accuracy under it (pixel-space L-inf, model in eval mode). protocol: "classifier"
@@ -31,10 +32,24 @@ def evaluate_run(
     settings are the run's scenario's (a DINO run: its teacher and `dino.*`), knn_k and linear_epochs the
     run's own unless given, so the default reproduces its summary.
     `loaded`: this run and checkpoint already rebuilt by `load_run` (the report has it), not rebuilt again.
-    `data_root`: where the data lies now, if it has moved since the run (default: the run's data.root)."""
+    protocol "final": the scenario's own final evaluation, as in summary.json (for a DINO run the linear
+    probe and k-NN of the image representation and of the patch tokens), with knn_k and linear_epochs
+    overriding the run's.
+    `data_root`: where the data lies now, if it has moved since the run (default: the run's data.root).
+    `test_limit`: judge on this many test images instead of the run's data.test_limit, ALL_TEST for the
+    whole test split (a run that monitored a subset, judged precisely after the fact); the file's name
+    says so."""
     run_dir = Path(run_dir)
     cfg = loaded.cfg if loaded is not None else read_config(run_dir, data_root)
     protocol, knn_k, linear_epochs = _checked_protocol(cfg, run_dir, protocol, attack, knn_k, linear_epochs)
+    name = f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}")
+    if test_limit is not None:
+        if loaded is not None:
+            raise ValueError("test_limit rebuilds the data: pass it without `loaded`")
+        cfg.data.test_limit = None if test_limit == ALL_TEST else test_limit
+        name += f"-test{'all' if test_limit == ALL_TEST else test_limit}"
+    if protocol == "final":
+        return _final_evaluation(run_dir, checkpoint, cfg, knn_k, linear_epochs, name)
     run = loaded if loaded is not None else load_run(run_dir, checkpoint, cfg)
     model, data, device = run.model, run.data, run.device
     precision = resolve_precision(cfg.precision, device)
@@ -65,8 +80,35 @@ def evaluate_run(
         labels,
         data,
         extra,
-        name=f"eval-{checkpoint}" + ("" if protocol == "classifier" else f"-{protocol}"),
+        name=name,
     )
+
+
+ALL_TEST = 0  # evaluate_run(test_limit=ALL_TEST): the whole test split
+
+
+def _final_evaluation(run_dir: Path, checkpoint: str, cfg, knn_k: int, linear_epochs: int, name: str) -> dict:
+    """The run's scenario rebuilt as training built it, its checkpoint (and the scenario's own state, an
+    EMA say) loaded, and its evaluate_final called: the summary's numbers, reproducible after the fact."""
+    from . import distributed, scenarios
+    from .engine import build_context
+
+    options = scenario_class(cfg).probe_options(cfg)
+    options.knn_k, options.linear_epochs = knn_k, linear_epochs
+    ctx = build_context(cfg, run_dir, distributed.Dist(), cfg.device, quiet=True)
+    scenario = scenarios.build(ctx)
+    path = Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
+    saved = rundir.load_checkpoint(path, map_location=ctx.device)
+    rundir.restore(ctx.model, saved, path)
+    scenario.load_state_dict(saved)
+    logits, labels, extra = scenario.evaluate_final()
+    summary_names = {"test_acc": "top1", "top5_acc": "top5"}  # gssl table --summary reads these
+    report = metrics.report(logits, labels, ctx.data.counts)
+    extra.update({key: report[source] for key, source in summary_names.items()})
+    extra["protocol"] = "final (the run's own final evaluation" + (
+        f": {extra['test_acc_protocol']})" if "test_acc_protocol" in extra else ")"
+    )
+    return write_eval(run_dir, checkpoint, int(saved["epoch"]), logits, labels, ctx.data, extra, name=name)
 
 
 def _frozen_probe(run: LoadedRun, test_loader, precision: str, knn_k: int, linear_epochs: int) -> dict:
@@ -108,9 +150,11 @@ def _checked_protocol(cfg, run_dir: Path, protocol, attack, knn_k, linear_epochs
         )
     options = scenario_class(cfg).probe_options(cfg)
     knn_k = options.knn_k if knn_k is None else knn_k
-    linear_epochs = (options.linear_epochs or 100) if linear_epochs is None else linear_epochs
-    if knn_k < 1 or linear_epochs < 1:
-        raise ConfigError(f"--knn-k ({knn_k}) and --linear-epochs ({linear_epochs}) must be >= 1")
+    if linear_epochs is None:  # the final evaluation keeps a run judged by k-NN alone (linear_epochs 0)
+        linear_epochs = options.linear_epochs if protocol == "final" else (options.linear_epochs or 100)
+    fewest = 0 if protocol == "final" else 1
+    if knn_k < 1 or linear_epochs < fewest:
+        raise ConfigError(f"--knn-k ({knn_k}) must be >= 1 and --linear-epochs ({linear_epochs}) >= {fewest}")
     return protocol, knn_k, linear_epochs
 
 

@@ -59,6 +59,7 @@ class Run:
     path: Path
     cfg: Config
     summary: dict | None  # None: unfinished
+    summary_file: str = rundir.SUMMARY  # where summary came from: summary.json or a later final evaluation
 
 
 @dataclass
@@ -79,9 +80,11 @@ class Cell:
         return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None
 
 
-def find_runs(paths: list[str | Path]) -> list[Run]:
+def find_runs(paths: list[str | Path], summary_name: str = rundir.SUMMARY) -> list[Run]:
     """The runs at the given paths: a run directory (a folder with config.yaml) is that one run; any other
-    folder gives every run directory below it."""
+    folder gives every run directory below it. `summary_name`: the file each run is judged by, its
+    summary.json or a later `gssl eval --protocol final` report (eval-last-final-testall.json, say); a run
+    without it counts as unfinished."""
     dirs: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -93,18 +96,18 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     runs = []
     for d in dict.fromkeys(dirs):
         summary = None
-        if (d / rundir.SUMMARY).is_file():
+        if (d / summary_name).is_file():
             try:
-                summary = json.loads((d / rundir.SUMMARY).read_text())
+                summary = json.loads((d / summary_name).read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(
-                    f"{d / rundir.SUMMARY} cannot be read ({e}); re-run `gssl eval {d}` or remove it"
+                    f"{d / summary_name} cannot be read ({e}); re-run `gssl eval {d}` or remove it"
                 ) from None
         try:
             cfg = from_dict(load_yaml(d / rundir.CONFIG))
         except ConfigError as e:
             raise ConfigError(f"{d}: {e}") from None
-        runs.append(Run(d, cfg, summary))
+        runs.append(Run(d, cfg, summary, summary_name))
     return runs
 
 
@@ -243,6 +246,9 @@ def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
+    source = _source(runs)
+    if source:
+        lines[1:1] = ["", source]
     notes = []
     finished = {
         c: sorted({s for (_, col), cell in cells.items() if col == c for s in cell.accs}) for c in cols
@@ -260,7 +266,8 @@ def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None
             out.append("" if b is None or r == base else _fmt(*paired(cell, b)))
             missing = [s for s in finished[c] if s not in cell.accs and s not in cell.unfinished]
             if cell.unfinished:
-                notes.append(f"{r}, {c}: seeds {sorted(cell.unfinished)} unfinished (left out)")
+                why = "unfinished" if not source else f"without {runs[0].summary_file}"
+                notes.append(f"{r}, {c}: seeds {sorted(cell.unfinished)} {why} (left out)")
             if missing:
                 notes.append(f"{r}, {c}: seeds {missing} missing")
         lines.append("| " + " | ".join(out) + " |")
@@ -274,6 +281,17 @@ def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _source(runs: list[Run]) -> str:
+    """A line naming the file the numbers come from, where it is not summary.json (a later evaluation on
+    other test images than the run's data.test_limit says)."""
+    name = runs[0].summary_file if runs else rundir.SUMMARY
+    if name == rundir.SUMMARY:
+        return ""
+    sizes = sorted({r.summary["num_test"] for r in runs if r.summary and "num_test" in r.summary})
+    on = f", on {' / '.join(map(str, sizes))} test images" if sizes else ""
+    return f"Numbers from each run's {name}{on} (not its summary.json)."
 
 
 def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:
