@@ -6,6 +6,9 @@ does before its first step (the same data, build and probes) and prints the numb
 would hold at that point, beside the run's own:
 
     python benchmarks/init_probe.py results/cifar10-dino-cpu/*/seed* [--set data.root=PATH] [--json F]
+
+Runs judged again on the whole test set (`gssl eval --protocol final --test-limit all`) are compared on it
+with `--set data.test_limit=null --summary eval-last-final-testall.json`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="`gssl train` run directories")
     ap.add_argument("--set", action="append", default=[], help="override a setting, e.g. data.root=PATH")
     ap.add_argument("--json", type=Path, help="also write the numbers here, by run directory")
+    ap.add_argument(
+        "--summary",
+        default=rundir.SUMMARY,
+        metavar="FILE",
+        help="the trained run's numbers: its summary.json (default) or a `gssl eval --protocol final` report",
+    )
     args = ap.parse_args(argv)
     not_runs = [str(d) for d in args.run_dirs if not (d / rundir.CONFIG).is_file()]
     if not_runs:  # checked before any probe runs: a typo should not cost the probes before it
@@ -50,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     written = {}
     for run_dir in args.run_dirs:
         at_init = probe_at_init(run_dir, args.set)
-        summary_path = run_dir / rundir.SUMMARY
+        summary_path = run_dir / args.summary
         trained = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         for key, value in at_init.items():
             after = trained.get(key)

@@ -35,6 +35,16 @@ def test_the_probe_at_init_is_what_a_run_that_never_moves_reports(tmp_path, caps
     assert f"| {frozen} | knn_test_acc | {knn:.2f} | {summary['knn_test_acc']:.2f} | +0.00 |" in table
     written = json.loads((tmp_path / "probe.json").read_text())[str(frozen)]
     assert written["at_init"] == at_init and written["trained"]["test_acc"] == summary["test_acc"]
+    # against a later judgement on other test images: the same 40 on both sides, so the frozen run gains 0
+    from gssl.cli import main
+
+    assert main(["eval", str(frozen), "--protocol", "final", "--test-limit", "40"]) == 0
+    capsys.readouterr()
+    argv = [str(frozen), "--summary", "eval-last-final-test40.json", "--set", "data.test_limit=40"]
+    assert init_probe.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if str(frozen) in line]
+    assert len(rows) == 4 and all(row.endswith("| +0.00 |") for row in rows), rows
+    assert not any(f"| {knn:.2f} |" in row for row in rows if "| knn_test_acc |" in row)  # another subset
 
 
 def test_a_folder_that_is_not_a_run_is_refused_with_exit_code_2_before_any_probe(tmp_path, capsys):
