@@ -163,13 +163,17 @@ def read_config(run_dir: Path, data_root: str | Path | None = None):
     `data_root` if given: the same run, its data moved (config.LOCATION_KEYS)."""
     from .config import from_dict, load_yaml
 
-    path = Path(run_dir) / rundir.CONFIG
-    if not path.is_file():
+    check_run_dir(run_dir)
+    return with_data_root(from_dict(load_yaml(Path(run_dir) / rundir.CONFIG)), data_root)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """RunDirError (exit 2) unless run_dir holds a run's config.yaml."""
+    if not (Path(run_dir) / rundir.CONFIG).is_file():
         raise rundir.RunDirError(
             f"{run_dir} is not a gssl run directory (no {rundir.CONFIG}); "
             "pass the --out folder of a `gssl train` run"
         )
-    return with_data_root(from_dict(load_yaml(path)), data_root)
 
 
 def with_data_root(cfg, data_root: str | Path | None):

@@ -15,9 +15,17 @@ import numpy as np
 import torch
 
 from .. import rundir
-from ..config import Config, from_dict
+from ..config import Config
 from ..data import first_per_class
-from ..evaluation import LoadedRun, evaluate_run, has_classifier, load_run, scenario_class, with_data_root
+from ..evaluation import (
+    LoadedRun,
+    check_run_dir,
+    evaluate_run,
+    has_classifier,
+    load_run,
+    read_config,
+    scenario_class,
+)
 
 
 @dataclass
@@ -30,24 +38,12 @@ class Run:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        cfg_path = self.path / rundir.CONFIG
-        if not cfg_path.is_file():
-            raise rundir.RunDirError(
-                f"{self.path} is not a gssl run directory (no {rundir.CONFIG}); "
-                "pass the --out folder of a `gssl train` run"
-            )
+        check_run_dir(self.path)
         self.name = self.name or self.path.resolve().name
 
     @cached_property
     def cfg(self) -> Config:
-        import yaml
-
-        try:
-            return with_data_root(
-                from_dict(yaml.safe_load((self.path / rundir.CONFIG).read_text())), self.data_root
-            )
-        except (OSError, yaml.YAMLError) as e:
-            raise rundir.RunDirError(f"cannot read {self.path / rundir.CONFIG}: {e}") from None
+        return read_config(self.path, self.data_root)
 
     @cached_property
     def rows(self) -> list[dict]:
