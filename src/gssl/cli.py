@@ -27,6 +27,7 @@ EXAMPLES_EVAL = """examples:
   gssl eval runs/c10-triple --checkpoint best
   gssl eval runs/c10-adv --attack pgd --eps 8/255 --steps 20 --step-size 2/255
   gssl eval runs/c10-triple --attack fgsm --eps 4/255
+  gssl eval runs/dino --protocol final --test-limit all   # the summary's numbers, on every test image
 """
 EXAMPLES_PRESETS = """examples:
   gssl presets                          # one line per preset
@@ -422,6 +423,7 @@ EXAMPLES_TABLE = """examples:
   gssl table runs/c10/*/seed* --metric best --csv results.csv
   gssl table results/cifar10-lt-45ep --figures docs/figures/cifar10-lt-45ep   # + the sweep's figures (PNG)
   gssl table results/cifar10-lt-45ep --per-run    # + a line per run: seeds, gates, pretext heads
+  gssl table results/cifar10-dino-cpu --summary eval-last-final-testall.json   # judged on all test images
 """
 
 
