@@ -228,3 +228,7 @@ def test_the_final_evaluation_of_a_dino_run_is_repeated_exactly_then_on_the_whol
             main(["eval", str(run), "--protocol", "final", "--test-limit", bad])
         assert exc.value.code == 2
     assert "--test-limit" in capsys.readouterr().err
+    from gssl import evaluation
+
+    with pytest.raises(ValueError, match="without `loaded`"):  # a rebuilt run would be silently ignored
+        evaluation.evaluate_run(run, protocol="final", loaded=evaluation.load_run(run))

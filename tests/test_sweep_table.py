@@ -375,3 +375,24 @@ def test_table_per_run_lists_each_seed_with_its_paired_difference_gates_and_pret
         "| lorot / flip / channel: 0.20 / 0.70 / 0.10 -> 0.20 / 0.70 / 0.10 (0.1000-0.7000) "
         "| 1 of 6, unfinished |",
     ]
+
+
+def test_table_under_summary_tells_a_run_not_judged_again_from_an_unfinished_one(table_runs, capsys):
+    """--summary FILE: a finished run without FILE is "without FILE", one without summary.json
+    "unfinished", in the table's notes and in the per-run lines alike."""
+    judged = "eval-last-final-testall.json"
+    # seeds 0-1 of the learned row judged again; seed 2 finished but not judged again; seed 3 unfinished
+    for seed in (0, 1):
+        run = table_runs / "learned" / f"seed{seed}"
+        (run / judged).write_text(json.dumps({"test_acc": 70.0 + seed, "num_test": 10000}))
+    assert main(["table", str(table_runs / "learned"), "--summary", judged, "--per-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"Numbers from each run's {judged}, on 10000 test images" in out
+    assert _rows(out.split("Per run:")[0])["gated-triple"][0] == "70.50 ± 0.71 (2)"
+    assert f"seeds [2] without {judged} (left out)" in out and "seeds [3] unfinished (left out)" in out
+    ends = {
+        line.split(" | ")[2]: line.rsplit(" | ", 1)[-1]
+        for line in out.split("Per run:")[1].splitlines()
+        if "| gated-triple" in line
+    }
+    assert ends == {"0": "0 |", "1": "0 |", "2": f"0 of 6, without {judged} |", "3": "0 of 6, unfinished |"}

@@ -363,8 +363,7 @@ def final_summary(ctx: Context, scenario: Scenario, loop: Loop, progress: Progre
     history, cfg = progress.history, ctx.cfg
     last = history[-1] if history else {}
     return {
-        "test_acc": report["top1"],
-        "top5_acc": report["top5"],
+        **metrics.summary_accuracies(report),
         "best_test_acc": progress.best,
         "best_epoch": progress.best_epoch,
         "best_selected_on": "test set, as the reference code does (no validation split): optimistic",

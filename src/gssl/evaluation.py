@@ -49,6 +49,8 @@ def evaluate_run(
         cfg.data.test_limit = None if test_limit == ALL_TEST else test_limit
         name += f"-test{'all' if test_limit == ALL_TEST else test_limit}"
     if protocol == "final":
+        if loaded is not None:
+            raise ValueError("protocol 'final' rebuilds the run's scenario: pass it without `loaded`")
         return _final_evaluation(run_dir, checkpoint, cfg, knn_k, linear_epochs, name)
     run = loaded if loaded is not None else load_run(run_dir, checkpoint, cfg)
     model, data, device = run.model, run.data, run.device
@@ -88,27 +90,35 @@ ALL_TEST = 0  # evaluate_run(test_limit=ALL_TEST): the whole test split
 
 
 def _final_evaluation(run_dir: Path, checkpoint: str, cfg, knn_k: int, linear_epochs: int, name: str) -> dict:
-    """The run's scenario rebuilt as training built it, its checkpoint (and the scenario's own state, an
-    EMA say) loaded, and its evaluate_final called: the summary's numbers, reproducible after the fact."""
+    """The run's own final evaluation (evaluate_final of its scenario, rebuilt with its checkpoint and the
+    scenario's own state, an EMA say): the summary's numbers, reproducible after the fact."""
+    options = scenario_class(cfg).probe_options(cfg)
+    options.knn_k, options.linear_epochs = knn_k, linear_epochs
+    ctx, scenario, epoch = rebuilt_scenario(cfg, run_dir, checkpoint)
+    logits, labels, extra = scenario.evaluate_final()
+    extra.update(metrics.summary_accuracies(metrics.report(logits, labels, ctx.data.counts)))
+    extra["protocol"] = "final (the run's own final evaluation" + (
+        f": {extra['test_acc_protocol']})" if "test_acc_protocol" in extra else ")"
+    )
+    return write_eval(run_dir, checkpoint, epoch, logits, labels, ctx.data, extra, name=name)
+
+
+def rebuilt_scenario(cfg, run_dir: Path, checkpoint: str | None = None):
+    """(context, scenario, epoch): the run's scenario built from `cfg` as `gssl train` builds it before its
+    first step, and with `checkpoint` that checkpoint's weights and the scenario's own state loaded (epoch 0
+    without one: the network at initialisation, the floor benchmarks/init_probe.py measures)."""
     from . import distributed, scenarios
     from .engine import build_context
 
-    options = scenario_class(cfg).probe_options(cfg)
-    options.knn_k, options.linear_epochs = knn_k, linear_epochs
-    ctx = build_context(cfg, run_dir, distributed.Dist(), cfg.device, quiet=True)
+    ctx = build_context(cfg, Path(run_dir), distributed.Dist(), cfg.device, quiet=True)
     scenario = scenarios.build(ctx)
+    if checkpoint is None:
+        return ctx, scenario, 0
     path = Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
     saved = rundir.load_checkpoint(path, map_location=ctx.device)
     rundir.restore(ctx.model, saved, path)
     scenario.load_state_dict(saved)
-    logits, labels, extra = scenario.evaluate_final()
-    summary_names = {"test_acc": "top1", "top5_acc": "top5"}  # gssl table --summary reads these
-    report = metrics.report(logits, labels, ctx.data.counts)
-    extra.update({key: report[source] for key, source in summary_names.items()})
-    extra["protocol"] = "final (the run's own final evaluation" + (
-        f": {extra['test_acc_protocol']})" if "test_acc_protocol" in extra else ")"
-    )
-    return write_eval(run_dir, checkpoint, int(saved["epoch"]), logits, labels, ctx.data, extra, name=name)
+    return ctx, scenario, int(saved["epoch"])
 
 
 def _frozen_probe(run: LoadedRun, test_loader, precision: str, knn_k: int, linear_epochs: int) -> dict:

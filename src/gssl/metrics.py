@@ -42,6 +42,12 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
+def summary_accuracies(report_: dict) -> dict:
+    """summary.json's names for report()'s top-1 and top-5: what `gssl table` reads from a summary and from
+    a later `gssl eval --protocol final` report alike."""
+    return {"test_acc": report_["top1"], "top5_acc": report_["top5"]}
+
+
 def report(logits: torch.Tensor, labels: torch.Tensor, train_counts: list[int]) -> dict:
     """Everything `gssl eval` and summary.json show; accuracies in percent."""
     num_classes = logits.shape[1]

@@ -15,7 +15,7 @@ import io
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
@@ -61,6 +61,14 @@ class Run:
     summary: dict | None  # None: unfinished
     summary_file: str = rundir.SUMMARY  # where summary came from: summary.json or a later final evaluation
 
+    @property
+    def why_left_out(self) -> str:
+        """Why a run without numbers has none: it has not finished, or (judged by a later evaluation's
+        file) it finished but was not judged that way yet."""
+        if self.summary_file == rundir.SUMMARY or not (self.path / rundir.SUMMARY).is_file():
+            return "unfinished"
+        return f"without {self.summary_file}"
+
 
 @dataclass
 class Cell:
@@ -68,6 +76,7 @@ class Cell:
     unfinished: list[int]
     paper: float | None
     paper_epochs: int | None = None  # the length of the paper's run, for the column header
+    why_left_out: dict[int, str] = field(default_factory=dict)  # seed of `unfinished` -> Run.why_left_out
 
     @property
     def n(self) -> int:
@@ -140,6 +149,7 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None, l
         cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, [], paper, paper_epochs))
         if r.summary is None or not isinstance(r.summary.get(key), (int, float)):
             cell.unfinished.append(r.cfg.seed)
+            cell.why_left_out[r.cfg.seed] = r.why_left_out if r.summary is None else f"without {key}"
         elif r.cfg.seed in cell.accs:
             raise ConfigError(
                 f"{r.path}: a second run of {label} on {setting_of(r.cfg)} with seed {r.cfg.seed}; "
@@ -266,8 +276,9 @@ def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None
             out.append("" if b is None or r == base else _fmt(*paired(cell, b)))
             missing = [s for s in finished[c] if s not in cell.accs and s not in cell.unfinished]
             if cell.unfinished:
-                why = "unfinished" if not source else f"without {runs[0].summary_file}"
-                notes.append(f"{r}, {c}: seeds {sorted(cell.unfinished)} {why} (left out)")
+                for why in sorted(set(cell.why_left_out.values())):
+                    seeds = sorted(s for s, w in cell.why_left_out.items() if w == why)
+                    notes.append(f"{r}, {c}: seeds {seeds} {why} (left out)")
             if missing:
                 notes.append(f"{r}, {c}: seeds {missing} missing")
         lines.append("| " + " | ".join(out) + " |")
@@ -325,7 +336,8 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
         line.append(_pct(best, 2) + ("" if best_epoch is None else f" ({best_epoch + 1})"))
         line.append(" / ".join(_pct(summary.get(f"{g}_shot_acc"), 1) for g in ("many", "medium", "few")))
         line += [_pretext(epochs[-1] if epochs else {}), _gates(epochs)]
-        line.append(f"{len(epochs)}" + ("" if run.summary else f" of {run.cfg.optim.epochs}, unfinished"))
+        left_out = "" if run.summary else f" of {run.cfg.optim.epochs}, {run.why_left_out}"
+        line.append(f"{len(epochs)}{left_out}")
         lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines) + "\n"
 
