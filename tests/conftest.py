@@ -9,14 +9,6 @@ import pytest
 from gssl.data.fakes import write_cifar
 
 REPO = Path(__file__).resolve().parents[1]
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `pytest -n 2` (the README's command): one worker a core. Two workers each running two OpenMP threads
-    # on two cores wait for each other's cores; the subprocesses the tests start inherit the setting.
-    import torch
-
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
 sys.path.insert(0, str(REPO / "benchmarks"))
 from gpu_check import DINO_TOY_SETS  # noqa: E402  (one home for the toy ViT's sizes)
 
