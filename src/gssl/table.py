@@ -73,10 +73,14 @@ class Run:
 @dataclass
 class Cell:
     accs: dict[int, float]  # seed -> accuracy
-    unfinished: list[int]
     paper: float | None
     paper_epochs: int | None = None  # the length of the paper's run, for the column header
-    why_left_out: dict[int, str] = field(default_factory=dict)  # seed of `unfinished` -> Run.why_left_out
+    why_left_out: dict[int, str] = field(default_factory=dict)  # seed without a number -> Run.why_left_out
+
+    @property
+    def unfinished(self) -> list[int]:
+        """The seeds left out of the cell, whatever the reason."""
+        return list(self.why_left_out)
 
     @property
     def n(self) -> int:
@@ -146,9 +150,8 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None, l
     cells: dict[tuple[str, str], Cell] = {}
     for r, label, diffs in labelled:
         paper, paper_epochs = _paper_number(r.cfg, diffs)
-        cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, [], paper, paper_epochs))
+        cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, paper, paper_epochs))
         if r.summary is None or not isinstance(r.summary.get(key), (int, float)):
-            cell.unfinished.append(r.cfg.seed)
             cell.why_left_out[r.cfg.seed] = r.why_left_out if r.summary is None else f"without {key}"
         elif r.cfg.seed in cell.accs:
             raise ConfigError(
