@@ -69,7 +69,7 @@ def test_table_groups_seeds_gives_mean_std_paper_and_paired_difference(table_run
     assert lorot[0] == f"{statistics.fmean(LOROT.values()):.2f} ± {statistics.stdev(LOROT.values()):.2f} (2)"
     assert lorot[1] == "81.82"
     diffs = [LOROT[s] - BASE[s] for s in (0, 1)]  # paired over the seeds both have
-    assert lorot[2] == f"{statistics.fmean(diffs):.2f} ± {statistics.stdev(diffs):.2f} (2)"
+    assert lorot[2] == f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} (2)"
     learned = rows["gated-triple (ssl.gate=learned)"]
     assert learned[1] == "-"  # the paper has no learned gate: no published number beside it
     assert learned[0].endswith("(3)")  # the unfinished seed 3 is left out ...
@@ -107,7 +107,7 @@ def test_table_of_contrastive_runs_knn_metric_and_baseline_by_method_name(tmp_pa
     rows = _rows(md)
     assert md.startswith("k-NN top-1 (%) on the frozen backbone")
     assert list(rows) == ["simclr", "simclr-pretext"]  # SimCLR is the default baseline, first
-    assert rows["simclr"][0] == "38.50 ± 0.71 (2)" and rows["simclr-pretext"][2] == "2.00 ± 0.00 (2)"
+    assert rows["simclr"][0] == "38.50 ± 0.71 (2)" and rows["simclr-pretext"][2] == "+2.00 ± 0.00 (2)"
     assert main(["table", str(root), "--baseline", "simclr-pretext"]) == 0  # by method name, moved first
     rows = _rows(capsys.readouterr().out)
     assert list(rows) == ["simclr-pretext", "simclr"] and rows["simclr"][2] == "-0.50 ± 2.12 (2)"
@@ -128,10 +128,10 @@ def test_table_of_dino_runs_reads_the_patch_token_probes_against_plain_dino(tmp_
             summary |= {"patch_knn_test_acc": patch_knn, "patch_linear_test_acc": patch_linear}
             (d / "summary.json").write_text(json.dumps(summary))
     expected = {  # metric: (plain DINO's cell, the paired difference of + SelfPatch)
-        "final": ("30.50 ± 0.71 (2)", "0.00 ± 1.41 (2)"),
+        "final": ("30.50 ± 0.71 (2)", "+0.00 ± 1.41 (2)"),
         "knn": ("28.50 ± 0.71 (2)", "-0.25 ± 1.06 (2)"),
-        "patch-knn": ("25.50 ± 0.71 (2)", "1.75 ± 0.35 (2)"),
-        "patch-linear": ("27.50 ± 0.71 (2)", "2.50 ± 0.71 (2)"),
+        "patch-knn": ("25.50 ± 0.71 (2)", "+1.75 ± 0.35 (2)"),
+        "patch-linear": ("27.50 ± 0.71 (2)", "+2.50 ± 0.71 (2)"),
     }
     for metric, (dino_cell, selfpatch_diff) in expected.items():
         assert main(["table", str(root), "--metric", metric]) == 0
@@ -396,3 +396,28 @@ def test_table_under_summary_tells_a_run_not_judged_again_from_an_unfinished_one
         if "| gated-triple" in line
     }
     assert ends == {"0": "0 |", "1": "0 |", "2": f"0 of 6, without {judged} |", "3": "0 of 6, unfinished |"}
+
+
+def test_table_names_the_metric_a_finished_run_lacks(table_runs, capsys):
+    """A finished run whose summary has no number for --metric (here a supervised run under --metric knn,
+    next to one that has it) is left out as "without knn_test_acc" in the notes, not as unfinished; its
+    per-run line shows no number but a finished run."""
+    run = table_runs / "learned" / "seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "knn_test_acc": 41.5}))
+    assert main(["table", str(table_runs / "learned"), "--metric", "knn", "--per-run"]) == 0
+    out = capsys.readouterr().out
+    assert _rows(out.split("Per run:")[0])["gated-triple"][0] == "41.50 (1)"
+    assert "seeds [1, 2] without knn_test_acc (left out)" in out and "seeds [3] unfinished (left out)" in out
+    ends = {
+        line.split(" | ")[2]: line.rsplit(" | ", 1)[-1]
+        for line in out.split("Per run:")[1].splitlines()
+        if "| gated-triple" in line
+    }
+    assert ends == {"0": "0 |", "1": "0 |", "2": "0 |", "3": "0 of 6, unfinished |"}
+    values = {
+        line.split(" | ")[2]: line.split(" | ")[3]
+        for line in out.split("Per run:")[1].splitlines()
+        if "| gated-triple" in line
+    }
+    assert values == {"0": "41.50", "1": "-", "2": "-", "3": "-"}

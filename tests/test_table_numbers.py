@@ -74,8 +74,8 @@ final-epoch top-1 (%): mean ± std over seeds (number of seeds); Δ paired by se
 | ldam-drw | 62.00 ± 2.00 (3) | 77.03 |  |  |  |  |  |  |  |
 | baseline |  |  |  |  |  |  | 40.50 ± 0.71 (2) | 46.68 |  |
 | erm | - | - | - | 51.50 ± 2.12 (2) | - |  |  |  |  |
-| lorot | 65.00 ± 1.73 (3) | 81.82 | 3.00 ± 1.00 (3) |  |  |  | 42.25 (1) | 48.65 |  |
-| gated-triple (ssl.gate=learned) | 65.50 (1) | - | 5.50 (1) |  |  |  |  |  |  |
+| lorot | 65.00 ± 1.73 (3) | 81.82 | +3.00 ± 1.00 (3) |  |  |  | 42.25 (1) | 48.65 |  |
+| gated-triple (ssl.gate=learned) | 65.50 (1) | - | +5.50 (1) |  |  |  |  |  |  |
 
 Shared by every run (not the paper's protocol): optim.base_epochs=6, optim.epochs=6, optim.milestones=[4,5]
 
@@ -116,7 +116,7 @@ def test_best_metric_reads_best_test_acc(sweep):
     md = table.markdown(table.find_runs([sweep]), metric="best")
     assert md.startswith("best-epoch top-1 (%), the epoch chosen on the test set (optimistic): mean ± std")
     assert "| ldam-drw | 63.00 ± 2.00 (3) | 77.03 |" in md
-    assert "| lorot | 66.00 ± 1.73 (3) | 81.82 | 3.00 ± 1.00 (3) |" in md
+    assert "| lorot | 66.00 ± 1.73 (3) | 81.82 | +3.00 ± 1.00 (3) |" in md
 
 
 def test_build_defaults_to_the_final_metric_and_handles_no_runs(sweep):
@@ -176,8 +176,8 @@ final-epoch top-1 (%): mean ± std over seeds (number of seeds); Δ paired by se
 | method | cifar10 0.01 ours | cifar10 0.01 paper (200/300 ep.) | cifar10 0.01 Δ vs {LDAM4} |
 |---|---|---|---|
 | {LDAM4} | 71.00 ± 1.41 (2) | 77.03 |  |
-| {LOROT_NODRW} | 73.00 ± 2.83 (2) | - | 2.00 ± 1.41 (2) |
-| gated-triple | 73.00 (1) | 81.67 | 3.00 (1) |
+| {LOROT_NODRW} | 73.00 ± 2.83 (2) | - | +2.00 ± 1.41 (2) |
+| gated-triple | 73.00 (1) | 81.67 | +3.00 (1) |
 
 {SHARED_LINE}
 
@@ -215,7 +215,7 @@ final-epoch top-1 (%): mean ± std over seeds (number of seeds); Δ paired by se
 |---|---|---|---|
 | {LOROT_NODRW} | 73.00 ± 2.83 (2) | - |  |
 | {LDAM4} | 71.00 ± 1.41 (2) | 77.03 | -2.00 ± 1.41 (2) |
-| gated-triple | 73.00 (1) | 81.67 | 2.00 (1) |
+| gated-triple | 73.00 (1) | 81.67 | +2.00 (1) |
 
 {SHARED_LINE}
 

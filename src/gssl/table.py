@@ -241,10 +241,11 @@ def paired(cell: Cell, base: Cell) -> tuple[float | None, float | None, int]:
     return statistics.fmean(differences), spread, len(differences)
 
 
-def _fmt(mean, std, n=None) -> str:
+def _fmt(mean, std, n=None, signed: bool = False) -> str:
+    """A cell's mean ± std (n); a difference (signed) carries its sign either way, so a gain reads +."""
     if mean is None:
         return "-"
-    s = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+    s = (f"{mean:+.2f}" if signed else f"{mean:.2f}") + (f" ± {std:.2f}" if std is not None else "")
     return s + (f" ({n})" if n is not None else "")
 
 
@@ -276,7 +277,7 @@ def markdown(runs: list[Run], metric: str = "final", baseline: str | None = None
             out.append(_fmt(*cell.mean_std(), cell.n))
             out.append("-" if cell.paper is None else f"{cell.paper:.2f}")
             b = cells.get((base, c)) if base else None
-            out.append("" if b is None or r == base else _fmt(*paired(cell, b)))
+            out.append("" if b is None or r == base else _fmt(*paired(cell, b), signed=True))
             missing = [s for s in finished[c] if s not in cell.accs and s not in cell.unfinished]
             if cell.unfinished:
                 for why in sorted(set(cell.why_left_out.values())):
