@@ -16,14 +16,19 @@ the records differed between two CI hosts by percents after two epochs: these ti
 difference into another run within a few steps. MKL's COMPATIBLE branch is not enough: its vector sqrt
 (which torch.sqrt calls through MKL's VML, as it does exp and log) rounds by the CPU's approximate
 reciprocal-square-root instruction, so SimCLR's crops, and through them its records, differed between an
-Intel host and another host. The AVX2 branch uses exact instructions; a CPU where MKL will not take it (no
-AVX2, or not Intel's: MKL then falls back to COMPATIBLE) is detected by a probe and the comparison is
-skipped there, saying why. The pinned kernels matter for this test only; users' runs keep the fast ones.
+Intel host and another host. The AVX2 branch uses exact instructions. MKL takes it only on a CPU it
+recognises as Intel's: on an AMD CPU with AVX2 (the CI machines of December 4) it falls back to
+COMPATIBLE, so the children there preload a two-function library, compiled here by the system's C
+compiler, that answers MKL's vendor check with "Intel" (INTEL_SHIM); with it the records made on Intel
+hosts are reproduced on an AMD EPYC to 1e-6. A probe checks the branch, and the comparison is skipped,
+saying why, only where neither way gets it (no AVX2, or no C compiler). The pinned kernels matter for this
+test only; users' runs keep the fast ones.
 """
 
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,29 +124,51 @@ SQRT_PROBE = (
 )
 
 
+# MKL's vendor check (exported by libtorch_cpu, which links MKL statically), answered "Intel" so that
+# MKL_CBWR=AVX2 takes the AVX2 branch on any CPU with AVX2
+INTEL_SHIM = "int mkl_serv_intel_cpu_true(void) { return 1; }\nint mkl_serv_intel_cpu(void) { return 1; }\n"
+
+
 @pytest.fixture(scope="module")
-def pinned_kernels():
-    """Skips, saying why, where MKL would not take the branch the records were made on."""
-    wrong = int(run_pinned(SQRT_PROBE, []).split()[-1])
-    if wrong:
+def pinned_kernels(tmp_path_factory) -> dict:
+    """The children's environment: PINNED_ENV, plus the Intel shim where MKL would not take the branch the
+    records were made on without it. Skips, saying why, where it takes it neither way."""
+    wrong = _wrong_square_roots(PINNED_ENV)
+    if not wrong:
+        return PINNED_ENV
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
         pytest.skip(
-            f"MKL did not take its AVX2 branch under MKL_CBWR=AVX2 on this CPU ({wrong} of 4096 square roots "
-            "not correctly rounded: a CPU without AVX2, or not an Intel one, gets MKL's COMPATIBLE branch, "
-            "which rounds by the CPU's approximations); the golden records cannot be compared here"
+            f"MKL did not take its AVX2 branch ({wrong} of 4096 square roots not correctly rounded) and "
+            "no C compiler is here to build the shim for its vendor check; install gcc"
         )
+    folder = tmp_path_factory.mktemp("intel-shim")
+    (folder / "shim.c").write_text(INTEL_SHIM)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", folder / "shim.so", folder / "shim.c"], check=True)
+    env = {**PINNED_ENV, "LD_PRELOAD": str(folder / "shim.so")}
+    still_wrong = _wrong_square_roots(env)
+    if still_wrong:
+        pytest.skip(
+            f"MKL did not take its AVX2 branch under MKL_CBWR=AVX2 on this CPU, with the Intel shim or "
+            f"without ({still_wrong} of 4096 square roots not correctly rounded: a CPU without AVX2 gets "
+            "MKL's COMPATIBLE branch, which rounds by the CPU's approximations); the golden records cannot "
+            "be compared here"
+        )
+    return env
 
 
-def run_pinned(code: str, args: list[str]) -> str:
-    """Python `code` with ARGS in a child process under PINNED_ENV; its stdout."""
-    env = {**os.environ, **PINNED_ENV}
-    r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return r.stdout
+def _wrong_square_roots(env: dict) -> int:
+    return int(run_pinned(SQRT_PROBE, [], env).split()[-1])
 
 
-def train_pinned(args: list[str]) -> None:
-    """`gssl ARGS` in a child process with PINNED_ENV's and PINNED_CHILD's kernels."""
-    run_pinned(PINNED_CHILD, args)
+def run_pinned(code: str, args: list[str], env: dict) -> str:
+    """Python `code` with ARGS in a child process under `env` (PINNED_ENV, with the shim or not): its
+    stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
 
 
 @pytest.mark.slow
@@ -160,7 +187,7 @@ def test_scenario_reproduces_its_golden_record(pinned_kernels, golden_data, tmp_
     ]
     for s in (*TINY, *sets):
         args += ["--set", s]
-    train_pinned(args)
+    run_pinned(PINNED_CHILD, args, pinned_kernels)
     got = _record(tmp_path / name)
     path = GOLDEN / f"{name}.json"
     if os.environ.get("GSSL_RECORD_GOLDEN"):
