@@ -243,6 +243,45 @@ def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10
     assert capsys.readouterr().out.replace(str(records), str(out)) == table
 
 
+@pytest.mark.slow
+def test_sweep_judge_evaluates_each_run_on_the_whole_test_split(fake_cifar10, tmp_path, capsys):
+    """--judge: each run that monitored 40 test images is judged on all 100 once it finishes, a finished
+    run without the judgement is judged (and only it), and one without a checkpoint to judge is refused
+    before anything runs."""
+    out = tmp_path / "sweep"
+    spec = _sweep_file(tmp_path, fake_cifar10, out)
+    spec.write_text(spec.read_text().replace("set:\n", "set:\n  data.test_limit: 40\n"))
+    assert main(["sweep", str(spec), "--seeds", "0", "--judge"]) == 0
+    log = capsys.readouterr().out
+    assert "judged base seed 0" in log and "judged learned seed 0" in log
+    for name in ("base", "learned"):
+        run = out / name / "seed0"
+        judged = json.loads((run / sweep.JUDGEMENT).read_text())
+        assert "test_limit: 40" in (run / "config.yaml").read_text()
+        assert judged["num_test"] == 100 and 0 <= judged["test_acc"] <= 100
+    assert main(["table", str(out), "--summary", sweep.JUDGEMENT]) == 0
+    assert "(left out)" not in capsys.readouterr().out  # both rows judged
+
+    (out / "base/seed0" / sweep.JUDGEMENT).unlink()
+    kept = (out / "learned/seed0" / sweep.JUDGEMENT).read_bytes()
+    assert main(["sweep", str(spec), "--seeds", "0", "--judge", "--dry-run"]) == 0
+    assert "[judge] gssl eval " in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--seeds", "0", "--judge"]) == 0
+    log = capsys.readouterr().out
+    assert "1 finished already, 1 to run" in log and "judged base seed 0" in log
+    assert (out / "base/seed0" / sweep.JUDGEMENT).is_file()
+    assert (out / "learned/seed0" / sweep.JUDGEMENT).read_bytes() == kept
+
+    # a record from another checkout: finished, no checkpoint, no judgement
+    (out / "base/seed0" / sweep.JUDGEMENT).unlink()
+    for checkpoint in (out / "base/seed0/checkpoints").iterdir():
+        checkpoint.unlink()
+    assert main(["sweep", str(spec), "--seeds", "0", "--judge"]) == 2
+    err = capsys.readouterr().err
+    assert "without checkpoints/last.pt to judge" in err and "drop --judge" in err
+    assert not (out / "base/seed0" / sweep.JUDGEMENT).exists()
+
+
 def test_sweep_checks_everything_before_running_anything(fake_cifar10, tmp_path, capsys):
     out = tmp_path / "sweep"
     spec = _sweep_file(tmp_path, fake_cifar10, out)

@@ -417,6 +417,7 @@ EXAMPLES_SWEEP = """examples:
   gssl sweep --preset cifar10-lt0.01-gated-triple --grid 'ssl.gate=[reference,learned,uniform]' \\
              --grid 'ssl.ratio=[0.1,0.5]' --seeds 0 1 --out runs/gates   # 6 settings x 2 seeds
   gssl sweep my-sweep.yaml --dry-run              # the commands it would run
+  gssl sweep configs/sweeps/cifar10-dino-cpu.yaml --judge   # + each run judged on all test images
 """
 EXAMPLES_TABLE = """examples:
   gssl table runs/cifar10-lt-cpu                  # every run below the folder
@@ -581,6 +582,13 @@ def _sweep_parsers(sub) -> None:
         help="spread the runs over these GPUs, e.g. 0,1,2,3 (one run per GPU "
         "at a time, more with --parallel)",
     )
+    s.add_argument(
+        "--judge",
+        action="store_true",
+        help="after each run, judge its last checkpoint on the whole test split (`gssl eval RUN --protocol "
+        "final --test-limit all`, writing eval-last-final-testall.json for `gssl table --summary`); "
+        "finished runs without that file are judged too",
+    )
     s.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
 
     t = _command(sub, "table")
@@ -644,7 +652,8 @@ def _sweep(args) -> int:
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     if args.gpus is not None and not gpus:
         raise ConfigError("--gpus: expected GPU ids such as 0,1")
-    failed = sweep.run(jobs, args.parallel, args.dry_run, gpus=gpus, log=functools.partial(print, flush=True))
+    log = functools.partial(print, flush=True)
+    failed = sweep.run(jobs, args.parallel, args.dry_run, gpus=gpus, log=log, judge=args.judge)
     if failed:
         print(
             f"gssl: {failed} run(s) failed; fix the cause and run the same sweep again to go on",

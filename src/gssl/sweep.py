@@ -4,7 +4,9 @@ Each run is an ordinary `gssl train` process writing OUT/<name>/seed<k>, so a sw
 than the commands it prints: a finished run (summary.json, same configuration) is skipped, an
 interrupted one (last.pt) is resumed, one that died before its first checkpoint starts again.
 `--parallel N` keeps N processes going, each with cores/N threads on CPU. Every run logs to
-OUT/logs/<name>-seed<k>.log.
+OUT/logs/<name>-seed<k>.log. `--judge` follows each run with `gssl eval RUN --protocol final --test-limit
+all` in the same slot (JUDGEMENT: the whole test split, for runs that monitored a subset), and judges
+finished runs that lack it, so `gssl table --summary eval-last-final-testall.json` has every run.
 
 A sweep file (YAML):
 
@@ -34,6 +36,7 @@ from .config import LOCATION_KEYS, Config, ConfigError, from_dict, load_yaml, pa
 from .presets import resolve
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+JUDGEMENT = "eval-last-final-testall.json"  # what `gssl eval RUN --protocol final --test-limit all` writes
 
 
 @dataclass
@@ -71,6 +74,12 @@ class Job:
         for s in self.sets + [f"seed={self.seed}"]:
             cmd += ["--set", s]
         return cmd + ["--out", str(self.run_dir), "--quiet"] + (["--force"] if mode == "restart" else [])
+
+    def judge_command(self) -> list[str]:
+        """`gssl eval` of the finished run's last checkpoint on the whole test split (writes JUDGEMENT)."""
+        cmd = [sys.executable, "-m", "gssl", "eval", str(self.run_dir), "--protocol", "final"]
+        roots = [s.split("=", 1)[1].strip() for s in self.sets if s.split("=", 1)[0].strip() == "data.root"]
+        return cmd + ["--test-limit", "all"] + (["--data-root", roots[-1]] if roots else [])
 
 
 def _sets(values, where: str) -> list[str]:
@@ -236,14 +245,20 @@ def status(job: Job) -> str:
 
 
 def run(
-    jobs: list[Job], parallel: int = 1, dry_run: bool = False, log=print, gpus: list[str] | None = None
+    jobs: list[Job],
+    parallel: int = 1,
+    dry_run: bool = False,
+    log=print,
+    gpus: list[str] | None = None,
+    judge: bool = False,
 ) -> int:
     """Run what is left of the sweep; returns the number of runs that failed. With `gpus`, each run
     gets one of them to itself (CUDA_VISIBLE_DEVICES), as many at a time as there are GPUs unless
-    `parallel` says more (several small runs per GPU)."""
+    `parallel` says more (several small runs per GPU). With `judge`, each run is judged on the whole
+    test split once it finishes, and so is every finished run without JUDGEMENT."""
     if gpus:
         parallel = max(parallel, len(gpus))
-    plan = [(j, status(j)) for j in jobs]
+    plan = [(j, _judged(j, status(j), judge)) for j in jobs]
     todo = [(j, m) for j, m in plan if m != "done"]
     log(
         f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run "
@@ -251,7 +266,9 @@ def run(
     )
     if dry_run:
         for j, m in todo:
-            log(f"[{m}] gssl " + shlex.join(j.command(m)[3:]))
+            log(f"[{m}] gssl " + shlex.join(_command(j, m)[3:]))
+            if judge and m != "judge":
+                log("[judge] gssl " + shlex.join(j.judge_command()[3:]))
         return 0
     env = dict(os.environ)
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
@@ -265,29 +282,50 @@ def run(
                 j.log_path.parent.mkdir(parents=True, exist_ok=True)
                 job_env, where = env, ""
                 if gpus:  # the least busy GPU
-                    busy = [g for _, _, _, g in running]
+                    busy = [g for _, _, _, g, _ in running]
                     gpu = min(gpus, key=lambda g: (busy.count(g), gpus.index(g)))
                     job_env, where = {**env, "CUDA_VISIBLE_DEVICES": gpu}, f" on GPU {gpu}"
                 with open(j.log_path, "ab") as fh:
-                    p = subprocess.Popen(j.command(m), stdout=fh, stderr=subprocess.STDOUT, env=job_env)
-                running.append((j, p, time.perf_counter(), gpu if gpus else None))
+                    p = subprocess.Popen(_command(j, m), stdout=fh, stderr=subprocess.STDOUT, env=job_env)
+                running.append((j, p, time.perf_counter(), gpu if gpus else None, m))
                 log(f"started {j.name} seed {j.seed} ({m}){where} -> {j.run_dir}")
             time.sleep(0.2)
             for item in list(running):
-                j, p, t0, _ = item
+                j, p, t0, _, m = item
                 if p.poll() is None:
                     continue
                 running.remove(item)
                 secs = time.perf_counter() - t0
                 if p.returncode == 0:
-                    log(f"finished {j.name} seed {j.seed} in {secs:.0f} s")
+                    what = "judged" if m == "judge" else "finished"
+                    log(f"{what} {j.name} seed {j.seed} in {secs:.0f} s")
+                    if judge and m != "judge":
+                        queue.insert(0, (j, "judge"))
                 else:
                     failed.append(j)
-                    log(f"FAILED {j.name} seed {j.seed} (exit {p.returncode}); see {j.log_path}")
+                    what = "judging " if m == "judge" else ""
+                    log(f"FAILED {what}{j.name} seed {j.seed} (exit {p.returncode}); see {j.log_path}")
     except KeyboardInterrupt:
-        for _, p, _, _ in running:
+        for _, p, _, _, _ in running:
             p.terminate()
-        for _, p, _, _ in running:
+        for _, p, _, _, _ in running:
             p.wait()
         raise
     return len(failed)
+
+
+def _judged(job: Job, mode: str, judge: bool) -> str:
+    """A finished run's mode under --judge: 'judge' while it lacks JUDGEMENT. ConfigError if its last
+    checkpoint is gone (checkpoints are not committed, so a record from another checkout has none)."""
+    if not judge or mode != "done" or (job.run_dir / JUDGEMENT).is_file():
+        return mode
+    if not (job.run_dir / rundir.CKPT_DIR / "last.pt").is_file():
+        raise ConfigError(
+            f"--judge: {job.run_dir} finished, but without {JUDGEMENT} and without "
+            f"{rundir.CKPT_DIR}/last.pt to judge; run it again in another --out, or drop --judge"
+        )
+    return "judge"
+
+
+def _command(job: Job, mode: str) -> list[str]:
+    return job.judge_command() if mode == "judge" else job.command(mode)
