@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from . import rundir
 from .config import LOCATION_KEYS, Config, ConfigError, from_dict, load_yaml, parse_set, setting_changes
@@ -66,8 +67,8 @@ class Job:
     def command(self, mode: str) -> list[str]:
         """The `gssl train` command line for this run: mode new, resume or restart."""
         cmd = [sys.executable, "-m", "gssl", "train"]
-        if mode == "resume":  # with the sweep's data.root: the data may lie elsewhere than when it started
-            moved = [s for s in self.sets if s.split("=", 1)[0].strip() in LOCATION_KEYS]
+        if mode == "resume":
+            moved = self.location_sets
             return cmd + ["--resume", str(self.run_dir), "--quiet"] + [a for s in moved for a in ("--set", s)]
         cmd += ["--preset", self.preset] if self.preset else []
         cmd += ["--config", self.config] if self.config else []
@@ -75,10 +76,20 @@ class Job:
             cmd += ["--set", s]
         return cmd + ["--out", str(self.run_dir), "--quiet"] + (["--force"] if mode == "restart" else [])
 
+    @property
+    def location_sets(self) -> list[str]:
+        """The sweep's 'key=value' for where things lie (LOCATION_KEYS): a resumed or judged run takes
+        them from the sweep, not from its record, since the data may lie elsewhere than when it started."""
+        return [s for s in self.sets if s.split("=", 1)[0].strip() in LOCATION_KEYS]
+
     def judge_command(self) -> list[str]:
         """`gssl eval` of the finished run's last checkpoint on the whole test split (writes JUDGEMENT)."""
         cmd = [sys.executable, "-m", "gssl", "eval", str(self.run_dir), "--protocol", "final"]
-        roots = [s.split("=", 1)[1].strip() for s in self.sets if s.split("=", 1)[0].strip() == "data.root"]
+        roots = [
+            s.split("=", 1)[1].strip()
+            for s in self.location_sets
+            if s.split("=", 1)[0].strip() == "data.root"
+        ]
         return cmd + ["--test-limit", "all"] + (["--data-root", roots[-1]] if roots else [])
 
 
@@ -244,6 +255,16 @@ def status(job: Job) -> str:
     return "resume" if (run_dir / rundir.CKPT_DIR / "last.pt").is_file() else "restart"
 
 
+class Slot(NamedTuple):
+    """A process the sweep is waiting on: a run's training or its judgement (mode 'judge')."""
+
+    job: Job
+    process: subprocess.Popen
+    started: float
+    gpu: str | None
+    mode: str
+
+
 def run(
     jobs: list[Job],
     parallel: int = 1,
@@ -273,7 +294,7 @@ def run(
     env = dict(os.environ)
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
-    running: list[tuple[Job, subprocess.Popen, float, str | None]] = []
+    running: list[Slot] = []
     failed, queue = [], list(todo)
     try:
         while queue or running:
@@ -282,20 +303,20 @@ def run(
                 j.log_path.parent.mkdir(parents=True, exist_ok=True)
                 job_env, where = env, ""
                 if gpus:  # the least busy GPU
-                    busy = [g for _, _, _, g, _ in running]
+                    busy = [slot.gpu for slot in running]
                     gpu = min(gpus, key=lambda g: (busy.count(g), gpus.index(g)))
                     job_env, where = {**env, "CUDA_VISIBLE_DEVICES": gpu}, f" on GPU {gpu}"
                 with open(j.log_path, "ab") as fh:
                     p = subprocess.Popen(_command(j, m), stdout=fh, stderr=subprocess.STDOUT, env=job_env)
-                running.append((j, p, time.perf_counter(), gpu if gpus else None, m))
+                running.append(Slot(j, p, time.perf_counter(), gpu if gpus else None, m))
                 log(f"started {j.name} seed {j.seed} ({m}){where} -> {j.run_dir}")
             time.sleep(0.2)
-            for item in list(running):
-                j, p, t0, _, m = item
+            for slot in list(running):
+                j, p, m = slot.job, slot.process, slot.mode
                 if p.poll() is None:
                     continue
-                running.remove(item)
-                secs = time.perf_counter() - t0
+                running.remove(slot)
+                secs = time.perf_counter() - slot.started
                 if p.returncode == 0:
                     what = "judged" if m == "judge" else "finished"
                     log(f"{what} {j.name} seed {j.seed} in {secs:.0f} s")
@@ -306,10 +327,10 @@ def run(
                     what = "judging " if m == "judge" else ""
                     log(f"FAILED {what}{j.name} seed {j.seed} (exit {p.returncode}); see {j.log_path}")
     except KeyboardInterrupt:
-        for _, p, _, _, _ in running:
-            p.terminate()
-        for _, p, _, _, _ in running:
-            p.wait()
+        for slot in running:
+            slot.process.terminate()
+        for slot in running:
+            slot.process.wait()
         raise
     return len(failed)
 
