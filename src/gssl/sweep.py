@@ -279,60 +279,66 @@ def run(
     test split once it finishes, and so is every finished run without JUDGEMENT."""
     if gpus:
         parallel = max(parallel, len(gpus))
-    plan = [(j, _judged(j, status(j), judge)) for j in jobs]
-    todo = [(j, m) for j, m in plan if m != "done"]
+    plan = [(job, _judged(job, status(job), judge)) for job in jobs]
+    queue = [(job, mode) for job, mode in plan if mode != "done"]
     log(
-        f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} finished already, {len(todo)} to run "
+        f"sweep: {len(jobs)} runs, {len(jobs) - len(queue)} finished already, {len(queue)} to run "
         f"({parallel} at a time)"
     )
     if dry_run:
-        for j, m in todo:
-            log(f"[{m}] gssl " + shlex.join(_command(j, m)[3:]))
-            if judge and m != "judge":
-                log("[judge] gssl " + shlex.join(j.judge_command()[3:]))
+        for job, mode in queue:
+            log(f"[{mode}] gssl " + shlex.join(_command(job, mode)[3:]))
+            if judge and mode != "judge":
+                log("[judge] gssl " + shlex.join(job.judge_command()[3:]))
         return 0
     env = dict(os.environ)
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     running: list[Slot] = []
-    failed, queue = [], list(todo)
+    failures = 0
     try:
         while queue or running:
             while queue and len(running) < parallel:
-                j, m = queue.pop(0)
-                j.log_path.parent.mkdir(parents=True, exist_ok=True)
-                job_env, where = env, ""
-                if gpus:  # the least busy GPU
-                    busy = [slot.gpu for slot in running]
-                    gpu = min(gpus, key=lambda g: (busy.count(g), gpus.index(g)))
-                    job_env, where = {**env, "CUDA_VISIBLE_DEVICES": gpu}, f" on GPU {gpu}"
-                with open(j.log_path, "ab") as fh:
-                    p = subprocess.Popen(_command(j, m), stdout=fh, stderr=subprocess.STDOUT, env=job_env)
-                running.append(Slot(j, p, time.perf_counter(), gpu if gpus else None, m))
-                log(f"started {j.name} seed {j.seed} ({m}){where} -> {j.run_dir}")
+                running.append(_start(*queue.pop(0), env, gpus, [slot.gpu for slot in running], log))
             time.sleep(0.2)
-            for slot in list(running):
-                j, p, m = slot.job, slot.process, slot.mode
-                if p.poll() is None:
-                    continue
+            for slot in [slot for slot in running if slot.process.poll() is not None]:
                 running.remove(slot)
-                secs = time.perf_counter() - slot.started
-                if p.returncode == 0:
-                    what = "judged" if m == "judge" else "finished"
-                    log(f"{what} {j.name} seed {j.seed} in {secs:.0f} s")
-                    if judge and m != "judge":
-                        queue.insert(0, (j, "judge"))
-                else:
-                    failed.append(j)
-                    what = "judging " if m == "judge" else ""
-                    log(f"FAILED {what}{j.name} seed {j.seed} (exit {p.returncode}); see {j.log_path}")
+                failures += _report(slot, log)
+                if judge and slot.mode != "judge" and slot.process.returncode == 0:
+                    queue.insert(0, (slot.job, "judge"))
     except KeyboardInterrupt:
         for slot in running:
             slot.process.terminate()
         for slot in running:
             slot.process.wait()
         raise
-    return len(failed)
+    return failures
+
+
+def _start(job: Job, mode: str, env: dict, gpus: list[str] | None, busy: list[str | None], log) -> Slot:
+    """Start a run (or its judgement), logging to its log file; with `gpus`, on the least busy one."""
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    gpu, where = None, ""
+    if gpus:
+        gpu = min(gpus, key=lambda name: (busy.count(name), gpus.index(name)))
+        env, where = {**env, "CUDA_VISIBLE_DEVICES": gpu}, f" on GPU {gpu}"
+    with open(job.log_path, "ab") as log_file:
+        process = subprocess.Popen(_command(job, mode), stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    log(f"started {job.name} seed {job.seed} ({mode}){where} -> {job.run_dir}")
+    return Slot(job, process, time.perf_counter(), gpu, mode)
+
+
+def _report(slot: Slot, log) -> int:
+    """Log how a finished process ended; 1 if it failed, else 0."""
+    job, seconds, judging = slot.job, time.perf_counter() - slot.started, slot.mode == "judge"
+    if slot.process.returncode == 0:
+        log(f"{'judged' if judging else 'finished'} {job.name} seed {job.seed} in {seconds:.0f} s")
+        return 0
+    log(
+        f"FAILED {'judging ' if judging else ''}{job.name} seed {job.seed} (exit {slot.process.returncode}); "
+        f"see {job.log_path}"
+    )
+    return 1
 
 
 def _judged(job: Job, mode: str, judge: bool) -> str:
