@@ -4,12 +4,6 @@ import os
 import sys
 from pathlib import Path
 
-if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
-    # pytest -n: the workers share the cores, so each (and every process its tests start) takes its share
-    # of threads; OpenMP threads waiting for a core another worker holds cost far more than they save.
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-
 import pytest
 
 from gssl.data.fakes import write_cifar
