@@ -39,7 +39,9 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int)
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    """A count over the number of images, in Python floats: a float32 mean of 0/1 rounds (7 of 10 images
+    gave 69.9999988), and the exact robust top-1 beside it then looked higher than the clean one."""
+    return 100.0 * (logits.argmax(1) == labels).sum().item() / labels.numel()
 
 
 def summary_accuracies(report_: dict) -> dict:
@@ -56,7 +58,7 @@ def report(logits: torch.Tensor, labels: torch.Tensor, train_counts: list[int]) 
     per_class_n = cm.sum(1)
     per_class = [100.0 * cm[c, c].item() / n if n else None for c, n in enumerate(per_class_n.tolist())]
     k = min(5, num_classes)
-    top5 = 100.0 * (logits.topk(k, 1).indices == labels[:, None]).any(1).float().mean().item()
+    top5 = 100.0 * (logits.topk(k, 1).indices == labels[:, None]).any(1).sum().item() / labels.numel()
 
     def group(pred_fn):
         accs = [a for a, n in zip(per_class, train_counts) if a is not None and pred_fn(n)]

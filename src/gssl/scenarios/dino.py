@@ -14,6 +14,7 @@ from ..config import Config, ConfigError
 from ..data.views import ViewAugment
 from ..dino import DINO, PatchFeatures, teacher_momentum, teacher_temperature
 from ..gating import gate_options
+from ..metrics import top1
 from ..step import autocast
 from .base import SWITCHES, Context, Scenario, settings_on
 
@@ -121,8 +122,5 @@ class DINOScenario(Scenario):
             f"test_acc is {d.knn_k}-NN; patch_*: the same on its averaged patch tokens",
         }
         if d.linear_epochs:
-            labels = patches["labels"]
-            extra["patch_linear_test_acc"] = (
-                100.0 * (patches["linear_logits"].argmax(1) == labels).float().mean().item()
-            )
+            extra["patch_linear_test_acc"] = top1(patches["linear_logits"], patches["labels"])
         return image["logits"], image["labels"], extra
