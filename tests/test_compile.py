@@ -173,8 +173,8 @@ def test_erm_and_sla_sd(cifar600, tmp_path):
 @pytest.mark.slow
 def test_ssp_pretraining_and_supervised_stage(cifar600, tmp_path):
     assert_compiled_matches_eager(
-        cifar600, tmp_path, "cifar10-lt0.01-ssp", "pretrain.epochs=1", "pretrain.lr=0.01", rtol=0.1
-    )  # two stages of training: more room to drift
+        cifar600, tmp_path, "cifar10-lt0.01-ssp", "pretrain.epochs=1", "pretrain.lr=0.01", rtol=0.3
+    )  # two stages amplify rounding: two eager runs on 1 and 2 threads end 13.9% apart, compiled 12.6%
 
 
 @pytest.mark.slow
