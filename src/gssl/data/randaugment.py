@@ -92,13 +92,14 @@ def contrast(x, m):
 
 def sharpness(x, m):
     """Blend with PIL's smoothing filter (border pixels kept): factor < 1 blurs."""
-    k = torch.ones(3, 3, device=x.device)  # built on the device: no host-to-device copy per call
-    k[1, 1] = 5.0
+    # built on the device with fill_: `k[1, 1] = 5.0` would copy a host scalar, a sync on CUDA
+    k = torch.ones(3, 3, device=x.device)
+    k[1, 1].fill_(5.0)
     k = k / 13
     c = x.shape[1]
     smooth = F.conv2d(x, k.expand(c, 1, 3, 3), padding=1, groups=c)
     inner = torch.zeros_like(x[:1, :1], dtype=torch.bool)
-    inner[..., 1:-1, 1:-1] = True
+    inner[..., 1:-1, 1:-1].fill_(True)
     return _blend(x, torch.where(inner, smooth, x), m)
 
 
@@ -115,8 +116,7 @@ def solarize(x, m):
 def _affine(op: str, m: Tensor, h: int, w: int) -> Tensor:
     """Per-image 2x3 matrices (normalised coordinates, output -> input) for one geometric op."""
     n = m.shape[0]
-    theta = torch.zeros(n, 2, 3, device=m.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta = torch.eye(2, 3, device=m.device).repeat(n, 1, 1)  # no host scalar copied in (a CUDA sync)
     if op == "rotate":
         a = m * math.pi / 180
         theta[:, 0, 0], theta[:, 0, 1] = torch.cos(a), -torch.sin(a) * h / w
