@@ -53,8 +53,9 @@ SYMPTOMS = (
     "torch.compile of the",
 )
 # of --budget-s; the 6% left over is for start-up, stopping children and the summary, so that the whole
-# check ends within the budget
-SHARES = {"probes": 0.38, "step": 0.24, "run": 0.18, "sweep": 0.14}
+# check ends within the budget. The probes' tests run to the end since 2026-12-04 (28 of them: about 180 s
+# alone on an H200 and its host), so they have the largest share
+SHARES = {"probes": 0.46, "step": 0.24, "run": 0.16, "sweep": 0.08}
 # 2 epochs, DRW switched on for the second (base_epochs=2: the DRW epoch is not scaled down to 0)
 PROBE_SETS = [
     "optim.epochs=2",
@@ -222,9 +223,12 @@ class Check:
         self.out = {"env": self._env(name), "symptoms": {}, "problems": [], "skipped": []}
 
     def deadline(self, part: str) -> float:
-        """The end of this part: its share and every earlier part's, from the start."""
-        upto = list(SHARES)[: list(SHARES).index(part) + 1]
-        return self.t0 + self.args.budget_s * sum(SHARES[p] for p in upto)
+        """The end of this part: its share and every earlier chosen part's, from the start. The shares of
+        the parts not chosen (--parts) go to the chosen ones, in proportion."""
+        chosen = [p for p in SHARES if p in self.args.parts]
+        upto = chosen[: chosen.index(part) + 1]
+        scale = sum(SHARES.values()) / sum(SHARES[p] for p in chosen)
+        return self.t0 + self.args.budget_s * scale * sum(SHARES[p] for p in upto)
 
     def sets(self, toy: list[str] = TOY_SETS) -> list[str]:
         return self.data_sets + (toy if self.args.smoke else []) + [f"device={self.device.type}"]
@@ -311,6 +315,8 @@ def part_probes(c: Check) -> dict:
     # captured logs (TORCH_LOGS' DEBUG trace lines) had filled the reported tail, so stdout only
     pytest = [sys.executable, "-m", "pytest", "-q", "--maxfail=5", "--show-capture=stdout"]
     pytest += ["-p", "no:cacheprovider", *tests]
+    # a CPU test (the model stays on the host): compiling C++ for it took 62 s of the H200 check's budget
+    pytest += ["--deselect", "tests/test_compile.py::test_the_no_task_step_keeps_its_gradient_under_inductor"]
     procs = [Proc("pytest", pytest + (["-k", "cuda"] if c.args.smoke else []), c.env, c.tmp / "pytest.log")]
     procs = procs if tests else []
     for name, (preset, probe_sets, toy, _) in PROBES.items():
@@ -591,9 +597,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--logs", type=Path, help="copy every child's whole output (*.log) into this folder")
     args = ap.parse_args(argv)
     args.run_s = args.run_s or (8.0 if args.smoke else 90.0)
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if set(parts) - set(PARTS):
-        ap.error(f"unknown parts {sorted(set(parts) - set(PARTS))}")
+    parts = args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if set(parts) - set(PARTS) or not parts:
+        ap.error(f"unknown parts {sorted(set(parts) - set(PARTS))}; choose from {','.join(PARTS)}")
     sys.stdout.reconfigure(line_buffering=True)  # a check cut short still shows what it printed
     sys.path.insert(0, str(HERE))  # run.py, for the step and sweep sections
     if args.smoke:

@@ -40,6 +40,17 @@ def test_the_scanner_finds_every_symptom_once_and_nothing_in_clean_output():
     assert gpu_check.scan_symptoms("epoch 1/2 lr 0.1 loss 2.3 train 10% test 10%\nrecompiled nothing\n") == {}
 
 
+def test_the_parts_not_chosen_give_their_time_to_the_chosen_ones():
+    every = SimpleNamespace(t0=0.0, args=SimpleNamespace(budget_s=1000.0, parts=list(gpu_check.SHARES)))
+    assert gpu_check.Check.deadline(every, "probes") == 1000.0 * gpu_check.SHARES["probes"]
+    assert abs(gpu_check.Check.deadline(every, "sweep") - 1000.0 * sum(gpu_check.SHARES.values())) < 1e-9
+    some = SimpleNamespace(t0=5.0, args=SimpleNamespace(budget_s=1000.0, parts=["step", "run"]))
+    whole = sum(gpu_check.SHARES.values())
+    step, run = gpu_check.SHARES["step"], gpu_check.SHARES["run"]
+    assert abs(gpu_check.Check.deadline(some, "step") - (5.0 + 1000.0 * whole * step / (step + run))) < 1e-9
+    assert abs(gpu_check.Check.deadline(some, "run") - (5.0 + 1000.0 * whole)) < 1e-9  # the last ends on time
+
+
 def test_a_probe_s_symptoms_are_printed_and_kept(capsys):
     check = SimpleNamespace(out={"symptoms": {}})
     gpu_check.Check.scan(check, "train-ldam-drw", RECOMPILE)
