@@ -2,11 +2,14 @@
 and (with CUDA only) the whole CUDA path end to end."""
 
 import json
+import traceback
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import train_tiny_run
+from gssl.gating import ALL_GATES
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
 from gssl.step import Compiled, FiniteWatch
@@ -174,6 +177,58 @@ def test_precision_is_a_setting_recorded_in_the_summary(fake_cifar10, tmp_path, 
 
 def test_precision_default_is_fp32_on_cpu(tiny_run):
     assert json.loads((tiny_run / "summary.json").read_text())["precision"] == "fp32"
+
+
+class HostValues(TorchDispatchMode):
+    """The operators that, on CUDA, copy a Python value to the device or read the device into Python,
+    each a host synchronisation, recorded with the line that called them: lift_fresh (`t[i] = 5.0`,
+    `torch.tensor(...)`), _local_scalar_dense (`.item()`, `bool(t)`), nonzero (a shape from the data).
+    On CPU they are harmless, but the dispatcher sees them all the same: the CPU half of the CUDA sync
+    test below, which found three of them in RandAugment on the first H200 (2026-12-04)."""
+
+    WATCHED = ("aten.lift_fresh.default", "aten._local_scalar_dense.default", "aten.nonzero.default")
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in self.WATCHED:
+            caller = [f for f in traceback.extract_stack() if "/gssl/" in f.filename]
+            self.found.append((str(func), f"{caller[-1].filename}:{caller[-1].lineno}" if caller else "?"))
+        return func(*args, **(kwargs or {}))
+
+
+def test_fixmatch_and_simclr_preparation_and_the_ema_make_no_host_values():
+    from gssl.data.views import ViewAugment
+    from gssl.semisup import EMA, StrongAugment
+
+    model = GatedSSL("resnet8", 10, tasks=["lorot", "flip", "channel"], gate="learned")
+    ema = EMA(model, 0.999)
+    stats = ((0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    strong, views = StrongAugment(*stats), ViewAugment(*stats)
+    x, gen = torch.randn(16, 3, 32, 32), torch.Generator().manual_seed(0)
+    with HostValues() as host:
+        strong(x, gen)
+        model.sample_params(x, gen)
+        views.views(x, gen, 2)
+        ema.update(model)
+    assert host.found == [], sorted(set(host.found))
+
+
+@pytest.mark.parametrize("gate", list(ALL_GATES))
+def test_the_training_step_of_every_gate_makes_no_host_values(gate):
+    """Forward, backward and the gate's after-step hook (dwa's sums, gradnorm's renormalisation); dwa's
+    once-an-epoch update may read its step count."""
+    torch.manual_seed(0)
+    model = GatedSSL("resnet8", 10, tasks=["lorot", "flip", "channel"], gate=gate)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    params = model.sample_params(x, torch.Generator().manual_seed(1))
+    with HostValues() as host:
+        loss, _ = model.loss_from_params(x, y, torch.nn.CrossEntropyLoss(), params)
+        loss.backward()
+        model.pretext.after_step()
+    assert host.found == [], sorted(set(host.found))
 
 
 @cuda
