@@ -231,6 +231,27 @@ def test_the_training_step_of_every_gate_makes_no_host_values(gate):
     assert host.found == [], sorted(set(host.found))
 
 
+def test_the_dino_selfpatch_teacher_and_step_make_no_host_values():
+    """The teacher's targets run eagerly every step (SelfPatch's neighbour index was built on the host
+    and copied, twice a step, until the H200's lesson), then the student's step."""
+    from conftest import DINO_TINY
+    from gssl.config import parse_set
+    from gssl.presets import resolve
+    from gssl.scenarios.dino import DINOScenario
+
+    torch.manual_seed(0)
+    cfg = resolve("cifar10-dino-selfpatch-gated-vit", sets=[parse_set(s) for s in DINO_TINY])
+    model = DINOScenario.build_model(cfg, 10, 3)
+    global_views, local_views = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    with HostValues() as host:  # as DINOScenario.prepare, then the step
+        global_views, labels = model.pretext.transform(global_views, model.sample_params(global_views, gen))
+        targets = model.teacher_targets(global_views, local_views, 0.04)
+        loss, _ = model.loss_from_params(global_views, local_views, targets, labels, torch.full((), 1.0))
+        loss.backward()
+    assert host.found == [], sorted(set(host.found))
+
+
 @cuda
 def test_cuda_fixmatch_preparation_and_ema_never_synchronise():
     """RandAugment's constants are made on the device and the EMA is one foreach lerp: with CUDA's sync

@@ -205,7 +205,7 @@ class DINO(nn.Module):
         """The teacher's patch-head logits [B, P, K'] of each patch's aggregated top-k neighbours."""
         teacher, sp = self.teacher.module, self.selfpatch
         rows, cols = views.shape[-2] // teacher.backbone.patch, views.shape[-1] // teacher.backbone.patch
-        index, valid = (t.to(patches.device) for t in neighbour_index(rows, cols, sp["border"]))
+        index, valid = neighbour_index(rows, cols, sp["border"], patches.device)
         positives, real = select_positives(patches, index, valid, sp["k"])
         return teacher.patch_head(teacher.aggregation.summarise_positives(patches, positives, real))
 

@@ -36,20 +36,22 @@ from torch import Tensor
 from .models.vit import init_vit_weights
 
 
-def neighbour_index(rows: int, cols: int, border: str = "wrap") -> tuple[Tensor, Tensor]:
+def neighbour_index(rows: int, cols: int, border: str = "wrap", device=None) -> tuple[Tensor, Tensor]:
     """For each patch of a rows x cols grid (row-major), its 8 neighbours in the 3 x 3 window, row by row:
     (index [P, 8] of the neighbour, valid [P, 8]). "wrap": taken modulo the grid (the authors' code), all
-    valid; "mask": a neighbour off the grid is invalid (its index points at the patch itself)."""
+    valid; "mask": a neighbour off the grid is invalid (its index points at the patch itself). Built on
+    `device` from aranges: the teacher asks for it every step, and a host-made index would be a copy
+    (a synchronisation) on CUDA each time."""
     if border not in ("wrap", "mask"):
         raise ValueError(f"border must be 'wrap' or 'mask', got {border!r}")
-    offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
-    row = torch.arange(rows).repeat_interleave(cols)[:, None]
-    col = torch.arange(cols).repeat(rows)[:, None]
-    dr = torch.tensor([o[0] for o in offsets])[None]
-    dc = torch.tensor([o[1] for o in offsets])[None]
+    window = torch.arange(9, device=device)
+    window = torch.cat([window[:4], window[5:]])  # the 3 x 3 window less its centre, row by row
+    dr, dc = (window // 3 - 1)[None], (window % 3 - 1)[None]
+    row = torch.arange(rows, device=device).repeat_interleave(cols)[:, None]
+    col = torch.arange(cols, device=device).repeat(rows)[:, None]
     r, c = row + dr, col + dc
     if border == "wrap":
-        return (r % rows) * cols + c % cols, torch.ones(rows * cols, 8, dtype=torch.bool)
+        return (r % rows) * cols + c % cols, torch.ones(rows * cols, 8, dtype=torch.bool, device=device)
     valid = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
     return torch.where(valid, r * cols + c, row * cols + col), valid
 

@@ -82,7 +82,8 @@ class DINOScenario(Scenario):
         temperature = teacher_temperature(epoch, d.warmup_teacher_temp, d.teacher_temp, warmup)
         with autocast(self.ctx.device.type, self.ctx.precision):
             targets = model.teacher_targets(global_views, local_views, temperature)
-        last_layer_grad = torch.tensor(float(epoch >= d.freeze_last_layer), device=x.device)
+        # full, not tensor: a Python value made a tensor is a host copy, a CUDA sync every step
+        last_layer_grad = torch.full((), float(epoch >= d.freeze_last_layer), device=x.device)
         return global_views, local_views, targets, labels, last_layer_grad
 
     def after_step(self) -> None:
