@@ -200,3 +200,20 @@ def test_cpu_threads_limited_only_while_assembling_and_results_unchanged():
         _epoch(DeviceLoader(x, y, 16, cpu_threads=1, **kw))[0],
         _epoch(DeviceLoader(x, y, 16, cpu_threads=None, **kw))[0],
     )
+
+
+def test_a_partial_batch_is_shared_among_ranks_as_tensor_split_shares_it():
+    """shard(i): the global batch's size and where this rank's slice starts; the last, partial batch
+    is split as torch.tensor_split splits it (now in integer arithmetic: no tensor read per epoch)."""
+    from types import SimpleNamespace
+
+    for n in range(1, 23):
+        for world in (1, 2, 3, 4):
+            for rank in range(world):
+                loader = SimpleNamespace(num_samples=n, batch_size=4, world=world, rank=rank)
+                full, last = divmod(n, 4 * world)
+                for i in range(full + (last > 0)):
+                    size, start = DeviceLoader.shard(loader, i)
+                    assert size == min(4 * world, n - i * 4 * world)
+                    chunk = torch.tensor_split(torch.arange(size), world)[rank]
+                    assert start == (int(chunk[0]) if len(chunk) else 0)

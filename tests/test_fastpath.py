@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import train_tiny_run
+from conftest import DINO_TINY, TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, train_preset, train_tiny_run
 from gssl.gating import ALL_GATES
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
@@ -188,32 +188,20 @@ class HostValues(TorchDispatchMode):
 
     WATCHED = ("aten.lift_fresh.default", "aten._local_scalar_dense.default", "aten.nonzero.default")
 
-    def __init__(self):
+    def __init__(self, within: str | None = None, unless: tuple[str, ...] = ()):
+        """Only what is called from inside function `within` (if given) and from none of `unless`."""
         super().__init__()
-        self.found = []
+        self.found, self.within, self.unless = [], within, unless
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if str(func) in self.WATCHED:
             caller = [f for f in traceback.extract_stack() if "/gssl/" in f.filename]
-            self.found.append((str(func), f"{caller[-1].filename}:{caller[-1].lineno}" if caller else "?"))
+            names = {f.name for f in caller}
+            if (self.within is None or self.within in names) and not names & set(self.unless):
+                self.found.append(
+                    (str(func), f"{caller[-1].filename}:{caller[-1].lineno}" if caller else "?")
+                )
         return func(*args, **(kwargs or {}))
-
-
-def test_fixmatch_and_simclr_preparation_and_the_ema_make_no_host_values():
-    from gssl.data.views import ViewAugment
-    from gssl.semisup import EMA, StrongAugment
-
-    model = GatedSSL("resnet8", 10, tasks=["lorot", "flip", "channel"], gate="learned")
-    ema = EMA(model, 0.999)
-    stats = ((0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
-    strong, views = StrongAugment(*stats), ViewAugment(*stats)
-    x, gen = torch.randn(16, 3, 32, 32), torch.Generator().manual_seed(0)
-    with HostValues() as host:
-        strong(x, gen)
-        model.sample_params(x, gen)
-        views.views(x, gen, 2)
-        ema.update(model)
-    assert host.found == [], sorted(set(host.found))
 
 
 @pytest.mark.parametrize("gate", list(ALL_GATES))
@@ -231,24 +219,35 @@ def test_the_training_step_of_every_gate_makes_no_host_values(gate):
     assert host.found == [], sorted(set(host.found))
 
 
-def test_the_dino_selfpatch_teacher_and_step_make_no_host_values():
-    """The teacher's targets run eagerly every step (SelfPatch's neighbour index was built on the host
-    and copied, twice a step, until the H200's lesson), then the student's step."""
-    from conftest import DINO_TINY
-    from gssl.config import parse_set
-    from gssl.presets import resolve
-    from gssl.scenarios.dino import DINOScenario
+SCENARIOS = {  # one tiny eager run per family of scenario steps
+    "gcs": ("cifar10-lt0.01-gated-triple", "ssl.gate=gcs"),
+    "adversarial": ("cifar10-lt0.01-gated-triple", "adv.attack=pgd", "adv.steps=2", "adv.eval_steps=1"),
+    "sla-sd": ("cifar10-lt0.01-sla-sd-channel",),
+    "lorot-i": ("cifar10-lt0.01-lorot-i",),
+    "fixmatch": ("cifar10-4000-fixmatch-gated-triple", *TINY_FIXMATCH, "optim.batch_size=8"),
+    "simclr-fusion": (
+        "cifar10-simclr-gated-pretext",
+        "fusion.enabled=true",
+        "contrastive.linear_epochs=1",
+        "loss.drw_epoch=null",
+        "optim.schedule=step",
+    ),
+}
 
-    torch.manual_seed(0)
-    cfg = resolve("cifar10-dino-selfpatch-gated-vit", sets=[parse_set(s) for s in DINO_TINY])
-    model = DINOScenario.build_model(cfg, 10, 3)
-    global_views, local_views = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)
-    gen = torch.Generator().manual_seed(0)
-    with HostValues() as host:  # as DINOScenario.prepare, then the step
-        global_views, labels = model.pretext.transform(global_views, model.sample_params(global_views, gen))
-        targets = model.teacher_targets(global_views, local_views, 0.04)
-        loss, _ = model.loss_from_params(global_views, local_views, targets, labels, torch.full((), 1.0))
-        loss.backward()
+
+@pytest.mark.parametrize("name", [*SCENARIOS, "dino-selfpatch"])
+def test_no_scenario_reads_the_device_in_its_training_steps(name, fake_cifar10, tmp_path):
+    """Everything the engine's epoch loop calls (the scenario's preparation, the step, backward, the
+    after-step hooks, the metric sums), through a real `gssl train`. Allowed: the non-finite check,
+    which reads the loss every step on CPU only (once an epoch on CUDA), and the optimiser's own kernel
+    (fused on CUDA: its step counts stay on the device)."""
+    if name == "dino-selfpatch":
+        preset, sets = "cifar10-dino-selfpatch-gated-vit", [*DINO_TINY, "dino.linear_epochs=0"]
+    else:
+        (preset, *extra), sets = SCENARIOS[name], [*TWO_EPOCHS_EVERY_EVENT]
+        sets += extra
+    with HostValues(within="train_epoch", unless=("_stop_if_non_finite", "optimizer_step")) as host:
+        train_preset(preset, fake_cifar10, tmp_path / name, *sets, "compile=false", "device=cpu")
     assert host.found == [], sorted(set(host.found))
 
 

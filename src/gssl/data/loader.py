@@ -117,9 +117,10 @@ class DeviceLoader:
         size = min(b, self.num_samples - i * b)
         if size == b:
             return b, self.rank * self.batch_size
-        return size, int(
-            torch.tensor_split(torch.arange(size), self.world)[self.rank][:1].sum()
-        ) if size else 0
+        # a partial batch is split as torch.tensor_split splits it: the first size % world ranks get one more
+        share, extra = divmod(size, self.world)
+        mine = share + (self.rank < extra)
+        return size, self.rank * share + min(self.rank, extra) if mine else 0
 
     def _positions(self, i: int) -> slice | torch.Tensor:
         """This rank's positions in the epoch order for global batch i."""
