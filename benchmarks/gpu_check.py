@@ -309,7 +309,7 @@ class Check:
 
 
 def part_probes(c: Check) -> dict:
-    """The CUDA tests and two short compiled runs, at once; their output scanned for SYMPTOMS."""
+    """The CUDA tests and three short compiled runs, at once; their output scanned for SYMPTOMS."""
     tests = [t for t in TEST_FILES if (ROOT / t).exists()]
     # not -x: the first H200 check (2026-12-04) stopped at its first failure and hid two more; the failures'
     # captured logs (TORCH_LOGS' DEBUG trace lines) had filled the reported tail, so stdout only
