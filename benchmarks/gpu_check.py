@@ -523,11 +523,8 @@ def run_part(c: Check, name: str) -> None:
     c.write()
 
 
-def print_summary(c: Check) -> None:
-    o = c.out
-    print(
-        f"\n== gpu_check on {o['env']['device']}: {time.monotonic() - c.t0:.0f} s of {c.args.budget_s:.0f} =="
-    )
+def print_summary(o: dict, seconds: float, budget_s: float, json_line: str) -> None:
+    print(f"\n== gpu_check on {o['env']['device']}: {seconds:.0f} s of {budget_s:.0f} ==")
     print(f"{'part':8} {'seconds':>8}  result")
     for name in PARTS:
         r = o.get(name, {})
@@ -542,7 +539,7 @@ def print_summary(c: Check) -> None:
         print(f"PROBLEM: {p}")
     for s in o["skipped"]:
         print(f"skipped: {s}")
-    print(f"written to {c.json}")
+    print(json_line)
 
 
 def _result(name: str, r: dict) -> str:
@@ -578,6 +575,28 @@ def _result(name: str, r: dict) -> str:
     )
 
 
+def show(path: Path) -> dict:
+    """A recorded check's tables and summary, printed again from its JSON: the numbers that
+    docs/performance.md quotes come back with one command."""
+    import run
+
+    o = json.loads(path.read_text())
+    print("  ".join(f"{k}={v}" for k, v in o["env"].items()))
+    parts = {name: o.get(name) or {} for name in PARTS}
+    if parts["probes"] and "error" not in parts["probes"]:
+        _print_probes({k: v for k, v in parts["probes"].items() if isinstance(v, dict)})
+    if parts["step"].get("rows"):
+        run._print_step(o["env"]["device"], parts["step"]["rows"], parts["step"].get("skipped", []))
+    if parts["run"].get("process"):
+        _print_run(parts["run"])
+    if parts["sweep"].get("rows"):
+        rows = parts["sweep"]["rows"]
+        run._print_sweep(rows, rows[0].get("data"), parts["sweep"].get("skipped", []))
+    elapsed = sum(p.get("seconds", 0) for p in parts.values())
+    print_summary(o, elapsed, o["env"]["budget_s"], f"read from {path}")
+    return o
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help=f"the CIFAR-10 archive ({ARCHIVE}) or folder")
@@ -595,7 +614,10 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--parts", default=",".join(PARTS), help=f"a subset of {','.join(PARTS)}")
     ap.add_argument("--logs", type=Path, help="copy every child's whole output (*.log) into this folder")
+    ap.add_argument("--show", type=Path, help="print a recorded check (its JSON) again; runs nothing")
     args = ap.parse_args(argv)
+    if args.show:
+        return show(args.show)
     args.run_s = args.run_s or (8.0 if args.smoke else 90.0)
     parts = args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if set(parts) - set(PARTS) or not parts:
@@ -610,7 +632,7 @@ def main(argv=None) -> dict:
         for name in parts:
             print(f"\n=== {name} (until {c.deadline(name) - c.t0:.0f} s) ===", flush=True)
             run_part(c, name)
-        print_summary(c)
+        print_summary(c.out, time.monotonic() - c.t0, args.budget_s, f"written to {c.json}")
         c.write()
         if args.logs:
             keep_logs(Path(tmp), args.logs)

@@ -475,19 +475,24 @@ def bench_sweep(device, quick, tmp, sets=None, what=None, ns=None, env=None, dea
         rows.append(
             {"parallel": n, "runs": n, "wall_s": wall, "total_images_per_s": images / wall, "data": what}
         )
+    for r in rows:
+        r["vs_one"] = r["total_images_per_s"] / rows[0]["total_images_per_s"]
+    _print_sweep(rows, what, skipped)
+    return rows
+
+
+def _print_sweep(rows, what, skipped):
     print(
         f"\n[sweep] N = {', '.join(str(r['parallel']) for r in rows)} runs of 2 epochs at once "
         f"({what}), process start and evaluation included"
     )
     for r in rows:
-        r["vs_one"] = r["total_images_per_s"] / rows[0]["total_images_per_s"]
         print(
             f"N={r['parallel']}  {r['wall_s']:7.1f} s  {r['total_images_per_s']:>9,.0f} images/s in all  "
             f"{r['vs_one']:5.2f}x N=1"
         )
     for s in skipped:
         print(f"skipped (time budget): {s}")
-    return rows
 
 
 def len_train(run_dir: Path) -> int:

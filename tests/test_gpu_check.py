@@ -51,6 +51,18 @@ def test_the_parts_not_chosen_give_their_time_to_the_chosen_ones():
     assert abs(gpu_check.Check.deadline(some, "run") - (5.0 + 1000.0 * whole)) < 1e-9  # the last ends on time
 
 
+def test_the_recorded_h200_check_prints_the_numbers_the_docs_quote(capsys):
+    """docs/performance.md's GPU numbers come back from the committed record with one command."""
+    record = ROOT / "docs" / "benchmarks" / "nvidia-h200.json"
+    gpu_check.main(["--show", str(record)])
+    out = capsys.readouterr().out
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    for number in ("39,109", "35,155", "32,560", "36,979", "33,738", "9,118", "10,630", "1.66x"):
+        assert number in out and number in doc, number
+    assert "200 epochs ~ 128 s (extrapolated)" in out and "about 128 s" in doc
+    assert "PROBLEM: pytest: exit status 1" in out and f"read from {record}" in out
+
+
 def test_a_probe_s_symptoms_are_printed_and_kept(capsys):
     check = SimpleNamespace(out={"symptoms": {}})
     gpu_check.Check.scan(check, "train-ldam-drw", RECOMPILE)
