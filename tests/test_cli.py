@@ -46,14 +46,16 @@ def _train_args(root, out, epochs=2, *extra):
 
 def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_train_args(fake_cifar10, out, 5, "--set", "ssl.gate=learned")) == 0
+    # 8 epochs: after 5, the final accuracy depended on the CPU's kernels (60% on one machine, 30.0% on
+    # another, 2026-12-04); the tinted test classes are all right or all wrong, so it moves in steps of 10
+    assert main(_train_args(fake_cifar10, out, 8, "--set", "ssl.gate=learned")) == 0
     printed = capsys.readouterr().out
     assert "final test accuracy" in printed and "gate weights: lorot" in printed and str(out) in printed
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["ssl"]["tasks"] == ["lorot", "flip", "channel"] and cfg["optim"]["epochs"] == 5
+    assert cfg["ssl"]["tasks"] == ["lorot", "flip", "channel"] and cfg["optim"]["epochs"] == 8
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == list(range(8))
     for r in rows:
         for key in (
             "lr",
@@ -92,7 +94,7 @@ def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path,
     assert s["test_acc"] == pytest.approx(rows[-1]["test_acc"])
     assert s["best_test_acc"] == max(r["test_acc"] for r in rows)
     assert s["class_counts"][0] == 20 and s["class_counts"][-1] == 10  # ratio 0.5 long tail on 20 per class
-    assert s["test_acc"] > 30  # tinted classes: well above the 10% of chance (measured 60%)
+    assert s["test_acc"] > 30  # tinted classes: well above the 10% of chance (measured 70% at 8 epochs)
     for name in ("last", "best"):
         ck = torch.load(out / "checkpoints" / f"{name}.pt", weights_only=True)
         assert {"model", "optimizer", "epoch", "config"} <= set(ck)
