@@ -322,10 +322,8 @@ def part_probes(c: Check) -> dict:
     files = [Path(t) for t in TEST_FILES if (ROOT / t).exists()]
     if c.args.smoke:  # -k cuda: a file without such a test would exit 5 (nothing collected)
         files = [f for f in files if "def test_cuda" in (ROOT / f).read_text()]
-    procs = [
-        Proc(f"pytest-{f.stem.removeprefix('test_')}", pytest + [str(f)], c.env, c.tmp / f"{f.stem}.log")
-        for f in files
-    ]
+    names = [f"pytest-{f.stem.removeprefix('test_')}" for f in files]
+    procs = [Proc(name, pytest + [str(f)], c.env, c.tmp / f"{name}.log") for name, f in zip(names, files)]
     for name, (preset, probe_sets, toy, _) in PROBES.items():
         cmd = gssl_train(preset, c.tmp / name, c.sets(toy) + probe_sets)
         procs.append(Proc(name, cmd, c.env, c.tmp / f"{name}.log"))
