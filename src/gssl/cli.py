@@ -22,6 +22,10 @@ EXAMPLES_TRAIN = """examples:
   gssl train --config my.yaml --set ssl.tasks=[lorot,flip] --set data.imbalance=0.02
   gssl train --resume runs/c10-triple          # continue an interrupted run
 """
+EXAMPLES_PACK = """examples:
+  gssl pack --preset cifar10-lt0.01-gated-triple --seeds 0 1 2 --out runs/t/seed0 runs/t/seed1 runs/t/seed2
+  gssl pack --resume runs/t/seed0 runs/t/seed1 runs/t/seed2
+"""
 EXAMPLES_EVAL = """examples:
   gssl eval runs/c10-triple
   gssl eval runs/c10-triple --checkpoint best
@@ -100,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     data_parser.add_argument("--dest", default="data", help="download destination folder (default ./data)")
     _analysis_parsers(sub)
     _sweep_parsers(sub)
+    _pack_parser(sub)
     return p
 
 
@@ -120,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "analyze": _analyze,
             "sweep": _sweep,
             "table": _table,
+            "pack": _pack,
         }[args.command](args)
     except BrokenPipeError:  # `gssl presets | head`
         sys.stderr.close()
@@ -181,6 +187,51 @@ def _train(args) -> int:
         summary = engine.train(cfg, run_dir, force=args.force, quiet=args.quiet)
     if summary:  # (under torchrun only rank 0 has one)
         _print_summary(summary, run_dir)
+    return 0
+
+
+def _pack_parser(sub) -> None:
+    k = _command(sub, "pack")
+    src = k.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="a named preset (see `gssl presets`)")
+    src.add_argument("--config", metavar="FILE.yaml", help="a YAML config")
+    k.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="as gssl train"
+    )
+    k.add_argument("--seeds", type=int, nargs="+", default=[], help="one seed per member")
+    k.add_argument("--out", nargs="+", default=[], metavar="DIR", help="one run directory per seed, in order")
+    k.add_argument("--resume", nargs="+", metavar="RUN_DIR", help="continue an interrupted pack's members")
+    k.add_argument("--force", action="store_true", help="replace existing runs in --out")
+    k.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+
+def _pack(args) -> int:
+    from . import packrun
+    from .config import ConfigError
+
+    if args.resume:
+        run_dirs = [Path(d) for d in args.resume]
+        cfgs = packrun.saved_configs(run_dirs, args.sets)
+    else:
+        if len(args.out) != len(args.seeds):
+            raise ConfigError(
+                f"--seeds names {len(args.seeds)} runs and --out {len(args.out)}; give one --out per seed"
+            )
+        run_dirs = [Path(d) for d in args.out]
+        cfgs = packrun.pack_configs(args.preset, args.config, args.sets, args.seeds)
+    summaries = packrun.train_pack(
+        cfgs, run_dirs, resume=bool(args.resume), force=args.force, quiet=args.quiet
+    )
+    for summary, run_dir in zip(summaries, run_dirs):
+        if summary:
+            print(f"{run_dir}: final test accuracy {summary['test_acc']:.2f}%")
+    failed = [str(run_dir) for summary, run_dir in zip(summaries, run_dirs) if summary is None]
+    if failed:
+        print(
+            f"gssl: training stopped for {', '.join(failed)} (see above); the others finished",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -470,6 +521,13 @@ COMMANDS = {
         "Run every (run, seed) of a sweep file or of --preset x "
         "--seeds into OUT/<name>/seed<k>: finished runs are skipped, interrupted ones resumed.",
         EXAMPLES_SWEEP,
+    ),
+    "pack": (
+        "train runs that differ only in seed as one packed model",
+        "Train K runs of one configuration, one per --seeds entry, in one process as one stacked model "
+        "(gssl.packed): each writes its --out directory exactly as `gssl train` would. `gssl sweep --pack K` "
+        "runs a sweep's seeds this way.",
+        EXAMPLES_PACK,
     ),
     "table": (
         "results of runs as a Markdown (and CSV) table",

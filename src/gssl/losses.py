@@ -73,7 +73,7 @@ class LDAMLoss(_Weighted):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logits = logits.float()
-        margin = torch.zeros_like(logits).scatter_(1, target.unsqueeze(1), self.margins[target].unsqueeze(1))
+        margin = torch.zeros_like(logits).scatter(1, target.unsqueeze(1), self.margins[target].unsqueeze(1))
         return F.cross_entropy(self.s * (logits - margin), target, weight=self._w(logits))
 
 

@@ -9,12 +9,19 @@ import torch
 from .config import Config
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: Config, model: torch.nn.Module, device: torch.device, *, stacked: list[torch.Tensor] | None = None
+) -> torch.optim.Optimizer:
     """SGD or AdamW; without weight decay on norm weights and biases when optim.decay_norm_and_bias is
-    false. The first group is the decayed one, the group whose decay a schedule changes."""
+    false. The first group is the decayed one, the group whose decay a schedule changes. `stacked`: a
+    pack's parameters (gssl.packed), in `model`'s order with a first dimension of members: grouped by
+    the member's own shape, so each member's slice is treated as its single run's parameter."""
     optim = cfg.optim
-    decayed = [p for p in model.parameters() if p.dim() > 1 or optim.decay_norm_and_bias]
-    undecayed = [p for p in model.parameters() if p.dim() <= 1 and not optim.decay_norm_and_bias]
+    member = list(model.parameters())
+    params = member if stacked is None else stacked
+    decays = [p.dim() > 1 or optim.decay_norm_and_bias for p in member]
+    decayed = [p for p, decay in zip(params, decays) if decay]
+    undecayed = [p for p, decay in zip(params, decays) if not decay]
     groups = [{"params": decayed}, {"params": undecayed, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}

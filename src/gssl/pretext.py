@@ -69,8 +69,11 @@ def _tile_permutation_table(device) -> Tensor:
 
 
 def _like(out: Tensor, x: Tensor) -> Tensor:
-    """Give `out` the memory format of `x` (channels_last in, channels_last out)."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    """Give `out` the memory format of `x` (channels_last in, channels_last out). The plain layout is
+    asked first: inside vmap (gssl.packed) only that question can be asked, and packed batches have it."""
+    if x.is_contiguous():
+        return out
+    if x.is_contiguous(memory_format=torch.channels_last):
         return out.contiguous(memory_format=torch.channels_last)
     return out
 

@@ -46,12 +46,17 @@ def autocast(device_type: str, precision: str):
     return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def packed_step(step):
-    """`step(...) -> (loss, stats)` as `(loss, keys, values)`, values one new float32 vector (see above)."""
+def packed_step(step, stat_shape: tuple[int, ...] = ()):
+    """`step(...) -> (loss, stats)` as `(loss, keys, values)`, values one new float32 tensor (see above):
+    [S] for scalar statistics, [S, K] for a pack's [K] vectors (gssl.packed)."""
 
     def packed(*args, **kwargs):
         loss, stats = step(*args, **kwargs)
-        return loss, tuple(stats), torch.stack([v.detach().float().reshape(()) for v in stats.values()])
+        return (
+            loss,
+            tuple(stats),
+            torch.stack([v.detach().float().reshape(stat_shape) for v in stats.values()]),
+        )
 
     return packed
 
@@ -69,14 +74,24 @@ class Compiled:
 
     what="step": `fn` returns (loss, stats); the compiled graph returns them packed (`packed_step`), and a
     loss without grad_fn while grad is enabled counts as a failure. Any other `what` (evaluation): the
-    outputs are copied, since under CUDA graphs they live in a static buffer the next replay overwrites."""
+    outputs are copied, since under CUDA graphs they live in a static buffer the next replay overwrites.
+    `members`: the step of a pack (gssl.packed): x is [members, batch, ...], each statistic [members]."""
 
     def __init__(
-        self, fn, *, enabled: bool, batch: int, mode: str = "default", what: str = "step", backend="inductor"
+        self,
+        fn,
+        *,
+        enabled: bool,
+        batch: int,
+        mode: str = "default",
+        what: str = "step",
+        backend="inductor",
+        members: int | None = None,
     ):
         self.eager, self.batch, self.what = fn, batch, what
+        self.batch_dim = 0 if members is None else 1
         kw = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
-        target = packed_step(fn) if what == "step" else fn
+        target = packed_step(fn, () if members is None else (members,)) if what == "step" else fn
         self.compiled = torch.compile(target, backend=backend, dynamic=False, **kw) if enabled else None
         if self.compiled is not None and what == "step" and _dynamo_has("trace_autograd_ops"):
             # see "Gradients inside the step" above; a torch without the flag compiles gcs/gradnorm steps
@@ -90,7 +105,7 @@ class Compiled:
         return self.compiled is not None
 
     def __call__(self, x: Tensor, *args, **kwargs):
-        if self.compiled is not None and x.shape[0] == self.batch:
+        if self.compiled is not None and x.shape[self.batch_dim] == self.batch:
             try:
                 out = self._run_compiled(x, *args, **kwargs)
                 self.compiled_calls += 1
@@ -124,14 +139,15 @@ class FiniteWatch:
 
     `update` adds a few tiny device ops and no synchronisation; `first_bad()` reads the result (one
     synchronisation), so the engine calls it every step on CPU, where it costs nothing, and once per
-    epoch on CUDA."""
+    epoch on CUDA. `members`: a pack's watch (gssl.packed), the loss and every term a [members] vector,
+    each member watched on its own; first_bad(member) reads one."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, members: int | None = None):
+        self.device, self.shape = device, () if members is None else (members,)
         self.reset()
 
     def reset(self) -> None:
-        self.step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.step = torch.full(self.shape, -1, dtype=torch.long, device=self.device)
         self.terms: dict[str, Tensor] = {}
 
     def update(self, step: int, loss: Tensor, stats: dict[str, Tensor]) -> None:
@@ -139,11 +155,15 @@ class FiniteWatch:
         self.step = torch.where(new, step, self.step)
         for k, v in stats.items():
             if not k.endswith("correct"):
-                v = v.detach().float().mean()
+                v = v.detach().float()
+                v = v.mean() if not self.shape else v
                 self.terms[k] = torch.where(new, v, self.terms.get(k, torch.zeros_like(v)))
 
-    def first_bad(self) -> tuple[int, dict[str, float]] | None:
-        step = int(self.step)
+    def first_bad(self, member: int | None = None) -> tuple[int, dict[str, float]] | None:
+        def read(value):
+            return value if member is None else value[member]
+
+        step = int(read(self.step))
         if step < 0:
             return None
-        return step, {k: float(v) for k, v in self.terms.items()}
+        return step, {k: float(read(v)) for k, v in self.terms.items()}
