@@ -1,0 +1,225 @@
+"""Packing changes nothing but speed: each member of a pack (gssl.packed, gssl.packrun) computes its single
+run's step, draws its single run's random streams, trains to its single run's weights, writes its single
+run's files, resumes bit for bit after a kill, and fails alone."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TWO_EPOCHS_EVERY_EVENT, assert_runs_identical, initial_weights
+from gssl import engine, packrun, rundir, scenarios
+from gssl.cli import main
+from gssl.config import ConfigError, parse_set
+from gssl.distributed import Dist
+from gssl.packed import Pack, member_stats, stack_args
+from gssl.presets import resolve
+
+PRESET = "cifar10-lt0.01-gated-triple"
+SEEDS = [0, 1, 2]
+# the compile tests' tiny schedule (warm-up, a decay and DRW within 2 epochs), fp32, lr 0.01
+TINY = [*TWO_EPOCHS_EVERY_EVENT, "optim.lr=0.01", "precision=fp32", "device=cpu", "ssl.gate=learned"]
+
+
+def _configs(root, *sets, seeds=SEEDS):
+    return packrun.pack_configs(PRESET, None, [f"data.root={root}", *TINY, *sets], seeds)
+
+
+def _single(cfg, run_dir):
+    """A single run's context and scenario, exactly as `gssl train` builds them."""
+    ctx = engine.build_context(cfg, Path(run_dir), Dist(), cfg.device, True)
+    return ctx, scenarios.build(ctx)
+
+
+def _grads(params: dict, index: int | None = None) -> torch.Tensor:
+    return torch.cat(
+        [
+            (p.grad if index is None else p.grad[index]).flatten()
+            for p in params.values()
+            if p.grad is not None
+        ]
+    )
+
+
+def test_first_step_loss_terms_and_gradients_equal_each_single_run(fake_cifar10, tmp_path, one_thread):
+    cfgs = _configs(fake_cifar10, "channels_last=false")  # the layout the pack computes in
+    contexts = packrun.build_members(cfgs, [tmp_path / f"m{s}" for s in SEEDS], True)
+    members = [scenarios.build(ctx) for ctx in contexts]
+    pack = Pack([ctx.model for ctx in contexts], members[0].loss)
+    args, singles = [], []
+    for cfg, member in zip(cfgs, members):
+        member.start_epoch(0)
+        x, y = next(iter(member.batches(0)[0]))
+        generator = torch.Generator().manual_seed(engine.pretext_seed(cfg.seed, 0))
+        args.append(member.prepare(x, y, generator, 0, 0))
+        singles.append(_single(cfg, tmp_path / f"single{cfg.seed}"))
+    loss, stats = pack.loss(*stack_args(args))
+    loss.backward()
+    for index, (cfg, (ctx, scenario)) in enumerate(zip(cfgs, singles)):
+        start = initial_weights_of(ctx.model)
+        assert all(torch.equal(start[k], v) for k, v in initial_weights_of(contexts[index].model).items())
+        scenario.start_epoch(0)
+        x, y = next(iter(scenario.batches(0)[0]))
+        generator = torch.Generator().manual_seed(engine.pretext_seed(cfg.seed, 0))
+        single_loss, single_stats = scenario.loss(ctx.model, *scenario.prepare(x, y, generator, 0, 0))
+        single_loss.backward()
+        mine = member_stats(stats, index)
+        assert mine.keys() == single_stats.keys()
+        for key, value in single_stats.items():
+            assert torch.allclose(mine[key].float(), value.float(), rtol=1e-5, atol=1e-6), (cfg.seed, key)
+        want = torch.cat([p.grad.flatten() for p in ctx.model.parameters() if p.grad is not None])
+        got = _grads(pack.params, index)
+        # fp32 rounding through batch norm's backward, amplified by LDAM's s=30: the single run's own
+        # NCHW and NHWC layouts differ by ~3e-4 of the gradient's norm here; a wrong member is ~100%
+        assert (got - want).norm() < 2e-3 * want.norm(), (cfg.seed, float((got - want).norm() / want.norm()))
+    assert not torch.allclose(member_stats(stats, 0)["loss"], member_stats(stats, 1)["loss"])
+
+
+def initial_weights_of(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_each_member_draws_exactly_its_single_runs_random_streams(fake_cifar10, tmp_path, one_thread):
+    """Sample order, crops, flips and pretext draws of two whole epochs, bit for bit."""
+    cfgs = _configs(fake_cifar10)
+    contexts = packrun.build_members(cfgs, [tmp_path / f"m{s}" for s in SEEDS], True)
+    for cfg, ctx in zip(cfgs, contexts):
+        member = scenarios.build(ctx)
+        single_ctx, single = _single(cfg, tmp_path / f"single{cfg.seed}")
+        for epoch in range(2):
+            drawn = []
+            for scenario, run_ctx in ((member, ctx), (single, single_ctx)):
+                generator = torch.Generator().manual_seed(engine.pretext_seed(run_ctx.cfg.seed, epoch))
+                loader, _ = scenario.batches(epoch)
+                drawn.append([scenario.prepare(x, y, generator, epoch, i) for i, (x, y) in enumerate(loader)])
+            for (x, y, _, params), (sx, sy, _, sparams) in zip(*drawn, strict=True):
+                assert torch.equal(x, sx) and torch.equal(y, sy)
+                assert params.keys() == sparams.keys()
+                assert all(torch.equal(params[k], sparams[k]) for k in params)
+    first = [scenarios.build(ctx).batches(0)[0] for ctx in contexts[:2]]
+    assert not torch.equal(*(next(iter(loader))[1] for loader in first))  # seeds really differ
+
+
+def _pack_cli(root, outs, *extra, seeds=SEEDS):
+    argv = ["pack", "--preset", PRESET, "--seeds", *map(str, seeds), "--out", *map(str, outs), "--quiet"]
+    for item in (f"data.root={root}", *TINY, *extra):
+        argv += ["--set", item]
+    return argv
+
+
+@pytest.mark.slow
+def test_two_packed_epochs_end_where_the_single_runs_end(fake_cifar10, tmp_path):
+    """Each member's weights after 2 epochs lie within the compile tests' tolerance of its single run's,
+    and its run directory reads as a single run's (gssl eval, gssl table)."""
+    outs = [tmp_path / "pack" / f"seed{s}" for s in SEEDS]
+    assert main(_pack_cli(fake_cifar10, outs)) == 0
+    for seed, out in zip(SEEDS, outs):
+        single = tmp_path / "single" / f"seed{seed}"
+        argv = ["train", "--preset", PRESET, "--out", str(single), "--quiet", "--set", f"seed={seed}"]
+        for item in (f"data.root={fake_cifar10}", *TINY):
+            argv += ["--set", item]
+        assert main(argv) == 0
+        a, b = (rundir.load_checkpoint(run / "checkpoints" / "last.pt") for run in (out, single))
+        start = initial_weights(single)
+        assert a.keys() == b.keys() and a["model"].keys() == b["model"].keys()
+        keys = [k for k in b["model"] if b["model"][k].is_floating_point()]
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"] if k not in keys)
+        apart = torch.cat([(a["model"][k] - b["model"][k]).flatten().double() for k in keys]).norm()
+        travelled = torch.cat([(b["model"][k] - start[k]).flatten().double() for k in keys]).norm()
+        assert apart < 0.05 * travelled, f"seed {seed}: {apart / travelled:.1%} of the update apart"
+        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+        assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+        rows = [
+            [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (out, single)
+        ]
+        assert [r.keys() for r in rows[0]] == [r.keys() for r in rows[1]]
+        summaries = [json.loads((run / "summary.json").read_text()) for run in (out, single)]
+        assert summaries[0].keys() - summaries[1].keys() == {"pack_members"}
+        assert (out / "config.yaml").read_text() == (single / "config.yaml").read_text()
+    assert main(["eval", str(outs[1])]) == 0
+    assert main(["table", str(tmp_path / "pack")]) == 0
+
+
+@pytest.mark.slow
+def test_a_member_whose_loss_turns_non_finite_fails_alone(fake_cifar10, tmp_path, capsys):
+    """Member 1 starts with a non-finite classifier: it is reported by its run directory with the single
+    run's message and writes nothing more; the other members end bit for bit as in a pack without it."""
+    cfgs = _configs(fake_cifar10, "optim.epochs=1", "optim.base_epochs=1", "optim.milestones=[]")
+    clean_dirs = [tmp_path / "clean" / f"seed{s}" for s in SEEDS]
+    packrun.train_pack(cfgs, clean_dirs, quiet=True)
+    dirs = [tmp_path / "poisoned" / f"seed{s}" for s in SEEDS]
+    contexts = packrun.build_members(cfgs, dirs, quiet=False, log=print)
+    with torch.no_grad():
+        contexts[1].model.classifier.weight.fill_(float("nan"))
+    summaries = packrun.fit_pack(contexts, log=print)
+    assert summaries[1] is None and summaries[0] is not None and summaries[2] is not None
+    out = capsys.readouterr().out
+    assert f"{dirs[1]}: training stopped: non-finite loss at epoch 1/1, step 1/" in out
+    assert not (dirs[1] / "summary.json").exists() and not (dirs[1] / "checkpoints" / "last.pt").exists()
+    for index in (0, 2):
+        assert_runs_identical(clean_dirs[index], dirs[index])
+
+
+def test_runs_that_cannot_share_a_pack_are_refused_by_name(fake_cifar10, tmp_path, capsys):
+    cfgs = _configs(fake_cifar10, seeds=[0, 1])
+    other = resolve(
+        PRESET, None, [parse_set(s) for s in [f"data.root={fake_cifar10}", *TINY, "seed=1", "ssl.ratio=0.5"]]
+    )
+    with pytest.raises(ConfigError, match=r"a and b differ in ssl.ratio: the runs of a pack share"):
+        packrun.check_packable([cfgs[0], other], [Path("a"), Path("b")])
+    assert main(_pack_cli(fake_cifar10, [tmp_path / "a", tmp_path / "b"], "ssl.gate=dwa", seeds=[0, 1])) == 2
+    assert "cannot pack these runs: ssl.gate=dwa" in capsys.readouterr().err
+    assert main(_pack_cli(fake_cifar10, [tmp_path / "a"], seeds=[0, 1])) == 2
+    assert "one --out per seed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_pack_killed_mid_epoch_resumes_bit_for_bit(fake_cifar10, tmp_path, one_thread):
+    """SIGKILL in the third of 3 epochs (after DRW and the decay switched on), then `gssl pack --resume`:
+    every member ends bit for bit where an uninterrupted pack ends (one thread in every process)."""
+    sets = ["optim.epochs=3", "optim.base_epochs=3", "optim.milestones=[1]", "loss.drw_epoch=1"]
+    seeds = [0, 1]
+    full = [tmp_path / "full" / f"seed{s}" for s in seeds]
+    killed = [tmp_path / "killed" / f"seed{s}" for s in seeds]
+    assert main(_pack_cli(fake_cifar10, full, *sets, seeds=seeds)) == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gssl", *_pack_cli(fake_cifar10, killed, *sets, seeds=seeds)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline, metrics = time.time() + 300, killed[-1] / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            time.sleep(0.3)  # into the third epoch's steps
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the pack finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not any((run / "summary.json").exists() for run in killed)
+    assert main(["pack", "--resume", *map(str, killed), "--quiet"]) == 0
+    for a, b in zip(full, killed):
+        assert_runs_identical(a, b)
+
+
+def test_a_kill_between_two_members_saves_rolls_the_ahead_member_back(fake_cifar10, tmp_path):
+    """The window a SIGKILL rarely hits: member 0 saved epoch 1, members 1 and 2 did not."""
+    cfgs = _configs(
+        fake_cifar10, "optim.epochs=1", "optim.base_epochs=1", "optim.milestones=[]", seeds=[0, 1]
+    )
+    dirs = [tmp_path / f"seed{s}" for s in (0, 1)]
+    packrun.train_pack(cfgs, dirs, quiet=True)
+    folder = dirs[0] / "checkpoints"
+    before = (folder / "last.pt").read_bytes()
+    ahead = rundir.load_checkpoint(folder / "last.pt")
+    os.link(folder / "last.pt", folder / packrun.PREVIOUS)
+    rundir.save_checkpoint(folder / "last.pt", {**ahead, "epoch": 1})
+    packrun.roll_back_to_common_epoch(dirs)
+    assert (folder / "last.pt").read_bytes() == before and not (folder / packrun.PREVIOUS).exists()
