@@ -223,3 +223,35 @@ def test_a_kill_between_two_members_saves_rolls_the_ahead_member_back(fake_cifar
     rundir.save_checkpoint(folder / "last.pt", {**ahead, "epoch": 1})
     packrun.roll_back_to_common_epoch(dirs)
     assert (folder / "last.pt").read_bytes() == before and not (folder / packrun.PREVIOUS).exists()
+
+
+@pytest.mark.slow
+def test_sweep_pack_trains_each_runs_seeds_as_one_pack_and_refuses_what_cannot_be_packed(
+    fake_cifar10, tmp_path, capsys
+):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--preset", PRESET, "--seeds", "0", "1", "--out", str(out), "--pack", "2"]
+    for item in (
+        f"data.root={fake_cifar10}",
+        *TINY,
+        "optim.epochs=1",
+        "optim.base_epochs=1",
+        "optim.milestones=[]",
+    ):
+        argv += ["--set", item]
+    assert main([*argv, "--seeds", "0", "1", "2", "--dry-run"]) == 0  # 3 seeds: a pack of 2, one of 1
+    printed = capsys.readouterr().out
+    assert "--seeds 0 1 --out" in printed and "--seeds 2 --out" in printed
+    assert printed.count("[new] gssl pack --preset") == 2 and "gssl train" not in printed
+    assert main(argv) == 0
+    runs = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("summary.json"))
+    assert runs == [f"{PRESET}/seed0", f"{PRESET}/seed1"]
+    assert all(json.loads(p.read_text())["pack_members"] == 2 for p in out.rglob("summary.json"))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "2 finished already, 0 to run" in capsys.readouterr().out
+    assert main(["table", str(out)]) == 0
+    assert main([*argv, "--grid", "ssl.gate=[dwa]"]) == 2
+    err = capsys.readouterr().err
+    assert f"sweep run '{PRESET}+gate-dwa': cannot pack these runs: ssl.gate=dwa" in err and "--pack 1" in err
+    assert not (out / f"{PRESET}+gate-dwa").exists()

@@ -647,6 +647,14 @@ def _sweep_parsers(sub) -> None:
         "final --test-limit all`, writing eval-last-final-testall.json for `gssl table --summary`); "
         "finished runs without that file are judged too",
     )
+    s.add_argument(
+        "--pack",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train each run's seeds K at a time as one packed model (`gssl pack`; default 1: one run "
+        "per process)",
+    )
     s.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
 
     t = _command(sub, "table")
@@ -711,7 +719,11 @@ def _sweep(args) -> int:
     if args.gpus is not None and not gpus:
         raise ConfigError("--gpus: expected GPU ids such as 0,1")
     log = functools.partial(print, flush=True)
-    failed = sweep.run(jobs, args.parallel, args.dry_run, gpus=gpus, log=log, judge=args.judge)
+    if args.pack < 1:
+        raise ConfigError(f"--pack {args.pack}: expected an integer >= 1 (1: no packing)")
+    failed = sweep.run(
+        jobs, args.parallel, args.dry_run, gpus=gpus, log=log, judge=args.judge, pack=args.pack
+    )
     if failed:
         print(
             f"gssl: {failed} run(s) failed; fix the cause and run the same sweep again to go on",

@@ -272,15 +272,21 @@ def run(
     log=print,
     gpus: list[str] | None = None,
     judge: bool = False,
+    pack: int = 1,
 ) -> int:
     """Run what is left of the sweep; returns the number of runs that failed. With `gpus`, each run
     gets one of them to itself (CUDA_VISIBLE_DEVICES), as many at a time as there are GPUs unless
     `parallel` says more (several small runs per GPU). With `judge`, each run is judged on the whole
-    test split once it finishes, and so is every finished run without JUDGEMENT."""
+    test split once it finishes, and so is every finished run without JUDGEMENT. With `pack` > 1, the
+    seeds of each run train up to `pack` at a time as one packed model (gssl.packsweep)."""
     if gpus:
         parallel = max(parallel, len(gpus))
     plan = [(job, _judged(job, status(job), judge)) for job in jobs]
     queue = [(job, mode) for job, mode in plan if mode != "done"]
+    if pack > 1:
+        from .packsweep import pack_queue
+
+        queue = pack_queue(queue, pack)
     log(
         f"sweep: {len(jobs)} runs, {len(jobs) - len(queue)} finished already, {len(queue)} to run "
         f"({parallel} at a time)"
@@ -288,8 +294,8 @@ def run(
     if dry_run:
         for job, mode in queue:
             log(f"[{mode}] gssl " + shlex.join(_command(job, mode)[3:]))
-            if judge and mode != "judge":
-                log("[judge] gssl " + shlex.join(job.judge_command()[3:]))
+            for member in _members(job) if judge and mode != "judge" else []:
+                log("[judge] gssl " + shlex.join(member.judge_command()[3:]))
         return 0
     env = dict(os.environ)
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
@@ -305,7 +311,7 @@ def run(
                 running.remove(slot)
                 failures += _report(slot, log)
                 if judge and slot.mode != "judge" and slot.process.returncode == 0:
-                    queue.insert(0, (slot.job, "judge"))
+                    queue[0:0] = [(member, "judge") for member in _members(slot.job)]
     except KeyboardInterrupt:
         for slot in running:
             slot.process.terminate()
@@ -352,6 +358,11 @@ def _judged(job: Job, mode: str, judge: bool) -> str:
             f"{rundir.CKPT_DIR}/last.pt to judge; run it again in another --out, or drop --judge"
         )
     return "judge"
+
+
+def _members(job) -> list[Job]:
+    """The runs a queue entry trains: itself, or a pack's members (gssl.packsweep.PackJob)."""
+    return getattr(job, "members", [job])
 
 
 def _command(job: Job, mode: str) -> list[str]:
