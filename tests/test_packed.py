@@ -255,3 +255,21 @@ def test_sweep_pack_trains_each_runs_seeds_as_one_pack_and_refuses_what_cannot_b
     err = capsys.readouterr().err
     assert f"sweep run '{PRESET}+gate-dwa': cannot pack these runs: ssl.gate=dwa" in err and "--pack 1" in err
     assert not (out / f"{PRESET}+gate-dwa").exists()
+
+
+@pytest.mark.compiles
+def test_the_packed_step_traces_as_one_graph(fake_cifar10, tmp_path):
+    """What torch.compile is handed: the vmapped step of 3 members as one graph without breaks."""
+    import torch._dynamo
+
+    cfgs = _configs(fake_cifar10)
+    contexts = packrun.build_members(cfgs, [tmp_path / f"m{s}" for s in SEEDS], True)
+    members = [scenarios.build(ctx) for ctx in contexts]
+    pack = Pack([ctx.model for ctx in contexts], members[0].loss)
+    args = []
+    for cfg, member in zip(cfgs, members):
+        x, y = next(iter(member.batches(0)[0]))
+        args.append(member.prepare(x, y, torch.Generator().manual_seed(cfg.seed), 0, 0))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(pack.loss)(*stack_args(args))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

@@ -146,7 +146,9 @@ def fit_pack(
     """engine.fit for K members at once: one stacked step, each member's own epoch rows and files."""
     cfg, device = contexts[0].cfg, contexts[0].device
     members_scenarios = [scenarios.build(ctx) for ctx in contexts]
-    compiled = engine.use_compile(cfg, device, members_scenarios[0].images_per_epoch)
+    # compile=null: on CUDA only. On CPU inductor's code for the vmapped step ran 0.58x the eager step
+    # (ResNet-32, K=2, benchmarks/bench_pack.py --compile 2, docs/performance.md)
+    compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
     if compiled:
         torch.compiler.reset()
     pack = Pack([ctx.model for ctx in contexts], members_scenarios[0].loss)
