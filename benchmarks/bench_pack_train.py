@@ -1,7 +1,7 @@
 """Training throughput of packs, side by side in one run: aggregate training images/s of K runs of one
 configuration trained as one pack (`gssl pack`), as K `gssl train` processes at once, and one run alone;
-peak memory per member (CPU: the process's peak RSS / K; CUDA: peak allocated memory / K, from the pack's
-own process).
+memory per member as the pack process's peak RSS / K (host memory: on CUDA the device memory is not
+measured yet).
 
 Every variant trains the gated triple (ResNet-32, LDAM-DRW, batch 128) for 2 epochs on generated
 CIFAR-format data of --images training images; the figure is the second epoch's `images_per_second`

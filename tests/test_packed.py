@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import TWO_EPOCHS_EVERY_EVENT, assert_runs_identical, initial_weights
-from gssl import engine, packrun, rundir, scenarios
+from gssl import engine, metrics, packrun, rundir, scenarios
 from gssl.cli import main
 from gssl.config import ConfigError, parse_set
 from gssl.distributed import Dist
-from gssl.packed import Pack, member_stats, stack_args
+from gssl.packed import Pack, PackedEvaluation, member_stats, stack_args
 from gssl.presets import resolve
 
 PRESET = "cifar10-lt0.01-gated-triple"
@@ -104,6 +104,33 @@ def test_each_member_draws_exactly_its_single_runs_random_streams(fake_cifar10, 
                 assert all(torch.equal(params[k], sparams[k]) for k in params)
     first = [scenarios.build(ctx).batches(0)[0] for ctx in contexts[:2]]
     assert not torch.equal(*(next(iter(loader))[1] for loader in first))  # seeds really differ
+
+
+def test_one_packed_evaluation_gives_each_member_its_own_networks_logits(fake_cifar10, tmp_path, one_thread):
+    """After a step moved every member (weights and running statistics), the pack's one forward per test
+    batch hands each member the logits its own network computes in eval mode."""
+    cfgs = _configs(fake_cifar10, "channels_last=false")
+    contexts = packrun.build_members(cfgs, [tmp_path / f"m{s}" for s in SEEDS], True)
+    members = [scenarios.build(ctx) for ctx in contexts]
+    pack = Pack([ctx.model for ctx in contexts], members[0].loss)
+    args = []
+    for cfg, member in zip(cfgs, members):
+        x, y = next(iter(member.batches(0)[0]))
+        args.append(member.prepare(x, y, torch.Generator().manual_seed(cfg.seed), 0, 0))
+    loss, _ = pack.loss(*stack_args(args))
+    loss.backward()
+    torch.optim.SGD(pack.params.values(), lr=0.1).step()
+    pack.write_back()
+    evaluation = PackedEvaluation(pack.logits, pack.size)
+    for round_ in range(2):
+        evaluation.start()
+        for index, (ctx, member) in enumerate(zip(contexts, members)):
+            got, labels = metrics.predict(ctx.model, member.test_loader, fn=evaluation.member(index))
+            want, same_labels = metrics.predict(ctx.model, member.test_loader)
+            assert torch.equal(labels, same_labels) and len(labels) == 100
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), (round_, index)
+    assert len(evaluation.batches) == 1  # one forward for all members
+    assert not torch.allclose(*(evaluation.batches[0][i] for i in (0, 1)))
 
 
 def _pack_cli(root, outs, *extra, seeds=SEEDS):

@@ -42,6 +42,7 @@ class Pack:
         self.params = {name: value.contiguous().detach().requires_grad_() for name, value in params.items()}
         self.buffers = {name: value.contiguous() for name, value in buffers.items()}
         self.template = copy.deepcopy(steps[0]).to("meta")  # the structure; the values come from the stacks
+        self.eval_network = copy.deepcopy(models[0]).to("meta").eval()
 
     @property
     def size(self) -> int:
@@ -57,6 +58,14 @@ class Pack:
 
     def _member_loss(self, params, buffers, x, *args):
         return functional_call(self.template, (params, buffers), (x, *args), strict=True)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's evaluation output for one shared batch x [B, ...]: [K, B, classes], the networks in
+        eval mode (running statistics), no gradient. The pure part of evaluation: it compiles."""
+        params = {name[len("model.") :]: value for name, value in self.params.items()}
+        buffers = {name[len("model.") :]: value for name, value in self.buffers.items()}
+        with torch.no_grad():
+            return vmap(lambda p, b: functional_call(self.eval_network, (p, b), (x,)))(params, buffers)
 
     def write_back(self) -> None:
         """Copy every member's slice of the stacks into its own network (before evaluating or saving)."""
@@ -149,3 +158,28 @@ def stack_optimizer_states(stacked: torch.optim.Optimizer, member_optimizers: li
                 else value
                 for key, value in states[0].items()
             }
+
+
+class PackedEvaluation:
+    """Each member's evaluation function for metrics.predict, all members computed in one forward per
+    test batch: the first member to ask for batch i computes every member's logits of it, the others
+    read theirs. The members' test loaders are the same ordered split, so batch i is the same images for
+    all of them. `start()` before each evaluation round."""
+
+    def __init__(self, logits_fn, members: int):
+        self.logits_fn, self.members = logits_fn, members
+        self.start()
+
+    def start(self) -> None:
+        self.batches: list[torch.Tensor] = []
+        self.calls = [0] * self.members
+
+    def member(self, index: int):
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            position = self.calls[index]
+            self.calls[index] += 1
+            if position == len(self.batches):
+                self.batches.append(self.logits_fn(x))
+            return self.batches[position][index]
+
+        return logits

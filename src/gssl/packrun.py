@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .config import Config, ConfigError, setting_changes
 from .distributed import Dist
 from .engine import Loop, Progress, epoch_line, epoch_row, final_summary, pretext_seed, save_epoch
 from .optimizer import build_optimizer, set_epoch_hyperparameters
-from .packed import Pack, split_optimizer_state, stack_args, stack_optimizer_states
+from .packed import Pack, PackedEvaluation, split_optimizer_state, stack_args, stack_optimizer_states
 from .scenarios import Context, Scenario
 from .scenarios.supervised import Supervised
 from .schedule import lr_at, weight_decay_at
@@ -48,7 +49,7 @@ class Member:
     scenario: Scenario
     optimizer: torch.optim.Optimizer  # over the member's own network; holds its slice of state to save
     progress: Progress
-    evaluate: Compiled
+    evaluate: Callable  # its logits of a test batch, out of the pack's one forward (PackedEvaluation)
     failure: str | None = None
 
     @property
@@ -157,20 +158,23 @@ def fit_pack(
         step=Compiled(
             pack.loss, enabled=compiled, batch=members_scenarios[0].step_batch, mode=mode, members=pack.size
         ),
-        evaluate=None,
+        evaluate=Compiled(
+            pack.logits,
+            enabled=compiled,
+            batch=members_scenarios[0].test_loader.batch_size,
+            mode=mode,
+            what="evaluation",
+        ),
         optimizer=build_optimizer(cfg, contexts[0].model, device, stacked=list(pack.params.values())),
         scaler=None,
         watch=FiniteWatch(device, members=pack.size),
     )
+    evaluation = PackedEvaluation(loop.evaluate, pack.size)
     members = []
-    for ctx, scenario in zip(contexts, members_scenarios):
+    for index, (ctx, scenario) in enumerate(zip(contexts, members_scenarios)):
         ctx.compiled = compiled
-        evaluate = Compiled(
-            scenario.eval_model, enabled=False, batch=scenario.test_loader.batch_size, what="evaluation"
-        )
-        members.append(
-            Member(ctx, scenario, build_optimizer(ctx.cfg, ctx.model, device), Progress(), evaluate)
-        )
+        own_optimizer = build_optimizer(ctx.cfg, ctx.model, device)
+        members.append(Member(ctx, scenario, own_optimizer, Progress(), evaluation.member(index)))
     if resume:
         resume_members(members, pack, loop, log)
     else:
@@ -178,14 +182,16 @@ def fit_pack(
             member.progress = engine.start_fresh(member.ctx, member.scenario, force)
     started = time.perf_counter()
     for epoch in range(members[0].progress.start, cfg.optim.epochs):
-        run_epoch(members, pack, loop, epoch, log)
+        run_epoch(members, pack, loop, evaluation, epoch)
     if members[0].progress.start >= cfg.optim.epochs:
         for member in members:
             member.progress.history = rundir.read_metrics(member.ctx.run_dir)
     return [finish(member, loop, pack, time.perf_counter() - started) for member in members]
 
 
-def run_epoch(members: list[Member], pack: Pack, loop: Loop, epoch: int, log) -> None:
+def run_epoch(
+    members: list[Member], pack: Pack, loop: Loop, evaluation: PackedEvaluation, epoch: int
+) -> None:
     cfg = members[0].ctx.cfg
     lr = lr_at(cfg, epoch)
     set_epoch_hyperparameters(loop.optimizer, lr, weight_decay_at(cfg, epoch))
@@ -197,6 +203,7 @@ def run_epoch(members: list[Member], pack: Pack, loop: Loop, epoch: int, log) ->
     split_optimizer_state(loop.optimizer, [member.optimizer for member in members])
     alive = [(index, member) for index, member in enumerate(members) if member.failure is None]
     rows = {}
+    evaluation.start()
     for index, member in alive:
         evaluated = member.scenario.evaluate_epoch(member.evaluate)
         member_sums = {key: value[index] for key, value in sums.items()}
@@ -325,8 +332,7 @@ def finish(member: Member, loop: Loop, pack: Pack, seconds: float) -> dict | Non
     """The member's summary.json (none for a member that failed), as engine.fit ends a single run."""
     if member.failure is not None:
         return None
-    own = dataclasses.replace(loop, evaluate=member.evaluate)
-    summary = final_summary(member.ctx, member.scenario, own, member.progress, seconds)
+    summary = final_summary(member.ctx, member.scenario, loop, member.progress, seconds)
     summary["pack_members"] = pack.size  # images_per_second is this member's; the pack's is K times it
     with engine._write_failure_stops(member.ctx.run_dir, member.ctx.cfg.optim.epochs):
         rundir.write_json(member.ctx.run_dir / rundir.SUMMARY, summary)
