@@ -286,7 +286,8 @@ def test_sweep_pack_trains_each_runs_seeds_as_one_pack_and_refuses_what_cannot_b
 
 @pytest.mark.compiles
 def test_the_packed_step_traces_as_one_graph(fake_cifar10, tmp_path):
-    """What torch.compile is handed: the vmapped step of 3 members as one graph without breaks."""
+    """What torch.compile is handed: the vmapped step of 3 members, and their evaluation, each as one
+    graph without breaks."""
     import torch._dynamo
 
     cfgs = _configs(fake_cifar10)
@@ -299,4 +300,6 @@ def test_the_packed_step_traces_as_one_graph(fake_cifar10, tmp_path):
         args.append(member.prepare(x, y, torch.Generator().manual_seed(cfg.seed), 0, 0))
     torch._dynamo.reset()
     explained = torch._dynamo.explain(pack.loss)(*stack_args(args))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    explained = torch._dynamo.explain(pack.logits)(next(iter(members[0].test_loader))[0])
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
