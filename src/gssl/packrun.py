@@ -71,23 +71,27 @@ def check_packable(cfgs: list[Config], run_dirs: list[Path]) -> None:
             )
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise ConfigError("a pack trains in one process; run it without torchrun (or --pack 1)")
-    reasons = {
-        f"method {scenarios.method_of(first)} (packs train supervised runs only)": scenarios.scenario_class(
-            first
-        )
-        is not Supervised,
-        "adversarial training or SSP pre-training": bool(scenarios.wrappers_of(first)),
-        f"ssl.gate={first.ssl.gate} (a gate with state across steps, or gradients inside the step)": (
-            first.ssl.gate not in PACKABLE_GATES
-        ),
-        "precision=fp16 (one loss scale would skip every member's step when one overflows)": first.precision
-        == "fp16",
-        "optim.clip_grad (clipped per stacked tensor, not per member)": first.optim.clip_grad is not None,
-        "tensorboard=true": bool(first.tensorboard),
-    }
-    refused = [reason for reason, applies in reasons.items() if applies]
+    refused = unpackable(first)
     if refused:
         raise ConfigError(f"cannot pack these runs: {'; '.join(refused)}; train them one by one (--pack 1)")
+
+
+def unpackable(cfg: Config) -> list[str]:
+    """What in this configuration a pack cannot train (yet), each with why."""
+    reasons = []
+    if scenarios.scenario_class(cfg) is not Supervised:
+        reasons.append(f"method {scenarios.method_of(cfg)} (packs train supervised runs only)")
+    if scenarios.wrappers_of(cfg):
+        reasons.append("adversarial training or SSP pre-training")
+    if cfg.ssl.gate not in PACKABLE_GATES:
+        reasons.append(f"ssl.gate={cfg.ssl.gate} (a gate with state across steps, or gradients in the step)")
+    if cfg.precision == "fp16":
+        reasons.append("precision=fp16 (one loss scale would skip every member's step when one overflows)")
+    if cfg.optim.clip_grad is not None:
+        reasons.append("optim.clip_grad (it would clip each stacked tensor, not each member's)")
+    if cfg.tensorboard:
+        reasons.append("tensorboard=true")
+    return reasons
 
 
 def differences(a: Config, b: Config) -> list[str]:
