@@ -143,7 +143,7 @@ def _pack_cli(root, outs, *extra, seeds=SEEDS):
 @pytest.mark.slow
 def test_two_packed_epochs_end_where_the_single_runs_end(fake_cifar10, tmp_path):
     """Each member's weights after 2 epochs lie within the compile tests' tolerance of its single run's,
-    and its run directory reads as a single run's (gssl eval, gssl table)."""
+    and its run directory reads as a single run's (gssl eval, table, report, train --resume)."""
     outs = [tmp_path / "pack" / f"seed{s}" for s in SEEDS]
     assert main(_pack_cli(fake_cifar10, outs)) == 0
     for seed, out in zip(SEEDS, outs):
@@ -171,6 +171,11 @@ def test_two_packed_epochs_end_where_the_single_runs_end(fake_cifar10, tmp_path)
         assert (out / "config.yaml").read_text() == (single / "config.yaml").read_text()
     assert main(["eval", str(outs[1])]) == 0
     assert main(["table", str(tmp_path / "pack")]) == 0
+    assert main(["report", str(outs[2]), "--no-tsne", "--no-gradcam"]) == 0
+    assert (outs[2] / "report.html").is_file()
+    finished = (outs[0] / "summary.json").read_text()
+    assert main(["train", "--resume", str(outs[0]), "--quiet"]) == 0  # a finished run: evaluated again
+    assert json.loads((outs[0] / "summary.json").read_text())["test_acc"] == json.loads(finished)["test_acc"]
 
 
 @pytest.mark.slow
