@@ -275,8 +275,44 @@ def test_calibration_measures_one_then_two_at_once_and_the_next_campaign_uses_th
     assert sorted(rates) == [1, 2] and all(rate > 0 for rate in rates.values())
     assert record["parallel"] == max(rates, key=rates.get)
     assert record["levels"]["2"]["epoch_s"] == pytest.approx(2 / rates[2], rel=0.01)
-    # the next campaign on this device runs as many at once as were fastest, unless told otherwise
+    # the next campaign on this device runs as many at once as were fastest, unless told otherwise, and does
+    # not measure again
+    before = (out / campaign.CALIBRATION).read_bytes()
+    assert main(["campaign", str(spec), "--budget-s", "5", "--reserve-s", "3", "--calibrate"]) == 0
+    assert "calibrating" not in capsys.readouterr().out  # (and in 2 s nothing fits)
+    assert (out / campaign.CALIBRATION).read_bytes() == before
     assert main(["campaign", str(spec), "--budget-s", "30", "--dry-run"]) == 0
     assert f"{record['parallel']} at once on cpu" in capsys.readouterr().out
     assert main(["campaign", str(spec), "--budget-s", "30", "--dry-run", "--parallel", "3"]) == 0
     assert "3 at once on cpu" in capsys.readouterr().out
+
+
+def test_the_gpu_window_script_plans_the_full_length_campaign(tmp_path):
+    """benchmarks/gpu_window.sh, the one command a GPU window runs, as it runs there (here with --dry-run)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks/gpu_window.sh"), "540", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "4 at once" in lines[0]  # the file's `parallel` until a device is calibrated
+    assert [line.split(":")[0] for line in lines[1:5]] == [
+        f"[new] {name} seed 0" for name in ("ldam-drw", "lorot", "gated-triple", "transform-only")
+    ]
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks/gpu_window.sh")],
+        env={**env, "OUT": ""},
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "set OUT" in done.stderr

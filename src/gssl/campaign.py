@@ -12,10 +12,11 @@ next window resumes the unfinished runs.
 Expected times: the time to a process's first epoch row (imports, data, compiling, one epoch) plus the
 seconds of each later epoch, taken in this order from the runs going on now, from the device's line in
 OUT/calibration.json, and from --startup-s / --epoch-s. `--calibrate` measures how many runs at once
-are fastest: it runs the queue at 1, 2, 4, then 8 at a time, each level for --window-s once all its
-processes have written their first epoch, keeps the fastest level (stopping the runs above it, which
-resume later) and records it in OUT/calibration.json. It fills each level with the first queued runs,
-whether or not they can finish: what they train is kept in their checkpoints, for the next campaign.
+are fastest, once per device (one with a line in OUT/calibration.json is not measured again): it runs
+the queue at 1, 2, 4, then 8 at a time, each level for --window-s once all its processes have written
+their first epoch, keeps the fastest level (stopping the runs above it, which resume later) and records
+it in OUT/calibration.json. It fills each level with the first queued runs, whether or not they can
+finish: what they train is kept in their checkpoints, for the next campaign.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Campaign:
         self.epochs = {job.run_dir: job.resolved().optim.epochs for job in self.queue}
         self.prior, self.device, self.log = prior, device, log
         self.calibration = read_calibration(self.out).get(device, {})
+        calibrate = calibrate and not self.calibration  # once per device: delete its entry to measure again
         self.levels = [n for n in LEVELS if n <= len(self.queue)] if calibrate else []
         at_once = parallel or self.calibration.get("parallel") or LEVELS[1]
         self.capacity = self.levels[0] if self.levels else at_once

@@ -623,7 +623,7 @@ def _sweep_parsers(sub) -> None:
         "--calibrate",
         action="store_true",
         help="first find the fastest number of runs at once (1, 2, 4, 8) on the campaign's own runs, "
-        "and record it in OUT/calibration.json",
+        "and record it in OUT/calibration.json; once per device (delete its entry there to measure again)",
     )
     c.add_argument(
         "--window-s", type=float, default=20.0, metavar="S", help="calibration: seconds measured per level"
