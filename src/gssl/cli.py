@@ -625,26 +625,15 @@ def _sweep_parsers(sub) -> None:
         help="first find the fastest number of runs at once (1, 2, 4, 8) on the campaign's own runs, "
         "and record it in OUT/calibration.json; once per device (delete its entry there to measure again)",
     )
-    c.add_argument(
-        "--window-s", type=float, default=20.0, metavar="S", help="calibration: seconds measured per level"
-    )
-    c.add_argument(
-        "--startup-s",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="guess of a run's time to its first epoch (compiling included) until one is measured",
-    )
-    c.add_argument(
-        "--epoch-s", type=float, default=1.0, metavar="S", help="guess of each later epoch's seconds"
-    )
-    c.add_argument(
-        "--reserve-s",
-        type=float,
-        default=20.0,
-        metavar="S",
-        help="seconds kept at the end of the budget to stop the runs and export",
-    )
+    for flag, default, meaning in (
+        ("--window-s", 20.0, "calibration: seconds measured per level"),
+        ("--startup-s", 60.0, "guess of a run's time to its first epoch (compiling included) until measured"),
+        ("--epoch-s", 1.0, "guess of each later epoch's seconds until measured"),
+        ("--reserve-s", 20.0, "seconds kept at the end of the budget to stop the runs and export"),
+    ):
+        c.add_argument(
+            flag, type=float, default=default, metavar="S", help=f"{meaning} (default {default:g})"
+        )
     c.add_argument("--export", metavar="DIR", help="afterwards, copy every run's records into DIR")
     c.add_argument(
         "--collect",
