@@ -311,7 +311,7 @@ def test_sweep_spreads_runs_over_gpus_one_per_gpu(tmp_path, monkeypatch, capsys)
     seen = []
 
     class FakeProc:
-        def __init__(self, cmd, stdout, stderr, env):
+        def __init__(self, cmd, stdout, stderr, env, start_new_session):
             seen.append((cmd[cmd.index("--out") + 1], env["CUDA_VISIBLE_DEVICES"]))
             self.returncode = None
             self.polls = 0

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": _report,
             "analyze": _analyze,
             "sweep": _sweep,
+            "campaign": _campaign,
             "table": _table,
             "pack": _pack,
         }[args.command](args)
@@ -470,6 +471,12 @@ EXAMPLES_SWEEP = """examples:
   gssl sweep my-sweep.yaml --dry-run              # the commands it would run
   gssl sweep configs/sweeps/cifar10-dino-cpu.yaml --judge   # + each run judged on all test images
 """
+EXAMPLES_CAMPAIGN = """examples:
+  gssl campaign configs/sweeps/cifar10-lt-full.yaml --budget-s 540 --calibrate --export OUT \\
+                --set data.root=.device-data/cifar-10-jpg.tar.gz   # a GPU window (docs/results.md)
+  gssl campaign configs/sweeps/cifar10-lt-full.yaml --collect OUT   # its records into results/
+  gssl campaign configs/sweeps/cifar10-lt-full.yaml --budget-s 540 --dry-run   # what would start
+"""
 EXAMPLES_TABLE = """examples:
   gssl table runs/cifar10-lt-cpu                  # every run below the folder
   gssl table runs/c10/*/seed* --metric best --csv results.csv
@@ -528,6 +535,14 @@ COMMANDS = {
         "(gssl.packed): each writes its --out directory exactly as `gssl train` would. `gssl sweep --pack K` "
         "runs a sweep's seeds this way.",
         EXAMPLES_PACK,
+    ),
+    "campaign": (
+        "run a sweep file's unfinished runs within a time budget (GPU windows)",
+        "Run the highest-priority unfinished runs of a sweep file, several at once on one device, starting "
+        "only those expected to finish within --budget-s, and stop the rest cleanly before it ends; "
+        "--export copies every run's records (an unfinished run's last checkpoint too) to a folder, "
+        "--collect copies such a folder back into the sweep's out folder.",
+        EXAMPLES_CAMPAIGN,
     ),
     "table": (
         "results of runs as a Markdown (and CSV) table",
@@ -633,7 +648,9 @@ def _sweep_parsers(sub) -> None:
         "every combination)",
     )
     s.add_argument("--out", metavar="DIR", help="sweep folder (default: the file's `out`)")
-    s.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at a time (default 1)")
+    s.add_argument(
+        "--parallel", type=int, metavar="N", help="runs at a time (default: the file's `parallel`, else 1)"
+    )
     s.add_argument(
         "--gpus",
         metavar="IDS",
@@ -656,6 +673,45 @@ def _sweep_parsers(sub) -> None:
         "per process)",
     )
     s.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+
+    c = _command(sub, "campaign")
+    c.add_argument("file", metavar="SWEEP.yaml", help="a sweep file; its runs' `priority` orders them")
+    c.add_argument(
+        "--budget-s", type=float, metavar="S", help="wall-clock seconds the whole command may take"
+    )
+    c.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="runs at once (default: the calibrated number for this device, else the file's, else 2)",
+    )
+    c.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="first find the fastest number of runs at once (1, 2, 4, 8) on the campaign's own runs, "
+        "and record it in OUT/calibration.json; once per device (delete its entry there to measure again)",
+    )
+    for flag, default, meaning in (
+        ("--window-s", 20.0, "calibration: seconds measured per level"),
+        ("--startup-s", 60.0, "guess of a run's time to its first epoch (compiling included) until measured"),
+        ("--epoch-s", 1.0, "guess of each later epoch's seconds until measured"),
+        ("--reserve-s", 20.0, "seconds kept at the end of the budget to stop the runs and export"),
+    ):
+        c.add_argument(
+            flag, type=float, default=default, metavar="S", help=f"{meaning} (default {default:g})"
+        )
+    c.add_argument("--export", metavar="DIR", help="afterwards, copy every run's records into DIR")
+    c.add_argument(
+        "--collect",
+        metavar="DIR",
+        help="copy the records in DIR (an --export) into the out folder; run nothing",
+    )
+    c.add_argument("--out", metavar="DIR", help="the campaign's folder (default: the file's `out`)")
+    c.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's)")
+    c.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override in every run"
+    )
+    c.add_argument("--dry-run", action="store_true", help="print what would start, run nothing")
 
     t = _command(sub, "table")
     t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
@@ -701,7 +757,7 @@ def _sweep(args) -> int:
     from . import sweep
     from .config import ConfigError
 
-    if args.parallel < 1:
+    if args.parallel is not None and args.parallel < 1:
         raise ConfigError(f"--parallel {args.parallel}: expected an integer >= 1")
     if args.file and args.presets:
         raise ConfigError("give a sweep file or --preset, not both")
@@ -721,14 +777,57 @@ def _sweep(args) -> int:
     log = functools.partial(print, flush=True)
     if args.pack < 1:
         raise ConfigError(f"--pack {args.pack}: expected an integer >= 1 (1: no packing)")
-    failed = sweep.run(
-        jobs, args.parallel, args.dry_run, gpus=gpus, log=log, judge=args.judge, pack=args.pack
-    )
+    parallel = args.parallel or (sweep.file_parallel(args.file) if args.file else None) or 1
+    failed = sweep.run(jobs, parallel, args.dry_run, gpus=gpus, log=log, judge=args.judge, pack=args.pack)
     if failed:
         print(
             f"gssl: {failed} run(s) failed; fix the cause and run the same sweep again to go on",
             file=sys.stderr,
         )
+        return 1
+    return 0
+
+
+def _campaign(args) -> int:
+    from . import campaign, sweep
+    from .config import ConfigError
+
+    jobs = sweep.jobs_from_file(args.file, args.out, args.seeds, args.sets)
+    log = functools.partial(print, flush=True)
+    if args.collect:
+        if not Path(args.collect).is_dir():
+            raise ConfigError(f"--collect {args.collect}: no such folder; name the folder given to --export")
+        campaign.copy_records(jobs, Path(args.collect), jobs[0].out, log)
+        return 0
+    for name in ("budget_s", "window_s", "startup_s", "epoch_s", "reserve_s"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: expected a number of seconds >= 0")
+    if args.budget_s is None or args.budget_s <= args.reserve_s:
+        raise ConfigError(
+            "give --budget-s SECONDS, more than --reserve-s "
+            f"({args.reserve_s:g} s kept to stop the runs and export), e.g. --budget-s 540"
+        )
+    if args.parallel is not None and args.parallel < 1:
+        raise ConfigError(f"--parallel {args.parallel}: expected an integer >= 1")
+    parallel = args.parallel or sweep.file_parallel(args.file)
+    prior = campaign.Estimate(args.startup_s, args.epoch_s)
+    if args.dry_run:
+        campaign.plan(jobs, args.budget_s, parallel=parallel, prior=prior, reserve_s=args.reserve_s, log=log)
+        return 0
+    failed = campaign.run(
+        jobs,
+        args.budget_s,
+        parallel=parallel,
+        prior=prior,
+        calibrate=args.calibrate,
+        window_s=args.window_s,
+        reserve_s=args.reserve_s,
+        export=Path(args.export) if args.export else None,
+        log=log,
+    )
+    if failed:
+        print(f"gssl: {failed} run(s) failed; see their logs", file=sys.stderr)
         return 1
     return 0
 

@@ -14,9 +14,13 @@ A sweep file (YAML):
     seeds: [0, 1, 2]
     set: {optim.epochs: 6, data.test_limit: 2000}      # for every run
     grid: {ssl.gate: [reference, learned]}             # every run x every combination (optional)
+    parallel: 4                                        # runs at a time unless --parallel says (optional)
     runs:
       - {name: ldam-drw, preset: cifar10-lt0.01-ldam-drw}
       - {name: gated-triple-learned, preset: cifar10-lt0.01-gated-triple, set: {ssl.gate: learned}}
+      - {name: erm, preset: cifar10-lt0.01-erm, priority: 2}   # after every seed of priority 1 (default)
+
+Runs are ordered by priority, then seed, then their place in the file.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .config import LOCATION_KEYS, Config, ConfigError, from_dict, load_yaml, pa
 from .presets import resolve
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+FILE_KEYS = {"out", "seeds", "set", "runs", "grid", "parallel"}
 JUDGEMENT = "eval-last-final-testall.json"  # what `gssl eval RUN --protocol final --test-limit all` writes
 
 
@@ -48,6 +53,7 @@ class Job:
     config: str | None  # a YAML config file instead of (or on top of) a preset
     sets: list[str] = field(default_factory=list)  # "key=value", the sweep's then the run's own
     out: Path = Path(".")
+    priority: int = 1  # lower first: a campaign cut short by its budget has finished the rows that matter
 
     @property
     def run_dir(self) -> Path:
@@ -155,10 +161,10 @@ def jobs_from_file(
     grid: dict | None = None,
 ) -> list[Job]:
     spec = load_yaml(path)
-    unknown = set(spec) - {"out", "seeds", "set", "runs", "grid"}
+    unknown = set(spec) - FILE_KEYS
     if unknown:
         raise ConfigError(
-            f"sweep file {path}: unknown keys {sorted(unknown)}; allowed: out, seeds, set, grid, runs"
+            f"sweep file {path}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(FILE_KEYS))}"
         )
     runs = spec.get("runs")
     if not isinstance(runs, list) or not runs:
@@ -177,22 +183,34 @@ def jobs_from_file(
             raise ConfigError(
                 f"{where}: each run needs a preset or a config, e.g. {{name: a, preset: quickstart}}"
             )
-        bad = set(r) - {"name", "preset", "config", "set"}
+        bad = set(r) - {"name", "preset", "config", "set", "priority"}
         if bad:
-            raise ConfigError(f"{where}: unknown keys {sorted(bad)}; allowed: name, preset, config, set")
+            raise ConfigError(
+                f"{where}: unknown keys {sorted(bad)}; allowed: name, preset, config, set, priority"
+            )
+        priority = r.get("priority", 1)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ConfigError(f"{where}: priority must be an integer (1 runs first), got {priority!r}")
         name = str(r.get("name") or r.get("preset") or Path(r["config"]).stem)
         for suffix, cell in _grid({**(spec.get("grid") or {}), **(grid or {})}, f"sweep file {path}: grid"):
-            protos.append(
-                (name + suffix, r.get("preset"), r.get("config"), common + _sets(r.get("set"), where) + cell)
-            )
-    # seed-major: every run's first seed before any second one, so a sweep cut short still compares
-    return check_jobs(
-        [
-            Job(n, s, p, c, list(st), Path(out_dir))
-            for s in _seeds(seeds, f"sweep file {path}")
-            for n, p, c, st in protos
-        ]
-    )
+            sets_here = common + _sets(r.get("set"), where) + cell
+            protos.append((priority, name + suffix, r.get("preset"), r.get("config"), sets_here))
+    # seed-major within a priority: every run's first seed before any second one, so a sweep cut short
+    # still compares
+    jobs = [
+        Job(name, seed, preset, config, list(sets_here), Path(out_dir), priority)
+        for seed in _seeds(seeds, f"sweep file {path}")
+        for priority, name, preset, config, sets_here in protos
+    ]
+    return check_jobs(sorted(jobs, key=lambda job: job.priority))  # sorted() is stable
+
+
+def file_parallel(path: str | Path) -> int | None:
+    """The sweep file's `parallel` (runs at a time), or None where it names none."""
+    parallel = load_yaml(path).get("parallel")
+    if parallel is not None and (not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1):
+        raise ConfigError(f"sweep file {path}: parallel must be an integer >= 1, got {parallel!r}")
+    return parallel
 
 
 def jobs_from_presets(
@@ -305,7 +323,7 @@ def run(
     try:
         while queue or running:
             while queue and len(running) < parallel:
-                running.append(_start(*queue.pop(0), env, gpus, [slot.gpu for slot in running], log))
+                running.append(start(*queue.pop(0), env, gpus, [slot.gpu for slot in running], log))
             time.sleep(0.2)
             for slot in [slot for slot in running if slot.process.poll() is not None]:
                 running.remove(slot)
@@ -321,15 +339,18 @@ def run(
     return failures
 
 
-def _start(job: Job, mode: str, env: dict, gpus: list[str] | None, busy: list[str | None], log) -> Slot:
-    """Start a run (or its judgement), logging to its log file; with `gpus`, on the least busy one."""
+def start(job: Job, mode: str, env: dict, gpus: list[str] | None, busy: list[str | None], log) -> Slot:
+    """Start a run (or its judgement), logging to its log file; with `gpus`, on the least busy one. In a
+    session of its own, so that stopping it (gssl.campaign) reaches its compile workers too."""
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     gpu, where = None, ""
     if gpus:
         gpu = min(gpus, key=lambda name: (busy.count(name), gpus.index(name)))
         env, where = {**env, "CUDA_VISIBLE_DEVICES": gpu}, f" on GPU {gpu}"
     with open(job.log_path, "ab") as log_file:
-        process = subprocess.Popen(_command(job, mode), stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            _command(job, mode), stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     log(f"started {job.name} seed {job.seed} ({mode}){where} -> {job.run_dir}")
     return Slot(job, process, time.perf_counter(), gpu, mode)
 
