@@ -47,19 +47,26 @@ def _grads(params: dict, index: int | None = None) -> torch.Tensor:
     )
 
 
-def test_first_step_loss_terms_and_gradients_equal_each_single_run(fake_cifar10, tmp_path, one_thread):
-    cfgs = _configs(fake_cifar10, "channels_last=false")  # the layout the pack computes in
-    contexts = packrun.build_members(cfgs, [tmp_path / f"m{s}" for s in SEEDS], True)
+def _first_batches(cfgs, tmp_path):
+    """The members' contexts and scenarios, their pack, and the stacked arguments of their first step,
+    drawn as the engine draws them."""
+    contexts = packrun.build_members(cfgs, [tmp_path / f"m{cfg.seed}" for cfg in cfgs], True)
     members = [scenarios.build(ctx) for ctx in contexts]
     pack = Pack([ctx.model for ctx in contexts], members[0].loss)
-    args, singles = [], []
+    args = []
     for cfg, member in zip(cfgs, members):
         member.start_epoch(0)
         x, y = next(iter(member.batches(0)[0]))
         generator = torch.Generator().manual_seed(engine.pretext_seed(cfg.seed, 0))
         args.append(member.prepare(x, y, generator, 0, 0))
-        singles.append(_single(cfg, tmp_path / f"single{cfg.seed}"))
-    loss, stats = pack.loss(*stack_args(args))
+    return contexts, members, pack, stack_args(args)
+
+
+def test_first_step_loss_terms_and_gradients_equal_each_single_run(fake_cifar10, tmp_path, one_thread):
+    cfgs = _configs(fake_cifar10, "channels_last=false")  # the layout the pack computes in
+    contexts, _, pack, args = _first_batches(cfgs, tmp_path)
+    singles = [_single(cfg, tmp_path / f"single{cfg.seed}") for cfg in cfgs]
+    loss, stats = pack.loss(*args)
     loss.backward()
     for index, (cfg, (ctx, scenario)) in enumerate(zip(cfgs, singles)):
         start = initial_weights_of(ctx.model)
@@ -109,15 +116,8 @@ def test_each_member_draws_exactly_its_single_runs_random_streams(fake_cifar10, 
 def test_one_packed_evaluation_gives_each_member_its_own_networks_logits(fake_cifar10, tmp_path, one_thread):
     """After a step moved every member (weights and running statistics), the pack's one forward per test
     batch hands each member the logits its own network computes in eval mode."""
-    cfgs = _configs(fake_cifar10, "channels_last=false")
-    contexts = packrun.build_members(cfgs, [tmp_path / f"m{s}" for s in SEEDS], True)
-    members = [scenarios.build(ctx) for ctx in contexts]
-    pack = Pack([ctx.model for ctx in contexts], members[0].loss)
-    args = []
-    for cfg, member in zip(cfgs, members):
-        x, y = next(iter(member.batches(0)[0]))
-        args.append(member.prepare(x, y, torch.Generator().manual_seed(cfg.seed), 0, 0))
-    loss, _ = pack.loss(*stack_args(args))
+    contexts, members, pack, args = _first_batches(_configs(fake_cifar10, "channels_last=false"), tmp_path)
+    loss, _ = pack.loss(*args)
     loss.backward()
     torch.optim.SGD(pack.params.values(), lr=0.1).step()
     pack.write_back()
@@ -295,16 +295,9 @@ def test_the_packed_step_traces_as_one_graph(fake_cifar10, tmp_path):
     graph without breaks."""
     import torch._dynamo
 
-    cfgs = _configs(fake_cifar10)
-    contexts = packrun.build_members(cfgs, [tmp_path / f"m{s}" for s in SEEDS], True)
-    members = [scenarios.build(ctx) for ctx in contexts]
-    pack = Pack([ctx.model for ctx in contexts], members[0].loss)
-    args = []
-    for cfg, member in zip(cfgs, members):
-        x, y = next(iter(member.batches(0)[0]))
-        args.append(member.prepare(x, y, torch.Generator().manual_seed(cfg.seed), 0, 0))
+    _, members, pack, args = _first_batches(_configs(fake_cifar10), tmp_path)
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(pack.loss)(*stack_args(args))
+    explained = torch._dynamo.explain(pack.loss)(*args)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     explained = torch._dynamo.explain(pack.logits)(next(iter(members[0].test_loader))[0])
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
