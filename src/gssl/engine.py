@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, distributed, metrics, rundir, scenarios
+from . import __version__, code_revision, distributed, metrics, rundir, scenarios
 from .build import build_cls_loss, build_data, build_model, check_shapes, pick_device
 from .config import Config, ConfigError, to_yaml
 from .optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
 from .scenarios import Context, Scenario
-from .schedule import lr_at, weight_decay_at
+from .schedule import describe, lr_at, resolved_schedule, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
 __all__ = ["TrainingError", "fit", "lr_at", "train"]
@@ -67,6 +67,7 @@ def compile_mode(cfg: Config, dist: distributed.Dist) -> str:
 def versions() -> dict:
     return {
         "gssl": __version__,
+        "revision": code_revision(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -89,6 +90,22 @@ def train(
         scenarios.check(cfg)
         ctx = build_context(cfg, run_dir, dist, device_name, quiet or not dist.main, log)
         return fit(ctx, scenarios.build(ctx), resume=resume, force=force, log=log)
+    finally:
+        distributed.teardown(dist)
+
+
+def plan(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = False, log=print) -> dict:
+    """`gssl train --dry-run`: every check and decision of `train` up to the first step (the run directory
+    would be accepted, the data loads, the model fits it, device, precision and compilation as they would
+    be chosen), printed; nothing is written."""
+    dist, device_name = distributed.setup(cfg.device, cfg.distributed.timeout_s)
+    try:
+        if not resume:
+            rundir.check_out(Path(run_dir), force=force)
+        scenarios.check(cfg)
+        ctx = build_context(cfg, Path(run_dir), dist, device_name, not dist.main, log)
+        ctx.compiled = use_compile(cfg, ctx.device, scenarios.build(ctx).images_per_epoch)
+        return resolved_settings(ctx, compile_mode(cfg, dist))
     finally:
         distributed.teardown(dist)
 
@@ -185,6 +202,9 @@ def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool =
         if resume
         else start_fresh(ctx, scenario, force)
     )
+    resolved = resolved_settings(ctx, mode)
+    if dist.main:
+        rundir.write_json(ctx.run_dir / rundir.RESOLVED, resolved)
     board = _tensorboard(ctx.run_dir) if cfg.tensorboard and dist.main else None
     started = time.perf_counter()
     for epoch in range(progress.start, cfg.optim.epochs):
@@ -207,11 +227,37 @@ def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool =
     if not dist.main:
         return {}
     summary = final_summary(ctx, scenario, loop, progress, time.perf_counter() - started)
+    summary["resolved"] = resolved
     with _write_failure_stops(ctx.run_dir, cfg.optim.epochs):
         rundir.write_json(ctx.run_dir / rundir.SUMMARY, summary)
     if board is not None:
         board.close()
     return summary
+
+
+def resolved_settings(ctx: Context, compile_mode: str) -> dict:
+    """What config.yaml leaves to gssl (null, auto, a schedule scaled to optim.epochs), as it was decided:
+    resolved.json and the summary's `resolved`, and the run's first lines."""
+    cfg = ctx.cfg
+    execution = {
+        "device": str(ctx.device),
+        "device_name": _device_name(ctx.device),
+        "precision": ctx.precision,
+        "compiled": ctx.compiled,
+        "compile_mode": compile_mode if ctx.compiled else None,
+        "channels_last": channels_last(cfg),
+        "threads": torch.get_num_threads(),
+        "world_size": ctx.dist.world,
+    }
+    resolved = {"schedule": resolved_schedule(cfg), "execution": execution}
+    ctx.log(f"schedule: {describe(resolved['schedule'])}")
+    ctx.log(
+        f"execution: {execution['device_name']}, {ctx.precision}, "
+        f"{'compiled (' + compile_mode + ')' if ctx.compiled else 'eager'}"
+        f"{', channels_last' if execution['channels_last'] else ''}"
+        f"{f', {ctx.dist.world} processes' if ctx.dist.enabled else ''}"
+    )
+    return resolved
 
 
 def start_fresh(ctx: Context, scenario: Scenario, force: bool) -> Progress:

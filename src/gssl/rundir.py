@@ -21,11 +21,13 @@ import torch
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+RESOLVED = "resolved.json"  # what the configuration left open, as decided (schedule, device, precision...)
 CKPT_DIR = "checkpoints"
 RUN_FILES = (
     CONFIG,
     METRICS,
     SUMMARY,
+    RESOLVED,
     CKPT_DIR,
     "eval-last.json",
     "eval-best.json",
@@ -50,6 +52,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         ) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would hide the run from colleagues
             _fault_hook(path, data, f)
             f.write(data)
             f.flush()
@@ -61,6 +64,12 @@ def write_atomic(path: Path, data: bytes) -> None:
             f"cannot write {path}: {e.strerror or e}; check the disk has space and the folder is writable"
         ) from None
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 _writes: collections.Counter = collections.Counter()

@@ -1,0 +1,152 @@
+"""What a run records and says about itself (issue 46): the schedule and execution as resolved, file modes
+that follow the umask, a finished run left alone by --resume, the code's revision, --print-config and
+--dry-run. One real 3-epoch `gssl train` process (ResNet-8 on the fake CIFAR-10) is shared."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gssl import rundir
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SMALL = [
+    "model.backbone=resnet8",
+    "optim.batch_size=32",
+    "data.imbalance=0.5",
+    "device=cpu",
+    "compile=false",
+]
+
+
+def gssl(*args: str, umask: int | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "gssl", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+    )
+
+
+def train_args(root: Path, *sets: str) -> list[str]:
+    args = ["train", "--preset", "cifar10-lt0.01-ldam-drw"]
+    for s in (f"data.root={root}", *SMALL, *sets):
+        args += ["--set", s]
+    return args
+
+
+@pytest.fixture(scope="module")
+def shortened(fake_cifar10, tmp_path_factory):
+    """A 200-epoch protocol shortened to 3 epochs, trained under umask 027: (run dir, the process)."""
+    out = tmp_path_factory.mktemp("records") / "run"
+    done = gssl(*train_args(fake_cifar10, "optim.epochs=3"), "--out", str(out), umask=0o027)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_the_schedule_and_execution_as_applied_are_recorded_and_printed_first(shortened):
+    run, done = shortened
+    # decays at 160 and 180 and DRW at 160 of 200, scaled by 3/200: 2.4 -> 2, 2.7 -> 3, 2.4 -> 2
+    schedule = {"epochs": 3, "base_epochs": 200, "warmup_epochs": 0, "milestones": [2, 3], "drw_epoch": 2}
+    resolved = json.loads((run / rundir.RESOLVED).read_text())
+    assert {k: resolved["schedule"][k] for k in schedule} == schedule
+    assert resolved["schedule"]["last_lr"] == pytest.approx(1e-3)
+    execution = {"device": "cpu", "precision": "fp32", "compiled": False, "channels_last": True, "threads": 1}
+    assert {k: resolved["execution"][k] for k in execution} == execution
+    assert json.loads((run / rundir.SUMMARY).read_text())["resolved"] == resolved
+    # config.yaml keeps the settings as given (a sweep recognises its runs by them)
+    saved = yaml.safe_load((run / rundir.CONFIG).read_text())
+    assert saved["optim"]["milestones"] == [160, 180] and saved["loss"]["drw_epoch"] == 160
+    assert saved["device"] == "cpu" and saved["precision"] is None
+    first = done.stdout.splitlines()[:2]
+    assert first == [
+        "schedule: 3 epochs, warm-up 0, lr decays from epoch 3, 4, DRW from epoch 3; lr 0.1 -> 0.001",
+        "execution: cpu (1 threads), fp32, eager, channels_last",
+    ]
+    notice = [line for line in done.stderr.splitlines() if "notice" in line]
+    assert notice == [
+        "gssl: notice: optim.epochs=3 scales the 200-epoch protocol (optim.base_epochs) by 0.015: warm-up "
+        "5 -> 0 epochs; lr decays from epochs 161, 181 -> 3, 4; DRW from epoch 161 -> 3. To keep them "
+        "unscaled, set optim.base_epochs=3"
+    ]
+
+
+def test_an_unscaled_schedule_gives_no_notice(fake_cifar10, tmp_path):
+    done = gssl(*train_args(fake_cifar10, "optim.epochs=200"), "--print-config", cwd=tmp_path)
+    assert done.returncode == 0 and "notice" not in done.stderr
+
+
+def test_run_files_follow_the_umask(shortened):
+    run, _ = shortened
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "resolved.json",
+        "last.pt",
+    }
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: "0o640" for p in files}
+
+
+def test_an_atomic_write_under_a_permissive_umask_is_group_writable(tmp_path):
+    old = os.umask(0o002)
+    try:
+        rundir.write_json(tmp_path / "eval-last.json", {"top1": 1.0})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "eval-last.json").stat().st_mode) == 0o664
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(shortened):
+    run, _ = shortened
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    done = gssl("train", "--resume", str(run))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{run} is finished (3 epochs") and "nothing changed" in done.stdout
+    assert "resuming" not in done.stdout + done.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_version_and_the_summary_name_the_code_revision(shortened):
+    run, _ = shortened
+    done = gssl("--version")
+    assert done.returncode == 0 and done.stdout.startswith("gssl 0.")
+    recorded = json.loads((run / rundir.SUMMARY).read_text())["versions"]["revision"]
+    head = subprocess.run(["git", "-C", str(SRC), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        assert recorded is None and "no git checkout" in done.stdout
+        return
+    assert recorded.removesuffix("+changes") == head.stdout.strip()
+    assert f"(revision {recorded})" in done.stdout
+
+
+def test_print_config_prints_a_usable_config_and_runs_nothing(fake_cifar10, tmp_path):
+    done = gssl(*train_args(fake_cifar10, "optim.epochs=3"), "--out", "run", "--print-config", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["optim"]["epochs"] == 3 and printed["optim"]["milestones"] == [160, 180]
+    assert done.stdout.splitlines()[-1].startswith("# schedule as applied: 3 epochs, warm-up 0, lr decays")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "printed.yaml").write_text(done.stdout)  # usable as --config
+    again = gssl("train", "--config", "printed.yaml", "--print-config", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == done.stdout
+
+
+def test_dry_run_loads_data_and_decides_the_execution_but_writes_nothing(fake_cifar10, tmp_path):
+    done = gssl(*train_args(fake_cifar10, "optim.epochs=3"), "--out", "run", "--dry-run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "execution: cpu (1 threads), fp32, eager, channels_last" in done.stdout
+    assert "dry run: nothing trained or written" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+    missing = gssl(*train_args(tmp_path / "nowhere"), "--out", "run", "--dry-run", cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert list(tmp_path.iterdir()) == []
