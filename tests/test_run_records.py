@@ -2,11 +2,16 @@
 that follow the umask, a finished run left alone by --resume, the code's revision, --print-config and
 --dry-run. One real 3-epoch `gssl train` process (ResNet-8 on the fake CIFAR-10) is shared."""
 
+import fcntl
 import json
 import os
+import pty
+import re
 import stat
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -150,3 +155,86 @@ def test_dry_run_loads_data_and_decides_the_execution_but_writes_nothing(fake_ci
     missing = gssl(*train_args(tmp_path / "nowhere"), "--out", "run", "--dry-run", cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_epoch_lines_give_the_run_clock_and_a_log_gets_no_bars(shortened):
+    _, done = shortened
+    lines = done.stdout.splitlines()[2:5]
+    pattern = r"epoch {}/3 lr \S+ loss \S+ train \S+% test \S+%  \(\d+ img/s\) \[\d+s elapsed, \d+s left\]"
+    assert [bool(re.fullmatch(pattern.format(k), line)) for k, line in enumerate(lines, 1)] == [True] * 3, (
+        lines
+    )
+    assert lines[-1].endswith(", 0s left]")
+    assert "\r" not in done.stdout + done.stderr and "it/s" not in done.stderr
+
+
+def test_run_clock_counts_every_process_and_paces_by_this_one():
+    from gssl.engine import run_clock
+
+    history = [{"seconds": 10.0}, {"seconds": 20.0}, {"seconds": 30.0}]  # the first from an earlier process
+    assert run_clock(history, 5, 2) == "[1m00s elapsed, 50s left]"
+    assert run_clock(history * 40, 300, 120) == "[40m00s elapsed, 1h00m left]"  # 180 x 20 s
+
+
+def test_a_terminal_sees_the_test_pass_and_the_final_evaluation(fake_cifar10, tmp_path):
+    """stderr on a pseudo-terminal (80 columns): bars for training, each test pass and the final
+    evaluation; stdout (a pipe) has the epoch lines."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    args = train_args(fake_cifar10, "optim.epochs=1", "optim.base_epochs=1")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "gssl", *args, "--out", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=env,
+        text=True,
+    ) as process:
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            seen += chunk
+        stdout = process.stdout.read()
+    assert process.returncode == 0
+    bars = seen.decode(errors="replace")
+    assert "epoch 1/1: 100%" in bars and "epoch 1/1 test: 100%" in bars and "final evaluation: 100%" in bars
+    assert "final evaluation on 100 test images" in stdout and "%|" not in stdout
+
+
+def test_one_numbering_of_epochs_in_the_console_the_records_eval_and_table(shortened, tmp_path):
+    run, done = shortened
+    rows = rundir.read_metrics(run)
+    summary = json.loads((run / rundir.SUMMARY).read_text())
+    assert [json.loads(line)["epoch"] for line in (run / rundir.METRICS).read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
+    best = max(rows, key=lambda r: r["test_acc"])  # the first epoch of the best accuracy
+    assert summary["best_epoch"] == best["epoch"] and summary[rundir.EPOCHS_FROM] == 1
+    assert f"at epoch {best['epoch']} (chosen on the test set)" in done.stdout
+    evaluated = gssl("eval", str(run))
+    assert evaluated.returncode == 0 and "checkpoint last (epoch 3) on 100 test images" in evaluated.stdout
+    assert json.loads((run / "eval-last.json").read_text())["epoch"] == 3
+    table = gssl("table", str(run), "--per-run")
+    assert f"{summary['best_test_acc']:.2f} ({best['epoch']})" in table.stdout
+
+    # a record written before epochs were counted from 1 reads the same
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / rundir.CONFIG).write_bytes((run / rundir.CONFIG).read_bytes())
+    (old / rundir.METRICS).write_text(
+        "".join(json.dumps({**r, "epoch": r["epoch"] - 1}) + "\n" for r in rows)
+    )
+    legacy = {k: v for k, v in summary.items() if k != rundir.EPOCHS_FROM}
+    (old / rundir.SUMMARY).write_text(json.dumps({**legacy, "best_epoch": summary["best_epoch"] - 1}))
+    assert rundir.read_metrics(old) == rows
+    assert gssl("table", str(old), "--per-run").stdout.replace(str(old), "") == table.stdout.replace(
+        str(run), ""
+    )

@@ -265,7 +265,7 @@ def _new_run_config(args, sets: list[dict]):
 def _print_summary(s: dict, run_dir: Path) -> None:
     print(
         f"final test accuracy: {s['test_acc']:.2f}% (top-5 {s['top5_acc']:.2f}%); "
-        f"best {s['best_test_acc']:.2f}% at epoch {s['best_epoch'] + 1} (chosen on the test set)"
+        f"best {s['best_test_acc']:.2f}% at epoch {s['best_epoch']} (chosen on the test set)"
     )
     groups = [
         f"{g} {s[g + '_shot_acc']:.2f}%" for g in ("many", "medium", "few") if s[g + "_shot_acc"] is not None
@@ -305,7 +305,7 @@ def _eval(args) -> int:
         print(json.dumps(rep, indent=2))
         return 0
     print(
-        f"checkpoint {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['num_test']} test images, "
+        f"checkpoint {rep['checkpoint']} (epoch {rep['epoch']}) on {rep['num_test']} test images, "
         f"{rep['protocol']}"
     )
     print(f"top-1 {rep['top1']:.2f}%  top-5 {rep['top5']:.2f}%")
@@ -453,6 +453,7 @@ def _positive(args) -> None:
 def _report(args) -> int:
     _positive(args)
     report = _analysis_module()
+    left_out: list[str] = []
     path = report.render_report(
         args.run_dirs,
         Path(args.out) if args.out else None,
@@ -463,8 +464,12 @@ def _report(args) -> int:
         gradcam_images=args.gradcam_images,
         layer=args.layer,
         data_root=args.data_root,
+        warn=left_out.append,
     )
-    print(f"report written to {path} (figures in {path.parent / 'report'})")
+    done = f"{len(left_out)} section(s) left out, listed on stderr" if left_out else "every section drawn"
+    print(f"report written to {path} (figures in {path.parent / 'report'}); {done}")
+    for line in left_out:
+        print(f"gssl: report: left out {line}", file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,7 @@ uninterrupted run would, bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import sys
 import time
@@ -207,21 +208,23 @@ def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool =
         rundir.write_json(ctx.run_dir / rundir.RESOLVED, resolved)
     board = _tensorboard(ctx.run_dir) if cfg.tensorboard and dist.main else None
     started = time.perf_counter()
-    for epoch in range(progress.start, cfg.optim.epochs):
+    epochs = cfg.optim.epochs
+    for epoch in range(progress.start, epochs):
         lr = lr_at(cfg, epoch) * (dist.world if cfg.distributed.scale_lr else 1)
         set_epoch_hyperparameters(loop.optimizer, lr, weight_decay_at(cfg, epoch))
         scenario.start_epoch(epoch)
         epoch_start = time.perf_counter()
         sums, seen, train_seconds = train_epoch(ctx, scenario, loop, epoch)
-        evaluated = scenario.evaluate_epoch(loop.evaluate)
+        with _evaluation_shown(ctx, f"epoch {epoch + 1}/{epochs} test"):
+            evaluated = scenario.evaluate_epoch(loop.evaluate)
         row = epoch_row(epoch, lr, evaluated, sums, seen, train_seconds, time.perf_counter() - epoch_start)
         progress.history.append(row)
         if row["test_acc"] > progress.best:
             progress.best, progress.best_epoch = row["test_acc"], epoch
         if dist.main:
             save_epoch(ctx, scenario, loop.optimizer, progress, epoch, board)
-            ctx.log(epoch_line(row, cfg.optim.epochs))
-    if progress.start >= cfg.optim.epochs:  # resumed a finished run: evaluate what is there
+            ctx.log(epoch_line(row, epochs, run_clock(progress.history, epochs, epoch + 1 - progress.start)))
+    if progress.start >= epochs:  # resumed a finished run: evaluate what is there
         progress.history = rundir.read_metrics(ctx.run_dir)
     distributed.barrier(dist)
     if not dist.main:
@@ -279,7 +282,7 @@ def resume_from_checkpoint(ctx: Context, scenario: Scenario, optimizer, log) -> 
     history = [
         row
         for row in rundir.read_metrics(ctx.run_dir)
-        if isinstance(row.get("epoch"), int) and row["epoch"] < start
+        if isinstance(row.get("epoch"), int) and row["epoch"] <= start  # epochs 1..start are done
     ]
     distributed.barrier(ctx.dist)  # every rank has read before rank 0 rewrites
     if ctx.dist.main:
@@ -302,7 +305,7 @@ def train_epoch(ctx: Context, scenario: Scenario, loop: Loop, epoch: int) -> tup
     seen, started = 0, time.perf_counter()
     loop.watch.reset()
     batches, steps = scenario.batches(epoch)
-    bar = _progress(batches, epoch, cfg.optim.epochs, ctx.quiet, steps)
+    bar = _progress(batches, f"epoch {epoch + 1}/{cfg.optim.epochs}", ctx.quiet, steps)
     for step, (x, y) in enumerate(bar):
         if channels_last(cfg):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -351,9 +354,10 @@ def _clip(loop: Loop) -> None:
 def epoch_row(
     epoch: int, lr: float, evaluated: dict, sums: dict, seen: int, train_seconds: float, seconds: float
 ) -> dict:
-    """metrics.jsonl's line for an epoch: epoch, lr, timings, accuracies, then every statistic's mean."""
+    """metrics.jsonl's line for an epoch: epoch (counted from 1), lr, timings, accuracies, then every
+    statistic's mean."""
     row = {
-        "epoch": epoch,
+        "epoch": epoch + 1,
         "lr": lr,
         "seconds": round(seconds, 3),
         "images_per_second": round(seen / train_seconds, 1),
@@ -389,29 +393,32 @@ def save_epoch(ctx: Context, scenario: Scenario, optimizer, progress: Progress, 
     if board is not None:
         for key, value in progress.history[-1].items():
             if key != "epoch" and value is not None:  # a shot group with no class has no accuracy
-                board.add_scalar(key, value, epoch)
+                board.add_scalar(key, value, epoch + 1)
         board.flush()
 
 
-def epoch_line(row: dict, epochs: int) -> str:
+def epoch_line(row: dict, epochs: int, clock: str = "") -> str:
     gates = " ".join(f"{k[5:]}={row[k]:.3f}" for k in row if k.startswith("gate_"))
     return (
-        f"epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g} loss {row['loss']:.4f} "
+        f"epoch {row['epoch']}/{epochs} lr {row['lr']:.4g} loss {row['loss']:.4f} "
         f"train {row['train_acc']:.2f}% test {row['test_acc']:.2f}% {gates} "
-        f"({row['images_per_second']:.0f} img/s)"
-    )
+        f"({row['images_per_second']:.0f} img/s) {clock}"
+    ).rstrip()
 
 
 def final_summary(ctx: Context, scenario: Scenario, loop: Loop, progress: Progress, seconds: float) -> dict:
     """summary.json: the final evaluation of the scenario's judged weights, and how the run went."""
-    logits, labels, extra = scenario.evaluate_final()
+    ctx.log(f"final evaluation on {len(ctx.data.test.labels)} test images")
+    with _evaluation_shown(ctx, "final evaluation"):
+        logits, labels, extra = scenario.evaluate_final()
     report = metrics.report(logits, labels, ctx.data.counts)
     history, cfg = progress.history, ctx.cfg
     last = history[-1] if history else {}
     return {
         **metrics.summary_accuracies(report),
         "best_test_acc": progress.best,
-        "best_epoch": progress.best_epoch,
+        "best_epoch": progress.best_epoch + 1,
+        rundir.EPOCHS_FROM: 1,
         "best_selected_on": "test set, as the reference code does (no validation split): optimistic",
         "per_class_acc": report["per_class_acc"],
         "many_shot_acc": report["many_shot_acc"],
@@ -450,8 +457,7 @@ def _stop_if_non_finite(watch: FiniteWatch, epoch: int, epochs: int, steps: int,
         else "no checkpoint was written (the first epoch did not finish)"
     )
     raise TrainingError(
-        f"non-finite loss at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps} "
-        f"(metrics.jsonl epoch {epoch}); loss terms: "
+        f"non-finite loss at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}; loss terms: "
         f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}. {kept}. Lower optim.lr or check the data"
     )
 
@@ -487,15 +493,33 @@ def _postfix(sums: dict, seen: int) -> dict:
     return out
 
 
-def _progress(batches, epoch: int, epochs: int, quiet: bool, total: int):
-    if quiet:
+def run_clock(history: list[dict], epochs: int, this_process: int) -> str:
+    """The run's time so far (every process's epochs) and the time left at this process's pace."""
+    elapsed = sum(row.get("seconds", 0.0) for row in history)
+    pace = sum(row.get("seconds", 0.0) for row in history[-this_process:]) / max(1, this_process)
+    return f"[{_duration(elapsed)} elapsed, {_duration(pace * (epochs - len(history)))} left]"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _evaluation_shown(ctx: Context, desc: str):
+    return metrics.shown(functools.partial(_progress, desc=desc, quiet=ctx.quiet))
+
+
+def _progress(batches, desc: str, quiet: bool, total: int | None = None):
+    """A progress bar on stderr when it is a terminal; a log file gets the epoch lines alone, not bars."""
+    if quiet or not sys.stderr.isatty():
         return batches
     from tqdm import tqdm
 
     return tqdm(
         batches,
-        total=total,
-        desc=f"epoch {epoch + 1}/{epochs}",
+        total=total if total is not None else len(batches),
+        desc=desc,
         leave=False,
         dynamic_ncols=True,
         file=sys.stderr,
