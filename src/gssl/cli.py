@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from . import engine
-    from .config import parse_set, to_yaml
-    from .schedule import describe, resolved_schedule, scaling_notice
+    from .config import parse_set
 
     sets = [parse_set(s) for s in args.sets]
     if args.resume:
@@ -178,15 +177,10 @@ def _train(args) -> int:
         cfg = _resume_config(args, run_dir, sets)
     else:
         cfg, run_dir = _new_run_config(args, sets)
-    if args.print_config:  # the configuration only: nothing is read but the config files
-        print(to_yaml(cfg), end="")
-        print(f"# schedule as applied: {describe(resolved_schedule(cfg))}")
-        return 0
+    if args.print_config:
+        return _print_config(cfg)
     if args.resume and _finished(run_dir, cfg):
         return 0
-    notice = scaling_notice(cfg)
-    if notice:
-        print(f"gssl: {notice}", file=sys.stderr, flush=True)
     if args.dry_run:
         engine.plan(cfg, run_dir, resume=bool(args.resume), force=args.force)
         print(f"dry run: nothing trained or written (the run's folder: {run_dir})")
@@ -194,6 +188,20 @@ def _train(args) -> int:
     summary = engine.train(cfg, run_dir, resume=bool(args.resume), force=args.force, quiet=args.quiet)
     if summary:  # (under torchrun only rank 0 has one)
         _print_summary(summary, run_dir)
+    return 0
+
+
+def _print_config(cfg) -> int:
+    """The configuration as config.yaml would hold it (usable as --config), the schedule as comments;
+    nothing is read but the configuration files."""
+    from .config import to_yaml
+    from .schedule import describe, resolved_schedule, scaling_notice
+
+    print(to_yaml(cfg), end="")
+    for line in filter(
+        None, [scaling_notice(cfg), f"schedule as applied: {describe(resolved_schedule(cfg))}"]
+    ):
+        print(f"# {line}")
     return 0
 
 

@@ -27,7 +27,7 @@ from .build import build_cls_loss, build_data, build_model, check_shapes, pick_d
 from .config import Config, ConfigError, to_yaml
 from .optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
 from .scenarios import Context, Scenario
-from .schedule import describe, lr_at, resolved_schedule, weight_decay_at
+from .schedule import describe, lr_at, resolved_schedule, scaling_notice, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
 __all__ = ["TrainingError", "fit", "lr_at", "train"]
@@ -253,6 +253,9 @@ def resolved_settings(ctx: Context, compile_mode: str) -> dict:
         "world_size": ctx.dist.world,
     }
     resolved = {"schedule": resolved_schedule(cfg), "execution": execution}
+    notice = scaling_notice(cfg)
+    if notice:
+        ctx.log(notice)
     ctx.log(f"schedule: {describe(resolved['schedule'])}")
     ctx.log(
         f"execution: {execution['device_name']}, {ctx.precision}, "
