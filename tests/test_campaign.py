@@ -84,12 +84,13 @@ def test_a_budget_stops_the_runs_the_export_carries_them_and_the_next_campaign_r
     assert sorted(p.name for p in (export / "short/seed0").iterdir()) == [
         "config.yaml",
         "metrics.jsonl",
+        "resolved.json",
         "summary.json",
     ]
     assert (export / "long/seed0/checkpoints/last.pt").is_file() and not (
         export / "long/seed0/summary.json"
     ).exists()
-    assert _rows(export / "long/seed0") == list(range(done))
+    assert _rows(export / "long/seed0") == list(range(1, done + 1))
     log = [json.loads(line) for line in (export / campaign.CAMPAIGN_LOG).read_text().splitlines()]
     assert log[-1]["finished"] == ["short/seed0"] and log[-1]["stopped"] == ["long/seed0"]
     assert log[-1]["not_started"] == ["late/seed0"] and log[-1]["epoch_s"] > 0.001  # measured, not guessed
@@ -119,7 +120,7 @@ def test_a_budget_stops_the_runs_the_export_carries_them_and_the_next_campaign_r
         in (checkout / "logs/long-seed0.log").read_text()
     )
     more = _rows(checkout / "long/seed0")
-    assert len(more) > done and more == list(range(len(more)))  # every epoch once, in order
+    assert len(more) > done and more == list(range(1, len(more) + 1))  # every epoch once, in order
     assert len((checkout / campaign.CAMPAIGN_LOG).read_text().splitlines()) == 2  # the GPU's line, then ours
 
 

@@ -95,7 +95,8 @@ def test_report_of_one_run_has_every_section(run_copy, capsys, monkeypatch):
         figures, "_save", lambda fig, path: save(drawn.setdefault(Path(path).name, fig), path)
     )
     assert main(["report", str(run_copy), "--gradcam-images", "6"]) == 0
-    assert "report written to" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "report written to" in out and out.rstrip().endswith("; every section drawn") and err == ""
     page = _check_page(run_copy / "report.html")
     for s in SECTIONS:
         assert s in page.headings, s
@@ -198,13 +199,25 @@ def test_analyze_gradcam_on_a_chosen_layer(run_copy, capsys):
     assert not (run_copy / "analysis" / "tsne-last.png").exists()
 
 
-def test_missing_checkpoint_and_summary_become_notes(run_copy):
+def test_missing_checkpoint_and_summary_become_notes_and_lines_on_stderr(run_copy, capsys):
     shutil.rmtree(run_copy / "checkpoints")
     (run_copy / "summary.json").unlink()  # as while the run is still training
     assert main(["report", str(run_copy)]) == 0
+    out, err = capsys.readouterr()
     page = _check_page(run_copy / "report.html")
     assert "Learning curves" in page.headings and "Gate weights" in page.headings
-    assert any("No checkpoint" in n for n in page.notes) and any("summary.json" in n for n in page.notes)
+    assert any("no checkpoint" in n for n in page.notes) and any("summary.json" in n for n in page.notes)
+    assert "; 4 section(s) left out, listed on stderr" in out
+    name, missing = run_copy.name, run_copy / "checkpoints" / "last.pt"
+    assert err.splitlines() == [
+        f"gssl: report: left out Per-class accuracy of {name}: summary.json is not written yet (the run has "
+        "not finished)",
+        f"gssl: report: left out Confusion matrix of {name}: no checkpoint at {missing}",
+        f"gssl: report: left out t-SNE of {name}: no checkpoint at {missing}",
+        f"gssl: report: left out Grad-CAM of {name}: no checkpoint at {missing}",
+    ]
+    # the pretext tasks need the test images only
+    assert "Pretext tasks" in page.headings and (run_copy / "report" / "pretext.png").is_file()
 
 
 @pytest.mark.parametrize(

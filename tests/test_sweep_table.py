@@ -202,7 +202,10 @@ def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10
     assert runs == ["base/seed0", "base/seed1", "learned/seed0", "learned/seed1"]
     assert "gate: learned" in (out / "learned/seed1/config.yaml").read_text()
     assert "seed: 1" in (out / "learned/seed1/config.yaml").read_text()
-    capsys.readouterr()
+    # the console names each run's log; the log has the run's first lines and its epochs, no bars
+    assert f"-> {out / 'base/seed0'}, log {out / 'logs/base-seed0.log'}" in capsys.readouterr().out
+    log = (out / "logs/base-seed0.log").read_text()
+    assert log.startswith("schedule: 1 epochs") and "\nepoch 1/1 lr 0.1 loss " in log and "\r" not in log
 
     # again: nothing to do
     assert main(["sweep", str(spec)]) == 0

@@ -111,7 +111,7 @@ def find_runs(paths: list[str | Path], summary_name: str = rundir.SUMMARY) -> li
         summary = None
         if (d / summary_name).is_file():
             try:
-                summary = json.loads((d / summary_name).read_text())
+                summary = rundir.epochs_from_one(json.loads((d / summary_name).read_text()))
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(
                     f"{d / summary_name} cannot be read ({e}); re-run `gssl eval {d}` or remove it"
@@ -337,7 +337,7 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
         line += [_pct(summary.get(probe), 2) for probe in probes]
         best = summary.get("best_test_acc")
         best_epoch = summary.get("best_epoch")
-        line.append(_pct(best, 2) + ("" if best_epoch is None else f" ({best_epoch + 1})"))
+        line.append(_pct(best, 2) + ("" if best_epoch is None else f" ({best_epoch})"))
         line.append(" / ".join(_pct(summary.get(f"{g}_shot_acc"), 1) for g in ("many", "medium", "few")))
         line += [_pretext(epochs[-1] if epochs else {}), _gates(epochs)]
         left_out = "" if run.summary else f" of {run.cfg.optim.epochs}, {run.why_left_out}"

@@ -43,7 +43,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _epochs(rows):
-    return [r["epoch"] + 1 for r in rows]
+    return [r["epoch"] for r in rows]
 
 
 def _series(rows, key):
