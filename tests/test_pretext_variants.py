@@ -2,6 +2,7 @@
 image, and ssl.ratio 0 as "the quadrant transforms as augmentation only"; settings no part of a run reads
 are refused; the sweep's records read beside the faithful ones in one table."""
 
+import json
 import math
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gssl import sweep
 from gssl.cli import main
-from gssl.config import ConfigError, parse_set
+from gssl.config import ConfigError, parse_set, to_yaml
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
 from gssl.presets import VARIANTS, resolve
@@ -148,3 +150,33 @@ def test_each_variant_preset_is_the_gated_triple_with_its_one_setting():
         ssl = resolve(f"cifar100-lt0.02-{name}").ssl
         differ = {k: v for k, v in vars(ssl).items() if vars(triple)[k] != v}
         assert differ == settings, name
+
+
+def _fake_records(path: Path, root: Path, names=None) -> list:
+    jobs = [job for job in sweep.jobs_from_file(path) if names is None or job.name in names]
+    for i, job in enumerate(jobs):
+        job.out = root / job.out
+        job.run_dir.mkdir(parents=True)
+        (job.run_dir / "config.yaml").write_text(to_yaml(job.resolved()))
+        (job.run_dir / "summary.json").write_text(
+            json.dumps({"test_acc": 60.0 + i, "best_test_acc": 61.0 + i})
+        )
+    return jobs
+
+
+def test_the_sweep_reads_beside_the_faithful_records_in_one_table(tmp_path, capsys):
+    sweeps = REPO / "configs" / "sweeps"
+    faithful = _fake_records(sweeps / "cifar10-lt-45ep.yaml", tmp_path, {"ldam-drw", "lorot", "gated-triple"})
+    pretext = _fake_records(sweeps / "cifar10-lt-45ep-pretext.yaml", tmp_path)
+    assert len(pretext) == 27 and pretext[0].name == "transform-only"
+    capsys.readouterr()
+    folders = [str(tmp_path / "results" / name) for name in ("cifar10-lt-45ep", "cifar10-lt-45ep-pretext")]
+    assert main(["table", *folders]) == 0
+    rows = [
+        line.split(" | ")[0][2:] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")
+    ]
+    rows = [r for r in rows if r not in ("method", "")]
+    assert rows[0] == "ldam-drw"  # the baseline of every difference
+    assert len(rows) == len(set(rows)) == 3 + 9  # one row per sweep row, none merged with another
+    assert "gated-triple (ssl.ratio=0.5)" in rows and "gated-triple-scaled (ssl.gate=learned)" in rows
+    assert len(faithful) == 9

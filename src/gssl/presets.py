@@ -1,7 +1,8 @@
 """The paper's protocols as named presets: a protocol YAML (configs/) plus a method overlay.
 
 Table 1: long-tailed CIFAR-10/100 at ratios 0.01, 0.02, 0.05 x (six methods + five baselines gssl runs
-itself: ERM, SSP, SLA-SD x 2, LoRot-I + four deviations of the gated triple, issue 47); Table 2: Tiny-ImageNet x six methods; adversarial training on
+itself: ERM, SSP, SLA-SD x 2, LoRot-I + four labelled deviations of the gated triple, issue 47);
+Table 2: Tiny-ImageNet x six methods; adversarial training on
 CIFAR-10 and FixMatch with 4,000 labels (the longer paper) x four each; contrastive pre-training on CIFAR-10
 (SimCLR / ScatSimCLR x plain, pretext, gated pretext, batch fusion, and SimCLR + LoRot-E); plus
 `quickstart`. Each preset records the paper's published top-1 where one exists, so tables can print
