@@ -50,13 +50,16 @@ def gradient_norms(scenario, epoch: int, batches: int = DIAGNOSTIC_BATCHES) -> d
     generator = torch.Generator(device=ctx.device).manual_seed(
         epoch_seed(diagnostic_seed(ctx.cfg.seed), epoch)
     )
-    means: dict[str, Tensor] = {}
+    sums: dict[str, Tensor] = {}
     with left_as_it_was(ctx.model, ctx.device):
         for step, (x, y) in enumerate(itertools.islice(loader, batches)):
             args = scenario.prepare(x, y, generator, epoch, step)
             for key, norm in term_norms(scenario.loss_terms(ctx.model, *args), shared).items():
-                means[key] = means.get(key, 0) + norm / batches
-    return ratios(dict(zip(means, torch.stack(list(means.values())).tolist())))  # one read of the device
+                sums[key] = sums.get(key, 0) + norm
+    if not sums:  # no batch on this rank
+        return {}
+    means = (torch.stack(list(sums.values())) / (step + 1)).tolist()  # one read of the device
+    return ratios(dict(zip(sums, means)))
 
 
 def term_norms(terms: dict[str, Tensor], shared: list[Tensor]) -> dict[str, Tensor]:
