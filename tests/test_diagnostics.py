@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TWO_EPOCHS_EVERY_EVENT, train_preset
+from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, train_preset
 from gssl import scenarios
 from gssl.cli import main
 from gssl.config import parse_set
@@ -114,28 +114,30 @@ def test_the_diagnostic_leaves_weights_buffers_and_random_streams_as_they_were(f
     assert first["grad_cls"] > 0 and first["grad_ratio_pretext"] == first["grad_cls"] / first["grad_pretext"]
 
 
-def test_every_row_logs_it_and_the_table_and_report_show_it(fake_cifar10, tmp_path, capsys):
-    runs = {}
-    for name, preset in (("triple", "cifar10-lt0.01-gated-triple"), ("plain", "cifar10-lt0.01-ldam-drw")):
-        runs[name] = train_preset(
-            preset, fake_cifar10, tmp_path / name, *TWO_EPOCHS_EVERY_EVENT, "compile=false", "device=cpu"
-        )
-    rows = [json.loads(line) for line in (runs["triple"] / "metrics.jsonl").read_text().splitlines()]
+def test_a_run_without_pretext_tasks_logs_the_class_gradient_alone_and_fixmatch_none(fake_cifar10, tmp_path):
+    _, plain = _context(fake_cifar10, tmp_path / "plain", "cifar10-lt0.01-ldam-drw")
+    assert set(plain.diagnose(0)) == {"grad_cls"}
+    _, semi = _context(fake_cifar10, tmp_path / "semi", "cifar10-4000-fixmatch-gated-triple", *TINY_FIXMATCH)
+    assert semi.diagnose(0) == {}  # FixMatch does not split its loss
+
+
+def test_every_row_logs_it_and_the_per_run_table_shows_it(fake_cifar10, tmp_path, capsys):
+    run = train_preset(
+        "cifar10-lt0.01-gated-triple",
+        fake_cifar10,
+        tmp_path / "triple",
+        *TWO_EPOCHS_EVERY_EVENT,
+        "compile=false",
+    )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     keys = {"grad_cls", "grad_pretext", "grad_ratio_pretext"} | {
         f"grad{r}_{t}" for r in ("", "_ratio") for t in TRIPLE
     }
-    assert all(keys <= set(row) for row in rows)
+    assert len(rows) == 2 and all(keys <= set(row) for row in rows)
     assert all(row["grad_ratio_lorot"] == pytest.approx(row["grad_cls"] / row["grad_lorot"]) for row in rows)
-    plain = [json.loads(line) for line in (runs["plain"] / "metrics.jsonl").read_text().splitlines()]
-    assert all({k for k in row if k.startswith("grad_")} == {"grad_cls"} for row in plain)  # no tasks
     capsys.readouterr()
-    assert main(["table", str(tmp_path), "--per-run"]) == 0
-    table = capsys.readouterr().out
-    assert "backbone gradient" in table
+    assert main(["table", str(run), "--per-run"]) == 0
     last = rows[-1]
-    assert f"{last['grad_ratio_pretext']:.0f}x" in table
-    assert main(["report", str(runs["triple"]), "--no-tsne", "--no-gradcam"]) == 0
-    html = (runs["triple"] / "report.html").read_text()
-    assert (
-        "Gradient on the shared backbone" in html and (runs["triple"] / "report" / "gradients.png").is_file()
+    assert f"{last['grad_cls']:.3g} / {last['grad_pretext']:.2g} = {last['grad_ratio_pretext']:.0f}x" in (
+        capsys.readouterr().out
     )
