@@ -180,3 +180,16 @@ def test_the_sweep_reads_beside_the_faithful_records_in_one_table(tmp_path, caps
     assert len(rows) == len(set(rows)) == 3 + 9  # one row per sweep row, none merged with another
     assert "gated-triple (ssl.ratio=0.5)" in rows and "gated-triple-scaled (ssl.gate=learned)" in rows
     assert len(faithful) == 9
+
+
+def test_the_variants_steps_make_no_host_values():
+    """The learned temperature and the clean class pass stay on the device, as every gate's step does."""
+    from test_fastpath import HostValues
+
+    x, y = _batch()
+    model = _model(pretext_scale=30.0, pretext_scale_learned=True, clean_class_loss=True)
+    params = model.sample_params(x, torch.Generator().manual_seed(1))
+    with HostValues() as host:
+        loss, _ = model.loss_from_params(x, y, build_loss("ce"), params)
+        loss.backward()
+    assert host.found == [], sorted(set(host.found))
