@@ -26,6 +26,7 @@ from gssl.cli import main  # noqa: E402
 SECTIONS = [
     "Learning curves",
     "Gate weights",
+    "Gradient on the shared backbone",
     "Per-class accuracy",
     "Confusion matrix",
     "t-SNE of pooled features",
@@ -107,6 +108,7 @@ def test_report_of_one_run_has_every_section(run_copy, capsys, monkeypatch):
         "curves.png",
         "gates.png",
         "gradcam.png",
+        "gradients.png",
         "per-class.png",
         "pretext.png",
         "tsne.png",
@@ -143,6 +145,10 @@ def _check_figure_content(run, drawn):
     for task_index, task in enumerate(("lorot", "flip", "channel")):
         assert list(weights_axes.lines[task_index].get_ydata()) == [row[f"gate_{task}"] for row in rows]
         assert list(losses_axes.lines[task_index].get_ydata()) == [row[f"ssl_{task}"] for row in rows]
+
+    norms_axes, ratios_axes = drawn["gradients.png"].axes[:2]  # the gradient diagnostic's rows, drawn
+    assert list(norms_axes.lines[0].get_ydata()) == [row["grad_cls"] for row in rows]
+    assert list(ratios_axes.lines[3].get_ydata()) == [row["grad_ratio_pretext"] for row in rows]
 
     points = drawn["per-class.png"].axes[0].collections[-1].get_offsets()
     assert np.asarray(points) == pytest.approx(
@@ -187,6 +193,7 @@ def test_report_of_several_runs_overlays_curves_and_tabulates(tiny_run, fake_cif
     assert {"Summary", "Learning curves, overlaid", tiny_run.name, "uniform"} <= set(page.headings)
     files = {p.name for p in (out / "report").glob("*.png")}
     assert {"compare-curves.png", "compare-gates.png", "run-curves.png", "uniform-curves.png"} <= files
+    assert {"compare-gradients.png", "run-gradients.png", "uniform-gradients.png"} <= files
     assert not any("tsne" in f or "gradcam" in f for f in files)
     text = (out / "report.html").read_text()
     assert text.count("<tr>") >= 3 and "Uniform gate" in text  # header + one row per run; the gate sentence

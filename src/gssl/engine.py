@@ -215,9 +215,11 @@ def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool =
         scenario.start_epoch(epoch)
         epoch_start = time.perf_counter()
         sums, seen, train_seconds = train_epoch(ctx, scenario, loop, epoch)
+        diagnosed = scenario.diagnose(epoch)  # eager, outside the steps; changes no training number
         with _evaluation_shown(ctx, f"epoch {epoch + 1}/{epochs} test"):
             evaluated = scenario.evaluate_epoch(loop.evaluate)
         row = epoch_row(epoch, lr, evaluated, sums, seen, train_seconds, time.perf_counter() - epoch_start)
+        row.update(diagnosed)
         progress.history.append(row)
         if row["test_acc"] > progress.best:
             progress.best, progress.best_epoch = row["test_acc"], epoch

@@ -199,6 +199,29 @@ def gate_verdict(run: Run) -> str:
     return s
 
 
+GRADIENT_CAPTION = (
+    "Is the auxiliary task being trained at all? Left: the norm of the gradient each term of the training "
+    "loss puts on the backbone's parameters (the class loss; each pretext task as the loss weighs it, "
+    "ssl.ratio x gate weight x task loss; their sum), the mean over two batches measured after each "
+    "epoch. Right: the class term's norm over each pretext term's."
+)
+
+
+def gradient_verdict(row: dict) -> str:
+    """A sentence on the last epoch's gradient diagnostic."""
+    ratio = row.get("grad_ratio_pretext")
+    if "grad_pretext" not in row:
+        return "No pretext term: only the class loss's gradient is measured."
+    if ratio is None:
+        return (
+            "The pretext term put no gradient on the backbone (weighted 0): its tasks only transform images."
+        )
+    return (
+        f"In the last epoch the class loss pulled on the backbone {ratio:.3g} times as hard as the weighted "
+        f"pretext term ({row['grad_cls']:.3g} against {row['grad_pretext']:.3g})."
+    )
+
+
 def _guard(page: Page, run: Run, what: str, fn):
     """Run one section; a missing dataset, checkpoint or config turns into a note instead of a crash."""
     try:
@@ -236,6 +259,14 @@ def _record_sections(page: Page, run: Run, prefix: str, h: str) -> None:
             "gate weights",
         )
     page.add(f"<p>{_e(gate_verdict(run))}</p>")
+    if rows and "grad_cls" in rows[-1]:
+        page.add(f"<{h}>Gradient on the shared backbone</{h}>")
+        page.figure(
+            figures.gradient_norms({run.name: rows}, fd / f"{prefix}gradients.png"),
+            GRADIENT_CAPTION,
+            "gradient norms on the backbone",
+        )
+        page.add(f"<p>{_e(gradient_verdict(rows[-1]))}</p>")
 
     page.add(f"<{h}>Per-class accuracy</{h}>")
 
@@ -412,6 +443,13 @@ def render_report(
                 "One row per gated run.",
                 "gate weights of every run",
             )
+            if any("grad_cls" in rows[-1] for rows in curves.values()):
+                page.add("<h2>Gradient on the shared backbone</h2>")
+                page.figure(
+                    figures.gradient_norms(curves, page.fig_dir / "compare-gradients.png"),
+                    GRADIENT_CAPTION + " One row per run.",
+                    "gradient norms of every run",
+                )
         for i, r in enumerate(runs):
             page.add(f'<h2 id="run-{i}">{_e(r.name)}</h2>')
             run_sections(page, r, f"{_slug(r.name)}-", opts, level=3)
