@@ -249,6 +249,7 @@ def test_the_full_length_campaign_file_resolves_to_the_papers_presets_unscaled()
         )
         assert cfg.optim.epochs == cfg.optim.base_epochs == (300 if cfg.ssl.tasks else 200)
         assert cfg.optim.milestones == [160, 180] and cfg.optim.warmup_epochs == 5
+        assert cfg.diagnose_every == 10  # the gradient diagnostic, at a tenth of its per-epoch cost
     by_name = {job.name: job.resolved() for job in jobs if job.seed == 0}
     only = by_name["transform-only"]
     assert only.ssl.ratio == 0 and only.ssl.tasks == by_name["gated-triple"].ssl.tasks == [

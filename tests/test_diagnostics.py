@@ -141,3 +141,38 @@ def test_every_row_logs_it_and_the_per_run_table_shows_it(fake_cifar10, tmp_path
     assert f"{last['grad_cls']:.3g} / {last['grad_pretext']:.2g} = {last['grad_ratio_pretext']:.0f}x" in (
         capsys.readouterr().out
     )
+
+
+def test_diagnose_every_spaces_the_measurements_keeps_the_last_and_is_refused_where_nothing_logs(
+    fake_cifar10, tmp_path, capsys
+):
+    """diagnose_every=2 over 3 epochs measures after epochs 2 and 3 (the last); 0 never; a method without
+    the diagnostic refuses the setting (exit 2) instead of ignoring it."""
+    three = [s.replace("epochs=2", "epochs=3") for s in TWO_EPOCHS_EVERY_EVENT]
+    run = train_preset(
+        "cifar10-lt0.01-gated-triple",
+        fake_cifar10,
+        tmp_path / "every2",
+        *three,
+        "compile=false",
+        "diagnose_every=2",
+    )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows if "grad_cls" in row] == [2, 3]
+    assert "diagnose_every: 2" in (run / "config.yaml").read_text()
+    never = train_preset(
+        "cifar10-lt0.01-ldam-drw",
+        fake_cifar10,
+        tmp_path / "never",
+        *TWO_EPOCHS_EVERY_EVENT,
+        "diagnose_every=0",
+    )
+    assert not any(
+        key.startswith("grad_")
+        for line in (never / "metrics.jsonl").read_text().splitlines()
+        for key in json.loads(line)
+    )
+    capsys.readouterr()
+    argv = ["train", "--preset", "cifar10-dino-vit", "--set", "diagnose_every=5", "--print-config"]
+    assert main(argv) == 2
+    assert "diagnose_every=5: method dino logs no gradient diagnostic" in capsys.readouterr().err

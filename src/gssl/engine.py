@@ -215,7 +215,8 @@ def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool =
         scenario.start_epoch(epoch)
         epoch_start = time.perf_counter()
         sums, seen, train_seconds = train_epoch(ctx, scenario, loop, epoch)
-        diagnosed = scenario.diagnose(epoch)  # eager, outside the steps; changes no training number
+        # eager, outside the steps; changes no training number
+        diagnosed = scenario.diagnose(epoch) if diagnosis_due(cfg, epoch) else {}
         with _evaluation_shown(ctx, f"epoch {epoch + 1}/{epochs} test"):
             evaluated = scenario.evaluate_epoch(loop.evaluate)
         row = epoch_row(epoch, lr, evaluated, sums, seen, train_seconds, time.perf_counter() - epoch_start)
@@ -266,6 +267,12 @@ def resolved_settings(ctx: Context, compile_mode: str) -> dict:
         f"{f', {ctx.dist.world} processes' if ctx.dist.enabled else ''}"
     )
     return resolved
+
+
+def diagnosis_due(cfg: Config, epoch: int) -> bool:
+    """After every `diagnose_every` epochs (counted from 1) and after the last, unless it is 0."""
+    every = cfg.diagnose_every
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == cfg.optim.epochs)
 
 
 def start_fresh(ctx: Context, scenario: Scenario, force: bool) -> Progress:

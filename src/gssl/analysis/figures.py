@@ -153,6 +153,7 @@ def gradient_norms(runs: dict[str, list[dict]], path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.1 * len(runs)), squeeze=False)
     for (name, rows), (norms, ratios) in zip(runs.items(), axes):
+        rows = [row for row in rows if "grad_cls" in row]  # the measured epochs (diagnose_every)
         x = _epochs(rows)
         terms = [k for k in _keys(rows, "grad_") if not k.startswith("grad_ratio_")]
         for j, key in enumerate(terms):

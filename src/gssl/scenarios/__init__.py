@@ -74,6 +74,11 @@ def check(cfg: Config) -> None:
     for wrapper in wrappers_of(cfg):
         wrapper.check(cfg)
     check_pretext_options(cfg)
+    if cfg.diagnose_every != 1 and scenario_class(cfg).loss_terms is None:
+        raise ConfigError(
+            f"diagnose_every={cfg.diagnose_every}: method {method_of(cfg)} logs no gradient diagnostic (only "
+            f"{', '.join(m for m, scenario in SCENARIOS.items() if scenario.loss_terms)} do); remove it"
+        )
     if cfg.fusion.enabled and "fusion" not in used_sections(cfg):
         raise ConfigError(
             "fusion.enabled=true is a plug-in for contrastive pre-training; set contrastive.views=2 "
