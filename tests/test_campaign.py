@@ -84,12 +84,13 @@ def test_a_budget_stops_the_runs_the_export_carries_them_and_the_next_campaign_r
     assert sorted(p.name for p in (export / "short/seed0").iterdir()) == [
         "config.yaml",
         "metrics.jsonl",
+        "resolved.json",
         "summary.json",
     ]
     assert (export / "long/seed0/checkpoints/last.pt").is_file() and not (
         export / "long/seed0/summary.json"
     ).exists()
-    assert _rows(export / "long/seed0") == list(range(done))
+    assert _rows(export / "long/seed0") == list(range(1, done + 1))
     log = [json.loads(line) for line in (export / campaign.CAMPAIGN_LOG).read_text().splitlines()]
     assert log[-1]["finished"] == ["short/seed0"] and log[-1]["stopped"] == ["long/seed0"]
     assert log[-1]["not_started"] == ["late/seed0"] and log[-1]["epoch_s"] > 0.001  # measured, not guessed
@@ -119,7 +120,7 @@ def test_a_budget_stops_the_runs_the_export_carries_them_and_the_next_campaign_r
         in (checkout / "logs/long-seed0.log").read_text()
     )
     more = _rows(checkout / "long/seed0")
-    assert len(more) > done and more == list(range(len(more)))  # every epoch once, in order
+    assert len(more) > done and more == list(range(1, len(more) + 1))  # every epoch once, in order
     assert len((checkout / campaign.CAMPAIGN_LOG).read_text().splitlines()) == 2  # the GPU's line, then ours
 
 
@@ -248,6 +249,7 @@ def test_the_full_length_campaign_file_resolves_to_the_papers_presets_unscaled()
         )
         assert cfg.optim.epochs == cfg.optim.base_epochs == (300 if cfg.ssl.tasks else 200)
         assert cfg.optim.milestones == [160, 180] and cfg.optim.warmup_epochs == 5
+        assert cfg.diagnose_every == 10  # the gradient diagnostic, at a tenth of its per-epoch cost
     by_name = {job.name: job.resolved() for job in jobs if job.seed == 0}
     only = by_name["transform-only"]
     assert only.ssl.ratio == 0 and only.ssl.tasks == by_name["gated-triple"].ssl.tasks == [

@@ -55,7 +55,7 @@ def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path,
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["ssl"]["tasks"] == ["lorot", "flip", "channel"] and cfg["optim"]["epochs"] == 8
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == list(range(8))
+    assert [r["epoch"] for r in rows] == list(range(1, 9))  # counted from 1, as printed
     for r in rows:
         for key in (
             "lr",
@@ -264,14 +264,18 @@ def test_a_run_whose_data_moved_is_evaluated_analysed_and_resumed_from_the_new_p
     assert main(["train", "--resume", str(run), "--set", f"data.root={moved}", "--set", "seed=5"]) == 2
     err = capsys.readouterr().err
     assert "differs from the run's saved one in: seed;" in err
+    # a finished run is left as it is; one interrupted before its summary records the new place
+    assert main(["train", "--resume", str(run), "--set", f"data.root={moved}", "--quiet"]) == 0
+    assert "is finished" in capsys.readouterr().out
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(data)
+    (run / "summary.json").unlink()
     assert main(["train", "--resume", str(run), "--set", f"data.root={moved}", "--quiet"]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(moved)
     # a sweep resumes its runs with its own data.root, and only that of its settings
     job = Job("row", 0, "cifar10-lt0.01-gated-triple", None, [f"data.root={moved}", "optim.lr=0.1"], tmp_path)
-    assert job.command("resume")[-5:] == [
+    assert job.command("resume")[-4:] == [
         "--resume",
         str(job.run_dir),
-        "--quiet",
         "--set",
         f"data.root={moved}",
     ]

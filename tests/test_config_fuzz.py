@@ -153,6 +153,8 @@ words = st.one_of(
             "--resume",
             "--force",
             "--quiet",
+            "--print-config",
+            "--dry-run",
             "--show",
             "--keys",
             "--checkpoint",

@@ -120,8 +120,10 @@ def test_two_processes_with_batch_b_train_like_one_with_2b(fake_cifar10, tmp_pat
         "checkpoints",
         "config.yaml",
         "metrics.jsonl",
+        "resolved.json",
         "summary.json",
     ]
+    assert json.loads((work / "ddp" / "resolved.json").read_text())["execution"]["world_size"] == 2
     assert "final test accuracy" in r.stdout and r.stdout.count("final test accuracy") == 1
 
     two_ranks_batchnorm(monkeypatch)

@@ -169,6 +169,9 @@ def test_two_packed_epochs_end_where_the_single_runs_end(fake_cifar10, tmp_path)
         summaries = [json.loads((run / "summary.json").read_text()) for run in (out, single)]
         assert summaries[0].keys() - summaries[1].keys() == {"pack_members"}
         assert (out / "config.yaml").read_text() == (single / "config.yaml").read_text()
+        resolved = [json.loads((run / "resolved.json").read_text()) for run in (out, single)]
+        assert resolved[0]["schedule"] == resolved[1]["schedule"]
+        assert resolved[0]["execution"]["pack_members"] == 3
     assert main(["eval", str(outs[1])]) == 0
     assert main(["table", str(tmp_path / "pack")]) == 0
     assert main(["report", str(outs[2]), "--no-tsne", "--no-gradcam"]) == 0

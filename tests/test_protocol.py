@@ -30,10 +30,9 @@ SCALED = [
 
 
 def _expected_lr(epoch: int) -> float:
-    """Written out, not computed by gssl: linear warm-up over 1 epoch, then 0.1, 0.001, 0.00001."""
-    if epoch < 1:
-        return 0.1 * (epoch + 1) / 1
-    return 0.1 * (1.0 if epoch < 32 else 0.01 if epoch < 36 else 0.0001)
+    """Written out, not computed by gssl, for epochs counted from 1 as metrics.jsonl counts them: linear
+    warm-up over epoch 1 (to 0.1), then 0.1 to epoch 32, 0.001 from epoch 33, 0.00001 from epoch 37."""
+    return 0.1 * (1.0 if epoch <= 32 else 0.01 if epoch <= 36 else 0.0001)
 
 
 @pytest.mark.slow
@@ -41,7 +40,7 @@ def test_a_scaled_table1_run_logs_the_learning_rate_of_every_epoch(fake_cifar10,
     out = tmp_path / "ldam"
     train_preset("cifar10-lt0.01-ldam-drw", fake_cifar10, out, *SCALED)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["epoch"] for row in rows] == list(range(40))
+    assert [row["epoch"] for row in rows] == list(range(1, 41))
     for row in rows:
         assert math.isclose(row["lr"], _expected_lr(row["epoch"]), rel_tol=1e-12), row["epoch"]
 

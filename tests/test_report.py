@@ -26,6 +26,7 @@ from gssl.cli import main  # noqa: E402
 SECTIONS = [
     "Learning curves",
     "Gate weights",
+    "Gradient on the shared backbone",
     "Per-class accuracy",
     "Confusion matrix",
     "t-SNE of pooled features",
@@ -95,7 +96,8 @@ def test_report_of_one_run_has_every_section(run_copy, capsys, monkeypatch):
         figures, "_save", lambda fig, path: save(drawn.setdefault(Path(path).name, fig), path)
     )
     assert main(["report", str(run_copy), "--gradcam-images", "6"]) == 0
-    assert "report written to" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "report written to" in out and out.rstrip().endswith("; every section drawn") and err == ""
     page = _check_page(run_copy / "report.html")
     for s in SECTIONS:
         assert s in page.headings, s
@@ -106,6 +108,7 @@ def test_report_of_one_run_has_every_section(run_copy, capsys, monkeypatch):
         "curves.png",
         "gates.png",
         "gradcam.png",
+        "gradients.png",
         "per-class.png",
         "pretext.png",
         "tsne.png",
@@ -142,6 +145,10 @@ def _check_figure_content(run, drawn):
     for task_index, task in enumerate(("lorot", "flip", "channel")):
         assert list(weights_axes.lines[task_index].get_ydata()) == [row[f"gate_{task}"] for row in rows]
         assert list(losses_axes.lines[task_index].get_ydata()) == [row[f"ssl_{task}"] for row in rows]
+
+    norms_axes, ratios_axes = drawn["gradients.png"].axes[:2]  # the gradient diagnostic's rows, drawn
+    assert list(norms_axes.lines[0].get_ydata()) == [row["grad_cls"] for row in rows]
+    assert list(ratios_axes.lines[3].get_ydata()) == [row["grad_ratio_pretext"] for row in rows]
 
     points = drawn["per-class.png"].axes[0].collections[-1].get_offsets()
     assert np.asarray(points) == pytest.approx(
@@ -186,6 +193,7 @@ def test_report_of_several_runs_overlays_curves_and_tabulates(tiny_run, fake_cif
     assert {"Summary", "Learning curves, overlaid", tiny_run.name, "uniform"} <= set(page.headings)
     files = {p.name for p in (out / "report").glob("*.png")}
     assert {"compare-curves.png", "compare-gates.png", "run-curves.png", "uniform-curves.png"} <= files
+    assert {"compare-gradients.png", "run-gradients.png", "uniform-gradients.png"} <= files
     assert not any("tsne" in f or "gradcam" in f for f in files)
     text = (out / "report.html").read_text()
     assert text.count("<tr>") >= 3 and "Uniform gate" in text  # header + one row per run; the gate sentence
@@ -198,13 +206,25 @@ def test_analyze_gradcam_on_a_chosen_layer(run_copy, capsys):
     assert not (run_copy / "analysis" / "tsne-last.png").exists()
 
 
-def test_missing_checkpoint_and_summary_become_notes(run_copy):
+def test_missing_checkpoint_and_summary_become_notes_and_lines_on_stderr(run_copy, capsys):
     shutil.rmtree(run_copy / "checkpoints")
     (run_copy / "summary.json").unlink()  # as while the run is still training
     assert main(["report", str(run_copy)]) == 0
+    out, err = capsys.readouterr()
     page = _check_page(run_copy / "report.html")
     assert "Learning curves" in page.headings and "Gate weights" in page.headings
-    assert any("No checkpoint" in n for n in page.notes) and any("summary.json" in n for n in page.notes)
+    assert any("no checkpoint" in n for n in page.notes) and any("summary.json" in n for n in page.notes)
+    assert "; 4 section(s) left out, listed on stderr" in out
+    name, missing = run_copy.name, run_copy / "checkpoints" / "last.pt"
+    assert err.splitlines() == [
+        f"gssl: report: left out Per-class accuracy of {name}: summary.json is not written yet (the run has "
+        "not finished)",
+        f"gssl: report: left out Confusion matrix of {name}: no checkpoint at {missing}",
+        f"gssl: report: left out t-SNE of {name}: no checkpoint at {missing}",
+        f"gssl: report: left out Grad-CAM of {name}: no checkpoint at {missing}",
+    ]
+    # the pretext tasks need the test images only
+    assert "Pretext tasks" in page.headings and (run_copy / "report" / "pretext.png").is_file()
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ def test_resume_with_a_changed_config_is_refused_unless_forced(fake_cifar10, tmp
     assert (out / "config.yaml").read_text() == before
     assert main(["train", "--resume", str(out), "--set", "optim.epochs=2", "--force", "--quiet"]) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]
 
 
 def test_resuming_in_another_memory_format_keeps_the_fused_sgd_update_exact(tmp_path):

@@ -202,7 +202,10 @@ def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10
     assert runs == ["base/seed0", "base/seed1", "learned/seed0", "learned/seed1"]
     assert "gate: learned" in (out / "learned/seed1/config.yaml").read_text()
     assert "seed: 1" in (out / "learned/seed1/config.yaml").read_text()
-    capsys.readouterr()
+    # the console names each run's log; the log has the run's first lines and its epochs, no bars
+    assert f"-> {out / 'base/seed0'}, log {out / 'logs/base-seed0.log'}" in capsys.readouterr().out
+    log = (out / "logs/base-seed0.log").read_text()
+    assert log.startswith("schedule: 1 epochs") and "\nepoch 1/1 lr 0.1 loss " in log and "\r" not in log
 
     # again: nothing to do
     assert main(["sweep", str(spec)]) == 0
@@ -396,6 +399,7 @@ def test_table_per_run_lists_each_seed_with_its_paired_difference_gates_and_pret
         {"epoch": 0, "gate_lorot": 0.2, "gate_flip": 0.7, "gate_channel": 0.1, "pretext_acc_lorot": 6.0},
         {"epoch": 1, "gate_lorot": 0.05, "gate_flip": 0.9, "gate_channel": 0.05, "pretext_acc_lorot": 8.76},
     ]
+    epochs[1] |= {"grad_cls": 1.8, "grad_pretext": 0.0013, "grad_ratio_pretext": 1.8 / 0.0013}
     (triple / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in epochs))
     unfinished = _fake_run(root / "triple" / "seed1", "cifar10-lt0.01-gated-triple", 1)
     (unfinished / "metrics.jsonl").write_text(json.dumps(epochs[0]) + "\n")
@@ -406,13 +410,14 @@ def test_table_per_run_lists_each_seed_with_its_paired_difference_gates_and_pret
     lines = [line for line in per_run.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| row | setting | seed | test_acc | Δ vs ldam-drw |")
     assert lines[1:] == [
-        "| ldam-drw | cifar10 0.01 | 0 | 70.00 |  | 70.00 | - / - / - | - | - | 0 |",
-        "| ldam-drw | cifar10 0.01 | 1 | 69.00 |  | 69.00 | - / - / - | - | - | 0 |",
+        "| ldam-drw | cifar10 0.01 | 0 | 70.00 |  | 70.00 | - / - / - | - | - | - | 0 |",
+        "| ldam-drw | cifar10 0.01 | 1 | 69.00 |  | 69.00 | - / - / - | - | - | - | 0 |",
         "| gated-triple | cifar10 0.01 | 0 | 58.50 | -11.50 | 59.25 (5) | 64.0 / 36.4 / - | lorot 8.8 "
-        "| lorot / flip / channel: 0.20 / 0.70 / 0.10 -> 0.05 / 0.90 / 0.05 (0.0500-0.9000) | 2 |",
+        "| lorot / flip / channel: 0.20 / 0.70 / 0.10 -> 0.05 / 0.90 / 0.05 (0.0500-0.9000) "
+        "| 1.8 / 0.0013 = 1385x | 2 |",
         "| gated-triple | cifar10 0.01 | 1 | - |  | - | - / - / - | lorot 6.0 "
         "| lorot / flip / channel: 0.20 / 0.70 / 0.10 -> 0.20 / 0.70 / 0.10 (0.1000-0.7000) "
-        "| 1 of 6, unfinished |",
+        "| - | 1 of 6, unfinished |",
     ]
 
 

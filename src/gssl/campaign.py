@@ -36,7 +36,7 @@ from .sweep import JUDGEMENT, Job, start, status
 
 CALIBRATION = "calibration.json"
 CAMPAIGN_LOG = "campaign.jsonl"  # one line per campaign: what it started, finished and stopped
-RECORDS = (rundir.CONFIG, rundir.METRICS, rundir.SUMMARY, JUDGEMENT)
+RECORDS = (rundir.CONFIG, rundir.RESOLVED, rundir.METRICS, rundir.SUMMARY, JUDGEMENT)
 LAST = f"{rundir.CKPT_DIR}/last.pt"  # what an unfinished run resumes from
 LEVELS = (1, 2, 4, 8)
 SAFETY = 1.1  # a run starts only if 1.1 x its expected time fits: epoch times drift as others start
@@ -385,7 +385,7 @@ def copy_records(jobs: list[Job], source: Path, dest: Path, log=print) -> None:
         if (dst / rundir.SUMMARY).is_file() or len(_metrics(dst)) > len(_metrics(src)):
             continue
         finished = (src / rundir.SUMMARY).is_file()
-        for name in RECORDS if finished else (rundir.CONFIG, rundir.METRICS, LAST):
+        for name in RECORDS if finished else (rundir.CONFIG, rundir.RESOLVED, rundir.METRICS, LAST):
             if (src / name).is_file():
                 (dst / name).parent.mkdir(parents=True, exist_ok=True)
                 rundir.write_atomic(dst / name, (src / name).read_bytes())

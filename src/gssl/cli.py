@@ -21,6 +21,8 @@ EXAMPLES_TRAIN = """examples:
   gssl train --preset cifar10-lt0.01-gated-triple --set ssl.gate=learned --set optim.epochs=30
   gssl train --config my.yaml --set ssl.tasks=[lorot,flip] --set data.imbalance=0.02
   gssl train --resume runs/c10-triple          # continue an interrupted run
+  gssl train --preset cifar10-lt0.01-ldam-drw --set optim.epochs=20 --print-config   # the YAML it runs
+  gssl train --preset cifar10-lt0.01-ldam-drw --set data.root=~/data --dry-run       # + data, device
 """
 EXAMPLES_PACK = """examples:
   gssl pack --preset cifar10-lt0.01-gated-triple --seeds 0 1 2 --out runs/t/seed0 runs/t/seed1 runs/t/seed2
@@ -64,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `gssl COMMAND --help` for each command's options and examples.",
     )
+    p.add_argument("--version", action=_Version, help="print gssl's version and code revision, then exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = _command(sub, "train")
@@ -88,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an existing run in --out; with --resume, accept a changed configuration",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    look = t.add_mutually_exclusive_group()
+    look.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration as YAML (usable as --config) and the schedule; run nothing",
+    )
+    look.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="load the data, build the model, print the schedule and the execution (device, precision, "
+        "compilation) the run would have; train and write nothing",
+    )
 
     _eval_parser(sub)
 
@@ -106,6 +121,20 @@ def _parser() -> argparse.ArgumentParser:
     _sweep_parsers(sub)
     _pack_parser(sub)
     return p
+
+
+class _Version(argparse.Action):
+    """--version, asking git for the revision only when asked (not on every command)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__, code_revision
+
+        revision = code_revision()
+        print(f"gssl {__version__}" + (f" (revision {revision})" if revision else " (no git checkout)"))
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,46 +175,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from . import engine, rundir
-    from .config import ConfigError, from_dict, load_yaml, parse_set, setting_changes
-    from .presets import resolve
+    from . import engine
+    from .config import parse_set
 
     sets = [parse_set(s) for s in args.sets]
     if args.resume:
         run_dir = Path(args.resume)
-        saved_path = run_dir / rundir.CONFIG
-        if not saved_path.is_file():
-            raise rundir.RunDirError(
-                f"cannot resume {run_dir}: no {rundir.CONFIG} there; pass the folder of an earlier run"
-            )
-        saved = from_dict(load_yaml(saved_path))
-        cfg = saved
-        if args.preset or args.config or sets:
-            asked = resolve(args.preset, load_yaml(args.config) if args.config else saved.to_dict(), sets)
-            changed = setting_changes(saved, asked)  # data.root may move: the same run, data elsewhere
-            if changed and not args.force:
-                raise ConfigError(
-                    f"the configuration differs from the run's saved one in: {', '.join(changed)}; "
-                    "resume without changes, or pass --force to continue with the new values"
-                )
-            cfg = asked  # the engine saves it once the checkpoint has loaded into it
-        if not (run_dir / rundir.CKPT_DIR / "last.pt").is_file():
-            raise rundir.RunDirError(
-                f"cannot resume {run_dir}: no checkpoint yet (it stopped during the first epoch); "
-                f"start it again with --out {run_dir} --force"
-            )
-        summary = engine.train(cfg, run_dir, resume=True, quiet=args.quiet)
+        cfg = _resume_config(args, run_dir, sets)
     else:
-        if not args.preset and not args.config:
-            raise ConfigError("name a --preset (see `gssl presets`) or a --config FILE.yaml")
-        cfg = resolve(args.preset, load_yaml(args.config) if args.config else None, sets)
-        name = args.preset or Path(args.config).stem
-        if not args.out and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise ConfigError(
-                "under torchrun, name the run directory with --out DIR (every rank must agree on it)"
-            )
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = engine.train(cfg, run_dir, force=args.force, quiet=args.quiet)
+        cfg, run_dir = _new_run_config(args, sets)
+    if args.print_config:
+        return _print_config(cfg)
+    if args.resume and _finished(run_dir, cfg):
+        return 0
+    if args.dry_run:
+        engine.plan(cfg, run_dir, resume=bool(args.resume), force=args.force)
+        print(f"dry run: nothing trained or written (the run's folder: {run_dir})")
+        return 0
+    summary = engine.train(cfg, run_dir, resume=bool(args.resume), force=args.force, quiet=args.quiet)
     if summary:  # (under torchrun only rank 0 has one)
         _print_summary(summary, run_dir)
     return 0
@@ -236,10 +243,89 @@ def _pack(args) -> int:
     return 0
 
 
+def _print_config(cfg) -> int:
+    """The configuration as config.yaml would hold it (usable as --config), the schedule as comments;
+    nothing is read but the configuration files."""
+    from .config import to_yaml
+    from .schedule import describe, resolved_schedule, scaling_notice
+
+    print(to_yaml(cfg), end="")
+    for line in filter(
+        None, [scaling_notice(cfg), f"schedule as applied: {describe(resolved_schedule(cfg))}"]
+    ):
+        print(f"# {line}")
+    return 0
+
+
+def _resume_config(args, run_dir: Path, sets: list[dict]):
+    """The saved configuration of the run in run_dir, or with --force the one asked for; ConfigError if
+    they differ without --force."""
+    from . import rundir
+    from .config import ConfigError, from_dict, load_yaml, setting_changes
+    from .presets import resolve
+
+    saved_path = run_dir / rundir.CONFIG
+    if not saved_path.is_file():
+        raise rundir.RunDirError(
+            f"cannot resume {run_dir}: no {rundir.CONFIG} there; pass the folder of an earlier run"
+        )
+    saved = from_dict(load_yaml(saved_path))
+    cfg = saved
+    if args.preset or args.config or sets:
+        asked = resolve(args.preset, load_yaml(args.config) if args.config else saved.to_dict(), sets)
+        changed = setting_changes(saved, asked)  # data.root may move: the same run, data elsewhere
+        if changed and not args.force:
+            raise ConfigError(
+                f"the configuration differs from the run's saved one in: {', '.join(changed)}; "
+                "resume without changes, or pass --force to continue with the new values"
+            )
+        cfg = asked  # the engine saves it once the checkpoint has loaded into it
+    if not (run_dir / rundir.CKPT_DIR / "last.pt").is_file() and not (run_dir / rundir.SUMMARY).is_file():
+        raise rundir.RunDirError(
+            f"cannot resume {run_dir}: no checkpoint yet (it stopped during the first epoch); "
+            f"start it again with --out {run_dir} --force"
+        )
+    return cfg
+
+
+def _finished(run_dir: Path, cfg) -> bool:
+    """A run whose summary.json covers cfg.optim.epochs is done: --resume says so and changes nothing."""
+    from . import rundir
+
+    path = run_dir / rundir.SUMMARY
+    if not path.is_file():
+        return False
+    done = rundir.read_json(path).get("epochs")
+    if not isinstance(done, int) or done < cfg.optim.epochs:
+        return False  # to be trained longer (--set optim.epochs=N --force)
+    print(
+        f"{run_dir} is finished ({done} epochs, {rundir.SUMMARY} written): nothing to resume, nothing "
+        f"changed. To train it longer: gssl train --resume {run_dir} --set optim.epochs=N --force"
+    )
+    return True
+
+
+def _new_run_config(args, sets: list[dict]):
+    """(configuration, run directory) of a new run."""
+    from .config import ConfigError, load_yaml
+    from .presets import resolve
+
+    if not args.preset and not args.config:
+        raise ConfigError("name a --preset (see `gssl presets`) or a --config FILE.yaml")
+    cfg = resolve(args.preset, load_yaml(args.config) if args.config else None, sets)
+    name = args.preset or Path(args.config).stem
+    if not args.out and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ConfigError(
+            "under torchrun, name the run directory with --out DIR (every rank must agree on it)"
+        )
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, run_dir
+
+
 def _print_summary(s: dict, run_dir: Path) -> None:
     print(
         f"final test accuracy: {s['test_acc']:.2f}% (top-5 {s['top5_acc']:.2f}%); "
-        f"best {s['best_test_acc']:.2f}% at epoch {s['best_epoch'] + 1} (chosen on the test set)"
+        f"best {s['best_test_acc']:.2f}% at epoch {s['best_epoch']} (chosen on the test set)"
     )
     groups = [
         f"{g} {s[g + '_shot_acc']:.2f}%" for g in ("many", "medium", "few") if s[g + "_shot_acc"] is not None
@@ -279,7 +365,7 @@ def _eval(args) -> int:
         print(json.dumps(rep, indent=2))
         return 0
     print(
-        f"checkpoint {rep['checkpoint']} (epoch {rep['epoch'] + 1}) on {rep['num_test']} test images, "
+        f"checkpoint {rep['checkpoint']} (epoch {rep['epoch']}) on {rep['num_test']} test images, "
         f"{rep['protocol']}"
     )
     print(f"top-1 {rep['top1']:.2f}%  top-5 {rep['top5']:.2f}%")
@@ -427,6 +513,7 @@ def _positive(args) -> None:
 def _report(args) -> int:
     _positive(args)
     report = _analysis_module()
+    left_out: list[str] = []
     path = report.render_report(
         args.run_dirs,
         Path(args.out) if args.out else None,
@@ -437,8 +524,12 @@ def _report(args) -> int:
         gradcam_images=args.gradcam_images,
         layer=args.layer,
         data_root=args.data_root,
+        warn=left_out.append,
     )
-    print(f"report written to {path} (figures in {path.parent / 'report'})")
+    done = f"{len(left_out)} section(s) left out, listed on stderr" if left_out else "every section drawn"
+    print(f"report written to {path} (figures in {path.parent / 'report'}); {done}")
+    for line in left_out:
+        print(f"gssl: report: left out {line}", file=sys.stderr)
     return 0
 
 

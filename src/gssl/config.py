@@ -142,6 +142,12 @@ class SSLConfig:
         default=1.0,
         metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0 (1 = the reference)"),
     )
+    # A DEVIATION when true: each pretext head's scale is learned (a log-scale per head, initialised at
+    # log pretext_scale), a temperature beside the fixed scale above (docs/results.md, issue 47).
+    pretext_scale_learned: bool = False
+    # A DEVIATION when true: the class loss on the clean image (a second backbone forward per step), the
+    # pretext losses on the transformed one; the reference computes both on the transformed image.
+    clean_class_loss: bool = False
 
 
 @dataclass
@@ -416,6 +422,9 @@ class Config:
         metadata=_choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     )
     tensorboard: bool = False
+    # the gradient diagnostic (gssl.diagnostics) after every this many epochs and after the last; 0: never.
+    # Eager passes of their own: about 5% of a CPU epoch, more of a short compiled GPU epoch
+    diagnose_every: int = field(default=1, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: never)"))
     preset: str | None = None  # where it came from (informational)
 
     def to_dict(self) -> dict:

@@ -12,6 +12,7 @@ uninterrupted run would, bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import sys
 import time
@@ -21,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, distributed, metrics, rundir, scenarios
+from . import __version__, code_revision, distributed, metrics, rundir, scenarios
 from .build import build_cls_loss, build_data, build_model, check_shapes, pick_device
 from .config import Config, ConfigError, to_yaml
 from .optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
 from .scenarios import Context, Scenario
-from .schedule import lr_at, weight_decay_at
+from .schedule import describe, lr_at, resolved_schedule, scaling_notice, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
 __all__ = ["TrainingError", "fit", "lr_at", "train"]
@@ -67,6 +68,7 @@ def compile_mode(cfg: Config, dist: distributed.Dist) -> str:
 def versions() -> dict:
     return {
         "gssl": __version__,
+        "revision": code_revision(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -89,6 +91,22 @@ def train(
         scenarios.check(cfg)
         ctx = build_context(cfg, run_dir, dist, device_name, quiet or not dist.main, log)
         return fit(ctx, scenarios.build(ctx), resume=resume, force=force, log=log)
+    finally:
+        distributed.teardown(dist)
+
+
+def plan(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = False, log=print) -> dict:
+    """`gssl train --dry-run`: every check and decision of `train` up to the first step (the run directory
+    would be accepted, the data loads, the model fits it, device, precision and compilation as they would
+    be chosen), printed; nothing is written."""
+    dist, device_name = distributed.setup(cfg.device, cfg.distributed.timeout_s)
+    try:
+        if not resume:
+            rundir.check_out(Path(run_dir), force=force)
+        scenarios.check(cfg)
+        ctx = build_context(cfg, Path(run_dir), dist, device_name, not dist.main, log)
+        ctx.compiled = use_compile(cfg, ctx.device, scenarios.build(ctx).images_per_epoch)
+        return resolved_settings(ctx, compile_mode(cfg, dist))
     finally:
         distributed.teardown(dist)
 
@@ -185,33 +203,76 @@ def fit(ctx: Context, scenario: Scenario, *, resume: bool = False, force: bool =
         if resume
         else start_fresh(ctx, scenario, force)
     )
+    resolved = resolved_settings(ctx, mode)
+    if dist.main:
+        rundir.write_json(ctx.run_dir / rundir.RESOLVED, resolved)
     board = _tensorboard(ctx.run_dir) if cfg.tensorboard and dist.main else None
     started = time.perf_counter()
-    for epoch in range(progress.start, cfg.optim.epochs):
+    epochs = cfg.optim.epochs
+    for epoch in range(progress.start, epochs):
         lr = lr_at(cfg, epoch) * (dist.world if cfg.distributed.scale_lr else 1)
         set_epoch_hyperparameters(loop.optimizer, lr, weight_decay_at(cfg, epoch))
         scenario.start_epoch(epoch)
         epoch_start = time.perf_counter()
         sums, seen, train_seconds = train_epoch(ctx, scenario, loop, epoch)
-        evaluated = scenario.evaluate_epoch(loop.evaluate)
+        # eager, outside the steps; changes no training number
+        diagnosed = scenario.diagnose(epoch) if diagnosis_due(cfg, epoch) else {}
+        with _evaluation_shown(ctx, f"epoch {epoch + 1}/{epochs} test"):
+            evaluated = scenario.evaluate_epoch(loop.evaluate)
         row = epoch_row(epoch, lr, evaluated, sums, seen, train_seconds, time.perf_counter() - epoch_start)
+        row.update(diagnosed)
         progress.history.append(row)
         if row["test_acc"] > progress.best:
             progress.best, progress.best_epoch = row["test_acc"], epoch
         if dist.main:
             save_epoch(ctx, scenario, loop.optimizer, progress, epoch, board)
-            ctx.log(epoch_line(row, cfg.optim.epochs))
-    if progress.start >= cfg.optim.epochs:  # resumed a finished run: evaluate what is there
+            ctx.log(epoch_line(row, epochs, run_clock(progress.history, epochs, epoch + 1 - progress.start)))
+    if progress.start >= epochs:  # resumed a finished run: evaluate what is there
         progress.history = rundir.read_metrics(ctx.run_dir)
     distributed.barrier(dist)
     if not dist.main:
         return {}
     summary = final_summary(ctx, scenario, loop, progress, time.perf_counter() - started)
+    summary["resolved"] = resolved
     with _write_failure_stops(ctx.run_dir, cfg.optim.epochs):
         rundir.write_json(ctx.run_dir / rundir.SUMMARY, summary)
     if board is not None:
         board.close()
     return summary
+
+
+def resolved_settings(ctx: Context, compile_mode: str) -> dict:
+    """What config.yaml leaves to gssl (null, auto, a schedule scaled to optim.epochs), as it was decided:
+    resolved.json and the summary's `resolved`, and the run's first lines."""
+    cfg = ctx.cfg
+    execution = {
+        "device": str(ctx.device),
+        "device_name": _device_name(ctx.device),
+        "precision": ctx.precision,
+        "compiled": ctx.compiled,
+        "compile_mode": compile_mode if ctx.compiled else None,
+        "channels_last": channels_last(cfg),
+        "threads": torch.get_num_threads(),
+        "world_size": ctx.dist.world,
+    }
+    resolved = {"schedule": resolved_schedule(cfg), "execution": execution}
+    notice = scaling_notice(cfg)
+    if notice:
+        ctx.log(notice)
+    ctx.log(f"schedule: {describe(resolved['schedule'])}")
+    ctx.log(
+        f"execution: {execution['device_name']}, {ctx.precision}, "
+        f"{'compiled (' + compile_mode + ')' if ctx.compiled else 'eager'}"
+        f"{', channels_last' if execution['channels_last'] else ''}"
+        f"{f', {ctx.dist.world} processes' if ctx.dist.enabled else ''}"
+    )
+    return resolved
+
+
+def diagnosis_due(cfg: Config, epoch: int) -> bool:
+    """After every `diagnose_every` epochs (counted from 1) and after the last, unless it is 0."""
+    every = cfg.diagnose_every
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == cfg.optim.epochs)
 
 
 def start_fresh(ctx: Context, scenario: Scenario, force: bool) -> Progress:
@@ -233,7 +294,7 @@ def resume_from_checkpoint(ctx: Context, scenario: Scenario, optimizer, log) -> 
     history = [
         row
         for row in rundir.read_metrics(ctx.run_dir)
-        if isinstance(row.get("epoch"), int) and row["epoch"] < start
+        if isinstance(row.get("epoch"), int) and row["epoch"] <= start  # epochs 1..start are done
     ]
     distributed.barrier(ctx.dist)  # every rank has read before rank 0 rewrites
     if ctx.dist.main:
@@ -256,7 +317,7 @@ def train_epoch(ctx: Context, scenario: Scenario, loop: Loop, epoch: int) -> tup
     seen, started = 0, time.perf_counter()
     loop.watch.reset()
     batches, steps = scenario.batches(epoch)
-    bar = _progress(batches, epoch, cfg.optim.epochs, ctx.quiet, steps)
+    bar = _progress(batches, f"epoch {epoch + 1}/{cfg.optim.epochs}", ctx.quiet, steps)
     for step, (x, y) in enumerate(bar):
         if channels_last(cfg):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -305,9 +366,10 @@ def _clip(loop: Loop) -> None:
 def epoch_row(
     epoch: int, lr: float, evaluated: dict, sums: dict, seen: int, train_seconds: float, seconds: float
 ) -> dict:
-    """metrics.jsonl's line for an epoch: epoch, lr, timings, accuracies, then every statistic's mean."""
+    """metrics.jsonl's line for an epoch: epoch (counted from 1), lr, timings, accuracies, then every
+    statistic's mean."""
     row = {
-        "epoch": epoch,
+        "epoch": epoch + 1,
         "lr": lr,
         "seconds": round(seconds, 3),
         "images_per_second": round(seen / train_seconds, 1),
@@ -343,29 +405,32 @@ def save_epoch(ctx: Context, scenario: Scenario, optimizer, progress: Progress, 
     if board is not None:
         for key, value in progress.history[-1].items():
             if key != "epoch" and value is not None:  # a shot group with no class has no accuracy
-                board.add_scalar(key, value, epoch)
+                board.add_scalar(key, value, epoch + 1)
         board.flush()
 
 
-def epoch_line(row: dict, epochs: int) -> str:
+def epoch_line(row: dict, epochs: int, clock: str = "") -> str:
     gates = " ".join(f"{k[5:]}={row[k]:.3f}" for k in row if k.startswith("gate_"))
     return (
-        f"epoch {row['epoch'] + 1}/{epochs} lr {row['lr']:.4g} loss {row['loss']:.4f} "
+        f"epoch {row['epoch']}/{epochs} lr {row['lr']:.4g} loss {row['loss']:.4f} "
         f"train {row['train_acc']:.2f}% test {row['test_acc']:.2f}% {gates} "
-        f"({row['images_per_second']:.0f} img/s)"
-    )
+        f"({row['images_per_second']:.0f} img/s) {clock}"
+    ).rstrip()
 
 
 def final_summary(ctx: Context, scenario: Scenario, loop: Loop, progress: Progress, seconds: float) -> dict:
     """summary.json: the final evaluation of the scenario's judged weights, and how the run went."""
-    logits, labels, extra = scenario.evaluate_final()
+    ctx.log(f"final evaluation on {len(ctx.data.test.labels)} test images")
+    with _evaluation_shown(ctx, "final evaluation"):
+        logits, labels, extra = scenario.evaluate_final()
     report = metrics.report(logits, labels, ctx.data.counts)
     history, cfg = progress.history, ctx.cfg
     last = history[-1] if history else {}
     return {
         **metrics.summary_accuracies(report),
         "best_test_acc": progress.best,
-        "best_epoch": progress.best_epoch,
+        "best_epoch": progress.best_epoch + 1,
+        rundir.EPOCHS_FROM: 1,
         "best_selected_on": "test set, as the reference code does (no validation split): optimistic",
         "per_class_acc": report["per_class_acc"],
         "many_shot_acc": report["many_shot_acc"],
@@ -404,8 +469,7 @@ def _stop_if_non_finite(watch: FiniteWatch, epoch: int, epochs: int, steps: int,
         else "no checkpoint was written (the first epoch did not finish)"
     )
     raise TrainingError(
-        f"non-finite loss at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps} "
-        f"(metrics.jsonl epoch {epoch}); loss terms: "
+        f"non-finite loss at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}; loss terms: "
         f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}. {kept}. Lower optim.lr or check the data"
     )
 
@@ -441,15 +505,33 @@ def _postfix(sums: dict, seen: int) -> dict:
     return out
 
 
-def _progress(batches, epoch: int, epochs: int, quiet: bool, total: int):
-    if quiet:
+def run_clock(history: list[dict], epochs: int, this_process: int) -> str:
+    """The run's time so far (every process's epochs) and the time left at this process's pace."""
+    elapsed = sum(row.get("seconds", 0.0) for row in history)
+    pace = sum(row.get("seconds", 0.0) for row in history[-this_process:]) / max(1, this_process)
+    return f"[{_duration(elapsed)} elapsed, {_duration(pace * (epochs - len(history)))} left]"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _evaluation_shown(ctx: Context, desc: str):
+    return metrics.shown(functools.partial(_progress, desc=desc, quiet=ctx.quiet))
+
+
+def _progress(batches, desc: str, quiet: bool, total: int | None = None):
+    """A progress bar on stderr when it is a terminal; a log file gets the epoch lines alone, not bars."""
+    if quiet or not sys.stderr.isatty():
         return batches
     from tqdm import tqdm
 
     return tqdm(
         batches,
-        total=total,
-        desc=f"epoch {epoch + 1}/{epochs}",
+        total=total if total is not None else len(batches),
+        desc=desc,
         leave=False,
         dynamic_ncols=True,
         file=sys.stderr,

@@ -118,7 +118,7 @@ def rebuilt_scenario(cfg, run_dir: Path, checkpoint: str | None = None):
     saved = rundir.load_checkpoint(path, map_location=ctx.device)
     rundir.restore(ctx.model, saved, path)
     scenario.load_state_dict(saved)
-    return ctx, scenario, int(saved["epoch"])
+    return ctx, scenario, rundir.trained_epochs(saved)
 
 
 def _frozen_probe(run: LoadedRun, test_loader, precision: str, knn_k: int, linear_epochs: int) -> dict:
@@ -229,7 +229,7 @@ def load_run(run_dir: Path, checkpoint: str = "last", cfg=None) -> LoadedRun:
         model.load_state_dict(
             {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
         )
-    return LoadedRun(cfg, model.eval(), data, device, int(saved["epoch"]), checkpoint)
+    return LoadedRun(cfg, model.eval(), data, device, rundir.trained_epochs(saved), checkpoint)
 
 
 def write_eval(
@@ -250,6 +250,7 @@ def write_eval(
         {
             "checkpoint": checkpoint,
             "epoch": epoch,
+            rundir.EPOCHS_FROM: 1,
             "classes": data.train.classes,
             "class_counts": data.counts,
             "protocol": "classifier",

@@ -13,6 +13,7 @@ The random draw (`sample_params`) is kept apart from the pure, compile-friendly 
 (`loss_from_params`): the draw runs eagerly, the rest compiles as one graph.
 """
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -40,6 +41,8 @@ class PretextTerm(NamedTuple):
     losses: Tensor | None = None  # [T] batch-mean task losses through the shared feature
     head_losses: Tensor | None = None  # [T] the same through the detached feature (gradient to heads only)
     shared: tuple[Tensor, ...] = ()  # the parameters upstream of the feature, shared with the main task
+    per_sample: Tensor | None = None  # [B, T] the task losses through the shared feature (None: no tasks)
+    names: tuple[str, ...] = ()  # the columns of per_sample
 
     def added_to(self, main_loss: Tensor, stats: dict[str, Tensor]) -> Tensor:
         """main_loss + the pretext term: the step's total. A gate weighing against the main loss writes
@@ -47,6 +50,16 @@ class PretextTerm(NamedTuple):
         if self.pretext is None:
             return main_loss + self.value
         return main_loss + self.pretext.against_main(main_loss, self, stats)
+
+    def weighted(self, total: Tensor) -> dict[str, Tensor]:
+        """Each task's term of the step's `total`, for the gradient diagnostic (gssl.diagnostics).
+        d total / d L_bn is the weight the total gives sample b's loss on task n (ssl_ratio x its gate
+        weight / B, whatever the gate: every gate holds its weights constant for the backbone), so the
+        sum over b of it times L_bn is task n's term, and puts on the backbone the gradient the task does."""
+        if self.per_sample is None:
+            return {}
+        (weights,) = torch.autograd.grad(total, self.per_sample, retain_graph=True)
+        return {name: (weights[:, i] * self.per_sample[:, i]).sum() for i, name in enumerate(self.names)}
 
 
 class GatedPretext(nn.Module):
@@ -75,6 +88,7 @@ class GatedPretext(nn.Module):
         flip_axis: str = "H",
         gate_kw: dict | None = None,
         scale: float = 1.0,
+        scale_learned: bool = False,
         extra: Sequence[str] = (),
         extra_classes: Sequence[int] = (),
     ):
@@ -88,6 +102,10 @@ class GatedPretext(nn.Module):
         self.gate = build_gate(gate, feat_dim, len(self.tasks) + len(self.extra), **gate_kw)
         self.gate_mode, self.ratio = gate, ratio
         self.scale = scale  # 1 = the reference's raw cosines; anything else is a labelled deviation
+        # ssl.pretext_scale_learned: a temperature per head, learned as its log from log(scale)
+        self.log_scale = (
+            nn.Parameter(torch.full((len(self.tasks),), math.log(scale))) if scale_learned else None
+        )
 
     @property
     def names(self) -> list[str]:
@@ -109,8 +127,7 @@ class GatedPretext(nn.Module):
     ) -> tuple[PretextTerm, dict[str, Tensor]]:
         """`shared`: the parameters upstream of `feat` (read only by a gate that needs the main loss);
         `extra_losses`: a per-sample [B] loss for each of `extra`."""
-        # per-sample CE on each head; raw cosines when the heads are cosine (SPEC section 4)
-        head_logits = {task: self.heads[task](feat).float() * self.scale for task in self.tasks}
+        head_logits = self.head_logits(feat)
         columns = [F.cross_entropy(head_logits[task], labels[task], reduction="none") for task in self.tasks]
         columns += [extra_losses[name].float() for name in self.extra]
         losses = torch.stack(columns, dim=1)
@@ -121,7 +138,16 @@ class GatedPretext(nn.Module):
         stats["aux"] = gated.aux_loss.detach()
         for i, name in enumerate(self.names):
             stats[f"gate_{name}"] = gated.weights[i]
-        return PretextTerm(self.ratio * gated.pretext_loss + gated.aux_loss), stats
+        value = self.ratio * gated.pretext_loss + gated.aux_loss
+        return PretextTerm(value, per_sample=losses, names=tuple(self.names)), stats
+
+    def head_logits(self, feat: Tensor) -> dict[str, Tensor]:
+        """Each head's logits times its scale: 1 by default (raw cosines when the heads are cosine, SPEC
+        section 4), ssl.pretext_scale, or the head's learned scale (ssl.pretext_scale_learned)."""
+        if self.log_scale is None:
+            return {task: self.heads[task](feat).float() * self.scale for task in self.tasks}
+        scales = self.log_scale.float().exp()
+        return {task: self.heads[task](feat).float() * scales[i] for i, task in enumerate(self.tasks)}
 
     def head_stats(
         self, head_logits: dict[str, Tensor], labels: dict[str, Tensor], losses: Tensor
@@ -132,6 +158,9 @@ class GatedPretext(nn.Module):
         per_task = losses.detach().mean(0)
         for i, name in enumerate(self.names):
             stats[f"ssl_{name}"] = per_task[i]
+        if self.log_scale is not None:  # where each head's learned temperature went
+            for i, task in enumerate(self.tasks):
+                stats[f"pretext_scale_{task}"] = self.log_scale[i].detach().float().exp()
         for task in self.tasks:
             stats[f"pretext_acc_{task}"] = (
                 100.0 * (head_logits[task].argmax(1) == labels[task]).float().mean()
@@ -144,17 +173,14 @@ class GatedPretext(nn.Module):
         """What a gate weighing against the main loss reads: the batch-mean losses, the same through the
         detached feature (one more pass of the small heads), the shared parameters. An extra loss has no
         head of its own: its "head loss" is itself, detached (a task the gate switches off is off)."""
-        detached = feat.detach()
-        head_losses = [
-            F.cross_entropy(self.heads[task](detached).float() * self.scale, labels[task])
-            for task in self.tasks
-        ]
+        detached_logits = self.head_logits(feat.detach())
+        head_losses = [F.cross_entropy(detached_logits[task], labels[task]) for task in self.tasks]
         head_losses = torch.stack(
             head_losses + [losses[:, i].mean().detach() for i in range(len(self.tasks), losses.shape[1])]
         )
         value = self.ratio * losses.mean(0).sum()  # what against_main returns, whatever the weights
         shared = tuple(p for p in shared if p.requires_grad)
-        return PretextTerm(value, self, losses.mean(0), head_losses, shared)
+        return PretextTerm(value, self, losses.mean(0), head_losses, shared, losses, tuple(self.names))
 
     def against_main(self, main_loss: Tensor, term: PretextTerm, stats: dict[str, Tensor]) -> Tensor:
         """ssl_ratio x the pretext loss a `needs_main_loss` gate makes of the main loss (PretextTerm)."""
@@ -202,7 +228,10 @@ LEGACY_PRETEXT_KEYS = {"heads.": "pretext.heads.", "gate.": "pretext.gate."}
 
 
 class GatedSSL(nn.Module):
-    """Backbone + classifier head, and the gated pretext term when there are tasks."""
+    """Backbone + classifier head, and the gated pretext term when there are tasks.
+
+    `clean_class_loss` (ssl.clean_class_loss, a deviation): the class loss on a second forward pass of the
+    untransformed batch, the pretext losses on the transformed one (the reference: both on the latter)."""
 
     def __init__(
         self,
@@ -217,6 +246,8 @@ class GatedSSL(nn.Module):
         in_channels: int = 3,
         gate_kw: dict | None = None,
         pretext_scale: float = 1.0,
+        pretext_scale_learned: bool = False,
+        clean_class_loss: bool = False,
         backbone_options: dict | None = None,
     ):
         super().__init__()
@@ -231,7 +262,9 @@ class GatedSSL(nn.Module):
             flip_axis=flip_axis,
             gate_kw=gate_kw,
             scale=pretext_scale,
+            scale_learned=pretext_scale_learned,
         )
+        self.clean_class_loss = clean_class_loss
         self.register_load_state_dict_pre_hook(rename_legacy_keys(LEGACY_PRETEXT_KEYS))
 
     @property
@@ -250,13 +283,33 @@ class GatedSSL(nn.Module):
         self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Pure part of the training step. Returns (total loss, detached stats tensors)."""
-        logits, term, stats = self.train_forward(x, params)
+        logits, term, stats = self.class_and_pretext(x, params)
         loss_cls = cls_loss(logits, y)
         total = term.added_to(loss_cls, stats)
         stats.update(
             {"cls_loss": loss_cls.detach(), "correct": (logits.argmax(1) == y).sum(), "loss": total.detach()}
         )
         return total, stats
+
+    def loss_terms(
+        self, x: Tensor, y: Tensor, cls_loss: nn.Module, params: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The step's loss as the terms the gradient diagnostic compares (gssl.diagnostics): the class loss
+        ("cls"), then each pretext task as the total weighs it (ssl_ratio x gate weight x task loss)."""
+        logits, term, _ = self.class_and_pretext(x, params)
+        loss_cls = cls_loss(logits, y)
+        return {"cls": loss_cls, **term.weighted(term.added_to(loss_cls, {}))}
+
+    def class_and_pretext(
+        self, x: Tensor, params: dict[str, Tensor]
+    ) -> tuple[Tensor, PretextTerm, dict[str, Tensor]]:
+        """(class logits, the pretext term, stats): one forward of the transformed batch, and with
+        clean_class_loss the class logits from a second one of the clean batch (last, so that batch norm's
+        running statistics end on clean images, the ones evaluated)."""
+        logits, term, stats = self.train_forward(x, params)
+        if self.clean_class_loss:
+            logits = self(x)
+        return logits, term, stats
 
     def training_loss(
         self, x: Tensor, y: Tensor, cls_loss: nn.Module, generator: torch.Generator

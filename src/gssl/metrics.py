@@ -6,11 +6,28 @@ images are many-shot, 20 to 100 medium-shot, fewer than 20 few-shot.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .step import autocast
 
 MANY, FEW = 100, 20
+
+
+_shown = None  # within shown(wrap): the loaders predict() goes through, wrapped (a progress bar)
+
+
+@contextlib.contextmanager
+def shown(wrap):
+    """predict() iterates its loaders through wrap(loader) within: the training loop shows the progress of
+    any scenario's evaluation without the scenarios knowing."""
+    global _shown
+    before, _shown = _shown, wrap
+    try:
+        yield
+    finally:
+        _shown = before
 
 
 @torch.inference_mode()
@@ -25,7 +42,7 @@ def predict(
     model.eval()
     outs, ys = [], []
     with autocast(device_type, precision):
-        for x, y in loader:
+        for x, y in loader if _shown is None else _shown(loader):
             outs.append(fn(x).to(torch.float32, copy=True))
             ys.append(y)
     model.train(was_training)

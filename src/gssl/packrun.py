@@ -51,6 +51,7 @@ class Member:
     progress: Progress
     evaluate: Callable  # its logits of a test batch, out of the pack's one forward (PackedEvaluation)
     failure: str | None = None
+    resolved: dict | None = None  # resolved.json: engine.resolved_settings and the pack's size
 
     @property
     def name(self) -> str:
@@ -184,6 +185,10 @@ def fit_pack(
     else:
         for member in members:
             member.progress = engine.start_fresh(member.ctx, member.scenario, force)
+    for member in members:
+        member.resolved = engine.resolved_settings(member.ctx, mode)
+        member.resolved["execution"]["pack_members"] = pack.size
+        rundir.write_json(member.ctx.run_dir / rundir.RESOLVED, member.resolved)
     started = time.perf_counter()
     for epoch in range(members[0].progress.start, cfg.optim.epochs):
         run_epoch(members, pack, loop, evaluation, epoch)
@@ -209,9 +214,11 @@ def run_epoch(
     rows = {}
     evaluation.start()
     for index, member in alive:
+        # eager, on the member's own network, every buffer put back: changes no training number
+        diagnosed = member.scenario.diagnose(epoch) if engine.diagnosis_due(cfg, epoch) else {}
         evaluated = member.scenario.evaluate_epoch(member.evaluate)
         member_sums = {key: value[index] for key, value in sums.items()}
-        rows[index] = epoch_row(epoch, lr, evaluated, member_sums, seen, train_seconds, 0.0)
+        rows[index] = {**epoch_row(epoch, lr, evaluated, member_sums, seen, train_seconds, 0.0), **diagnosed}
     seconds = time.perf_counter() - epoch_start
     with keep_previous([member for _, member in alive]):
         for index, member in alive:
@@ -220,7 +227,9 @@ def run_epoch(
             if row["test_acc"] > member.progress.best:
                 member.progress.best, member.progress.best_epoch = row["test_acc"], epoch
             save_epoch(member.ctx, member.scenario, member.optimizer, member.progress, epoch, None)
-            member.ctx.log(f"{member.name}: {epoch_line(row, cfg.optim.epochs)}")
+            done = epoch + 1 - member.progress.start
+            clock = engine.run_clock(member.progress.history, cfg.optim.epochs, done)
+            member.ctx.log(f"{member.name}: {epoch_line(row, cfg.optim.epochs, clock)}")
 
 
 def train_pack_epoch(members: list[Member], pack: Pack, loop: Loop, epoch: int) -> tuple[dict, int, float]:
@@ -338,6 +347,7 @@ def finish(member: Member, loop: Loop, pack: Pack, seconds: float) -> dict | Non
         return None
     summary = final_summary(member.ctx, member.scenario, loop, member.progress, seconds)
     summary["pack_members"] = pack.size  # images_per_second is this member's; the pack's is K times it
+    summary["resolved"] = member.resolved
     with engine._write_failure_stops(member.ctx.run_dir, member.ctx.cfg.optim.epochs):
         rundir.write_json(member.ctx.run_dir / rundir.SUMMARY, summary)
     return summary

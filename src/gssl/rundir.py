@@ -21,11 +21,13 @@ import torch
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+RESOLVED = "resolved.json"  # what the configuration left open, as decided (schedule, device, precision...)
 CKPT_DIR = "checkpoints"
 RUN_FILES = (
     CONFIG,
     METRICS,
     SUMMARY,
+    RESOLVED,
     CKPT_DIR,
     "eval-last.json",
     "eval-best.json",
@@ -50,6 +52,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         ) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the run from colleagues
             _fault_hook(path, data, f)
             f.write(data)
             f.flush()
@@ -61,6 +64,12 @@ def write_atomic(path: Path, data: bytes) -> None:
             f"cannot write {path}: {e.strerror or e}; check the disk has space and the folder is writable"
         ) from None
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 _writes: collections.Counter = collections.Counter()
@@ -104,6 +113,27 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# Epochs are counted from 1 in every record and line gssl writes: metrics.jsonl's `epoch`, summary.json's
+# `best_epoch` and an eval report's `epoch` are the number of epochs trained (the checkpoint's own `epoch`
+# key stays the loop's index, 0 for the first, so that earlier checkpoints resume). Records written before
+# this counted from 0: their metrics start at epoch 0, their summaries and reports lack EPOCHS_FROM, and
+# the readers below shift them, so old and new records read alike.
+EPOCHS_FROM = "epochs_counted_from"
+
+
+def trained_epochs(checkpoint: dict) -> int:
+    """The epoch a checkpoint was written after, counted from 1."""
+    return int(checkpoint["epoch"]) + 1
+
+
+def epochs_from_one(record: dict) -> dict:
+    """A summary or eval report with its epochs counted from 1, whenever it was written."""
+    if not isinstance(record, dict) or record.get(EPOCHS_FROM) == 1:
+        return record
+    shifted = {k: v + 1 for k, v in record.items() if k in ("epoch", "best_epoch") and type(v) is int}
+    return {**record, **shifted, EPOCHS_FROM: 1} if shifted else record
 
 
 def write_json(path: Path, obj) -> None:
@@ -157,6 +187,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
             if not isinstance(row, dict):
                 break
             rows.append(row)
+    if rows and rows[0].get("epoch") == 0:  # written before epochs were counted from 1
+        rows = [{**r, "epoch": r["epoch"] + 1} if type(r.get("epoch")) is int else r for r in rows]
     return rows
 
 

@@ -64,7 +64,7 @@ def pretrain_rotation(
             correct += stats["correct"]
             seen += x.shape[0]
         row = {
-            "epoch": epoch,
+            "epoch": epoch + 1,  # counted from 1, as in metrics.jsonl
             "lr": lr_e,
             "loss": loss_sum.item() / seen,
             "acc": 100.0 * correct.item() / seen,

@@ -4,7 +4,8 @@ Each run is an ordinary `gssl train` process writing OUT/<name>/seed<k>, so a sw
 than the commands it prints: a finished run (summary.json, same configuration) is skipped, an
 interrupted one (last.pt) is resumed, one that died before its first checkpoint starts again.
 `--parallel N` keeps N processes going, each with cores/N threads on CPU. Every run logs to
-OUT/logs/<name>-seed<k>.log. `--judge` follows each run with `gssl eval RUN --protocol final --test-limit
+OUT/logs/<name>-seed<k>.log (its first lines, one line per epoch, the summary), named on the console when
+the run starts. `--judge` follows each run with `gssl eval RUN --protocol final --test-limit
 all` in the same slot (JUDGEMENT: the whole test split, for runs that monitored a subset), and judges
 finished runs that lack it, so `gssl table --summary eval-last-final-testall.json` has every run.
 
@@ -71,16 +72,17 @@ class Job:
         )
 
     def command(self, mode: str) -> list[str]:
-        """The `gssl train` command line for this run: mode new, resume or restart."""
+        """The `gssl train` command line for this run: mode new, resume or restart. Not --quiet: the run's
+        log gets its first lines and one per epoch (no progress bars: the log is not a terminal)."""
         cmd = [sys.executable, "-m", "gssl", "train"]
         if mode == "resume":
             moved = self.location_sets
-            return cmd + ["--resume", str(self.run_dir), "--quiet"] + [a for s in moved for a in ("--set", s)]
+            return cmd + ["--resume", str(self.run_dir)] + [a for s in moved for a in ("--set", s)]
         cmd += ["--preset", self.preset] if self.preset else []
         cmd += ["--config", self.config] if self.config else []
         for s in self.sets + [f"seed={self.seed}"]:
             cmd += ["--set", s]
-        return cmd + ["--out", str(self.run_dir), "--quiet"] + (["--force"] if mode == "restart" else [])
+        return cmd + ["--out", str(self.run_dir)] + (["--force"] if mode == "restart" else [])
 
     @property
     def location_sets(self) -> list[str]:
@@ -351,7 +353,7 @@ def start(job: Job, mode: str, env: dict, gpus: list[str] | None, busy: list[str
         process = subprocess.Popen(
             _command(job, mode), stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    log(f"started {job.name} seed {job.seed} ({mode}){where} -> {job.run_dir}")
+    log(f"started {job.name} seed {job.seed} ({mode}){where} -> {job.run_dir}, log {job.log_path}")
     return Slot(job, process, time.perf_counter(), gpu, mode)
 
 

@@ -111,7 +111,7 @@ def find_runs(paths: list[str | Path], summary_name: str = rundir.SUMMARY) -> li
         summary = None
         if (d / summary_name).is_file():
             try:
-                summary = json.loads((d / summary_name).read_text())
+                summary = rundir.epochs_from_one(json.loads((d / summary_name).read_text()))
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(
                     f"{d / summary_name} cannot be read ({e}); re-run `gssl eval {d}` or remove it"
@@ -224,9 +224,9 @@ def _short(v) -> str:
 
 
 def _row_order(label: str):
-    from .presets import BASELINES, METHODS
+    from .presets import BASELINES, METHODS, VARIANTS
 
-    order = ["ldam-drw", "baseline", "erm", *BASELINES, *METHODS]
+    order = ["ldam-drw", "baseline", "erm", *BASELINES, *METHODS, *VARIANTS]
     method = label.split(" (")[0]
     return (order.index(method) if method in order else len(order), label)
 
@@ -313,8 +313,10 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
     """One line per run, in the table's row order: the metric and its difference from the baseline row's
     run of the same seed; the best epoch and the shot groups (summary.json); from metrics.jsonl, the
     pretext heads' training accuracy in the last epoch and the gate weights in the first and last epoch
-    with the lowest and highest of any task in any epoch: what a reader checks a mean against. The
-    table's other frozen-feature probes (k-NN, patch tokens) get a column each where a run has them."""
+    with the lowest and highest of any task in any epoch, and the gradient the class loss and the weighted
+    pretext term put on the backbone in the last epoch (gssl.diagnostics): what a reader checks a mean
+    against. The table's other frozen-feature probes (k-NN, patch tokens) get a column each where a run
+    has them."""
     labelled, shared = _labelled(runs)
     rows, _, cells, base, _ = build(runs, metric, baseline, (labelled, shared))
     key = METRICS[metric][0]
@@ -322,7 +324,8 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
     probes = [k for k in probes if any(k in (r.summary or {}) for r in runs)]
     head = ["row", "setting", "seed", key, f"Δ vs {base or 'baseline'}", *probes, "best (epoch)"]
     head += ["many / medium / few-shot", "pretext head train acc. % (last epoch)"]
-    head += ["gate weights: first -> last epoch (lowest-highest)", "epochs"]
+    head += ["gate weights: first -> last epoch (lowest-highest)"]
+    head += ["backbone gradient: class / pretext = ratio (last epoch)", "epochs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, label, _ in sorted(
         labelled, key=lambda x: (rows.index(x[1]), setting_of(x[0].cfg), x[0].cfg.seed)
@@ -337,9 +340,13 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
         line += [_pct(summary.get(probe), 2) for probe in probes]
         best = summary.get("best_test_acc")
         best_epoch = summary.get("best_epoch")
-        line.append(_pct(best, 2) + ("" if best_epoch is None else f" ({best_epoch + 1})"))
+        line.append(_pct(best, 2) + ("" if best_epoch is None else f" ({best_epoch})"))
         line.append(" / ".join(_pct(summary.get(f"{g}_shot_acc"), 1) for g in ("many", "medium", "few")))
-        line += [_pretext(epochs[-1] if epochs else {}), _gates(epochs)]
+        line += [
+            _pretext(epochs[-1] if epochs else {}),
+            _gates(epochs),
+            _gradients(epochs[-1] if epochs else {}),
+        ]
         left_out = "" if run.summary else f" of {run.cfg.optim.epochs}, {run.why_left_out}"
         line.append(f"{len(epochs)}{left_out}")
         lines.append("| " + " | ".join(line) + " |")
@@ -363,6 +370,16 @@ def _gates(epochs: list[dict]) -> str:
     first, last = (" / ".join(f"{row[t]:.2f}" for t in tasks) for row in (epochs[0], epochs[-1]))
     names = " / ".join(t[len("gate_") :] for t in tasks)
     return f"{names}: {first} -> {last} ({min(values):.4f}-{max(values):.4f})"
+
+
+def _gradients(row: dict) -> str:
+    """'1.80 / 0.0013 = 1385x': the class loss's gradient norm on the backbone, the weighted pretext
+    term's, and how many times larger the first is."""
+    if "grad_pretext" not in row:
+        return "-" if "grad_cls" not in row else f"{row['grad_cls']:.3g} / no pretext term"
+    ratio = row.get("grad_ratio_pretext")
+    times = "inf (pretext weighted 0)" if ratio is None else f"{ratio:.0f}x"
+    return f"{row['grad_cls']:.3g} / {row['grad_pretext']:.2g} = {times}"
 
 
 def to_csv(runs: list[Run], metric: str = "final", baseline: str | None = None) -> str:

@@ -81,7 +81,7 @@ def seed_matrix(records: list[Record], key: str) -> tuple[np.ndarray, np.ndarray
     """Epochs (from 1) where any seed logged `key`, and a seeds x epochs matrix of its values (NaN: none)."""
     epochs = sorted(
         {
-            m.get("epoch", i)
+            m.get("epoch", i + 1)
             for r in records
             for i, m in enumerate(r.metrics)
             if isinstance(m.get(key), (int, float))
@@ -92,8 +92,8 @@ def seed_matrix(records: list[Record], key: str) -> tuple[np.ndarray, np.ndarray
     for i, record in enumerate(records):
         for j, m in enumerate(record.metrics):
             if isinstance(m.get(key), (int, float)):
-                values[i, column[m.get("epoch", j)]] = m[key]
-    return np.asarray(epochs) + 1, values
+                values[i, column[m.get("epoch", j + 1)]] = m[key]
+    return np.asarray(epochs), values
 
 
 def _seeds(n: int) -> str:

@@ -119,8 +119,8 @@ def is_greyscale(images_uint8: torch.Tensor) -> bool:
 
 
 def sample_test_images(run: Run, n: int = 4) -> torch.Tensor:
-    ld = run.loaded()
-    return ld.data.test.images[torch.as_tensor(one_per_class(ld.data.test.labels, n))]
+    test = run.test_split()
+    return test.images[torch.as_tensor(one_per_class(test.labels, n))]
 
 
 @torch.inference_mode()

@@ -43,7 +43,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _epochs(rows):
-    return [r["epoch"] + 1 for r in rows]
+    return [r["epoch"] for r in rows]
 
 
 def _series(rows, key):
@@ -140,6 +140,35 @@ def gate_trajectories(runs: dict[str, list[dict]], path: Path) -> Path | None:
         )
         s.set(title="pretext loss per task (cross-entropy)", xlabel="epoch")
         g.legend(ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def gradient_norms(runs: dict[str, list[dict]], path: Path) -> Path | None:
+    """Is the auxiliary task trained at all? Per run, the gradient norm each loss term puts on the shared
+    backbone per epoch (gssl.diagnostics; log scale), beside how many times the class loss's exceeds the
+    pretext terms'. None when no run logged it."""
+    runs = {n: r for n, r in runs.items() if _keys(r, "grad_cls")}
+    if not runs:
+        return None
+    fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.1 * len(runs)), squeeze=False)
+    for (name, rows), (norms, ratios) in zip(runs.items(), axes):
+        rows = [row for row in rows if "grad_cls" in row]  # the measured epochs (diagnose_every)
+        x = _epochs(rows)
+        terms = [k for k in _keys(rows, "grad_") if not k.startswith("grad_ratio_")]
+        for j, key in enumerate(terms):
+            style = {"color": "k", "lw": 2.2} if key == "grad_cls" else {"color": f"C{j}", "lw": 1.6}
+            norms.plot(x, _series(rows, key), marker="o", ms=3, label=key[len("grad_") :], **style)
+        for j, key in enumerate(_keys(rows, "grad_ratio_")):
+            ys = [math.nan if v is None else v for v in _series(rows, key)]
+            ratios.plot(x, ys, marker="o", ms=3, lw=1.6, color=f"C{j + 1}", label=key[len("grad_ratio_") :])
+        ratios.axhline(1, color="0.4", ls="--", lw=1, label="equal pull")
+        for ax in (norms, ratios):
+            ax.set_yscale("log")
+            ax.legend(ncol=2)
+        prefix = f"{name}: " if len(runs) > 1 else ""
+        norms.set(title=f"{prefix}gradient norm on the backbone, per term", xlabel="epoch")
+        ratios.set(title=f"{prefix}class term's norm / each pretext term's", xlabel="epoch")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -63,8 +64,14 @@ def _slug(name: str) -> str:
 class Page:
     """Collects HTML and writes each figure both as a PNG in fig_dir and as a data: URI in the page."""
 
-    def __init__(self, fig_dir: Path):
+    def __init__(self, fig_dir: Path, warn=None):
         self.fig_dir, self.parts, self.figures = fig_dir, [], []
+        self.warn = warn or (lambda line: print(f"gssl: report: left out {line}", file=sys.stderr))
+
+    def leave_out(self, run: Run, what: str, why: str) -> None:
+        """A section not drawn: a note in the page, and a line for the person who asked for it."""
+        self.note(f"{_e(what)} not shown: {_e(why)}")
+        self.warn(f"{what} of {run.name}: {why}")
 
     def add(self, text: str) -> None:
         self.parts.append(text)
@@ -124,7 +131,7 @@ def summary_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
         last = r.rows[-1] if r.rows else {}
         gates = s.get("gate_weights") or {k[5:]: v for k, v in last.items() if k.startswith("gate_")}
         done = f"{len(r.rows)}/{c.optim.epochs}" if len(r.rows) != c.optim.epochs else str(c.optim.epochs)
-        best = "-" if "best_test_acc" not in s else f"{s['best_test_acc']:.2f} ({s['best_epoch'] + 1})"
+        best = "-" if "best_test_acc" not in s else f"{s['best_test_acc']:.2f} ({s['best_epoch']})"
         if not has_classifier(c) and best != "-":  # final: the linear probe; per epoch: k-NN
             best += f", {scenario_class(c).probe_options(c).knn_k}-NN"
         final = s.get("test_acc", last.get("test_acc"))
@@ -192,23 +199,42 @@ def gate_verdict(run: Run) -> str:
     return s
 
 
-def _guard(page: Page, what: str, fn):
+GRADIENT_CAPTION = (
+    "Is the auxiliary task being trained at all? Left: the norm of the gradient each term of the training "
+    "loss puts on the backbone's parameters (the class loss; each pretext task as the loss weighs it, "
+    "ssl.ratio x gate weight x task loss; their sum), the mean over two batches measured after each "
+    "epoch. Right: the class term's norm over each pretext term's."
+)
+
+
+def gradient_verdict(row: dict) -> str:
+    """A sentence on the last epoch's gradient diagnostic."""
+    ratio = row.get("grad_ratio_pretext")
+    if "grad_pretext" not in row:
+        return "No pretext term: only the class loss's gradient is measured."
+    if ratio is None:
+        return (
+            "The pretext term put no gradient on the backbone (weighted 0): its tasks only transform images."
+        )
+    return (
+        f"In the last epoch the class loss pulled on the backbone {ratio:.3g} times as hard as the weighted "
+        f"pretext term ({row['grad_cls']:.3g} against {row['grad_pretext']:.3g})."
+    )
+
+
+def _guard(page: Page, run: Run, what: str, fn):
     """Run one section; a missing dataset, checkpoint or config turns into a note instead of a crash."""
     try:
         fn()
     except (DataError, rundir.RunDirError, ConfigError, ValueError, ImportError) as e:
-        page.note(f"{_e(what)} not shown: {_e(e)}")
+        page.leave_out(run, what, str(e))
 
 
 def run_sections(page: Page, run: Run, prefix: str, opts: dict, level: int = 2) -> None:
-    """One run's sections: what its records show, then what needs its checkpoint."""
+    """One run's sections: what its records show, then what needs its model (the checkpoint's weights,
+    or for the pretext tasks only the test images)."""
     _record_sections(page, run, prefix, f"h{level}")
-    if not run.has_checkpoint:
-        page.note(
-            f"No checkpoint at {_e(run.checkpoint_path)}: confusion matrix, t-SNE and Grad-CAM need one."
-        )
-        return
-    _checkpoint_sections(page, run, prefix, opts, f"h{level}")
+    _model_sections(page, run, prefix, opts, f"h{level}")
 
 
 def _record_sections(page: Page, run: Run, prefix: str, h: str) -> None:
@@ -217,7 +243,7 @@ def _record_sections(page: Page, run: Run, prefix: str, h: str) -> None:
     rows, s = run.rows, run.summary
     page.add(f"<{h}>Learning curves</{h}>")
     if not rows:
-        page.note("metrics.jsonl has no finished epoch yet.")
+        page.leave_out(run, "Learning curves", "metrics.jsonl has no finished epoch yet")
     else:
         page.figure(
             figures.learning_curves(rows, fd / f"{prefix}curves.png"),
@@ -233,6 +259,14 @@ def _record_sections(page: Page, run: Run, prefix: str, h: str) -> None:
             "gate weights",
         )
     page.add(f"<p>{_e(gate_verdict(run))}</p>")
+    if rows and "grad_cls" in rows[-1]:
+        page.add(f"<{h}>Gradient on the shared backbone</{h}>")
+        page.figure(
+            figures.gradient_norms({run.name: rows}, fd / f"{prefix}gradients.png"),
+            GRADIENT_CAPTION,
+            "gradient norms on the backbone",
+        )
+        page.add(f"<p>{_e(gradient_verdict(rows[-1]))}</p>")
 
     page.add(f"<{h}>Per-class accuracy</{h}>")
 
@@ -250,33 +284,38 @@ def _record_sections(page: Page, run: Run, prefix: str, h: str) -> None:
         groups = [[g, _pct(s.get(f"{g}_shot_acc"))] for g in ("many", "medium", "few")]
         page.add(_table(["shot group", "accuracy %"], groups))
 
-    _guard(page, "Per-class accuracy", per_class)
+    _guard(page, run, "Per-class accuracy", per_class)
 
 
-def _checkpoint_sections(page: Page, run: Run, prefix: str, opts: dict, h: str) -> None:
-    """Confusion matrix, t-SNE, Grad-CAM and the pretext examples, from the rebuilt model."""
-    sections = [
-        ("Confusion matrix", "Confusion matrix", True, _confusion),
-        ("t-SNE of pooled features", "t-SNE", opts["tsne"], _tsne),
-        ("Grad-CAM", "Grad-CAM", opts["gradcam"], _gradcam),
-        ("Pretext tasks", "Pretext tasks", bool(run.tasks()), _pretext_examples),
-        ("Class-token attention", "attention maps", run.cfg.model.backbone == "vit", _attention),
+def _model_sections(page: Page, run: Run, prefix: str, opts: dict, h: str) -> None:
+    """Confusion matrix, t-SNE, Grad-CAM and attention from the rebuilt model; the pretext examples from
+    the test images alone."""
+    sections = [  # (heading, name, wanted, needs the checkpoint, draw)
+        ("Confusion matrix", "Confusion matrix", True, True, _confusion),
+        ("t-SNE of pooled features", "t-SNE", opts["tsne"], True, _tsne),
+        ("Grad-CAM", "Grad-CAM", opts["gradcam"], True, _gradcam),
+        ("Pretext tasks", "Pretext tasks", bool(run.tasks()), False, _pretext_examples),
+        ("Class-token attention", "attention maps", run.cfg.model.backbone == "vit", True, _attention),
     ]
 
     def figure_path(name: str) -> Path:
         return page.fig_dir / f"{prefix}{name}"
 
-    for title, what, wanted, section in sections:
-        if wanted:
-            page.add(f"<{h}>{title}</{h}>")
-            _guard(page, what, lambda section=section: section(page, run, figure_path, opts))
+    for title, what, wanted, needs_checkpoint, section in sections:
+        if not wanted:
+            continue
+        page.add(f"<{h}>{title}</{h}>")
+        if needs_checkpoint and not run.has_checkpoint:
+            page.leave_out(run, what, f"no checkpoint at {run.checkpoint_path}")
+            continue
+        _guard(page, run, what, lambda section=section: section(page, run, figure_path, opts))
 
 
 def _confusion(page: Page, run: Run, figure_path, opts: dict) -> None:
     rep = run.evaluation()
     page.figure(
         figures.confusion(rep["confusion_matrix"], rep["classes"], figure_path("confusion.png")),
-        f"Checkpoint <code>{_e(run.checkpoint)}</code> (epoch {rep['epoch'] + 1}), "
+        f"Checkpoint <code>{_e(run.checkpoint)}</code> (epoch {rep['epoch']}), "
         f"{rep['num_test']} test images, top-1 {rep['top1']:.2f}%.",
         "confusion matrix",
     )
@@ -287,7 +326,7 @@ def _tsne(page: Page, run: Run, figure_path, opts: dict) -> None:
     page.figure(
         figures.tsne_scatter(t["embedding"], t["labels"], t["preds"], run.classes(), figure_path("tsne.png")),
         f"Backbone features of {len(t['labels'])} test images (balanced over classes), perplexity "
-        f"{min(50, len(t['labels']) - 1)}, checkpoint epoch {t['epoch'] + 1}"
+        f"{min(50, len(t['labels']) - 1)}, checkpoint epoch {t['epoch']}"
         f"{' (from the cache)' if t['cached'] else ''}.",
         "t-SNE",
     )
@@ -349,9 +388,11 @@ def render_report(
     layer: str | None = None,
     data_root: str | None = None,
     log=print,
+    warn=None,
 ) -> Path:
     """Write report.html (+ report/*.png) into the run directory, or into `out` (required for several
-    runs). `data_root`: where the data lies now, if it has moved since the runs."""
+    runs). `data_root`: where the data lies now, if it has moved since the runs. `warn(line)` hears of
+    each section left out and why (default: a line on stderr)."""
     runs = [Run(Path(p), checkpoint, data_root=data_root) for p in run_dirs]
     if not runs:
         raise rundir.RunDirError("name at least one run directory")
@@ -369,7 +410,7 @@ def render_report(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise rundir.RunDirError(f"cannot create {out}: {e.strerror or e}; choose a writable --out") from None
-    page = Page(out / "report")
+    page = Page(out / "report", warn)
     opts = {
         "tsne": tsne,
         "gradcam": gradcam,
@@ -402,6 +443,13 @@ def render_report(
                 "One row per gated run.",
                 "gate weights of every run",
             )
+            if any("grad_cls" in rows[-1] for rows in curves.values()):
+                page.add("<h2>Gradient on the shared backbone</h2>")
+                page.figure(
+                    figures.gradient_norms(curves, page.fig_dir / "compare-gradients.png"),
+                    GRADIENT_CAPTION + " One row per run.",
+                    "gradient norms of every run",
+                )
         for i, r in enumerate(runs):
             page.add(f'<h2 id="run-{i}">{_e(r.name)}</h2>')
             run_sections(page, r, f"{_slug(r.name)}-", opts, level=3)
@@ -412,18 +460,8 @@ def render_report(
         f"<style>{CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n"
     )
     path = out / "report.html"
-    rundir.write_atomic(path, doc.encode())
-    _readable(path)
+    rundir.write_atomic(path, doc.encode())  # readable as the umask allows, like every run file
     return path
-
-
-def _readable(path: Path) -> None:
-    """The temporary file behind an atomic write is private (0600); a report is for sharing: 0666 - umask."""
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)
 
 
 def analyze_run(

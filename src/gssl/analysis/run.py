@@ -52,7 +52,7 @@ class Run:
     @cached_property
     def summary(self) -> dict:
         p = self.path / rundir.SUMMARY
-        return rundir.read_json(p) if p.is_file() else {}
+        return rundir.epochs_from_one(rundir.read_json(p)) if p.is_file() else {}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -82,6 +82,14 @@ class Run:
     def tasks(self) -> list[str]:
         return [] if self.cfg.ssl.gate == "none" else list(self.cfg.ssl.tasks)
 
+    def test_split(self):
+        """The test images: the rebuilt run's, or read alone where no model is needed (no checkpoint)."""
+        if self._loaded is None and not self.has_checkpoint:
+            from ..build import build_data
+
+            return build_data(self.cfg).test
+        return self.loaded().data.test
+
     def loaded(self) -> LoadedRun:
         """Data and model, rebuilt from the saved config and the checkpoint (once per Run)."""
         if self._loaded is None:
@@ -91,7 +99,7 @@ class Run:
     def checkpoint_epoch(self) -> int:
         if self._loaded is not None:
             return self._loaded.epoch
-        return int(rundir.load_checkpoint(self.checkpoint_path, map_location="cpu")["epoch"])
+        return rundir.trained_epochs(rundir.load_checkpoint(self.checkpoint_path, map_location="cpu"))
 
     def evaluation(self) -> dict:
         """gssl eval's report for the checkpoint: eval-<checkpoint>.json when it is for this checkpoint's
@@ -99,7 +107,7 @@ class Run:
         classifier = has_classifier(self.cfg)  # else a linear probe on the frozen backbone
         p = self.path / f"eval-{self.checkpoint}{'' if classifier else '-linear'}.json"
         if p.is_file():
-            rep = rundir.read_json(p)
+            rep = rundir.epochs_from_one(rundir.read_json(p))
             if rep.get("epoch") == self.checkpoint_epoch() and "confusion_matrix" in rep:
                 return rep
         protocol = "classifier" if classifier else "linear"

@@ -25,7 +25,7 @@ def _stamp(run: Run) -> str:
 
 
 def cache_path(run: Run, epoch: int) -> Path:
-    return run.path / ANALYSIS_DIR / f"tsne-{run.checkpoint}-e{epoch + 1}.npz"
+    return run.path / ANALYSIS_DIR / f"tsne-{run.checkpoint}-e{epoch}.npz"
 
 
 def embed(features: np.ndarray, perplexity: float = PERPLEXITY, seed: int = 0) -> np.ndarray:
@@ -73,7 +73,7 @@ def tsne_of_run(run: Run, max_images: int = 2000, perplexity: float = PERPLEXITY
     ld = run.loaded()
     idx = torch.as_tensor(balanced_indices(ld.data.test.labels, max_images))
     if log:
-        log(f"t-SNE of {len(idx)} test images ({run.name}, checkpoint {run.checkpoint}, epoch {epoch + 1})")
+        log(f"t-SNE of {len(idx)} test images ({run.name}, checkpoint {run.checkpoint}, epoch {epoch})")
     feats, logits, labels = predict_features(ld, ld.data.test.images[idx], ld.data.test.labels[idx])
     preds = (
         labels if logits is None else logits.argmax(1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..config import Config, ConfigError
 from .adversarial import Adversarial
-from .base import Context, Scenario, Wrapper
+from .base import PRETEXT_OPTIONS, Context, Scenario, Wrapper
 from .dino import DINOScenario
 from .fixmatch import FixMatch
 from .simclr import SimCLRScenario
@@ -73,6 +73,12 @@ def check(cfg: Config) -> None:
     scenario_class(cfg).check(cfg)
     for wrapper in wrappers_of(cfg):
         wrapper.check(cfg)
+    check_pretext_options(cfg)
+    if cfg.diagnose_every != 1 and scenario_class(cfg).loss_terms is None:
+        raise ConfigError(
+            f"diagnose_every={cfg.diagnose_every}: method {method_of(cfg)} logs no gradient diagnostic (only "
+            f"{', '.join(m for m, scenario in SCENARIOS.items() if scenario.loss_terms)} do); remove it"
+        )
     if cfg.fusion.enabled and "fusion" not in used_sections(cfg):
         raise ConfigError(
             "fusion.enabled=true is a plug-in for contrastive pre-training; set contrastive.views=2 "
@@ -83,6 +89,28 @@ def check(cfg: Config) -> None:
             "selfpatch.enabled=true is a patch-level loss on top of DINO; set method=dino "
             "(and model.backbone=vit), or selfpatch.enabled=false"
         )
+
+
+def check_pretext_options(cfg: Config) -> None:
+    """Refuse a PRETEXT_OPTIONS setting that nothing in this run would read."""
+    method, ssl = method_of(cfg), cfg.ssl
+    for name, is_set in PRETEXT_OPTIONS.items():
+        if not is_set(cfg):
+            continue
+        default = getattr(type(ssl)(), name.split(".")[1])
+        value = str(getattr(ssl, name.split(".")[1])).lower()
+        if name not in SCENARIOS[method].pretext_options:
+            readers = [m for m, scenario in SCENARIOS.items() if name in scenario.pretext_options]
+            raise ConfigError(
+                f"{name}={value} is not read by method {method} (only by {', '.join(readers)}); "
+                f"remove it (default {str(default).lower()}) or choose one of those methods"
+            )
+        if not ssl.tasks or ssl.gate == "none":
+            raise ConfigError(
+                f"{name}={value} is a setting of the pretext tasks, but this run has none (ssl.tasks="
+                f"{ssl.tasks}, ssl.gate={ssl.gate}); set ssl.tasks (e.g. [lorot]) or remove {name} "
+                f"(default {str(default).lower()})"
+            )
 
 
 def used_sections(cfg: Config) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ through the hooks fit() calls, in this order:
                 per batch:  prepare(x, y, generator, epoch, step) -> args    eager: the random draws
                             loss(model, *args) -> (loss, stats)              pure: compiled, under DDP
                             after_step()                    (a gate's step state; an EMA updates here)
+                diagnose(epoch) -> the row's diagnostics (the gradient each loss term puts on the backbone)
                 evaluate_epoch(eval_fn) -> the row's test metrics ("test_acc" first)
     evaluate_final() -> (logits, labels, extra summary fields)
 
@@ -28,7 +29,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from .. import distributed, metrics
+from .. import diagnostics, distributed, metrics
 from ..build import Data, ordered_loader
 from ..config import Config
 from ..data import DeviceLoader
@@ -94,6 +95,16 @@ SWITCHES = {
 }
 
 
+# The ssl settings that change how the pretext heads' losses are made, beyond the tasks and the gate, each
+# with its test (set = not the default). A scenario names those it reads in `pretext_options`; one set
+# where nothing reads it (another method, or no pretext tasks) is refused (scenarios.check).
+PRETEXT_OPTIONS = {
+    "ssl.pretext_scale": lambda cfg: cfg.ssl.pretext_scale != 1,
+    "ssl.pretext_scale_learned": lambda cfg: cfg.ssl.pretext_scale_learned,
+    "ssl.clean_class_loss": lambda cfg: cfg.ssl.clean_class_loss,
+}
+
+
 def settings_on(cfg: Config, names) -> list[str]:
     """Which of the named SWITCHES this config turns on, in the order named."""
     return [name for name in names if SWITCHES[name](cfg)]
@@ -108,6 +119,10 @@ class Scenario:
     has_classifier: ClassVar[bool] = True  # false: judged on frozen features (k-NN, linear probe)
     per_rank_draws: ClassVar[bool] = False  # augmentations drawn per rank (views), not for the global batch
     drop_last: ClassVar[bool] = False  # the training loader's; SimCLR's under torchrun needs equal shares
+    # loss_terms(model, *prepare's args) -> {name: term}, the main loss first: the step's loss split for the
+    # gradient diagnostic (gssl.diagnostics); None: this scenario does not split its loss, and logs none
+    loss_terms: ClassVar[Callable | None] = None
+    pretext_options: ClassVar[tuple[str, ...]] = ()  # the PRETEXT_OPTIONS its model reads
 
     @staticmethod
     def claims(cfg: Config) -> bool:
@@ -192,6 +207,18 @@ class Scenario:
         """The network's gated pretext component (gssl.method.GatedPretext), or None."""
         return getattr(self.ctx.model, "pretext", None)
 
+    def diagnose(self, epoch: int) -> dict:
+        """After the epoch's steps, outside them: the gradient norms of the loss terms (gssl.diagnostics)."""
+        return diagnostics.gradient_norms(self, epoch)
+
+    @functools.cached_property
+    def diagnostic_loader(self) -> DeviceLoader:
+        """Training batches drawn apart from the training's (another seed), from the same images on the
+        device; built on first use."""
+        train = self.train_loader
+        seed = diagnostics.diagnostic_seed(self.ctx.cfg.seed)
+        return self.ctx.loader(train.images, train.labels, self.ctx.cfg.optim.batch_size, seed)
+
     def evaluate_epoch(self, eval_fn) -> dict:
         logits, labels = metrics.predict(
             self.eval_model, self.test_loader, self.ctx.device.type, precision=self.ctx.precision, fn=eval_fn
@@ -251,6 +278,8 @@ class Wrapper(Scenario):
     eval_model = property(lambda self: self.inner.eval_model)
     test_loader = property(lambda self: self.inner.test_loader)
     per_rank_draws = property(lambda self: self.inner.per_rank_draws)
+    train_loader = property(lambda self: self.inner.train_loader)
+    loss_terms = property(lambda self: self.inner.loss_terms)
 
     def loss(self, model, *args):
         return self.inner.loss(model, *args)

@@ -31,6 +31,8 @@ class FixMatch(Scenario):
             )
 
     build_model = staticmethod(Supervised.build_model)
+    # its three views share one forward pass (semisup.fixmatch_loss): no clean pass for the class loss
+    pretext_options = ("ssl.pretext_scale", "ssl.pretext_scale_learned")
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

@@ -10,6 +10,13 @@ from .base import Scenario
 
 
 class Supervised(Scenario):
+    pretext_options = ("ssl.pretext_scale", "ssl.pretext_scale_learned", "ssl.clean_class_loss")
+
+    @staticmethod
+    def loss_terms(model: GatedSSL, *args):
+        """The class loss and each weighted pretext term of the step (gssl.diagnostics)."""
+        return model.loss_terms(*args)
+
     @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> GatedSSL:
         return GatedSSL(
@@ -23,5 +30,7 @@ class Supervised(Scenario):
             in_channels=in_channels,
             gate_kw=gate_options(cfg.ssl),
             pretext_scale=cfg.ssl.pretext_scale,
+            pretext_scale_learned=cfg.ssl.pretext_scale_learned,
+            clean_class_loss=cfg.ssl.clean_class_loss,
             backbone_options=backbone_options(cfg),
         )
