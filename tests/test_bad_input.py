@@ -119,7 +119,7 @@ def test_missing_dataset(tmp_path, old_run, capsys):
         old_run,
         capsys,
         r"cifar10: root '.*nowhere' does not exist\. Expected cifar-10-batches-py/",
-        r"data\.root=DIR",
+        r"To fix: point data\.root at the dataset folder.*\(`gssl train`/`sweep`: --set data\.root=DIR;",
     )
 
 
