@@ -29,6 +29,26 @@ def _check(pred, what, help: str):
     return {"check": (pred, what), "help": help}
 
 
+def _positive(help: str):
+    return _check(lambda v: v >= 1, "an integer >= 1", help=help)
+
+
+def _non_negative(help: str):
+    return _check(lambda v: v >= 0, "an integer >= 0", help=help)
+
+
+def _finite_positive(help: str):
+    return _check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help=help)
+
+
+def _finite_non_negative(help: str):
+    return _check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", help=help)
+
+
+def _below_one(help: str):
+    return _check(lambda v: 0 <= v < 1, "a number in [0, 1)", help=help)
+
+
 def _help(text: str):
     """A key's one-line meaning (`gssl presets --keys`), kept beside the key it describes."""
     return {"help": text}
@@ -78,9 +98,7 @@ class DataConfig:
     )
     crop_padding: int = field(
         default=4,
-        metadata=_check(
-            lambda v: v >= 0, "an integer >= 0", help="random-crop padding in pixels (0: no crop)"
-        ),
+        metadata=_non_negative("random-crop padding in pixels (0: no crop)"),
     )
     hflip: bool = field(default=True, metadata=_help("random horizontal flip of training images"))
     normalize: str = field(
@@ -137,9 +155,7 @@ class ViTConfig:
         default=192,
         metadata=_check(lambda v: v >= 1, "an integer >= 1 divisible by vit.heads", help="token dimension"),
     )
-    depth: int = field(
-        default=12, metadata=_check(lambda v: v >= 1, "an integer >= 1", help="number of transformer blocks")
-    )
+    depth: int = field(default=12, metadata=_positive("number of transformer blocks"))
     heads: int = field(
         default=3,
         metadata=_check(
@@ -148,17 +164,11 @@ class ViTConfig:
     )
     mlp_ratio: float = field(
         default=4.0,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help="MLP hidden width / token width"
-        ),
+        metadata=_finite_positive("MLP hidden width / token width"),
     )
     image_size: int = field(
         default=32,
-        metadata=_check(
-            lambda v: v >= 1,
-            "an integer >= 1",
-            help="side of the training images, for which the positional embeddings are learned",
-        ),
+        metadata=_positive("side of the training images, for which the positional embeddings are learned"),
     )
 
 
@@ -195,10 +205,8 @@ class SSLConfig:
     )
     ratio: float = field(
         default=0.1,
-        metadata=_check(
-            lambda v: v >= 0 and math.isfinite(v),
-            "a finite number >= 0",
-            help="lambda: the weight of the gated pretext loss beside the classification loss",
+        metadata=_finite_non_negative(
+            "lambda: the weight of the gated pretext loss beside the classification loss"
         ),
     )
     flip_axis: str = field(
@@ -209,11 +217,7 @@ class SSLConfig:
     )
     gate_tau: float = field(
         default=0.5,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v),
-            "a finite number > 0",
-            help="gate=learned: entropy temperature that keeps the gate from collapsing",
-        ),
+        metadata=_finite_positive("gate=learned: entropy temperature that keeps the gate from collapsing"),
     )
     gradnorm_alpha: float = field(
         default=1.5,
@@ -274,9 +278,7 @@ class LossConfig:
     )
     drw_beta: float = field(
         default=0.9999,
-        metadata=_check(
-            lambda v: 0 <= v < 1, "a number in [0, 1)", help="DRW: beta of the effective number of samples"
-        ),
+        metadata=_below_one("DRW: beta of the effective number of samples"),
     )
 
 
@@ -290,9 +292,7 @@ class SLAConfig:
     )
     temperature: float = field(
         default=1.0,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help="self-distillation temperature"
-        ),
+        metadata=_finite_positive("self-distillation temperature"),
     )
 
 
@@ -310,11 +310,7 @@ class PretrainConfig:
     )
     lr: float = field(
         default=0.1,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v),
-            "a finite number > 0",
-            help="SSP: pre-training learning rate",
-        ),
+        metadata=_finite_positive("SSP: pre-training learning rate"),
     )
 
 
@@ -341,9 +337,7 @@ class AdvConfig:
             lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255", help="training attack's step"
         ),
     )
-    steps: int = field(
-        default=10, metadata=_check(lambda v: v >= 1, "an integer >= 1", help="training attack's PGD steps")
-    )
+    steps: int = field(default=10, metadata=_positive("training attack's PGD steps"))
     random_start: bool = field(default=True, metadata=_help("PGD starts from a random point in the ball"))
     objective: str = field(
         default="pretext",
@@ -400,11 +394,7 @@ class SemiConfig:
     )
     lambda_u: float = field(
         default=1.0,
-        metadata=_check(
-            lambda v: v >= 0 and math.isfinite(v),
-            "a finite number >= 0",
-            help="weight of the unlabelled loss",
-        ),
+        metadata=_finite_non_negative("weight of the unlabelled loss"),
     )
     ema: float = field(
         default=0.999,
@@ -414,12 +404,10 @@ class SemiConfig:
             help="decay of the evaluated EMA weights (0: none)",
         ),
     )
-    steps_per_epoch: int = field(
-        default=1024, metadata=_check(lambda v: v >= 1, "an integer >= 1", help="training steps per epoch")
-    )
+    steps_per_epoch: int = field(default=1024, metadata=_positive("training steps per epoch"))
     split_seed: int = field(
         default=0,
-        metadata=_check(lambda v: v >= 0, "an integer >= 0", help="seed of the labelled/unlabelled split"),
+        metadata=_non_negative("seed of the labelled/unlabelled split"),
     )
 
 
@@ -439,17 +427,15 @@ class ContrastiveConfig:
     )
     temperature: float = field(
         default=0.5,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help="NT-Xent temperature"
-        ),
+        metadata=_finite_positive("NT-Xent temperature"),
     )
     proj_dim: int = field(
         default=128,
-        metadata=_check(lambda v: v >= 1, "an integer >= 1", help="projection head's output size"),
+        metadata=_positive("projection head's output size"),
     )
     proj_hidden: int = field(
         default=512,
-        metadata=_check(lambda v: v >= 1, "an integer >= 1", help="projection head's hidden size"),
+        metadata=_positive("projection head's hidden size"),
     )
     crop_min_scale: float = field(
         default=0.2,
@@ -461,13 +447,11 @@ class ContrastiveConfig:
     )
     knn_k: int = field(
         default=200,
-        metadata=_check(lambda v: v >= 1, "an integer >= 1", help="neighbours of the k-NN evaluation"),
+        metadata=_positive("neighbours of the k-NN evaluation"),
     )
     knn_temperature: float = field(
         default=0.1,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help="k-NN vote temperature"
-        ),
+        metadata=_finite_positive("k-NN vote temperature"),
     )
     linear_epochs: int = field(
         default=100,
@@ -479,20 +463,12 @@ class ContrastiveConfig:
     )
     linear_lr: float = field(
         default=0.1,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v),
-            "a finite number > 0",
-            help="the linear probe's learning rate",
-        ),
+        metadata=_finite_positive("the linear probe's learning rate"),
     )
 
 
 def _scale_range(v) -> bool:
     return len(v) == 2 and 0 < v[0] <= v[1] <= 1
-
-
-def _positive(help: str):
-    return _check(lambda v: v >= 1, "an integer >= 1", help=help)
 
 
 @dataclass
@@ -560,19 +536,15 @@ class DINOConfig:
     )
     warmup_teacher_temp_epochs: int = field(
         default=0,
-        metadata=_check(
-            lambda v: v >= 0, "an integer >= 0", help="epochs of the teacher temperature's warm-up"
-        ),
+        metadata=_non_negative("epochs of the teacher temperature's warm-up"),
     )
     center_momentum: float = field(
         default=0.9,
-        metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)", help="momentum of the teacher's centre"),
+        metadata=_below_one("momentum of the teacher's centre"),
     )
     momentum_teacher: float = field(
         default=0.996,
-        metadata=_check(
-            lambda v: 0 <= v < 1, "a number in [0, 1)", help="EMA momentum of the teacher's weights"
-        ),
+        metadata=_below_one("EMA momentum of the teacher's weights"),
     )
     freeze_last_layer: int = field(
         default=1,
@@ -583,9 +555,7 @@ class DINOConfig:
     knn_k: int = field(default=20, metadata=_positive("neighbours of the k-NN evaluation"))
     knn_temperature: float = field(
         default=0.07,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help="k-NN vote temperature"
-        ),
+        metadata=_finite_positive("k-NN vote temperature"),
     )
     linear_epochs: int = field(
         default=100,
@@ -597,11 +567,7 @@ class DINOConfig:
     )
     linear_lr: float = field(
         default=0.1,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v),
-            "a finite number > 0",
-            help="the linear probe's learning rate",
-        ),
+        metadata=_finite_positive("the linear probe's learning rate"),
     )
 
 
@@ -657,10 +623,8 @@ class FusionConfig:
     layers: int = field(default=1, metadata=_positive("attention layers"))
     strength: float = field(
         default=1.0,
-        metadata=_check(
-            lambda v: v >= 0 and math.isfinite(v),
-            "a finite number >= 0",
-            help="the fused batch's weight at the end of training (it grows with progress)",
+        metadata=_finite_non_negative(
+            "the fused batch's weight at the end of training (it grows with progress)"
         ),
     )
 
@@ -699,13 +663,11 @@ class OptimConfig:
     )
     lr: float = field(
         default=0.1,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help="peak learning rate"
-        ),
+        metadata=_finite_positive("peak learning rate"),
     )
     momentum: float = field(
         default=0.9,
-        metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)", help="SGD momentum (unused by adamw)"),
+        metadata=_below_one("SGD momentum (unused by adamw)"),
     )
     nesterov: bool = field(default=False, metadata=_help("Nesterov momentum (sgd)"))
     weight_decay: float = field(
@@ -736,7 +698,7 @@ class OptimConfig:
     )
     warmup_epochs: int = field(
         default=5,
-        metadata=_check(lambda v: v >= 0, "an integer >= 0", help="epochs of linear learning-rate warm-up"),
+        metadata=_non_negative("epochs of linear learning-rate warm-up"),
     )
     milestones: list[int] = field(
         default_factory=lambda: [160, 180],
@@ -780,9 +742,7 @@ class Config:
     selfpatch: SelfPatchConfig = field(default_factory=SelfPatchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = field(
-        default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0", help="seed of every random draw")
-    )
+    seed: int = field(default=0, metadata=_non_negative("seed of every random draw"))
     device: str = field(
         default="auto", metadata=_choice("auto", "cpu", "cuda", help="auto: CUDA when available, else CPU")
     )
