@@ -140,4 +140,6 @@ def test_shot_groups_and_top5_on_a_hand_made_logits_table():
     # the two rows whose class is ranked last miss; exactly the count over 12, as the robust top-1 is
     # (attacks.robust_accuracy): a float32 mean gave 83.3333313
     assert rep["top5"] == 100.0 * 10 / 12
+    # summary.json's names for them, which `gssl table` reads
+    assert metrics.summary_accuracies(rep) == {"test_acc": 50.0, "top5_acc": 100.0 * 10 / 12}
     assert metrics.top1(logits[:10], labels[:10]) == 60.0  # 6 of 10 (float32: 60.0000024)
