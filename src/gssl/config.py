@@ -96,10 +96,7 @@ class DataConfig:
             help="at most this many test images, evenly from every class; null: the whole test set",
         ),
     )
-    crop_padding: int = field(
-        default=4,
-        metadata=_non_negative("random-crop padding in pixels (0: no crop)"),
-    )
+    crop_padding: int = field(default=4, metadata=_non_negative("random-crop padding in pixels (0: no crop)"))
     hflip: bool = field(default=True, metadata=_help("random horizontal flip of training images"))
     normalize: str = field(
         default="dataset",
@@ -162,10 +159,7 @@ class ViTConfig:
             lambda v: v >= 1, "an integer >= 1 dividing vit.width", help="attention heads per block"
         ),
     )
-    mlp_ratio: float = field(
-        default=4.0,
-        metadata=_finite_positive("MLP hidden width / token width"),
-    )
+    mlp_ratio: float = field(default=4.0, metadata=_finite_positive("MLP hidden width / token width"))
     image_size: int = field(
         default=32,
         metadata=_positive("side of the training images, for which the positional embeddings are learned"),
@@ -277,8 +271,7 @@ class LossConfig:
         ),
     )
     drw_beta: float = field(
-        default=0.9999,
-        metadata=_below_one("DRW: beta of the effective number of samples"),
+        default=0.9999, metadata=_below_one("DRW: beta of the effective number of samples")
     )
 
 
@@ -290,10 +283,7 @@ class SLAConfig:
         default="none",
         metadata=_choice("none", "rotation", "channel", help="SLA-SD's transformations; none: SLA-SD off"),
     )
-    temperature: float = field(
-        default=1.0,
-        metadata=_finite_positive("self-distillation temperature"),
-    )
+    temperature: float = field(default=1.0, metadata=_finite_positive("self-distillation temperature"))
 
 
 @dataclass
@@ -308,10 +298,7 @@ class PretrainConfig:
             help="SSP: epochs of rotation pre-training before training (0: none)",
         ),
     )
-    lr: float = field(
-        default=0.1,
-        metadata=_finite_positive("SSP: pre-training learning rate"),
-    )
+    lr: float = field(default=0.1, metadata=_finite_positive("SSP: pre-training learning rate"))
 
 
 @dataclass
@@ -392,10 +379,7 @@ class SemiConfig:
             lambda v: 0 <= v <= 1, "a confidence in [0, 1]", help="confidence a pseudo-label needs to count"
         ),
     )
-    lambda_u: float = field(
-        default=1.0,
-        metadata=_finite_non_negative("weight of the unlabelled loss"),
-    )
+    lambda_u: float = field(default=1.0, metadata=_finite_non_negative("weight of the unlabelled loss"))
     ema: float = field(
         default=0.999,
         metadata=_check(
@@ -405,10 +389,7 @@ class SemiConfig:
         ),
     )
     steps_per_epoch: int = field(default=1024, metadata=_positive("training steps per epoch"))
-    split_seed: int = field(
-        default=0,
-        metadata=_non_negative("seed of the labelled/unlabelled split"),
-    )
+    split_seed: int = field(default=0, metadata=_non_negative("seed of the labelled/unlabelled split"))
 
 
 @dataclass
@@ -425,18 +406,9 @@ class ContrastiveConfig:
             help="SimCLR: augmented views per image (0: off)",
         ),
     )
-    temperature: float = field(
-        default=0.5,
-        metadata=_finite_positive("NT-Xent temperature"),
-    )
-    proj_dim: int = field(
-        default=128,
-        metadata=_positive("projection head's output size"),
-    )
-    proj_hidden: int = field(
-        default=512,
-        metadata=_positive("projection head's hidden size"),
-    )
+    temperature: float = field(default=0.5, metadata=_finite_positive("NT-Xent temperature"))
+    proj_dim: int = field(default=128, metadata=_positive("projection head's output size"))
+    proj_hidden: int = field(default=512, metadata=_positive("projection head's hidden size"))
     crop_min_scale: float = field(
         default=0.2,
         metadata=_check(
@@ -445,14 +417,8 @@ class ContrastiveConfig:
             help="smallest area fraction of a random resized crop",
         ),
     )
-    knn_k: int = field(
-        default=200,
-        metadata=_positive("neighbours of the k-NN evaluation"),
-    )
-    knn_temperature: float = field(
-        default=0.1,
-        metadata=_finite_positive("k-NN vote temperature"),
-    )
+    knn_k: int = field(default=200, metadata=_positive("neighbours of the k-NN evaluation"))
+    knn_temperature: float = field(default=0.1, metadata=_finite_positive("k-NN vote temperature"))
     linear_epochs: int = field(
         default=100,
         metadata=_check(
@@ -461,10 +427,7 @@ class ContrastiveConfig:
             help="epochs of the final linear probe (0: k-NN only)",
         ),
     )
-    linear_lr: float = field(
-        default=0.1,
-        metadata=_finite_positive("the linear probe's learning rate"),
-    )
+    linear_lr: float = field(default=0.1, metadata=_finite_positive("the linear probe's learning rate"))
 
 
 def _scale_range(v) -> bool:
@@ -535,16 +498,11 @@ class DINOConfig:
         ),
     )
     warmup_teacher_temp_epochs: int = field(
-        default=0,
-        metadata=_non_negative("epochs of the teacher temperature's warm-up"),
+        default=0, metadata=_non_negative("epochs of the teacher temperature's warm-up")
     )
-    center_momentum: float = field(
-        default=0.9,
-        metadata=_below_one("momentum of the teacher's centre"),
-    )
+    center_momentum: float = field(default=0.9, metadata=_below_one("momentum of the teacher's centre"))
     momentum_teacher: float = field(
-        default=0.996,
-        metadata=_below_one("EMA momentum of the teacher's weights"),
+        default=0.996, metadata=_below_one("EMA momentum of the teacher's weights")
     )
     freeze_last_layer: int = field(
         default=1,
@@ -553,10 +511,7 @@ class DINOConfig:
         ),
     )
     knn_k: int = field(default=20, metadata=_positive("neighbours of the k-NN evaluation"))
-    knn_temperature: float = field(
-        default=0.07,
-        metadata=_finite_positive("k-NN vote temperature"),
-    )
+    knn_temperature: float = field(default=0.07, metadata=_finite_positive("k-NN vote temperature"))
     linear_epochs: int = field(
         default=100,
         metadata=_check(
@@ -565,10 +520,7 @@ class DINOConfig:
             help="epochs of the final linear probe (0: k-NN only)",
         ),
     )
-    linear_lr: float = field(
-        default=0.1,
-        metadata=_finite_positive("the linear probe's learning rate"),
-    )
+    linear_lr: float = field(default=0.1, metadata=_finite_positive("the linear probe's learning rate"))
 
 
 @dataclass
@@ -661,14 +613,8 @@ class OptimConfig:
             help="sgd: momentum (and nesterov); adamw: DINO's recipe for ViTs (betas 0.9, 0.999)",
         ),
     )
-    lr: float = field(
-        default=0.1,
-        metadata=_finite_positive("peak learning rate"),
-    )
-    momentum: float = field(
-        default=0.9,
-        metadata=_below_one("SGD momentum (unused by adamw)"),
-    )
+    lr: float = field(default=0.1, metadata=_finite_positive("peak learning rate"))
+    momentum: float = field(default=0.9, metadata=_below_one("SGD momentum (unused by adamw)"))
     nesterov: bool = field(default=False, metadata=_help("Nesterov momentum (sgd)"))
     weight_decay: float = field(
         default=2e-4,
@@ -696,10 +642,7 @@ class OptimConfig:
             "step", "cosine", help="learning rate after warm-up: steps at milestones, or cosine"
         ),
     )
-    warmup_epochs: int = field(
-        default=5,
-        metadata=_non_negative("epochs of linear learning-rate warm-up"),
-    )
+    warmup_epochs: int = field(default=5, metadata=_non_negative("epochs of linear learning-rate warm-up"))
     milestones: list[int] = field(
         default_factory=lambda: [160, 180],
         metadata=_check(
