@@ -137,6 +137,17 @@ def tiny_run(fake_cifar10, tmp_path_factory) -> Path:
         )
 
 
+ANALYSIS_MISSING = (
+    "{} is missing: the analysis extra draws the figures (pip install -e '.[test]' includes it)"
+)
+
+
+def needs_analysis() -> None:
+    """Skip, saying why, where matplotlib or scikit-learn is absent (an install without the test extra)."""
+    for module in ("matplotlib", "sklearn"):
+        pytest.importorskip(module, reason=ANALYSIS_MISSING.format(module))
+
+
 def initial_weights(run: Path) -> dict:
     """A run's model as the engine initialised it (its config, seed and build) before any step."""
     import torch

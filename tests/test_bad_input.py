@@ -119,7 +119,7 @@ def test_missing_dataset(tmp_path, old_run, capsys):
         old_run,
         capsys,
         r"cifar10: root '.*nowhere' does not exist\. Expected cifar-10-batches-py/",
-        r"data\.root=DIR",
+        r"To fix: point data\.root at the dataset folder.*\(`gssl train`/`sweep`: --set data\.root=DIR;",
     )
 
 
@@ -156,6 +156,20 @@ def test_an_archive_that_is_not_the_expected_one(tmp_path, old_run, capsys):
         capsys,
         r"cifar10: '.*cifar-10-jpg\.tar\.gz' is not a cifar10 dataset .*Expected cifar-10-batches-py/",
     )
+
+
+def test_a_tiny_imagenet_archive_given_as_cifar10(tmp_path, old_run, capsys):
+    """Its train/<wnid>/images/ folders hold no image directly: not an "empty folder" to fix."""
+    tiny, _ = fakes.write_tiny_imagenet(tmp_path / "src", n_classes=2, n_train=2, n_val=1, size=8)
+    archive = fakes.make_tar(tiny, tmp_path / "tiny-imagenet-200-64px.tar.gz")
+    err = _refused(
+        _train(archive, old_run),
+        old_run,
+        capsys,
+        r"cifar10: '.*tiny-imagenet-200-64px\.tar\.gz' is not a cifar10 dataset \(no train split",
+        r"Expected cifar-10-batches-py/",
+    )
+    assert "empty folder" not in err
 
 
 def test_imbalance_that_empties_classes(tmp_path, old_run, capsys):

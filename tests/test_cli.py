@@ -244,6 +244,10 @@ def test_a_run_whose_data_moved_is_evaluated_analysed_and_resumed_from_the_new_p
 ):
     import shutil
 
+    from conftest import needs_analysis
+
+    needs_analysis()
+
     from conftest import train_tiny_run
     from gssl.sweep import Job
 

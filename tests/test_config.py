@@ -1,11 +1,16 @@
 """Configuration: presets, overrides, validation errors, schedule scaling."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
+from gssl.cli import main
 from gssl.config import Config, ConfigError, all_keys, diff, from_dict, parse_set, to_yaml
 from gssl.presets import PRESETS, RATIOS, preset_dict, resolve
 from gssl.schedule import scaled_schedule
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_preset_loads_validates_and_round_trips():
@@ -149,6 +154,48 @@ def test_all_keys_are_dotted_and_complete():
     assert "optim.lr" in keys and "ssl.tasks" in keys and "seed" in keys
     assert len(keys) == len(set(keys))
     assert Config(method="supervised") == from_dict({})
+
+
+def _value(cfg, key):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "key, value, doc, says",
+    [
+        ("loss.drw_beta", 0.9999, "docs/design.md", "beta 0.9999"),
+        ("ssl.ratio", 0.1, "README.md", "with lambda = 0.1"),
+        ("data.crop_padding", 4, "docs/design.md", "`RandomCrop(32, padding=4)`"),
+    ],
+)
+def test_the_documented_defaults(key, value, doc, says):
+    """What a config file that leaves the key out trains with, as the documentation says."""
+    assert says in (ROOT / doc).read_text()
+    assert _value(from_dict({}), key) == value
+    assert _value(Config(), key) == value
+
+
+def test_presets_keys_prints_every_key_with_its_type_default_and_meaning(capsys):
+    assert main(["presets", "--keys"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["KEY", "TYPE", "DEFAULT", "MEANING"]
+    assert [line.split()[0] for line in lines] == all_keys()
+    start = [header.index(c) for c in ("TYPE", "DEFAULT", "MEANING")]
+    for line in lines:
+        key = line.split()[0]
+        type_text, default, meaning = (line[a:b].strip() for a, b in zip(start, [*start[1:], None]))
+        assert type_text and meaning, line
+        printed = from_dict(parse_set(f"{key}={default}"))  # as `--set` reads it back
+        expected = _value(Config(method="supervised"), key)
+        if isinstance(expected, float):  # printed to six digits (8/255)
+            expected = pytest.approx(expected, rel=1e-5)
+        assert _value(printed, key) == expected, line
+    assert any(
+        line.split()[:3] == ["model.head", "str", "cosine"] and line.endswith("(linear|cosine)")
+        for line in lines
+    )
 
 
 @pytest.mark.parametrize(

@@ -158,6 +158,10 @@ def _train(preset, data_root, out, *sets):
 def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar10, tmp_path, capsys):
     import json
 
+    from conftest import needs_analysis
+
+    needs_analysis()
+
     from gssl.cli import main
 
     run = _train("cifar10-simclr-gated-pretext", fake_cifar10, tmp_path / "simclr", "fusion.enabled=true")

@@ -7,11 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gssl import table
-from gssl.analysis import curves
-from gssl.cli import main
-from gssl.config import parse_set, to_yaml
-from gssl.presets import resolve
+from conftest import ANALYSIS_MISSING
+
+pytest.importorskip("matplotlib", reason=ANALYSIS_MISSING.format("matplotlib"))
+
+from gssl import table  # noqa: E402
+from gssl.analysis import curves  # noqa: E402
+from gssl.cli import main  # noqa: E402
+from gssl.config import parse_set, to_yaml  # noqa: E402
+from gssl.presets import resolve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULE = ["optim.epochs=3", "optim.base_epochs=3", "optim.warmup_epochs=1", "optim.milestones=[2]"]

@@ -29,7 +29,11 @@ def _leftovers(d):
 def test_offline_fails_at_once_with_local_copy_hint(tmp_path, monkeypatch, name):
     _patch(monkeypatch, name, lambda r: [UNREACHABLE] * len(r.urls))
     t = time.monotonic()
-    with pytest.raises(DataError, match=r"could not download .*offline.*--root DIR.*GSSL_DATA") as e:
+    with pytest.raises(
+        DataError,
+        match=r"could not download .*offline.*data\.root \(`gssl train`/`sweep`: --set data\.root=DIR"
+        r".*GSSL_DATA",
+    ) as e:
         download(name, tmp_path / "dest", timeout=2)
     assert time.monotonic() - t < 5
     if name == "fashion-mnist":

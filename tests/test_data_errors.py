@@ -23,7 +23,7 @@ def test_missing_root(tmp_path):
 def test_wrong_layout(tmp_path, name):
     (tmp_path / "stuff").mkdir()
     (tmp_path / "readme.txt").write_text("not a dataset")
-    with pytest.raises(DataError, match=r"found none.*To fix: pass --root"):
+    with pytest.raises(DataError, match=r"found none.*To fix: point data\.root at"):
         load_dataset(name, tmp_path, "train")
 
 

@@ -109,8 +109,36 @@ def test_indices_seed_matters_and_cifar100_total():
 
 def test_indices_need_enough_images():
     labels = np.array([0] * 10 + [1] * 2)  # n_max = 6 but class 1 has 2
-    with pytest.raises(DataError, match="class 1 has 2 images but the long-tail profile needs"):
+    with pytest.raises(
+        DataError,
+        match=r"class 1 has 2 images but the long-tail profile needs 6; long-tailed splits start from a "
+        r"balanced training set\.$",
+    ):
         long_tail_indices(labels, 1.0)
+
+
+def test_counts_need_a_class_and_an_image_per_class():
+    with pytest.raises(DataError, match=r"^need at least one class and one image per class, got 0 classes"):
+        long_tail_counts(100, 0, 0.5)
+    with pytest.raises(DataError, match=r"got 10 classes, n_max 0\.5\.$"):
+        long_tail_counts(0.5, 10, 0.5)
+
+
+def test_the_default_seed_is_ldam_drws_zero():
+    labels = np.repeat(np.arange(10), 50)
+    assert np.array_equal(long_tail_indices(labels, 0.1), long_tail_indices(labels, 0.1, seed=0))
+    for a, b in zip(labeled_unlabeled_split(labels, 3), labeled_unlabeled_split(labels, 3, seed=0)):
+        assert np.array_equal(a, b)
+
+
+def test_labelled_split_at_its_edges_one_and_every_image_of_a_class():
+    labels = np.repeat(np.arange(3), 4)
+    lab, unl = labeled_unlabeled_split(labels, 1)
+    assert np.bincount(labels[lab]).tolist() == [1, 1, 1] and len(unl) == 9
+    lab, unl = labeled_unlabeled_split(labels, 4)  # every image labelled: allowed, nothing unlabelled
+    assert sorted(lab.tolist()) == list(range(12)) and unl.tolist() == []
+    with pytest.raises(DataError, match=r"^n_per_class must be at least 1, got 0\.$"):
+        labeled_unlabeled_split(labels, 0)
 
 
 def test_labeled_unlabeled_split():

@@ -127,8 +127,11 @@ def test_an_interrupted_dino_selfpatch_run_resumes_bit_for_bit(fake_cifar10, tmp
 def test_the_report_of_a_dino_run_shows_the_teachers_class_token_attention(
     fake_cifar10, tmp_path, monkeypatch
 ):
-    pytest.importorskip("matplotlib")
     from pathlib import Path
+
+    from conftest import needs_analysis
+
+    needs_analysis()
 
     from gssl.analysis import figures
 

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,3 +273,29 @@ def test_unwritable_output_directory_exits_2(fake_cifar10, tmp_path, capsys):
         "cannot prepare" in capsys.readouterr().err
         and blocker.read_text() == "a file where a folder should be"
     )
+
+
+def _snapshot(run):
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_damaged_last_checkpoint_is_named_with_its_fix(tiny_run, tmp_path, capsys):
+    """Truncated last.pt: "damaged", not "unsafe"; the intact best.pt is offered, and it does work."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    before = _snapshot(run)
+    r = subprocess.run([sys.executable, "-m", "gssl", "eval", str(run)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert re.search(r"^gssl: error: checkpoint \S+/checkpoints/last\.pt is damaged \(truncated", r.stderr)
+    assert "safely" not in r.stderr
+    assert f"{run}/checkpoints/best.pt loads: `gssl eval/report/analyze {run} --checkpoint best`" in r.stderr
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    assert "last.pt is damaged" in capsys.readouterr().err
+    assert _snapshot(run) == before
+    assert main(["eval", str(run), "--checkpoint", "best"]) == 0  # the fix offered
+    (run / "checkpoints" / "best.pt").unlink()
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"no other checkpoint: `gssl train --config {run}/config.yaml --out {run} --force`" in err

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import TWO_EPOCHS_EVERY_EVENT, train_preset, two_ranks_batchnorm
+from conftest import TWO_EPOCHS_EVERY_EVENT, needs_analysis, train_preset, two_ranks_batchnorm
 from gssl.config import ConfigError, from_dict, parse_set
 from gssl.gating import LOSS_WEIGHTINGS, build_gate
 from gssl.losses import build_loss
@@ -507,6 +507,7 @@ def test_compiled_dwa_takes_its_third_epochs_weights_without_recompiling(cifar60
 
 
 def test_the_report_draws_the_loss_weightings_against_a_uniform_weight_of_one():
+    needs_analysis()
     from gssl.analysis import curves
     from gssl.gating import uniform_weight
 

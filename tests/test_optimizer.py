@@ -53,6 +53,36 @@ def test_sgd_stays_the_default_with_its_momentum():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [2e-4]  # decay_norm_and_bias: one group
 
 
+def test_every_parameter_is_in_one_group_and_only_norms_and_biases_go_undecayed():
+    cfg = _cfg("cifar10-lt0.01-ldam-drw", "optim.decay_norm_and_bias=false")
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    )
+    decayed, undecayed = build_optimizer(cfg, model, torch.device("cpu")).param_groups
+    assert [tuple(p.shape) for p in decayed["params"]] == [(4, 3, 3, 3), (2, 4)]  # 4-D and 2-D weights
+    assert [tuple(p.shape) for p in undecayed["params"]] == [(4,), (4,), (4,), (2,)]  # biases, BN
+    assert decayed["weight_decay"] == 2e-4 and undecayed["weight_decay"] == 0.0
+
+
+def test_every_sgd_setting_and_the_devices_kernel_reach_the_optimiser():
+    cfg = _cfg("cifar10-lt0.01-ldam-drw", "optim.nesterov=true", "optim.lr=0.05")
+    model = torch.nn.Linear(3, 2)
+    on_cpu = build_optimizer(cfg, model, torch.device("cpu"))
+    assert on_cpu.defaults["nesterov"] is True and on_cpu.defaults["lr"] == 0.05
+    assert on_cpu.defaults["foreach"] is True and not on_cpu.defaults["fused"]  # fused: CUDA only
+    on_cuda = build_optimizer(cfg, model, torch.device("cuda"))  # the device only picks the kernel
+    assert on_cuda.defaults["fused"] is True and not on_cuda.defaults["foreach"]
+    adamw = build_optimizer(_cfg("cifar10-dino-vit"), model, torch.device("cpu"))
+    assert adamw.defaults["foreach"] is True
+
+
+def test_clipping_divides_by_the_norm_plus_1e_6_as_dinos_code():
+    param = torch.nn.Parameter(torch.zeros(1))
+    param.grad = torch.tensor([2e-6])  # norm 2e-6 against max_norm 1e-6: the 1e-6 is a third of it
+    clip_each_gradient([param], 1e-6)
+    assert param.grad.item() == pytest.approx(2e-6 * 1e-6 / 3e-6, rel=1e-4)
+
+
 def test_each_parameter_is_clipped_to_the_norm_on_its_own_as_dinos_clip_gradients():
     big, small = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
     big.grad, small.grad = torch.tensor([6.0, 8.0]), torch.tensor([1.0, 2.0, 2.0])  # norms 10 and 3

@@ -90,6 +90,29 @@ def test_the_runs_ldam_margins_are_the_formula_on_its_own_class_counts(fake_cifa
     assert ctx.cls_loss.s == 30
 
 
+def test_the_test_images_reach_the_model_unaugmented_and_in_order(fake_cifar10, tmp_path):
+    ctx = _context(fake_cifar10, tmp_path)
+    test = ctx.data.test
+    x, y = next(iter(scenarios.build(ctx).test_loader))  # what every evaluation of the loop reads
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)  # LDAM-DRW's CIFAR constants
+    std = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
+    assert len(x) == len(test) == 20  # data.test_limit: one batch
+    assert torch.allclose(x, (test.images.float() / 255 - mean) / std, atol=1e-5)
+    assert torch.equal(y, test.labels)
+
+
+def test_a_resumed_epoch_draws_the_batches_of_the_uninterrupted_run(fake_cifar10, tmp_path):
+    """The loader's epoch comes from the loop, not from how many epochs this process iterated before."""
+    uninterrupted = scenarios.build(_context(fake_cifar10, tmp_path / "a"))
+    for epoch in range(3):
+        third = list(uninterrupted.batches(epoch)[0])
+    resumed = scenarios.build(_context(fake_cifar10, tmp_path / "b"))
+    again = list(resumed.batches(2)[0])
+    assert len(again) == len(third) > 1
+    for (x, y), (x_again, y_again) in zip(third, again):
+        assert torch.equal(x, x_again) and torch.equal(y, y_again)
+
+
 @pytest.mark.parametrize("task, classes", [("flip", 2), ("lorot", 16), ("channel", 6)])
 def test_every_pretext_label_is_drawn_about_equally_often(task, classes):
     pretext = build_pretext([task])
@@ -116,4 +139,6 @@ def test_shot_groups_and_top5_on_a_hand_made_logits_table():
     # the two rows whose class is ranked last miss; exactly the count over 12, as the robust top-1 is
     # (attacks.robust_accuracy): a float32 mean gave 83.3333313
     assert rep["top5"] == 100.0 * 10 / 12
+    # summary.json's names for them, which `gssl table` reads
+    assert metrics.summary_accuracies(rep) == {"test_acc": 50.0, "top5_acc": 100.0 * 10 / 12}
     assert metrics.top1(logits[:10], labels[:10]) == 60.0  # 6 of 10 (float32: 60.0000024)

@@ -14,7 +14,7 @@ DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and DRIVER),
     reason="headless Chromium not installed: `apt-get install chromium chromium-driver` "
-    "(install.sh does it as root)",
+    "(`GSSL_INSTALL_BROWSER=1 bash install.sh` does it as root)",
 )
 
 webdriver = pytest.importorskip(

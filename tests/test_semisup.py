@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import train_tiny_run
+from conftest import needs_analysis, train_tiny_run
 from gssl import rundir
 from gssl.build import build_data
 from gssl.cli import main
@@ -107,6 +107,7 @@ def test_fixmatch_trains_end_to_end_with_its_metrics_and_ema_evaluation(fake_cif
 def test_report_and_eval_of_a_fixmatch_run_both_judge_the_ema_weights(fake_cifar10, tmp_path, capsys):
     """Regression: `gssl report` evaluated the raw weights and wrote eval-last.json, the file `gssl eval`
     writes from the EMA weights, so its content depended on which command ran last."""
+    needs_analysis()
     run = train_tiny_run(fake_cifar10, tmp_path / "fm", 2, *SEMI, "semi.ema=0.5")
     s = json.loads((run / "summary.json").read_text())
     assert main(["report", str(run), "--no-tsne", "--gradcam-images", "2"]) == 0

@@ -19,7 +19,7 @@ from PIL import Image
 from gssl import rundir
 from gssl.cli import main
 from gssl.config import parse_set, to_yaml
-from gssl.data import DataError, fakes, load_dataset
+from gssl.data import DataError, fakes, load_dataset, pickle_safe
 from gssl.presets import resolve
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gssl"
@@ -124,6 +124,63 @@ def test_checkpoint_that_would_run_a_command_is_refused(tmp_path, cifar, capsys,
     assert not marker.exists()
 
 
+class Call:
+    """Unpickles as `f(*args)`: builds a pickle that chains calls through whatever globals it names."""
+
+    def __init__(self, f, *args):
+        self.f, self.args = f, args
+
+    def __call__(self):  # pickle insists that the reduce callable be callable
+        raise AssertionError("never called while pickling")
+
+    def __reduce__(self):
+        return (self.f, self.args)
+
+
+def _attr(obj, *names):
+    for name in names:
+        obj = Call(getattr, obj, name)
+    return obj
+
+
+@pytest.mark.parametrize("protocol", [2, 4])  # getattr is __builtin__.getattr in 2, builtins.getattr in 4
+def test_dataset_pickle_reaching_getattr_is_refused(tmp_path, protocol):
+    """getattr on an admitted global reaches its module's globals and from there os.system."""
+    folder, _ = fakes.write_cifar(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    module_globals = _attr(np.dtype, "__globals__")  # np.dtype unpickles as pickle_safe._safe_dtype
+    pickle_module = Call(_attr(module_globals, "get"), "pickle")
+    os_module = Call(_attr(pickle_module, "sys", "modules", "get"), "os")
+    touch = Call(_attr(os_module, "system"), f"touch {marker}")
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": touch, b"labels": [0]}, f, protocol=protocol)
+    with pytest.raises(
+        DataError, match=r"data_batch_3: refused to unpickle \(global '(__)?builtins?(__)?\.getattr'"
+    ):
+        load_dataset("cifar10", folder, "train", cache_dir=False)
+    assert not marker.exists()
+
+
+def test_the_dataset_unpickler_admits_exactly_the_globals_of_cifar_batches():
+    assert set(pickle_safe._ALLOWED) == {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+
+def test_checkpoint_reaching_getattr_is_refused(tmp_path):
+    """getattr on torch's own rebuild function would hand back torch._utils' globals, os among them."""
+    path = tmp_path / "last.pt"
+    torch.save({"epoch": 0, "x": _attr(torch._utils._rebuild_tensor_v2, "__globals__")}, path)
+    with pytest.raises(rundir.RunDirError, match=r"last\.pt cannot be loaded safely: it names getattr"):
+        rundir.load_checkpoint(path)
+
+
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path, cifar, capsys):
     run = _run_dir(tmp_path, cifar)
     torch.save(
@@ -200,6 +257,7 @@ def test_nothing_in_gssl_loads_untrusted_files_unsafely():
             "YAML without safe_load"
         ),
         r"allow_pickle\s*=\s*True": "numpy pickles",
+        r"\bsafe_globals\b": "torch.load's allow-list widened (checkpoints hold tensors and plain values)",
     }
     found = []
     for path in SRC.rglob("*.py"):

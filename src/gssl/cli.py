@@ -38,7 +38,7 @@ EXAMPLES_EVAL = """examples:
 EXAMPLES_PRESETS = """examples:
   gssl presets                          # one line per preset
   gssl presets --show cifar10-lt0.01-gated-triple > my.yaml
-  gssl presets --keys                   # every configuration key
+  gssl presets --keys                   # every configuration key: type, default, meaning
 """
 EXAMPLES_DATA = """examples:
   gssl data describe cifar10 --root ~/data/cifar-10-jpg.tar.gz
@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = _command(sub, "presets")
     pr.add_argument("--show", metavar="NAME", help="print the preset's full configuration as YAML")
-    pr.add_argument("--keys", action="store_true", help="list every configuration key")
+    pr.add_argument(
+        "--keys", action="store_true", help="list every configuration key with its type, default and meaning"
+    )
 
     data_parser = _command(sub, "data")
     data_parser.add_argument("action", choices=["describe", "prepare", "download"])
@@ -397,11 +399,11 @@ def _eval(args) -> int:
 
 
 def _presets(args) -> int:
-    from .config import all_keys, from_dict, to_yaml
+    from .config import describe_keys, from_dict, to_yaml
     from .presets import PRESETS, preset_dict
 
     if args.keys:
-        print("\n".join(all_keys()))
+        print("\n".join(describe_keys()))
         return 0
     if args.show:
         print(to_yaml(from_dict(preset_dict(args.show))), end="")

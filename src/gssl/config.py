@@ -21,37 +21,95 @@ class ConfigError(ValueError):
     """A configuration key or value that gssl cannot use; the message says how to fix it."""
 
 
-def _choice(*allowed):
-    return {"choices": allowed}
+def _choice(*allowed, help: str):
+    return {"choices": allowed, "help": help}
 
 
-def _check(pred, what):
-    return {"check": (pred, what)}
+def _check(pred, what, help: str):
+    return {"check": (pred, what), "help": help}
+
+
+def _positive(help: str):
+    return _check(lambda v: v >= 1, "an integer >= 1", help=help)
+
+
+def _non_negative(help: str):
+    return _check(lambda v: v >= 0, "an integer >= 0", help=help)
+
+
+def _finite_positive(help: str):
+    return _check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help=help)
+
+
+def _finite_non_negative(help: str):
+    return _check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", help=help)
+
+
+def _below_one(help: str):
+    return _check(lambda v: 0 <= v < 1, "a number in [0, 1)", help=help)
+
+
+def _help(text: str):
+    """A key's one-line meaning (`gssl presets --keys`), kept beside the key it describes."""
+    return {"help": text}
 
 
 @dataclass
 class DataConfig:
     name: str = field(
-        default="cifar10", metadata=_choice("cifar10", "cifar100", "tiny-imagenet", "fashion-mnist", "folder")
+        default="cifar10",
+        metadata=_choice(
+            "cifar10", "cifar100", "tiny-imagenet", "fashion-mnist", "folder", help="the dataset to train on"
+        ),
     )
-    root: str | None = None  # None: $GSSL_DATA or the dataset's default location
+    root: str | None = field(
+        default=None,
+        metadata=_help("dataset folder, a folder holding it, or its archive; null: $GSSL_DATA, then ./data"),
+    )
     imbalance: float = field(
-        default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a ratio in (0, 1]; 1 means balanced")
+        default=0.01,
+        metadata=_check(
+            lambda v: 0 < v <= 1,
+            "a ratio in (0, 1]; 1 means balanced",
+            help="long-tail ratio: rarest class's training images / commonest class's (1: balanced)",
+        ),
     )
-    profile: str = field(default="exp", metadata=_choice("exp", "step"))
+    profile: str = field(
+        default="exp",
+        metadata=_choice(
+            "exp", "step", help="long-tail shape: exponential decay, or a step (half the classes rare)"
+        ),
+    )
     max_per_class: int | None = field(
-        default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null")
+        default=None,
+        metadata=_check(
+            lambda v: v is None or v >= 1,
+            "an integer >= 1 or null",
+            help="keep at most this many training images a class before the long tail; null: all",
+        ),
     )
-    # at most this many test images, taken evenly from every class (quick runs); null: the whole test set
     test_limit: int | None = field(
-        default=None, metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null")
+        default=None,
+        metadata=_check(
+            lambda v: v is None or v >= 1,
+            "an integer >= 1 or null",
+            help="at most this many test images, evenly from every class; null: the whole test set",
+        ),
     )
-    crop_padding: int = field(default=4, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
-    hflip: bool = True
-    # "dataset": the dataset's mean/std; "symmetric": inputs in [0, 1] fed as 2x - 1 (the adversarial
-    # protocol)
-    normalize: str = field(default="dataset", metadata=_choice("dataset", "symmetric"))
-    to_rgb: bool = True  # replicate greyscale to 3 channels so every pretext task applies (SPEC 10)
+    crop_padding: int = field(default=4, metadata=_non_negative("random-crop padding in pixels (0: no crop)"))
+    hflip: bool = field(default=True, metadata=_help("random horizontal flip of training images"))
+    normalize: str = field(
+        default="dataset",
+        metadata=_choice(
+            "dataset",
+            "symmetric",
+            help="dataset: the dataset's mean/std; symmetric: inputs in [0, 1] fed as 2x - 1 (adversarial)",
+        ),
+    )
+    to_rgb: bool = field(
+        default=True,
+        metadata=_help("replicate greyscale to 3 channels so every pretext task applies (SPEC 10)"),
+    )
 
 
 @dataclass
@@ -70,9 +128,13 @@ class ModelConfig:
             "wrn40_2",
             "scatnet",
             "vit",
+            help="the network (CIFAR ResNets, ResNet-18, WideResNets, scattering + adapter, ViT)",
         ),
     )
-    head: str = field(default="cosine", metadata=_choice("linear", "cosine"))
+    head: str = field(
+        default="cosine",
+        metadata=_choice("linear", "cosine", help="classifier and pretext heads: linear, or cosine (LDAM's)"),
+    )
 
 
 @dataclass
@@ -81,18 +143,27 @@ class ViTConfig:
     32 px images, patch 8 on 64 px ones: an 8 x 8 grid either way."""
 
     patch: int = field(
-        default=4, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing the image side")
+        default=4,
+        metadata=_check(
+            lambda v: v >= 1, "an integer >= 1 dividing the image side", help="patch side in pixels"
+        ),
     )
     width: int = field(
-        default=192, metadata=_check(lambda v: v >= 1, "an integer >= 1 divisible by vit.heads")
+        default=192,
+        metadata=_check(lambda v: v >= 1, "an integer >= 1 divisible by vit.heads", help="token dimension"),
     )
-    depth: int = field(default=12, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    heads: int = field(default=3, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing vit.width"))
-    mlp_ratio: float = field(
-        default=4.0, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    depth: int = field(default=12, metadata=_positive("number of transformer blocks"))
+    heads: int = field(
+        default=3,
+        metadata=_check(
+            lambda v: v >= 1, "an integer >= 1 dividing vit.width", help="attention heads per block"
+        ),
     )
-    # the side of the training images, for which the positional embeddings are learned
-    image_size: int = field(default=32, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    mlp_ratio: float = field(default=4.0, metadata=_finite_positive("MLP hidden width / token width"))
+    image_size: int = field(
+        default=32,
+        metadata=_positive("side of the training images, for which the positional embeddings are learned"),
+    )
 
 
 # pretext tasks that can share a run: they transform the same region of the image (pretext.TASKS[t].region;
@@ -109,77 +180,137 @@ class SSLConfig:
             "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw], "
             "all acting on one region: quadrant tasks (lorot, flip, channel), lorot_i, "
             "or whole-image tasks (rotation, jigsaw)",
+            help="the pretext tasks trained beside the classifier ([]: none)",
         ),
     )
-    # reference, learned, uniform (gssl.gating); the established loss weightings of docs/gates.md:
-    # uncertainty, gradnorm, gcs, dwa; none: no pretext tasks
     gate: str = field(
         default="reference",
-        metadata=_choice("reference", "learned", "uniform", "uncertainty", "gradnorm", "gcs", "dwa", "none"),
+        metadata=_choice(
+            "reference",
+            "learned",
+            "uniform",
+            "uncertainty",
+            "gradnorm",
+            "gcs",
+            "dwa",
+            "none",
+            help="how the pretext losses are weighed (gssl.gating, docs/gates.md); none: no pretext tasks",
+        ),
     )
     ratio: float = field(
-        default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+        default=0.1,
+        metadata=_finite_non_negative(
+            "lambda: the weight of the gated pretext loss beside the classification loss"
+        ),
     )
-    flip_axis: str = field(default="H", metadata=_choice("H", "W"))
+    flip_axis: str = field(
+        default="H",
+        metadata=_choice(
+            "H", "W", help="the flip task's axis: H as the long-tailed reference, W as the others"
+        ),
+    )
     gate_tau: float = field(
-        default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+        default=0.5,
+        metadata=_finite_positive("gate=learned: entropy temperature that keeps the gate from collapsing"),
     )
-    # gate=gradnorm: the asymmetry alpha of GradNorm (Chen et al. 2018; their default 1.5)
     gradnorm_alpha: float = field(
         default=1.5,
-        metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0 (paper: 1.5)"),
+        metadata=_check(
+            lambda v: v >= 0 and math.isfinite(v),
+            "a finite number >= 0 (paper: 1.5)",
+            help="gate=gradnorm: the asymmetry alpha of GradNorm (Chen et al. 2018)",
+        ),
     )
-    # gate=gcs: false, a task is used iff cos > 0 (Du et al. 2018, unweighted); true, weighted by max(0, cos)
-    gcs_weighted: bool = False
-    # gate=dwa: the softmax temperature T of dynamic weight average (Liu et al. 2019; their default 2)
+    gcs_weighted: bool = field(
+        default=False,
+        metadata=_help(
+            "gate=gcs: false, a task is used iff cos > 0 (Du et al. 2018); true, weighted by max(0, cos)"
+        ),
+    )
     dwa_temperature: float = field(
-        default=2.0, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0 (paper: 2)")
+        default=2.0,
+        metadata=_check(
+            lambda v: v > 0 and math.isfinite(v),
+            "a finite number > 0 (paper: 2)",
+            help="gate=dwa: softmax temperature T of dynamic weight average (Liu et al. 2019)",
+        ),
     )
-    # A DEVIATION from the reference when != 1: multiplies a cosine pretext head's logits before the
-    # cross-entropy. The reference feeds raw cosines in [-1, 1] (loss >= 1.1 for 16 classes), and on a
-    # CPU budget its heads stay near chance (docs/results.md); s = 30 is LDAM's own classifier scale.
+    # A DEVIATION from the reference when != 1: the reference feeds raw cosines in [-1, 1] (loss >= 1.1 for
+    # 16 classes), and on a CPU budget its heads stay near chance (docs/results.md); s = 30 is LDAM's own.
     pretext_scale: float = field(
         default=1.0,
-        metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0 (1 = the reference)"),
+        metadata=_check(
+            lambda v: v > 0 and math.isfinite(v),
+            "a finite number > 0 (1 = the reference)",
+            help="multiplies a cosine pretext head's logits before the cross-entropy (1: the reference)",
+        ),
     )
-    # A DEVIATION when true: each pretext head's scale is learned (a log-scale per head, initialised at
-    # log pretext_scale), a temperature beside the fixed scale above (docs/results.md, issue 47).
-    pretext_scale_learned: bool = False
-    # A DEVIATION when true: the class loss on the clean image (a second backbone forward per step), the
-    # pretext losses on the transformed one; the reference computes both on the transformed image.
-    clean_class_loss: bool = False
+    # A DEVIATION when true (docs/results.md, issue 47): a temperature beside the fixed scale above
+    pretext_scale_learned: bool = field(
+        default=False,
+        metadata=_help("learn each pretext head's scale (a log-scale per head from log pretext_scale)"),
+    )
+    # A DEVIATION when true: the reference computes both losses on the transformed image
+    clean_class_loss: bool = field(
+        default=False,
+        metadata=_help(
+            "the class loss on the clean image (a second forward), the pretext losses transformed"
+        ),
+    )
 
 
 @dataclass
 class LossConfig:
-    name: str = field(default="ldam", metadata=_choice("ce", "ldam", "focal"))
-    max_margin: float = field(default=0.5, metadata=_check(lambda v: v > 0, "a number > 0"))
-    scale: float = field(default=30.0, metadata=_check(lambda v: v > 0, "a number > 0"))
-    focal_gamma: float = field(default=1.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
-    drw_epoch: int | None = field(
-        default=160, metadata=_check(lambda v: v is None or v >= 0, "an epoch >= 0 or null (never)")
+    name: str = field(
+        default="ldam",
+        metadata=_choice("ce", "ldam", "focal", help="classification loss (class weights: DRW)"),
     )
-    drw_beta: float = field(default=0.9999, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    max_margin: float = field(
+        default=0.5, metadata=_check(lambda v: v > 0, "a number > 0", help="LDAM: the rarest class's margin")
+    )
+    scale: float = field(
+        default=30.0, metadata=_check(lambda v: v > 0, "a number > 0", help="LDAM: logit scale s")
+    )
+    focal_gamma: float = field(
+        default=1.0, metadata=_check(lambda v: v >= 0, "a number >= 0", help="focal loss: the exponent gamma")
+    )
+    drw_epoch: int | None = field(
+        default=160,
+        metadata=_check(
+            lambda v: v is None or v >= 0,
+            "an epoch >= 0 or null (never)",
+            help="epoch DRW's class weights switch on (scaled with optim.epochs); null: never",
+        ),
+    )
+    drw_beta: float = field(
+        default=0.9999, metadata=_below_one("DRW: beta of the effective number of samples")
+    )
 
 
 @dataclass
 class SLAConfig:
     """SLA-SD baseline (Lee et al. 2020): joint class x transformation labels, self-distilled single head."""
 
-    transform: str = field(default="none", metadata=_choice("none", "rotation", "channel"))
-    temperature: float = field(
-        default=1.0, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    transform: str = field(
+        default="none",
+        metadata=_choice("none", "rotation", "channel", help="SLA-SD's transformations; none: SLA-SD off"),
     )
+    temperature: float = field(default=1.0, metadata=_finite_positive("self-distillation temperature"))
 
 
 @dataclass
 class PretrainConfig:
     """SSP baseline (Yang & Xu 2020): whole-image rotation pre-training on the training images, no labels."""
 
-    epochs: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no pre-training)"))
-    lr: float = field(
-        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    epochs: int = field(
+        default=0,
+        metadata=_check(
+            lambda v: v >= 0,
+            "an integer >= 0 (0: no pre-training)",
+            help="SSP: epochs of rotation pre-training before training (0: none)",
+        ),
     )
+    lr: float = field(default=0.1, metadata=_finite_positive("SSP: pre-training learning rate"))
 
 
 @dataclass
@@ -187,24 +318,50 @@ class AdvConfig:
     """PGD/FGSM adversarial training (SPEC section 6); pixel-space L-inf, eps etc. accept fractions
     (8/255)."""
 
-    attack: str = field(default="none", metadata=_choice("none", "fgsm", "pgd"))
+    attack: str = field(
+        default="none",
+        metadata=_choice("none", "fgsm", "pgd", help="attack on each training batch; none: off"),
+    )
     eps: float = field(
-        default=8 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 8/255")
+        default=8 / 255,
+        metadata=_check(
+            lambda v: 0 <= v <= 1,
+            "a number in [0, 1], e.g. 8/255",
+            help="L-inf radius, pixel values in [0, 1]",
+        ),
     )
     step_size: float = field(
-        default=2 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255")
+        default=2 / 255,
+        metadata=_check(
+            lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255", help="training attack's step"
+        ),
     )
-    steps: int = field(default=10, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    random_start: bool = True
-    # what the training attack maximises: "pretext" = classification + gated pretext loss on the
-    # transformed image (the paper), "cls" = classification loss on the untransformed image
-    objective: str = field(default="pretext", metadata=_choice("pretext", "cls"))
-    bn_train: bool = False  # attack in train mode, BN statistics updated (the reference)
+    steps: int = field(default=10, metadata=_positive("training attack's PGD steps"))
+    random_start: bool = field(default=True, metadata=_help("PGD starts from a random point in the ball"))
+    objective: str = field(
+        default="pretext",
+        metadata=_choice(
+            "pretext",
+            "cls",
+            help="what the attack maximises: classification + gated pretext loss (the paper), or cls alone",
+        ),
+    )
+    bn_train: bool = field(
+        default=False, metadata=_help("attack in train mode, batch-norm statistics updated (the reference)")
+    )
     eval_steps: int = field(
-        default=20, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no robust evaluation)")
+        default=20,
+        metadata=_check(
+            lambda v: v >= 0,
+            "an integer >= 0 (0: no robust evaluation)",
+            help="PGD steps of the final robust evaluation (0: none)",
+        ),
     )
     eval_step_size: float = field(
-        default=2 / 255, metadata=_check(lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255")
+        default=2 / 255,
+        metadata=_check(
+            lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255", help="the robust evaluation's step"
+        ),
     )
 
 
@@ -214,18 +371,37 @@ class SemiConfig:
 
     labels_per_class: int | None = field(
         default=None,
-        metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1, or null (supervised only)"),
+        metadata=_check(
+            lambda v: v is None or v >= 1,
+            "an integer >= 1, or null (supervised only)",
+            help="FixMatch: labelled images per class, the rest unlabelled; null: off",
+        ),
     )
     mu: int = field(
-        default=7, metadata=_check(lambda v: v >= 1, "an integer >= 1 (unlabelled per labelled image)")
+        default=7,
+        metadata=_check(
+            lambda v: v >= 1,
+            "an integer >= 1 (unlabelled per labelled image)",
+            help="unlabelled per labelled image",
+        ),
     )
-    threshold: float = field(default=0.95, metadata=_check(lambda v: 0 <= v <= 1, "a confidence in [0, 1]"))
-    lambda_u: float = field(
-        default=1.0, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+    threshold: float = field(
+        default=0.95,
+        metadata=_check(
+            lambda v: 0 <= v <= 1, "a confidence in [0, 1]", help="confidence a pseudo-label needs to count"
+        ),
     )
-    ema: float = field(default=0.999, metadata=_check(lambda v: 0 <= v < 1, "a decay in [0, 1); 0: no EMA"))
-    steps_per_epoch: int = field(default=1024, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    split_seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
+    lambda_u: float = field(default=1.0, metadata=_finite_non_negative("weight of the unlabelled loss"))
+    ema: float = field(
+        default=0.999,
+        metadata=_check(
+            lambda v: 0 <= v < 1,
+            "a decay in [0, 1); 0: no EMA",
+            help="decay of the evaluated EMA weights (0: none)",
+        ),
+    )
+    steps_per_epoch: int = field(default=1024, metadata=_positive("training steps per epoch"))
+    split_seed: int = field(default=0, metadata=_non_negative("seed of the labelled/unlabelled split"))
 
 
 @dataclass
@@ -235,24 +411,35 @@ class ContrastiveConfig:
     a linear probe on the frozen backbone."""
 
     views: int = field(
-        default=0, metadata=_check(lambda v: v == 0 or v >= 2, "0 (off) or a number of views >= 2")
+        default=0,
+        metadata=_check(
+            lambda v: v == 0 or v >= 2,
+            "0 (off) or a number of views >= 2",
+            help="SimCLR: augmented views per image (0: off)",
+        ),
     )
-    temperature: float = field(
-        default=0.5, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    temperature: float = field(default=0.5, metadata=_finite_positive("NT-Xent temperature"))
+    proj_dim: int = field(default=128, metadata=_positive("projection head's output size"))
+    proj_hidden: int = field(default=512, metadata=_positive("projection head's hidden size"))
+    crop_min_scale: float = field(
+        default=0.2,
+        metadata=_check(
+            lambda v: 0 < v <= 1,
+            "a fraction in (0, 1]",
+            help="smallest area fraction of a random resized crop",
+        ),
     )
-    proj_dim: int = field(default=128, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    proj_hidden: int = field(default=512, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    crop_min_scale: float = field(default=0.2, metadata=_check(lambda v: 0 < v <= 1, "a fraction in (0, 1]"))
-    knn_k: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    knn_temperature: float = field(
-        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
-    )
+    knn_k: int = field(default=200, metadata=_positive("neighbours of the k-NN evaluation"))
+    knn_temperature: float = field(default=0.1, metadata=_finite_positive("k-NN vote temperature"))
     linear_epochs: int = field(
-        default=100, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: k-NN only)")
+        default=100,
+        metadata=_check(
+            lambda v: v >= 0,
+            "an integer >= 0 (0: k-NN only)",
+            help="epochs of the final linear probe (0: k-NN only)",
+        ),
     )
-    linear_lr: float = field(
-        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
-    )
+    linear_lr: float = field(default=0.1, metadata=_finite_positive("the linear probe's learning rate"))
 
 
 def _scale_range(v) -> bool:
@@ -266,82 +453,143 @@ class DINOConfig:
     training; per-epoch test accuracy is k-NN on the teacher's frozen image representation, the final one
     a linear probe (and both also on its averaged patch tokens)."""
 
-    out_dim: int = field(default=4096, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    hidden_dim: int = field(default=2048, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    bottleneck_dim: int = field(default=256, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    norm_last_layer: bool = True  # the last layer's weight norm fixed at 1
+    out_dim: int = field(default=4096, metadata=_positive("prototypes K of the DINO head"))
+    hidden_dim: int = field(default=2048, metadata=_positive("the DINO head's hidden width"))
+    bottleneck_dim: int = field(default=256, metadata=_positive("the DINO head's bottleneck width"))
+    norm_last_layer: bool = field(
+        default=True, metadata=_help("the head's last layer's weight norm fixed at 1")
+    )
     local_crops: int = field(
-        default=6, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: no local views)")
+        default=6,
+        metadata=_check(
+            lambda v: v >= 0,
+            "an integer >= 0 (0: no local views)",
+            help="small local views per image (multi-crop)",
+        ),
     )
     local_size: int = field(
-        default=16, metadata=_check(lambda v: v >= 1, "an integer >= 1 (a multiple of vit.patch)")
+        default=16,
+        metadata=_check(
+            lambda v: v >= 1,
+            "an integer >= 1 (a multiple of vit.patch)",
+            help="side of the local views in pixels",
+        ),
     )
     global_crop_scale: list[float] = field(
         default_factory=lambda: [0.25, 1.0],
-        metadata=_check(_scale_range, "[low, high] with 0 < low <= high <= 1"),
+        metadata=_check(
+            _scale_range, "[low, high] with 0 < low <= high <= 1", help="area range of the two global crops"
+        ),
     )
     local_crop_scale: list[float] = field(
         default_factory=lambda: [0.05, 0.25],
-        metadata=_check(_scale_range, "[low, high] with 0 < low <= high <= 1"),
+        metadata=_check(
+            _scale_range, "[low, high] with 0 < low <= high <= 1", help="area range of the local crops"
+        ),
     )
     student_temp: float = field(
-        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a number > 0")
+        default=0.1,
+        metadata=_check(
+            lambda v: v > 0 and math.isfinite(v), "a number > 0", help="student softmax temperature"
+        ),
     )
     teacher_temp: float = field(
-        default=0.04, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a number > 0")
+        default=0.04,
+        metadata=_check(
+            lambda v: v > 0 and math.isfinite(v),
+            "a number > 0",
+            help="teacher softmax temperature after warm-up",
+        ),
     )
     warmup_teacher_temp: float = field(
-        default=0.04, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a number > 0")
+        default=0.04,
+        metadata=_check(
+            lambda v: v > 0 and math.isfinite(v),
+            "a number > 0",
+            help="teacher temperature at the first epoch",
+        ),
     )
-    warmup_teacher_temp_epochs: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
-    center_momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    warmup_teacher_temp_epochs: int = field(
+        default=0, metadata=_non_negative("epochs of the teacher temperature's warm-up")
+    )
+    center_momentum: float = field(default=0.9, metadata=_below_one("momentum of the teacher's centre"))
     momentum_teacher: float = field(
-        default=0.996, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)")
+        default=0.996, metadata=_below_one("EMA momentum of the teacher's weights")
     )
-    freeze_last_layer: int = field(default=1, metadata=_check(lambda v: v >= 0, "epochs >= 0"))
-    knn_k: int = field(default=20, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    knn_temperature: float = field(
-        default=0.07, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    freeze_last_layer: int = field(
+        default=1,
+        metadata=_check(
+            lambda v: v >= 0, "epochs >= 0", help="epochs the head's last layer gets no gradient"
+        ),
     )
+    knn_k: int = field(default=20, metadata=_positive("neighbours of the k-NN evaluation"))
+    knn_temperature: float = field(default=0.07, metadata=_finite_positive("k-NN vote temperature"))
     linear_epochs: int = field(
-        default=100, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: k-NN only)")
+        default=100,
+        metadata=_check(
+            lambda v: v >= 0,
+            "an integer >= 0 (0: k-NN only)",
+            help="epochs of the final linear probe (0: k-NN only)",
+        ),
     )
-    linear_lr: float = field(
-        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
-    )
+    linear_lr: float = field(default=0.1, metadata=_finite_positive("the linear probe's learning rate"))
 
 
 @dataclass
 class SelfPatchConfig:
     """SelfPatch's patch-level loss on top of DINO (gssl.selfpatch): off unless enabled."""
 
-    enabled: bool = False
+    enabled: bool = field(default=False, metadata=_help("add SelfPatch's patch-level loss to DINO"))
     k: int = field(
-        default=4, metadata=_check(lambda v: 1 <= v <= 8, "an integer in 1..8 (of the 8 neighbours)")
+        default=4,
+        metadata=_check(
+            lambda v: 1 <= v <= 8,
+            "an integer in 1..8 (of the 8 neighbours)",
+            help="positives: the k most similar of a patch's 8 neighbours",
+        ),
     )
-    # lambda; with a gate (ssl.gate != none) the gate and ssl.ratio weigh the loss instead
     weight: float = field(
-        default=0.1, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
+        default=0.1,
+        metadata=_check(
+            lambda v: v >= 0 and math.isfinite(v),
+            "a number >= 0",
+            help="lambda of the patch loss; with a gate (ssl.gate != none) the gate and ssl.ratio weigh it",
+        ),
     )
-    out_dim: int = field(default=4096, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    blocks: int = field(default=2, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    # wrap: neighbours taken modulo the grid (the authors' code); mask: only patches on the grid
-    border: str = field(default="wrap", metadata=_choice("wrap", "mask"))
+    out_dim: int = field(default=4096, metadata=_positive("prototypes of the patch head"))
+    blocks: int = field(default=2, metadata=_positive("blocks of the aggregation module"))
+    border: str = field(
+        default="wrap",
+        metadata=_choice(
+            "wrap",
+            "mask",
+            help="neighbours at the edge: wrap modulo the grid (the authors'), or mask them out",
+        ),
+    )
 
 
 @dataclass
 class FusionConfig:
     """Adaptive batch fusion ahead of the backbone in contrastive pre-training (gssl.fusion)."""
 
-    enabled: bool = False
+    enabled: bool = field(default=False, metadata=_help("batch fusion ahead of the backbone (SimCLR)"))
     patch: int = field(
-        default=8, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing the image side")
+        default=8,
+        metadata=_check(
+            lambda v: v >= 1, "an integer >= 1 dividing the image side", help="patch side in pixels"
+        ),
     )
-    dim: int = field(default=64, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    heads: int = field(default=4, metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing fusion.dim"))
-    layers: int = field(default=1, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
+    dim: int = field(default=64, metadata=_positive("embedding width of the fusion attention"))
+    heads: int = field(
+        default=4,
+        metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing fusion.dim", help="attention heads"),
+    )
+    layers: int = field(default=1, metadata=_positive("attention layers"))
     strength: float = field(
-        default=1.0, metadata=_check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+        default=1.0,
+        metadata=_finite_non_negative(
+            "the fused batch's weight at the end of training (it grows with progress)"
+        ),
     )
 
 
@@ -349,49 +597,91 @@ class FusionConfig:
 class DistributedConfig:
     """Used only under torchrun (docs/distributed.md)."""
 
-    sync_bn: bool = False  # SyncBatchNorm: batch statistics over the global batch
-    scale_lr: bool = False  # lr x world size (linear scaling with the global batch)
-    timeout_s: int = field(default=600, metadata=_check(lambda v: v >= 10, "seconds >= 10"))
+    sync_bn: bool = field(
+        default=False, metadata=_help("SyncBatchNorm: batch statistics over the global batch")
+    )
+    scale_lr: bool = field(
+        default=False, metadata=_help("lr x world size (linear scaling with the global batch)")
+    )
+    timeout_s: int = field(
+        default=600,
+        metadata=_check(lambda v: v >= 10, "seconds >= 10", help="seconds a rank waits for the others"),
+    )
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    base_epochs: int = field(default=200, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    batch_size: int = field(default=128, metadata=_check(lambda v: v >= 1, "an integer >= 1"))
-    # sgd: momentum (and nesterov); adamw: DINO's recipe for ViTs (betas 0.9, 0.999), momentum unused
-    optimizer: str = field(default="sgd", metadata=_choice("sgd", "adamw"))
-    lr: float = field(
-        default=0.1, metadata=_check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+    epochs: int = field(default=200, metadata=_positive("training epochs"))
+    base_epochs: int = field(
+        default=200,
+        metadata=_positive("the protocol's epochs: warm-up, milestones, DRW scale by epochs/this"),
     )
-    momentum: float = field(default=0.9, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
-    nesterov: bool = False
-    weight_decay: float = field(default=2e-4, metadata=_check(lambda v: v >= 0, "a number >= 0"))
-    # a cosine from weight_decay (first epoch) towards this (DINO: 0.04 -> 0.4); null: constant
+    batch_size: int = field(default=128, metadata=_positive("images per step (over all ranks)"))
+    optimizer: str = field(
+        default="sgd",
+        metadata=_choice(
+            "sgd",
+            "adamw",
+            help="sgd: momentum (and nesterov); adamw: DINO's recipe for ViTs (betas 0.9, 0.999)",
+        ),
+    )
+    lr: float = field(default=0.1, metadata=_finite_positive("peak learning rate"))
+    momentum: float = field(default=0.9, metadata=_below_one("SGD momentum (unused by adamw)"))
+    nesterov: bool = field(default=False, metadata=_help("Nesterov momentum (sgd)"))
+    weight_decay: float = field(
+        default=2e-4,
+        metadata=_check(lambda v: v >= 0, "a number >= 0", help="weight decay (at the first epoch)"),
+    )
     weight_decay_end: float | None = field(
-        default=None, metadata=_check(lambda v: v is None or v >= 0, "a number >= 0, or null")
+        default=None,
+        metadata=_check(
+            lambda v: v is None or v >= 0,
+            "a number >= 0, or null",
+            help="a cosine from weight_decay towards this (DINO: 0.04 -> 0.4); null: constant",
+        ),
     )
-    # each parameter's gradient scaled down to this norm on its own (DINO's clip_gradients); null: none
     clip_grad: float | None = field(
-        default=None, metadata=_check(lambda v: v is None or v > 0, "a number > 0, or null")
+        default=None,
+        metadata=_check(
+            lambda v: v is None or v > 0,
+            "a number > 0, or null",
+            help="each parameter's gradient scaled down to this norm on its own (DINO's); null: none",
+        ),
     )
-    schedule: str = field(default="step", metadata=_choice("step", "cosine"))
-    warmup_epochs: int = field(default=5, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
+    schedule: str = field(
+        default="step",
+        metadata=_choice(
+            "step", "cosine", help="learning rate after warm-up: steps at milestones, or cosine"
+        ),
+    )
+    warmup_epochs: int = field(default=5, metadata=_non_negative("epochs of linear learning-rate warm-up"))
     milestones: list[int] = field(
         default_factory=lambda: [160, 180],
         metadata=_check(
-            lambda v: all(m >= 0 for m in v) and list(v) == sorted(v), "a sorted list of epochs >= 0"
+            lambda v: all(m >= 0 for m in v) and list(v) == sorted(v),
+            "a sorted list of epochs >= 0",
+            help="schedule=step: epochs at which the learning rate is multiplied by gamma",
         ),
     )
-    gamma: float = field(default=0.01, metadata=_check(lambda v: 0 < v <= 1, "a factor in (0, 1]"))
-    decay_norm_and_bias: bool = True  # false: no weight decay on batch-norm weights and biases (FixMatch)
+    gamma: float = field(
+        default=0.01,
+        metadata=_check(
+            lambda v: 0 < v <= 1, "a factor in (0, 1]", help="schedule=step: factor at each milestone"
+        ),
+    )
+    decay_norm_and_bias: bool = field(
+        default=True, metadata=_help("weight decay on batch-norm weights and biases too (false: FixMatch's)")
+    )
 
 
 @dataclass
 class Config:
-    # the way of training: supervised, sla-sd, fixmatch, simclr, dino (gssl.scenarios); null in config files
-    # written before it existed, where the sections say which (from_dict fills it in)
-    method: str | None = None
+    method: str | None = field(
+        default=None,
+        metadata=_help(
+            "the way of training: supervised, sla-sd, fixmatch, simclr, dino; null: read from the sections"
+        ),
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     vit: ViTConfig = field(default_factory=ViTConfig)
@@ -407,25 +697,46 @@ class Config:
     selfpatch: SelfPatchConfig = field(default_factory=SelfPatchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = field(default=0, metadata=_check(lambda v: v >= 0, "an integer >= 0"))
-    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
-    compile: bool | None = None  # torch.compile the step and evaluation; null: CUDA, or a long CPU run
+    seed: int = field(default=0, metadata=_non_negative("seed of every random draw"))
+    device: str = field(
+        default="auto", metadata=_choice("auto", "cpu", "cuda", help="auto: CUDA when available, else CPU")
+    )
+    compile: bool | None = field(
+        default=None,
+        metadata=_help("torch.compile the step and evaluation; null: on CUDA, or a long CPU run"),
+    )
     precision: str | None = field(
         default=None,
-        metadata=_choice(  # null: bf16 on CUDA, fp32 on CPU
-            None, "bf16", "fp16", "fp32"
+        metadata=_choice(
+            None, "bf16", "fp16", "fp32", help="autocast precision; null: bf16 on CUDA, fp32 on CPU"
         ),
     )
-    channels_last: bool | None = None  # NHWC activations; null: on (faster on CPU too, docs/performance.md)
+    channels_last: bool | None = field(
+        default=None, metadata=_help("NHWC activations; null: on (faster on CPU too, docs/performance.md)")
+    )
     compile_mode: str = field(
         default="reduce-overhead",
-        metadata=_choice("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        metadata=_choice(
+            "default",
+            "reduce-overhead",
+            "max-autotune",
+            "max-autotune-no-cudagraphs",
+            help="torch.compile's mode",
+        ),
     )
-    tensorboard: bool = False
-    # the gradient diagnostic (gssl.diagnostics) after every this many epochs and after the last; 0: never.
+    tensorboard: bool = field(
+        default=False, metadata=_help("also write TensorBoard events to RUN_DIR/tensorboard/")
+    )
+    preset: str | None = field(
+        default=None, metadata=_help("the preset the configuration came from (informational)")
+    )
     # Eager passes of their own: about 5% of a CPU epoch, more of a short compiled GPU epoch
-    diagnose_every: int = field(default=1, metadata=_check(lambda v: v >= 0, "an integer >= 0 (0: never)"))
-    preset: str | None = None  # where it came from (informational)
+    diagnose_every: int = field(
+        default=1,
+        metadata=_non_negative(
+            "the gradient diagnostic (gssl.diagnostics) after every this many epochs and the last; 0: never"
+        ),
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -519,16 +830,49 @@ def _build(cls, values: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def all_keys(cls=Config, prefix: str = "") -> list[str]:
-    """Every dotted key a configuration accepts, e.g. 'optim.lr'."""
-    keys = []
+def _leaves(cls=Config, prefix: str = ""):
+    """(dotted key, field, type hint) of every settable value, in declaration order."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if _is_dataclass_type(hints[f.name]):
-            keys += all_keys(hints[f.name], prefix + f.name + ".")
+            yield from _leaves(hints[f.name], prefix + f.name + ".")
         else:
-            keys.append(prefix + f.name)
-    return keys
+            yield prefix + f.name, f, hints[f.name]
+
+
+def all_keys(cls=Config) -> list[str]:
+    """Every dotted key a configuration accepts, e.g. 'optim.lr'."""
+    return [key for key, _, _ in _leaves(cls)]
+
+
+def _type_text(hint) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) < len(typing.get_args(hint)):  # Optional
+        return " or ".join(map(_type_text, args)) + " or null"
+    if typing.get_origin(hint) is list:
+        return f"list[{_type_text(args[0])}]"
+    return hint.__name__
+
+
+def _value_text(v) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_value_text, v)) + "]"
+    if isinstance(v, float):  # 0.1 and 4.0 as written, 8/255 to six digits
+        return repr(v) if len(repr(v)) <= 8 else f"{v:.6g}"
+    return yaml.safe_dump(v, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+def describe_keys() -> list[str]:
+    """`gssl presets --keys`: each key's type, default and meaning (the field's `help`), choices last."""
+    rows = [("KEY", "TYPE", "DEFAULT", "MEANING")]
+    for key, f, hint in _leaves():
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        meaning = f.metadata["help"]
+        if "choices" in f.metadata:
+            meaning += " (" + "|".join(map(_value_text, f.metadata["choices"])) + ")"
+        rows.append((key, _type_text(hint), _value_text(default), meaning))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return ["  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[3]]) for r in rows]
 
 
 def _first_leaf(key: str, value) -> str:

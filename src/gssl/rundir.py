@@ -11,6 +11,7 @@ import collections
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -167,10 +168,35 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise RunDirError(
-            f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {e}); "
-            "it is corrupt or holds more than tensors and plain values"
-        ) from None
+        raise RunDirError(_unloadable(path, e) + _fallback(path)) from None
+
+
+def _unloadable(path: Path, e: Exception) -> str:
+    """A refused global (tampered or foreign file) and a damaged file call for different fixes."""
+    if refused := re.search(r"GLOBAL ([\w.]+)", str(e)):
+        return (
+            f"checkpoint {path} cannot be loaded safely: it names {refused.group(1)}, and a gssl "
+            "checkpoint holds only tensors and plain values (refused unread; do not trust this file)"
+        )
+    reason = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else "no more detail"
+    return f"checkpoint {path} is damaged (truncated or overwritten: {type(e).__name__}: {reason})"
+
+
+def _fallback(path: Path) -> str:
+    """The run's other checkpoint, when it loads: `--checkpoint` picks it in eval, report and analyze."""
+    run = path.parent.parent
+    again = f"`gssl train --config {run / CONFIG} --out {run} --force` trains the run again"
+    other = {"last.pt": "best", "best.pt": "last"}.get(path.name)
+    if other is None or not (alt := path.with_name(f"{other}.pt")).is_file():
+        return f"; the run has no other checkpoint: {again}"
+    try:
+        torch.load(alt, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a second bad file: offer nothing
+        return f"; {alt.name} does not load either: {again}"
+    return (
+        f"; {alt} loads: `gssl eval/report/analyze {run} --checkpoint {other}` reads it "
+        f"(`--resume` needs last.pt: {again})"
+    )
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

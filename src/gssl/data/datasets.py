@@ -21,7 +21,7 @@ from .archive import find_archive, is_archive
 from .cifar import CIFAR10_CLASSES, LAYOUT, find_pickle_dir, read_pickle_archive, read_pickle_dir
 from .folder import NoImageTree, has_folder_layout, read_folder_archive, read_folder_dir
 from .idx import DEBIAN_DIR, find_idx_dir, read_fashion_mnist
-from .imageset import DataError, ImageSet, MissingSplitError
+from .imageset import ROOT_OPTIONS, DataError, ImageSet, MissingSplitError
 from .tiny_imagenet import (
     ARCHIVES as TINY_ARCHIVES,
 )
@@ -119,8 +119,7 @@ _LOOKED_FOR = {
 
 def _how_to_fix(name: str) -> str:
     tips = [
-        "pass --root DIR (`gssl train` and `gssl sweep`: --set data.root=DIR; `gssl eval`, `report` and "
-        "`analyze`: --data-root DIR), the dataset folder, a folder containing it or its archive",
+        f"point data.root at the dataset folder, a folder containing it or its archive ({ROOT_OPTIONS})",
         "set GSSL_DATA=DIR",
     ]
     if name != "folder":
@@ -180,7 +179,7 @@ def _check(name: str, ims: ImageSet, src: Source) -> ImageSet:
     if ch != c or (size is not None and (h, w) != (size, size)) or (n_cls and len(ims.classes) != n_cls):
         raise DataError(
             f"{name} at '{src.path}': found {len(ims.classes)} classes of {ch}x{h}x{w} images, "
-            f"expected {n_cls} classes of {c}x{size or 'H'}x{size or 'W'}. Is --root pointing "
+            f"expected {n_cls} classes of {c}x{size or 'H'}x{size or 'W'}. Is data.root pointing "
             "at the right dataset?"
         )
     if name == "cifar10" and "folder" in src.kind and ims.classes != CIFAR10_CLASSES:

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .imageset import DataError
+from .imageset import ROOT_OPTIONS, DataError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def md5sum(path: Path) -> str:
 def _local_copy_hint(name: str) -> str:
     tip = (
         f"If this machine is offline, copy the dataset here by other means and point gssl at it: "
-        f"`--root DIR` or GSSL_DATA=DIR (DIR holds {SOURCES[name][0]}/ or {SOURCES[name][1][0].filename})"
+        f"data.root ({ROOT_OPTIONS}) or GSSL_DATA=DIR, DIR holding {SOURCES[name][0]}/ or "
+        f"{SOURCES[name][1][0].filename}"
     )
     if name == "fashion-mnist":
         tip += ", or `apt-get install dataset-fashion-mnist` (read from /usr/share/datasets/fashion-mnist)"
@@ -119,7 +120,7 @@ def fetch(url: str, target: Path, md5: str, timeout: float = TIMEOUT_S) -> Path:
             raise DataError(
                 f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5}. The download "
                 "is corrupt or the file changed upstream; nothing was kept. Try again, or use a "
-                "local copy (--root / GSSL_DATA)."
+                "local copy (data.root or GSSL_DATA)."
             )
         os.replace(tmp, target)
         return target

@@ -45,11 +45,16 @@ class NoImageTree(DataError):
     """No train/<class>/<image> tree where one was expected (another dataset's folder or archive, say)."""
 
 
-def _check_classes(found: dict[str, list[str]], where: str) -> list[str]:
+def _require_train(found: dict, where: str) -> None:
+    """No train/<class>/<image> at all means another dataset, not a damaged one: say so first."""
     if "train" not in found:
         raise NoImageTree(
             f"no train split in '{where}': expected {where}/train/<class>/<image> (and test/<class>/<image>)."
         )
+
+
+def _check_classes(found: dict[str, list[str]], where: str) -> list[str]:
+    _require_train(found, where)
     classes = sorted(found["train"])
     for split, cs in found.items():
         if sorted(cs) != classes:
@@ -114,6 +119,8 @@ def read_folder_archive(archive: Path, rgb: bool = True) -> dict[str, ImageSet]:
     found: dict[str, set[str]] = {}
     for split, cls, _ in keys:
         found.setdefault(split, set()).add(cls)
+    where = f"{archive}:{'/'.join(prefix)}" if prefix else str(archive)
+    _require_train(found, where)  # before the empty folders: another dataset's tree has "empty" ones
     for parts in dir_parts:
         if (
             len(parts) >= 2
@@ -125,7 +132,6 @@ def read_folder_archive(archive: Path, rgb: bool = True) -> dict[str, ImageSet]:
                 f"class folder '{'/'.join(parts)}' in '{archive}' holds no images; "
                 "add its images or remove the empty folder from the archive."
             )
-    where = f"{archive}:{'/'.join(prefix)}" if prefix else str(archive)
     classes = _check_classes({s: list(v) for s, v in found.items()}, where)
     index = {c: i for i, c in enumerate(classes)}
     return _assemble([(s, index[c], n) for s, c, n in keys], arrays, classes, rgb, str(archive))

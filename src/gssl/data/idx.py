@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageset import DataError, ImageSet
+from .imageset import ROOT_OPTIONS, DataError, ImageSet
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = [
@@ -36,7 +36,8 @@ FILES = {
 HOW = (
     "expected train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
     "t10k-labels-idx1-ubyte.gz; install them with `apt-get install dataset-fashion-mnist` "
-    "(to /usr/share/datasets/fashion-mnist), run `gssl data download fashion-mnist`, or pass --root"
+    "(to /usr/share/datasets/fashion-mnist), run `gssl data download fashion-mnist`, or point data.root "
+    f"at them ({ROOT_OPTIONS})"
 )
 
 

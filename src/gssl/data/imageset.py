@@ -16,6 +16,14 @@ class DataError(ValueError):
     """Bad or missing input data. The message says what was expected and how to fix it."""
 
 
+# How each command is told where a dataset is; messages name all of them, since readers do not know
+# which command called them (`gssl train` has no --root).
+ROOT_OPTIONS = (
+    "`gssl train`/`sweep`: --set data.root=DIR; `gssl eval`/`report`/`analyze`: --data-root DIR; "
+    "`gssl data`: --root DIR"
+)
+
+
 class MissingSplitError(DataError):
     """The dataset was found but has no such split (e.g. an image folder without test/)."""
 
