@@ -291,6 +291,9 @@ def test_a_damaged_last_checkpoint_is_named_with_its_fix(tiny_run, tmp_path, cap
     assert re.search(r"^gssl: error: checkpoint \S+/checkpoints/last\.pt is damaged \(truncated", r.stderr)
     assert "safely" not in r.stderr
     assert f"{run}/checkpoints/best.pt loads: `gssl eval/report/analyze {run} --checkpoint best`" in r.stderr
+    assert _snapshot(run) == before
+    (run / "summary.json").unlink()  # an interrupted run: a finished one has nothing to resume
+    before = _snapshot(run)
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     assert "last.pt is damaged" in capsys.readouterr().err
     assert _snapshot(run) == before

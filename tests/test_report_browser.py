@@ -28,6 +28,7 @@ from gssl.cli import main  # noqa: E402
 SECTIONS = [
     "Learning curves",
     "Gate weights",
+    "Gradient on the shared backbone",
     "Per-class accuracy",
     "Confusion matrix",
     "t-SNE of pooled features",
@@ -99,7 +100,7 @@ def test_report_opens_cleanly_in_headless_chromium(browser, tiny_run, tmp_path, 
     assert main(["report", str(tiny_run), "--out", str(out), "--gradcam-images", "6"]) == 0
     errors, images = _open(browser, out / "report.html")
     assert errors == [], f"console errors: {errors}"
-    assert len(images) == 7, images
+    assert len(images) == 8, images  # one figure per section
     for img in images:
         assert img["complete"] and img["w"] > 0 and img["h"] > 0 and img["shown"] > 0, img
     headings = browser.execute_script(

@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     data_parser.add_argument("--dest", default="data", help="download destination folder (default ./data)")
     _analysis_parsers(sub)
     _sweep_parsers(sub)
+    _campaign_parser(sub)
     _pack_parser(sub)
     return p
 
@@ -717,6 +718,47 @@ def _test_limit(text: str) -> int:
     return int(text)
 
 
+def _campaign_parser(sub) -> None:
+    c = _command(sub, "campaign")
+    c.add_argument("file", metavar="SWEEP.yaml", help="a sweep file; its runs' `priority` orders them")
+    c.add_argument(
+        "--budget-s", type=float, metavar="S", help="wall-clock seconds the whole command may take"
+    )
+    c.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="runs at once (default: the calibrated number for this device, else the file's, else 2)",
+    )
+    c.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="first find the fastest number of runs at once (1, 2, 4, 8) on the campaign's own runs, "
+        "and record it in OUT/calibration.json; once per device (delete its entry there to measure again)",
+    )
+    for flag, default, meaning in (
+        ("--window-s", 20.0, "calibration: seconds measured per level"),
+        ("--startup-s", 60.0, "guess of a run's time to its first epoch (compiling included) until measured"),
+        ("--epoch-s", 1.0, "guess of each later epoch's seconds until measured"),
+        ("--reserve-s", 20.0, "seconds kept at the end of the budget to stop the runs and export"),
+    ):
+        c.add_argument(
+            flag, type=float, default=default, metavar="S", help=f"{meaning} (default {default:g})"
+        )
+    c.add_argument("--export", metavar="DIR", help="afterwards, copy every run's records into DIR")
+    c.add_argument(
+        "--collect",
+        metavar="DIR",
+        help="copy the records in DIR (an --export) into the out folder; run nothing",
+    )
+    c.add_argument("--out", metavar="DIR", help="the campaign's folder (default: the file's `out`)")
+    c.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's)")
+    c.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override in every run"
+    )
+    c.add_argument("--dry-run", action="store_true", help="print what would start, run nothing")
+
+
 def _sweep_parsers(sub) -> None:
     s = _command(sub, "sweep")
     s.add_argument("file", nargs="?", metavar="SWEEP.yaml", help="a sweep file (out, seeds, set, runs)")
@@ -766,45 +808,6 @@ def _sweep_parsers(sub) -> None:
         "per process)",
     )
     s.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
-
-    c = _command(sub, "campaign")
-    c.add_argument("file", metavar="SWEEP.yaml", help="a sweep file; its runs' `priority` orders them")
-    c.add_argument(
-        "--budget-s", type=float, metavar="S", help="wall-clock seconds the whole command may take"
-    )
-    c.add_argument(
-        "--parallel",
-        type=int,
-        metavar="N",
-        help="runs at once (default: the calibrated number for this device, else the file's, else 2)",
-    )
-    c.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="first find the fastest number of runs at once (1, 2, 4, 8) on the campaign's own runs, "
-        "and record it in OUT/calibration.json; once per device (delete its entry there to measure again)",
-    )
-    for flag, default, meaning in (
-        ("--window-s", 20.0, "calibration: seconds measured per level"),
-        ("--startup-s", 60.0, "guess of a run's time to its first epoch (compiling included) until measured"),
-        ("--epoch-s", 1.0, "guess of each later epoch's seconds until measured"),
-        ("--reserve-s", 20.0, "seconds kept at the end of the budget to stop the runs and export"),
-    ):
-        c.add_argument(
-            flag, type=float, default=default, metavar="S", help=f"{meaning} (default {default:g})"
-        )
-    c.add_argument("--export", metavar="DIR", help="afterwards, copy every run's records into DIR")
-    c.add_argument(
-        "--collect",
-        metavar="DIR",
-        help="copy the records in DIR (an --export) into the out folder; run nothing",
-    )
-    c.add_argument("--out", metavar="DIR", help="the campaign's folder (default: the file's `out`)")
-    c.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's)")
-    c.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override in every run"
-    )
-    c.add_argument("--dry-run", action="store_true", help="print what would start, run nothing")
 
     t = _command(sub, "table")
     t.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
