@@ -64,7 +64,7 @@ class Running:
 
     def poll_rows(self, now: float) -> int:
         """Read its metrics rows; returns how many are new since the last poll."""
-        rows = _metrics(self.job.run_dir)
+        rows = rundir.read_metrics(self.job.run_dir)
         new = len(rows) - self.rows
         if new > 0:
             if self.first_row_after is None:
@@ -76,22 +76,9 @@ class Running:
         return max(new, 0)
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / rundir.METRICS
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # rewritten atomically, so only a file someone edited
-            break
-    return rows
-
-
 def epochs_left(job: Job, epochs: int) -> int:
     """Of a run of `epochs`: all of them unless it resumes, when its metrics rows are done."""
-    return epochs - len(_metrics(job.run_dir)) if status(job) == "resume" else epochs
+    return epochs - len(rundir.read_metrics(job.run_dir)) if status(job) == "resume" else epochs
 
 
 class Campaign:
@@ -157,7 +144,7 @@ class Campaign:
                 return
             if self.levels or self.fits(job, now):
                 self.queue.remove(job)
-                rows = len(_metrics(job.run_dir)) if status(job) == "resume" else 0
+                rows = len(rundir.read_metrics(job.run_dir)) if status(job) == "resume" else 0
                 process = start(job, status(job), env, None, [], self.log).process
                 self.running.append(Running(job, process, now, rows))
                 self.history.append(self.running[-1])
@@ -382,7 +369,7 @@ def copy_records(jobs: list[Job], source: Path, dest: Path, log=print) -> None:
                     f"{', '.join(changed)}); move one of them away"
                 )
     for src, dst in pairs:
-        if (dst / rundir.SUMMARY).is_file() or len(_metrics(dst)) > len(_metrics(src)):
+        if (dst / rundir.SUMMARY).is_file() or len(rundir.read_metrics(dst)) > len(rundir.read_metrics(src)):
             continue
         finished = (src / rundir.SUMMARY).is_file()
         for name in RECORDS if finished else (rundir.CONFIG, rundir.RESOLVED, rundir.METRICS, LAST):
