@@ -144,8 +144,9 @@ class Campaign:
                 return
             if self.levels or self.fits(job, now):
                 self.queue.remove(job)
-                rows = len(rundir.read_metrics(job.run_dir)) if status(job) == "resume" else 0
-                process = start(job, status(job), env, None, [], self.log).process
+                mode = status(job)
+                rows = len(rundir.read_metrics(job.run_dir)) if mode == "resume" else 0
+                process = start(job, mode, env, None, [], self.log).process
                 self.running.append(Running(job, process, now, rows))
                 self.history.append(self.running[-1])
 
