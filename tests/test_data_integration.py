@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REAL_DATA, session_cache
 from gssl.data import MEAN_STD, channel_stats, load_dataset, long_tail_indices
 from gssl.data.cifar import CIFAR10_CLASSES
 
@@ -29,10 +30,13 @@ needs_cifar = pytest.mark.skipif(
 )
 
 
+pytestmark = REAL_DATA
+
+
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory) -> Path:
-    env = os.environ.get("GSSL_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("real-data-cache")
+    """The session's cache, which tests/test_e2e_cifar.py's run then reads without decoding again."""
+    return session_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

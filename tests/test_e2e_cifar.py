@@ -6,13 +6,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import shared_data_dir
+from conftest import REAL_DATA, shared_data_dir
 from gssl.cli import main
 from gssl.data import long_tail_counts
 
 ARCHIVE = shared_data_dir() / "cifar-10-jpg.tar.gz"
 
 
+@REAL_DATA
 @pytest.mark.skipif(
     not ARCHIVE.exists(), reason=f"real CIFAR-10 copy not found at {ARCHIVE} (set GSSL_SHARED_DATA)"
 )
@@ -46,6 +47,8 @@ def test_gated_training_on_real_long_tailed_cifar10(tmp_path, capsys):
             "optim.milestones=[4]",
             "--set",
             "loss.drw_epoch=4",
+            "--set",
+            "diagnose_every=0",  # the gradient diagnostic has tests of its own (tests/test_diagnostics.py)
         ]
     )
     assert code == 0
