@@ -44,13 +44,6 @@ def pytest_configure(config):
     torch.set_num_threads(threads)
 
 
-# Tests whose two ranks wait on each other (torchrun, mp.spawn): under xdist's `--dist loadgroup` they run
-# one after another on one worker, never two jobs' four ranks on two cores at once.
-TWO_RANKS = pytest.mark.xdist_group("two-ranks")
-# Tests that decode the real CIFAR-10 copy: on one worker, whose session cache decodes it once for all.
-REAL_DATA = pytest.mark.xdist_group("real-data")
-
-
 @pytest.fixture(scope="session")
 def fake_cifar10(tmp_path_factory) -> Path:
     return write_fake_cifar10(tmp_path_factory.mktemp("fake-cifar10"))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL_DATA, session_cache
+from conftest import session_cache
 from gssl.data import MEAN_STD, channel_stats, load_dataset, long_tail_indices
 from gssl.data.cifar import CIFAR10_CLASSES
 
@@ -30,12 +30,9 @@ needs_cifar = pytest.mark.skipif(
 )
 
 
-pytestmark = REAL_DATA
-
-
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory) -> Path:
-    """The session's cache, which tests/test_e2e_cifar.py's run then reads without decoding again."""
+    """The session's cache: tests/test_e2e_cifar.py's run in the same process reads it, not decoding again."""
     return session_cache(tmp_path_factory)
 
 

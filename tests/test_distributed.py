@@ -8,20 +8,11 @@ import sys
 import pytest
 import torch
 
-from conftest import (
-    DINO_TINY,
-    TWO_RANKS,
-    assert_runs_identical,
-    initial_weights,
-    train_tiny_run,
-    two_ranks_batchnorm,
-)
+from conftest import DINO_TINY, assert_runs_identical, initial_weights, train_tiny_run, two_ranks_batchnorm
 from gssl import rundir
 from gssl.data import DeviceLoader
 from gssl.distributed import Dist, global_params
 from gssl.method import GatedSSL
-
-pytestmark = TWO_RANKS  # every test here that starts two ranks; the others are quick
 
 TINY = [
     "--preset",

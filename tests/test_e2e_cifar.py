@@ -6,14 +6,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import REAL_DATA, shared_data_dir
+from conftest import shared_data_dir
 from gssl.cli import main
 from gssl.data import long_tail_counts
 
 ARCHIVE = shared_data_dir() / "cifar-10-jpg.tar.gz"
 
 
-@REAL_DATA
 @pytest.mark.skipif(
     not ARCHIVE.exists(), reason=f"real CIFAR-10 copy not found at {ARCHIVE} (set GSSL_SHARED_DATA)"
 )

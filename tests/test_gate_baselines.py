@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import TWO_EPOCHS_EVERY_EVENT, TWO_RANKS, needs_analysis, train_preset, two_ranks_batchnorm
+from conftest import TWO_EPOCHS_EVERY_EVENT, needs_analysis, train_preset, two_ranks_batchnorm
 from gssl.config import ConfigError, from_dict, parse_set
 from gssl.gating import LOSS_WEIGHTINGS, build_gate
 from gssl.losses import build_loss
@@ -520,7 +520,6 @@ def test_the_report_draws_the_loss_weightings_against_a_uniform_weight_of_one():
     assert uniform_weight("learned", 3) == 1 / 3 and uniform_weight("gcs", 3) == 1.0
 
 
-@TWO_RANKS
 @pytest.mark.slow
 @pytest.mark.parametrize("gate", NEW_MODES)
 def test_two_processes_weigh_like_one_with_the_global_batch(fake_cifar10, tmp_path, monkeypatch, gate):
