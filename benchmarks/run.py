@@ -373,15 +373,22 @@ def _train(out, sets, env=None):
     return json.loads((out / "summary.json").read_text())
 
 
+QUICK_PER_CLASS = 100  # --quick: a smoke check (its time is mostly its processes' start); the rarest class 1
+
+
 def _data_sets(quick, tmp):
     """The real CIFAR-10 copy when present (or a fake one of the same format), long-tailed at 0.01."""
     if (SHARED / "cifar-10-jpg.tar.gz").exists() and not quick:
         return [f"data.root={SHARED}"], "CIFAR-10 (real), long-tailed 0.01: 12,406 images"
+    return _fake_data(tmp, QUICK_PER_CLASS if quick else 5000)
+
+
+def _fake_data(tmp, per_class):
+    """A fake CIFAR-10 of `per_class` training images a class, long-tailed at 0.01."""
     from gssl.data.fakes import write_cifar
 
-    n = 200 if quick else 5000
-    write_cifar(tmp / "fake", "cifar10", n_train=10 * n, n_test=1000, seed=0, tint=0.8)
-    return [f"data.root={tmp / 'fake'}"], f"fake CIFAR-10 ({n} per class), long-tailed 0.01"
+    write_cifar(tmp / "fake", "cifar10", n_train=10 * per_class, n_test=1000, seed=0, tint=0.8)
+    return [f"data.root={tmp / 'fake'}"], f"fake CIFAR-10 ({per_class} per class), long-tailed 0.01"
 
 
 def _quick_env(quick):
@@ -442,7 +449,8 @@ def bench_sweep(device, quick, tmp, sets=None, what=None, ns=None, env=None, dea
     small fake data set; with a `deadline` (time.monotonic()), an N that would not fit (the last N's wall
     time scaled by N) is skipped and named in `skipped`."""
     if sets is None:
-        sets, what = _data_sets(True, tmp)  # small runs: the case several-at-once is for
+        # small runs: the case several-at-once is for
+        sets, what = _fake_data(tmp, QUICK_PER_CLASS if quick else 200)
         sets += _quick_sets(quick)
     sets = ["optim.epochs=2", "optim.base_epochs=2", f"device={device.type}"] + sets
     rows, skipped = [], [] if skipped is None else skipped

@@ -28,16 +28,36 @@ def write_fake_cifar10(
     return root
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (the README's `-n 2`) each worker takes its share of the cores, in torch's
+    threads and, through OMP_NUM_THREADS, in the processes its tests start: two workers of two threads
+    each on two cores would oversubscribe them (an OpenMP thread waiting for a busy core spins). An
+    OMP_NUM_THREADS set by the caller is kept."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fake_cifar10(tmp_path_factory) -> Path:
     return write_fake_cifar10(tmp_path_factory.mktemp("fake-cifar10"))
 
 
+def session_cache(tmp_path_factory) -> Path:
+    """The data cache of this test session (of this xdist worker): $GSSL_CACHE if set, so CI can keep it."""
+    return Path(os.environ.get("GSSL_CACHE", tmp_path_factory.getbasetemp() / "gssl-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never write into the user's cache; one cache per test session."""
-    if "GSSL_CACHE" not in os.environ:
-        monkeypatch.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
+    monkeypatch.setenv("GSSL_CACHE", str(session_cache(tmp_path_factory)))
 
 
 # Two epochs of the ViT gpu_check compiles under --smoke (small DINO / SelfPatch heads, 2 local views),
@@ -130,8 +150,7 @@ def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> P
 def tiny_run(fake_cifar10, tmp_path_factory) -> Path:
     """A finished 2-epoch run with a learned gate, shared by the report tests (copy it before changing it)."""
     with pytest.MonkeyPatch.context() as mp:  # session fixtures start before the per-test cache fixture
-        if "GSSL_CACHE" not in os.environ:
-            mp.setenv("GSSL_CACHE", str(tmp_path_factory.getbasetemp() / "gssl-cache"))
+        mp.setenv("GSSL_CACHE", str(session_cache(tmp_path_factory)))
         return train_tiny_run(
             fake_cifar10, tmp_path_factory.mktemp("tiny-run") / "run", 2, "ssl.gate=learned"
         )

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import session_cache
 from gssl.data import MEAN_STD, channel_stats, load_dataset, long_tail_indices
 from gssl.data.cifar import CIFAR10_CLASSES
 
@@ -31,8 +32,8 @@ needs_cifar = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory) -> Path:
-    env = os.environ.get("GSSL_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("real-data-cache")
+    """The session's cache: tests/test_e2e_cifar.py's run in the same process reads it, not decoding again."""
+    return session_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

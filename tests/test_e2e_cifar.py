@@ -46,6 +46,8 @@ def test_gated_training_on_real_long_tailed_cifar10(tmp_path, capsys):
             "optim.milestones=[4]",
             "--set",
             "loss.drw_epoch=4",
+            "--set",
+            "diagnose_every=0",  # the gradient diagnostic has tests of its own (tests/test_diagnostics.py)
         ]
     )
     assert code == 0
