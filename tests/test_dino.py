@@ -1,4 +1,4 @@
-"""DINO (gssl.dino, gssl.scenarios.dino) against small computations written out by hand: the loss with
+"""DINO (gssl.methods.dino) against small computations written out by hand: the loss with
 centring and sharpening, the centre's update, the temperature and momentum schedules, the EMA teacher,
 the weight-normalised head; multi-crop views; a run interrupted after a checkpoint resumes bit for bit."""
 
@@ -13,7 +13,7 @@ from gssl import engine, rundir
 from gssl.cli import main
 from gssl.config import ConfigError, from_dict, parse_set
 from gssl.data.views import ViewAugment
-from gssl.dino import (
+from gssl.methods.dino.dino import (
     DINOHead,
     dino_loss,
     teacher_momentum,
@@ -21,8 +21,8 @@ from gssl.dino import (
     teacher_temperature,
     updated_center,
 )
+from gssl.methods.dino.scenario import DINOScenario
 from gssl.presets import resolve
-from gssl.scenarios.dino import DINOScenario
 
 TINY = DINO_TINY
 

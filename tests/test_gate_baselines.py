@@ -372,7 +372,7 @@ def test_the_step_with_gradients_inside_is_one_graph(gate):
 def test_gcs_in_fixmatch_and_simclr_weighs_against_their_main_loss():
     """The main loss is the carrier's: FixMatch's labelled + unlabelled loss, SimCLR's NT-Xent."""
     from gssl.contrastive import SimCLR
-    from gssl.semisup import fixmatch_loss
+    from gssl.methods.fixmatch.semisup import fixmatch_loss
 
     torch.manual_seed(0)
     model = GatedSSL("resnet8", 10, tasks=["lorot", "flip"], gate="gcs")

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TWO_EPOCHS_EVERY_EVENT, train_preset
 from gssl.cli import main
-from gssl.scenarios import SCENARIOS, WRAPPERS
+from gssl.methods.registry import SCENARIOS, WRAPPERS
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gssl"
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"

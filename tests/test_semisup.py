@@ -12,8 +12,8 @@ from gssl.cli import main
 from gssl.config import from_dict
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
+from gssl.methods.fixmatch.semisup import EMA, fixmatch_loss, pseudo_labels
 from gssl.presets import preset_dict
-from gssl.semisup import EMA, fixmatch_loss, pseudo_labels
 
 SEMI = [
     "semi.labels_per_class=4",

@@ -115,8 +115,8 @@ def backbone_options(cfg: Config) -> dict:
 
 
 def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """The network of the config's method (gssl.scenarios), initialised from the global torch seed."""
-    from .scenarios import scenario_class  # the scenarios build their parts through this module
+    """The network of the config's method (gssl.methods), initialised from the global torch seed."""
+    from .methods.registry import scenario_class  # the scenarios build their parts through this module
 
     return scenario_class(cfg).build_model(cfg, num_classes, in_channels)
 

@@ -896,7 +896,7 @@ def _unknown_key_message(key: str) -> str:
 
 def from_dict(values: dict) -> Config:
     """A checked Config, its `method` named (inferred from the sections for older config files)."""
-    from .scenarios import check, method_of  # the registry imports this module
+    from .methods.registry import check, method_of  # the registry imports this module
 
     cfg = _build(Config, values)
     cfg.method = method_of(cfg)
@@ -981,7 +981,7 @@ def load_yaml(path: str | Path) -> dict:
 
 def used_dict(cfg: Config) -> dict:
     """The configuration without the sections its method does not read (an FixMatch run has no `adv`)."""
-    from .scenarios import used_sections
+    from .methods.registry import used_sections
 
     sections = used_sections(cfg)
     return {

@@ -198,8 +198,8 @@ def has_classifier(cfg) -> bool:
 
 
 def scenario_class(cfg):
-    """The run's scenario class (imported late: gssl.scenarios imports most of gssl)."""
-    from .scenarios import scenario_class
+    """The run's scenario class (imported late: gssl.methods.registry imports most of gssl)."""
+    from .methods.registry import scenario_class
 
     return scenario_class(cfg)
 

@@ -3,10 +3,10 @@ step sees the attacked batch (the attack itself runs eagerly), and the run ends 
 
 from __future__ import annotations
 
-from .. import attacks
-from ..config import Config, ConfigError
-from ..step import autocast
-from .base import Wrapper
+from ... import attacks
+from ...config import Config, ConfigError
+from ...step import autocast
+from ..base import Wrapper
 
 
 def attack_of(cfg: Config, steps: int, kind: str | None = None) -> attacks.Attack:

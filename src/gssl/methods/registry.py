@@ -5,14 +5,14 @@ Scenario subclass and one line here; `gssl.engine.fit` never changes for it."""
 from __future__ import annotations
 
 from ..config import Config, ConfigError
-from .adversarial import Adversarial
+from .adversarial.scenario import Adversarial
 from .base import PRETEXT_OPTIONS, Context, Scenario, Wrapper
-from .dino import DINOScenario
-from .fixmatch import FixMatch
-from .simclr import SimCLRScenario
-from .sla_sd import SLASDScenario
-from .ssp import SSPPretraining
-from .supervised import Supervised
+from .dino.scenario import DINOScenario
+from .fixmatch.scenario import FixMatch
+from .simclr.scenario import SimCLRScenario
+from .sla_sd.scenario import SLASDScenario
+from .ssp.scenario import SSPPretraining
+from .supervised.scenario import Supervised
 
 SCENARIOS: dict[str, type[Scenario]] = {
     "supervised": Supervised,

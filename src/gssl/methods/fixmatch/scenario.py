@@ -1,14 +1,14 @@
-"""FixMatch with the gated pretext loss (gssl.semisup): labelled, weak and strong views in one forward
+"""FixMatch with the gated pretext loss (semisup.py): labelled, weak and strong views in one forward
 pass, a fixed number of steps per epoch, and evaluation on an exponential moving average of the weights."""
 
 from __future__ import annotations
 
 import torch
 
-from .. import semisup
-from ..config import Config, ConfigError
-from .base import Context, Scenario
-from .supervised import Supervised
+from ...config import Config, ConfigError
+from ..base import Context, Scenario
+from ..supervised.scenario import Supervised
+from . import semisup
 
 
 class FixMatch(Scenario):

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attacks import PixelSpace
-from .data.randaugment import RandAugment
+from ...attacks import PixelSpace
+from ...data.randaugment import RandAugment
 
 
 def pseudo_labels(weak_logits: Tensor, threshold: float) -> tuple[Tensor, Tensor]:

@@ -1,13 +1,13 @@
-"""SLA-SD, a Table 1 baseline (gssl.sla): every image under every transformation, a joint head, and a
+"""SLA-SD, a Table 1 baseline (sla.py): every image under every transformation, a joint head, and a
 single head distilled from the aggregated prediction; judged also by the aggregated inference."""
 
 from __future__ import annotations
 
-from .. import metrics
-from ..build import backbone_options
-from ..config import Config, ConfigError
-from ..sla import SLASD
-from .base import Scenario
+from ... import metrics
+from ...build import backbone_options
+from ...config import Config, ConfigError
+from ..base import Scenario
+from .sla import SLASD
 
 
 class SLASDScenario(Scenario):

@@ -4,13 +4,13 @@ backbone every epoch and by a linear probe at the end."""
 
 from __future__ import annotations
 
-from ..build import backbone_options
-from ..config import Config, ConfigError
-from ..contrastive import SimCLR
-from ..data.views import ViewAugment
-from ..fusion import BatchFusion
-from ..gating import gate_options
-from .base import Context, Scenario, settings_on
+from ...build import backbone_options
+from ...config import Config, ConfigError
+from ...contrastive import SimCLR
+from ...data.views import ViewAugment
+from ...gating import gate_options
+from ..base import Context, Scenario, settings_on
+from .fusion import BatchFusion
 
 
 class SimCLRScenario(Scenario):

@@ -1,4 +1,4 @@
-"""SSP pre-training (gssl.ssp) before another scenario: the backbone learns whole-image rotation on the
+"""SSP pre-training (ssp.py) before another scenario: the backbone learns whole-image rotation on the
 training images first; the supervised run then starts from those weights."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .. import rundir
-from ..config import Config
-from ..ssp import pretrain_rotation
-from ..step import TrainingError
-from .base import Wrapper
+from ... import rundir
+from ...config import Config
+from ...step import TrainingError
+from ..base import Wrapper
+from .ssp import pretrain_rotation
 
 PRETRAIN_CHECKPOINT = "pretrain.pt"
 
