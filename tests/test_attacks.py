@@ -16,10 +16,11 @@ from gssl.attacks import (
     robust_accuracy,
     training_objective,
 )
-from gssl.build import build_data, build_model
 from gssl.cli import main
-from gssl.config import from_dict, load_yaml
+from gssl.config import load_yaml
 from gssl.data import DeviceLoader
+from gssl.methods.registry import build_data, build_model
+from gssl.runconfig import from_dict
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.2, 0.2, 0.2)
 

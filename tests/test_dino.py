@@ -11,7 +11,7 @@ import torch
 from conftest import DINO_TINY, assert_runs_identical, train_preset
 from gssl import engine, rundir
 from gssl.cli import main
-from gssl.config import ConfigError, from_dict, parse_set
+from gssl.config import ConfigError, parse_set
 from gssl.data.views import ViewAugment
 from gssl.methods.dino.dino import (
     DINOHead,
@@ -23,6 +23,7 @@ from gssl.methods.dino.dino import (
 )
 from gssl.methods.dino.scenario import DINOScenario
 from gssl.presets import resolve
+from gssl.runconfig import from_dict
 
 TINY = DINO_TINY
 

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from . import __version__, code_revision, distributed, metrics, rundir
-from .build import build_cls_loss, build_data, build_model, check_shapes, pick_device
-from .config import Config, ConfigError, to_yaml
+from .build import build_cls_loss, check_shapes, pick_device
+from .config import Config, ConfigError
 from .methods import registry
-from .methods.registry import Context, Scenario
+from .methods.registry import Context, Scenario, build_data, build_model
 from .optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
+from .runconfig import to_yaml
 from .schedule import describe, lr_at, resolved_schedule, scaling_notice, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 

@@ -26,15 +26,16 @@ from pathlib import Path
 import torch
 
 from . import engine, rundir
-from .build import build_cls_loss, build_data, build_model, check_shapes, pick_device
-from .config import Config, ConfigError, setting_changes
+from .build import build_cls_loss, check_shapes, pick_device
+from .config import Config, ConfigError
 from .distributed import Dist
 from .engine import Loop, Progress, epoch_line, epoch_row, final_summary, pretext_seed, save_epoch
 from .methods import registry
-from .methods.registry import Context, Scenario
+from .methods.registry import Context, Scenario, build_data, build_model
 from .methods.supervised.scenario import Supervised
 from .optimizer import build_optimizer, set_epoch_hyperparameters
 from .packed import Pack, PackedEvaluation, split_optimizer_state, stack_args, stack_optimizer_states
+from .runconfig import setting_changes
 from .schedule import lr_at, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
@@ -373,8 +374,9 @@ def pack_configs(preset: str | None, config: str | None, sets: list[str], seeds:
 
 def saved_configs(run_dirs: list[Path], sets: list[str]) -> list[Config]:
     """The members' own config.yaml, for a resume; `sets` may only move the data (LOCATION_KEYS)."""
-    from .config import from_dict, load_yaml, parse_set
+    from .config import load_yaml, parse_set
     from .presets import resolve
+    from .runconfig import from_dict
 
     cfgs = []
     for run_dir in run_dirs:

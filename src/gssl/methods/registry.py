@@ -4,6 +4,10 @@ Scenario subclass and one line here; `gssl.engine.fit` never changes for it."""
 
 from __future__ import annotations
 
+import torch.nn as nn
+
+from .. import build as build_parts
+from ..build import Data
 from ..config import Config, ConfigError
 from .adversarial.scenario import Adversarial
 from .base import PRETEXT_OPTIONS, Context, Scenario, Wrapper
@@ -32,6 +36,8 @@ __all__ = [
     "WRAPPERS",
     "Wrapper",
     "build",
+    "build_data",
+    "build_model",
     "method_of",
     "scenario_class",
     "used_sections",
@@ -118,6 +124,16 @@ def used_sections(cfg: Config) -> tuple[str, ...]:
     extra = [s for cls in (scenario_class(cfg), *wrappers_of(cfg)) for s in cls.sections]
     backbone = ["vit"] if cfg.model.backbone == "vit" else []  # the ViT's size, only where it is read
     return COMMON_SECTIONS + tuple(dict.fromkeys(backbone + extra))
+
+
+def build_data(cfg: Config) -> Data:
+    """The run's data, with its method's own part (Scenario.own_data: FixMatch's unlabelled images)."""
+    return build_parts.build_data(cfg, scenario_class(cfg).own_data)
+
+
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
+    """The network of the config's method, initialised from the global torch seed."""
+    return scenario_class(cfg).build_model(cfg, num_classes, in_channels)
 
 
 def build(ctx: Context) -> Scenario:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...config import Config, ConfigError
+from ...data import ImageSet, labeled_unlabeled_split
 from ..base import Context, Scenario
 from ..supervised.scenario import Supervised
 from . import semisup
@@ -20,12 +21,8 @@ class FixMatch(Scenario):
     )
 
     @staticmethod
-    def claims(cfg: Config) -> bool:
-        return cfg.semi.labels_per_class is not None
-
-    @staticmethod
     def check(cfg: Config) -> None:
-        if cfg.semi.labels_per_class is None:
+        if not cfg.semi.on():
             raise ConfigError(
                 "method fixmatch needs semi.labels_per_class (labelled images per class, e.g. 25)"
             )
@@ -36,12 +33,28 @@ class FixMatch(Scenario):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        unlabeled, semi = ctx.data.unlabeled, ctx.cfg.semi
+        unlabeled, semi = ctx.data.extra["unlabeled"], ctx.cfg.semi
         self.unlabeled_loader = ctx.loader(
             unlabeled.images, unlabeled.labels, ctx.cfg.optim.batch_size * semi.mu, ctx.cfg.seed + 1
         )
         self.strong = semisup.StrongAugment(ctx.data.mean, ctx.data.std, ctx.device)
         self.ema = semisup.EMA(ctx.model, semi.ema) if semi.ema > 0 else None
+
+    @staticmethod
+    def own_data(cfg: Config, train: ImageSet) -> tuple[ImageSet, dict[str, ImageSet]]:
+        """A few labelled images per class; the rest, unlabelled, are its own."""
+        labelled, unlabelled = labeled_unlabeled_split(
+            train.labels.numpy(), cfg.semi.labels_per_class, cfg.semi.split_seed
+        )
+        return train.subset(labelled), {"unlabeled": train.subset(unlabelled)}
+
+    @staticmethod
+    def load_eval_weights(model: torch.nn.Module, checkpoint: dict) -> None:
+        """The EMA's weights, as the run's own evaluation used (none kept: semi.ema=0)."""
+        if "ema" in checkpoint:
+            prefix = "module."
+            ema = checkpoint["ema"]
+            model.load_state_dict({k[len(prefix) :]: v for k, v in ema.items() if k.startswith(prefix)})
 
     @property
     def images_per_epoch(self) -> int:

@@ -21,12 +21,8 @@ class SimCLRScenario(Scenario):
     trigger = "contrastive.views"  # the setting that asks for this method in config files without `method`
 
     @staticmethod
-    def claims(cfg: Config) -> bool:
-        return cfg.contrastive.views >= 2
-
-    @staticmethod
     def check(cfg: Config) -> None:
-        if cfg.contrastive.views < 2:
+        if not cfg.contrastive.on():
             raise ConfigError("method simclr needs contrastive.views >= 2 (views of every image)")
         others = settings_on(cfg, ("sla.transform", "adv.attack", "semi.labels_per_class", "pretrain.epochs"))
         if others:

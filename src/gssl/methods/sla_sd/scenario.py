@@ -16,12 +16,8 @@ class SLASDScenario(Scenario):
     trigger = "sla.transform"  # the setting that asks for this method in config files without `method`
 
     @staticmethod
-    def claims(cfg: Config) -> bool:
-        return cfg.sla.transform != "none"
-
-    @staticmethod
     def check(cfg: Config) -> None:
-        if cfg.sla.transform == "none":
+        if not cfg.sla.on():
             raise ConfigError("method sla-sd needs sla.transform=rotation or channel")
         if cfg.ssl.tasks and cfg.ssl.gate != "none":
             raise ConfigError(

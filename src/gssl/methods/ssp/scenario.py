@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from ... import rundir
-from ...config import Config
 from ...step import TrainingError
 from ..base import Wrapper
 from .ssp import pretrain_rotation
@@ -19,10 +18,7 @@ PRETRAIN_CHECKPOINT = "pretrain.pt"
 
 class SSPPretraining(Wrapper):
     sections = ("pretrain",)
-
-    @staticmethod
-    def applies(cfg: Config) -> bool:
-        return cfg.pretrain.epochs > 0
+    trigger = "pretrain.epochs"
 
     def before_fit(self, run_dir: Path) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
