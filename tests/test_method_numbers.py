@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from gssl import gating, metrics
 from gssl.attacks import PixelSpace
 from gssl.config import parse_set
-from gssl.data import crop_at, normalize, random_crop, random_hflip
+from gssl.data import crop_at, cycle, normalize, random_crop, random_hflip
 from gssl.data.randaugment import FILL, RandAugment
+from gssl.ema import EMA
 from gssl.gating import (
     DynamicWeightAverageGate,
     GradientSimilarityGate,
@@ -30,7 +31,7 @@ from gssl.gating import (
 )
 from gssl.losses import CrossEntropyLoss, FocalLoss, LDAMLoss, build_loss, drw_weights, ldam_margins
 from gssl.method import PretextTerm
-from gssl.methods.fixmatch.semisup import EMA, StrongAugment, cycle, fixmatch_loss
+from gssl.methods.fixmatch.semisup import StrongAugment, fixmatch_loss
 from gssl.presets import resolve
 from gssl.schedule import lr_at
 

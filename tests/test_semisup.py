@@ -8,9 +8,10 @@ import torch
 from conftest import needs_analysis, train_tiny_run
 from gssl import rundir
 from gssl.cli import main
+from gssl.ema import EMA
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
-from gssl.methods.fixmatch.semisup import EMA, fixmatch_loss, pseudo_labels
+from gssl.methods.fixmatch.semisup import fixmatch_loss, pseudo_labels
 from gssl.methods.registry import build_data
 from gssl.presets import preset_dict
 from gssl.runconfig import from_dict

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...distributed import mean_over_ranks
+from ...ema import EMA
 from ...method import GatedPretext
 from ...models import build_backbone
 from ...models.vit import init_vit_weights
-from ..fixmatch.semisup import EMA
 from .selfpatch import Aggregation, neighbour_index, select_positives, selfpatch_loss
 
 

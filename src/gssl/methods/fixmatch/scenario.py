@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from ...config import Config, ConfigError
-from ...data import ImageSet, labeled_unlabeled_split
+from ...data import ImageSet, cycle, labeled_unlabeled_split
+from ...ema import EMA
 from ..base import Context, Scenario
 from ..supervised.scenario import Supervised
 from . import semisup
@@ -38,7 +39,7 @@ class FixMatch(Scenario):
             unlabeled.images, unlabeled.labels, ctx.cfg.optim.batch_size * semi.mu, ctx.cfg.seed + 1
         )
         self.strong = semisup.StrongAugment(ctx.data.mean, ctx.data.std, ctx.device)
-        self.ema = semisup.EMA(ctx.model, semi.ema) if semi.ema > 0 else None
+        self.ema = EMA(ctx.model, semi.ema) if semi.ema > 0 else None
 
     @staticmethod
     def own_data(cfg: Config, train: ImageSet) -> tuple[ImageSet, dict[str, ImageSet]]:
@@ -66,8 +67,8 @@ class FixMatch(Scenario):
 
     def batches(self, epoch: int):
         steps = self.ctx.cfg.semi.steps_per_epoch
-        self.unlabeled = semisup.cycle(self.unlabeled_loader, steps, epoch)
-        return semisup.cycle(self.train_loader, steps, epoch), steps
+        self.unlabeled = cycle(self.unlabeled_loader, steps, epoch)
+        return cycle(self.train_loader, steps, epoch), steps
 
     def prepare(self, x, y, generator, epoch, step):
         xu, yu = next(self.unlabeled)
