@@ -79,3 +79,27 @@ def test_no_top_level_module_shares_a_name_with_a_part_of_a_method():
     folders = {p.name for p in (SRC / "methods").iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert not top & (method_parts | folders)
     assert folders == {"supervised", "sla_sd", "fixmatch", "simclr", "dino", "adversarial", "ssp"}
+
+
+@pytest.mark.parametrize(
+    "values, shape, fragment",
+    [
+        ({"sla": {"transform": "rotation"}}, (3, 32, 48), "sla.transform=rotation needs square images"),
+        ({"sla": {"transform": "channel"}}, (1, 28, 28), "sla.transform=channel needs 3-channel images"),
+        (
+            {"contrastive": {"views": 2}, "fusion": {"enabled": True, "patch": 5}},
+            (3, 32, 32),
+            "fusion.patch=5 must divide the image sides",
+        ),
+    ],
+)
+def test_a_methods_own_image_needs_are_its_scenarios(values, shape, fragment):
+    """build.check_shapes names no method; the registry adds the run's scenario's check_images."""
+    from gssl.build import check_shapes as backbone_and_pretext_checks
+    from gssl.methods.registry import check_shapes
+
+    cfg = from_dict({**values, "data": {"name": "cifar10"}})
+    backbone_and_pretext_checks(cfg, *shape)  # not the method's concern there
+    with pytest.raises(ConfigError, match=fragment):
+        check_shapes(cfg, *shape)
+    check_shapes(cfg, *((3, 32, 32) if shape != (3, 32, 32) else (3, 30, 30)))  # the same method, fitting

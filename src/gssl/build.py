@@ -111,22 +111,8 @@ def backbone_options(cfg: Config) -> dict:
 
 
 def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:
-    """What the images must be for the chosen transforms, refused before training with how to fix it."""
-    if cfg.sla.transform == "rotation" and H != W:
-        raise ConfigError(
-            f"sla.transform=rotation needs square images, but {cfg.data.name} images are {H}x{W}; "
-            "use sla.transform=channel or none"
-        )
-    if cfg.sla.transform == "channel" and C != 3:
-        raise ConfigError(
-            f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {C}; "
-            "set data.to_rgb=true or use sla.transform=rotation"
-        )
-    if cfg.fusion.enabled and (H % cfg.fusion.patch or W % cfg.fusion.patch):
-        raise ConfigError(
-            f"fusion.patch={cfg.fusion.patch} must divide the image sides ({cfg.data.name}: {H}x{W}); "
-            "pick a patch size that does"
-        )
+    """What the images must be for the backbone and the pretext tasks, refused before training with how
+    to fix it (a method's own needs: Scenario.check_images)."""
     if cfg.model.backbone == "vit" and (H != W or H != cfg.vit.image_size or H % cfg.vit.patch):
         raise ConfigError(
             f"model.backbone=vit: vit.image_size={cfg.vit.image_size} and vit.patch={cfg.vit.patch} must fit "

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from . import __version__, code_revision, distributed, metrics, rundir
-from .build import build_cls_loss, check_shapes, pick_device
+from .build import build_cls_loss, pick_device
 from .config import Config, ConfigError
 from .methods import registry
-from .methods.registry import Context, Scenario, build_data, build_model
+from .methods.registry import Context, Scenario, build_data, build_model, check_shapes
 from .optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
 from .runconfig import to_yaml
 from .schedule import describe, lr_at, resolved_schedule, scaling_notice, weight_decay_at

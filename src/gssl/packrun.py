@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 from . import engine, rundir
-from .build import build_cls_loss, check_shapes, pick_device
+from .build import build_cls_loss, pick_device
 from .config import Config, ConfigError
 from .distributed import Dist
 from .engine import Loop, Progress, epoch_line, epoch_row, final_summary, pretext_seed, save_epoch
 from .methods import registry
-from .methods.registry import Context, Scenario, build_data, build_model
+from .methods.registry import Context, Scenario, build_data, build_model, check_shapes
 from .methods.supervised.scenario import Supervised
 from .optimizer import build_optimizer, set_epoch_hyperparameters
 from .packed import Pack, PackedEvaluation, split_optimizer_state, stack_args, stack_optimizer_states

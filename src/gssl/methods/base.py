@@ -135,6 +135,10 @@ class Scenario:
         """Settings this scenario cannot run with: raise ConfigError naming the fix."""
 
     @staticmethod
+    def check_images(cfg: Config, channels: int, height: int, width: int) -> None:
+        """What its transforms need of the images, refused before training with the fix (ConfigError)."""
+
+    @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
         raise NotImplementedError
 

@@ -1,6 +1,7 @@
 """Scenarios as plug-ins: the ways gssl trains, by the config's `method`, and the wrappers that go
-around them (adversarial training, SSP pre-training). A new way of training is one module with a
-Scenario subclass and one line here; `gssl.engine.fit` never changes for it."""
+around them (adversarial training, SSP pre-training). A new way of training is one folder (its
+settings, its Scenario subclass) and a line here and in settings.py; `gssl.engine.fit` never changes
+for it (docs/design.md walks through one)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ __all__ = [
     "Wrapper",
     "build",
     "build_data",
+    "check_shapes",
     "build_model",
     "method_of",
     "scenario_class",
@@ -124,6 +126,12 @@ def used_sections(cfg: Config) -> tuple[str, ...]:
     extra = [s for cls in (scenario_class(cfg), *wrappers_of(cfg)) for s in cls.sections]
     backbone = ["vit"] if cfg.model.backbone == "vit" else []  # the ViT's size, only where it is read
     return COMMON_SECTIONS + tuple(dict.fromkeys(backbone + extra))
+
+
+def check_shapes(cfg: Config, channels: int, height: int, width: int) -> None:
+    """What the run's backbone, pretext tasks and method need of the images (ConfigError with the fix)."""
+    build_parts.check_shapes(cfg, channels, height, width)
+    scenario_class(cfg).check_images(cfg, channels, height, width)
 
 
 def build_data(cfg: Config) -> Data:

@@ -52,10 +52,11 @@ class FixMatch(Scenario):
     @staticmethod
     def load_eval_weights(model: torch.nn.Module, checkpoint: dict) -> None:
         """The EMA's weights, as the run's own evaluation used (none kept: semi.ema=0)."""
-        if "ema" in checkpoint:
-            prefix = "module."
+        if "ema" in checkpoint:  # its keys "module.*" (and "n_averaged" in runs saved with AveragedModel)
             ema = checkpoint["ema"]
-            model.load_state_dict({k[len(prefix) :]: v for k, v in ema.items() if k.startswith(prefix)})
+            model.load_state_dict(
+                {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+            )
 
     @property
     def images_per_epoch(self) -> int:

@@ -32,6 +32,15 @@ class SimCLRScenario(Scenario):
             )
 
     @staticmethod
+    def check_images(cfg: Config, channels: int, height: int, width: int) -> None:
+        patch = cfg.fusion.patch
+        if cfg.fusion.on() and (height % patch or width % patch):
+            raise ConfigError(
+                f"fusion.patch={patch} must divide the image sides ({cfg.data.name}: {height}x{width}); "
+                "pick a patch size that does"
+            )
+
+    @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> SimCLR:
         c, f = cfg.contrastive, cfg.fusion
         fusion = (

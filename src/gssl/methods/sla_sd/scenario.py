@@ -26,6 +26,19 @@ class SLASDScenario(Scenario):
             )
 
     @staticmethod
+    def check_images(cfg: Config, channels: int, height: int, width: int) -> None:
+        if cfg.sla.transform == "rotation" and height != width:
+            raise ConfigError(
+                f"sla.transform=rotation needs square images, but {cfg.data.name} images are "
+                f"{height}x{width}; use sla.transform=channel or none"
+            )
+        if cfg.sla.transform == "channel" and channels != 3:
+            raise ConfigError(
+                f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {channels}; "
+                "set data.to_rgb=true or use sla.transform=rotation"
+            )
+
+    @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> SLASD:
         return SLASD(
             cfg.model.backbone,
