@@ -137,9 +137,10 @@ def test_adversarial_training_end_to_end_and_eval_attack_cli(fake_cifar10, tmp_p
 def test_the_training_loop_steps_on_attacked_batches(fake_cifar10, tmp_path):
     """The adversarial wrapper's prepare() hands the step a perturbed batch (within eps in pixel space), and
     a run with the attack ends with other weights than the same run without it."""
-    from gssl import engine, scenarios
+    from gssl import engine
     from gssl.config import parse_set
     from gssl.distributed import Dist
+    from gssl.methods import registry
     from gssl.presets import resolve
 
     sets = [
@@ -155,7 +156,7 @@ def test_the_training_loop_steps_on_attacked_batches(fake_cifar10, tmp_path):
     ]
     cfg = resolve("cifar10-lt0.01-gated-triple", sets=[parse_set(s) for s in sets])
     ctx = engine.build_context(cfg, tmp_path / "run", Dist(), "cpu", quiet=True)
-    scenario = scenarios.build(ctx)
+    scenario = registry.build(ctx)
     assert type(scenario).__name__ == "Adversarial"
     batches, _ = scenario.batches(0)
     x, y = next(iter(batches))

@@ -108,11 +108,12 @@ def rebuilt_scenario(cfg, run_dir: Path, checkpoint: str | None = None):
     """(context, scenario, epoch): the run's scenario built from `cfg` as `gssl train` builds it before its
     first step, and with `checkpoint` that checkpoint's weights and the scenario's own state loaded (epoch 0
     without one: the network at initialisation, the floor benchmarks/init_probe.py measures)."""
-    from . import distributed, scenarios
+    from . import distributed
     from .engine import build_context
+    from .methods import registry
 
     ctx = build_context(cfg, Path(run_dir), distributed.Dist(), cfg.device, quiet=True)
-    scenario = scenarios.build(ctx)
+    scenario = registry.build(ctx)
     if checkpoint is None:
         return ctx, scenario, 0
     path = Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"

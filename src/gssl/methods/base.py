@@ -86,7 +86,7 @@ class Context:
 
 # The ssl settings that change how the pretext heads' losses are made, beyond the tasks and the gate, each
 # with its test (set = not the default). A scenario names those it reads in `pretext_options`; one set
-# where nothing reads it (another method, or no pretext tasks) is refused (scenarios.check).
+# where nothing reads it (another method, or no pretext tasks) is refused (registry.check).
 PRETEXT_OPTIONS = {
     "ssl.pretext_scale": lambda cfg: cfg.ssl.pretext_scale != 1,
     "ssl.pretext_scale_learned": lambda cfg: cfg.ssl.pretext_scale_learned,

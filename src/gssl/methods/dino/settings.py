@@ -14,7 +14,7 @@ def _scale_range(v) -> bool:
 
 @dataclass
 class DINOConfig:
-    """DINO self-distillation on a ViT (method=dino; gssl.dino, docs/selfpatch.md): the defaults are DINO's
+    """DINO self-distillation on a ViT (method=dino; dino.py, docs/selfpatch.md): the defaults are DINO's
     and SelfPatch's (`main_selfpatch.py`) but for the sizes made for 32 px images. No labels are read in
     training; per-epoch test accuracy is k-NN on the teacher's frozen image representation, the final one
     a linear probe (and both also on its averaged patch tokens)."""
@@ -103,7 +103,7 @@ class DINOConfig:
 
 @dataclass
 class SelfPatchConfig:
-    """SelfPatch's patch-level loss on top of DINO (gssl.selfpatch): off unless enabled."""
+    """SelfPatch's patch-level loss on top of DINO (selfpatch.py): off unless enabled."""
 
     enabled: bool = field(default=False, metadata=described("add SelfPatch's patch-level loss to DINO"))
     k: int = field(

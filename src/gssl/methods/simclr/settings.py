@@ -53,7 +53,7 @@ class ContrastiveConfig:
 
 @dataclass
 class FusionConfig:
-    """Adaptive batch fusion ahead of the backbone in contrastive pre-training (gssl.fusion)."""
+    """Adaptive batch fusion ahead of the backbone in contrastive pre-training (fusion.py)."""
 
     switch: ClassVar[str] = "enabled"  # turns the plug-in on (methods.settings.SWITCHES)
 
