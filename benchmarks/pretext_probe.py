@@ -13,10 +13,11 @@ import time
 
 import torch
 
-from gssl.build import build_cls_loss, build_data
+from gssl.build import build_cls_loss
 from gssl.config import parse_set
 from gssl.data import DeviceLoader
 from gssl.method import GatedSSL
+from gssl.methods.registry import build_data
 from gssl.presets import resolve
 
 

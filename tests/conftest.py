@@ -171,8 +171,9 @@ def initial_weights(run: Path) -> dict:
     """A run's model as the engine initialised it (its config, seed and build) before any step."""
     import torch
 
-    from gssl.build import build_model
-    from gssl.config import from_dict, load_yaml
+    from gssl.config import load_yaml
+    from gssl.methods.registry import build_model
+    from gssl.runconfig import from_dict
 
     cfg = from_dict(load_yaml(run / "config.yaml"))
     torch.manual_seed(cfg.seed)

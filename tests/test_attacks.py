@@ -16,10 +16,11 @@ from gssl.attacks import (
     robust_accuracy,
     training_objective,
 )
-from gssl.build import build_data, build_model
 from gssl.cli import main
-from gssl.config import from_dict, load_yaml
+from gssl.config import load_yaml
 from gssl.data import DeviceLoader
+from gssl.methods.registry import build_data, build_model
+from gssl.runconfig import from_dict
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.2, 0.2, 0.2)
 
@@ -136,9 +137,10 @@ def test_adversarial_training_end_to_end_and_eval_attack_cli(fake_cifar10, tmp_p
 def test_the_training_loop_steps_on_attacked_batches(fake_cifar10, tmp_path):
     """The adversarial wrapper's prepare() hands the step a perturbed batch (within eps in pixel space), and
     a run with the attack ends with other weights than the same run without it."""
-    from gssl import engine, scenarios
+    from gssl import engine
     from gssl.config import parse_set
     from gssl.distributed import Dist
+    from gssl.methods import registry
     from gssl.presets import resolve
 
     sets = [
@@ -154,7 +156,7 @@ def test_the_training_loop_steps_on_attacked_batches(fake_cifar10, tmp_path):
     ]
     cfg = resolve("cifar10-lt0.01-gated-triple", sets=[parse_set(s) for s in sets])
     ctx = engine.build_context(cfg, tmp_path / "run", Dist(), "cpu", quiet=True)
-    scenario = scenarios.build(ctx)
+    scenario = registry.build(ctx)
     assert type(scenario).__name__ == "Adversarial"
     batches, _ = scenario.batches(0)
     x, y = next(iter(batches))

@@ -13,10 +13,10 @@ from gssl.cli import main
 from gssl.config import flatten, load_yaml
 from gssl.data import DeviceLoader
 from gssl.losses import build_loss
+from gssl.methods.sla_sd.sla import SLASD, aggregate, expand, joint_labels
+from gssl.methods.ssp.ssp import pretrain_rotation
 from gssl.models import build_backbone
 from gssl.presets import BASELINES, METHODS, resolve
-from gssl.sla import SLASD, aggregate, expand, joint_labels
-from gssl.ssp import pretrain_rotation
 
 # what defines a method in its preset; the run must keep all of it (only the scale is the test's)
 METHOD_KEYS = (

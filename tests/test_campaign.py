@@ -189,7 +189,7 @@ def test_campaign_refuses_a_missing_budget_and_a_missing_export(fake_cifar10, tm
 def _record(run_dir: Path, job: sweep.Job, epochs: int, finished: bool) -> None:
     """A run's folder as training leaves it: its config, `epochs` metrics rows, a checkpoint or a summary."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    from gssl.config import to_yaml
+    from gssl.runconfig import to_yaml
 
     (run_dir / rundir.CONFIG).write_text(to_yaml(job.resolved()))
     rundir.write_metrics(run_dir, [{"epoch": e, "seconds": 1.0} for e in range(epochs)])

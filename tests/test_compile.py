@@ -231,11 +231,11 @@ def test_simclr_with_and_without_batch_fusion(cifar600, tmp_path, fusion):
 def _scenario_steps():
     """(name, step function, its arguments) for every scenario's step, at toy size."""
     from gssl.contrastive import SimCLR
-    from gssl.fusion import BatchFusion
     from gssl.losses import build_loss
-    from gssl.semisup import fixmatch_loss
-    from gssl.sla import SLASD
-    from gssl.ssp import rotation_transform
+    from gssl.methods.fixmatch.semisup import fixmatch_loss
+    from gssl.methods.simclr.fusion import BatchFusion
+    from gssl.methods.sla_sd.sla import SLASD
+    from gssl.methods.ssp.ssp import rotation_transform
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from gssl.cli import main
-from gssl.config import Config, ConfigError, all_keys, diff, from_dict, parse_set, to_yaml
+from gssl.config import Config, ConfigError, all_keys, parse_set
 from gssl.presets import PRESETS, RATIOS, preset_dict, resolve
+from gssl.runconfig import diff, from_dict, to_yaml
 from gssl.schedule import scaled_schedule
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gssl.cli import main
-from gssl.config import Config, ConfigError, all_keys, from_dict, load_yaml, parse_set
+from gssl.config import Config, ConfigError, all_keys, load_yaml, parse_set
 from gssl.presets import resolve
+from gssl.runconfig import from_dict
 
 KEYS = all_keys()
 SECTIONS = sorted({k.split(".")[0] for k in KEYS if "." in k})

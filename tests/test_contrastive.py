@@ -79,7 +79,7 @@ def _simclr(**kw):
 
 
 def test_simclr_step_regularised_by_gated_pretext_tasks_reaches_every_part():
-    from gssl.fusion import BatchFusion
+    from gssl.methods.simclr.fusion import BatchFusion
 
     model = _simclr(
         views=2, tasks=["rotation", "jigsaw"], gate="learned", fusion=BatchFusion(3, patch=8, dim=16, heads=2)
@@ -250,8 +250,9 @@ def test_a_supervised_run_can_be_judged_by_a_linear_probe_too(tiny_run, capsys):
     ],
 )
 def test_contrastive_settings_that_cannot_go_together_are_refused(sets, match):
-    from gssl.config import ConfigError, from_dict
-    from gssl.scenarios import check as check_method
+    from gssl.config import ConfigError
+    from gssl.methods.registry import check as check_method
+    from gssl.runconfig import from_dict
 
     with pytest.raises(ConfigError, match=match):
         check_method(from_dict(sets))

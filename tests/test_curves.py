@@ -14,8 +14,9 @@ pytest.importorskip("matplotlib", reason=ANALYSIS_MISSING.format("matplotlib"))
 from gssl import table  # noqa: E402
 from gssl.analysis import curves  # noqa: E402
 from gssl.cli import main  # noqa: E402
-from gssl.config import parse_set, to_yaml  # noqa: E402
+from gssl.config import parse_set  # noqa: E402
 from gssl.presets import resolve  # noqa: E402
+from gssl.runconfig import to_yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULE = ["optim.epochs=3", "optim.base_epochs=3", "optim.warmup_epochs=1", "optim.milestones=[2]"]

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, train_preset
-from gssl import scenarios
 from gssl.cli import main
 from gssl.config import parse_set
 from gssl.diagnostics import term_norms
@@ -16,6 +15,7 @@ from gssl.engine import build_context
 from gssl.gating import ALL_GATES
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
+from gssl.methods import registry
 from gssl.presets import resolve
 
 TRIPLE = ["lorot", "flip", "channel"]
@@ -97,7 +97,7 @@ def _context(fake_cifar10, tmp_path, preset, *sets):
     from gssl import distributed
 
     ctx = build_context(cfg, tmp_path / "run", distributed.Dist(), "cpu", quiet=True)
-    return ctx, scenarios.build(ctx)
+    return ctx, registry.build(ctx)
 
 
 def test_the_diagnostic_leaves_weights_buffers_and_random_streams_as_they_were(fake_cifar10, tmp_path):

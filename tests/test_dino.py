@@ -1,4 +1,4 @@
-"""DINO (gssl.dino, gssl.scenarios.dino) against small computations written out by hand: the loss with
+"""DINO (gssl.methods.dino) against small computations written out by hand: the loss with
 centring and sharpening, the centre's update, the temperature and momentum schedules, the EMA teacher,
 the weight-normalised head; multi-crop views; a run interrupted after a checkpoint resumes bit for bit."""
 
@@ -11,9 +11,9 @@ import torch
 from conftest import DINO_TINY, assert_runs_identical, train_preset
 from gssl import engine, rundir
 from gssl.cli import main
-from gssl.config import ConfigError, from_dict, parse_set
+from gssl.config import ConfigError, parse_set
 from gssl.data.views import ViewAugment
-from gssl.dino import (
+from gssl.methods.dino.dino import (
     DINOHead,
     dino_loss,
     teacher_momentum,
@@ -21,8 +21,9 @@ from gssl.dino import (
     teacher_temperature,
     updated_center,
 )
+from gssl.methods.dino.scenario import DINOScenario
 from gssl.presets import resolve
-from gssl.scenarios.dino import DINOScenario
+from gssl.runconfig import from_dict
 
 TINY = DINO_TINY
 

@@ -259,7 +259,8 @@ def test_no_scenario_reads_the_device_in_its_training_steps(name, fake_cifar10, 
 def test_cuda_fixmatch_preparation_and_ema_never_synchronise():
     """RandAugment's constants are made on the device and the EMA is one foreach lerp: with CUDA's sync
     debug mode set to error, a FixMatch batch's strong view and an EMA update run without a host sync."""
-    from gssl.semisup import EMA, StrongAugment
+    from gssl.ema import EMA
+    from gssl.methods.fixmatch.semisup import StrongAugment
 
     model = GatedSSL("resnet8", 10, tasks=["lorot", "flip", "channel"], gate="learned").cuda()
     ema = EMA(model, 0.999)

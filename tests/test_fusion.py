@@ -4,7 +4,7 @@ strength."""
 import pytest
 import torch
 
-from gssl.fusion import BatchFusion
+from gssl.methods.simclr.fusion import BatchFusion
 
 
 def _fusion(**kw):

@@ -19,10 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import TWO_EPOCHS_EVERY_EVENT, needs_analysis, train_preset, two_ranks_batchnorm
-from gssl.config import ConfigError, from_dict, parse_set
+from gssl.config import ConfigError, parse_set
 from gssl.gating import LOSS_WEIGHTINGS, build_gate
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
+from gssl.runconfig import from_dict
 
 CLASSES, IN_DIM, FEAT_DIM, BATCH = 4, 8, 16, 64
 NEW_MODES = ["uncertainty", "gradnorm", "gcs", "dwa"]
@@ -331,7 +332,7 @@ def test_config_choices_and_errors():
 
 
 def test_the_modes_build_from_the_config_with_their_settings():
-    from gssl.build import build_model
+    from gssl.methods.registry import build_model
 
     sets = ["ssl.tasks=[lorot,flip]", "model.backbone=resnet8"]
     gradnorm = build_model(from_dict(_sets(*sets, "ssl.gate=gradnorm", "ssl.gradnorm_alpha=0.5")), 10, 3)
@@ -372,7 +373,7 @@ def test_the_step_with_gradients_inside_is_one_graph(gate):
 def test_gcs_in_fixmatch_and_simclr_weighs_against_their_main_loss():
     """The main loss is the carrier's: FixMatch's labelled + unlabelled loss, SimCLR's NT-Xent."""
     from gssl.contrastive import SimCLR
-    from gssl.semisup import fixmatch_loss
+    from gssl.methods.fixmatch.semisup import fixmatch_loss
 
     torch.manual_seed(0)
     model = GatedSSL("resnet8", 10, tasks=["lorot", "flip"], gate="gcs")

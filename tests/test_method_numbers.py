@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from gssl import gating, metrics
 from gssl.attacks import PixelSpace
 from gssl.config import parse_set
-from gssl.data import crop_at, normalize, random_crop, random_hflip
+from gssl.data import crop_at, cycle, normalize, random_crop, random_hflip
 from gssl.data.randaugment import FILL, RandAugment
+from gssl.ema import EMA
 from gssl.gating import (
     DynamicWeightAverageGate,
     GradientSimilarityGate,
@@ -30,9 +31,9 @@ from gssl.gating import (
 )
 from gssl.losses import CrossEntropyLoss, FocalLoss, LDAMLoss, build_loss, drw_weights, ldam_margins
 from gssl.method import PretextTerm
+from gssl.methods.fixmatch.semisup import StrongAugment, fixmatch_loss
 from gssl.presets import resolve
 from gssl.schedule import lr_at
-from gssl.semisup import EMA, StrongAugment, cycle, fixmatch_loss
 
 CIFAR10_LT_001 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

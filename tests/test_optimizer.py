@@ -8,9 +8,9 @@ import torch
 
 from gssl import engine
 from gssl.config import parse_set
+from gssl.methods.dino.scenario import DINOScenario
 from gssl.optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
 from gssl.presets import resolve
-from gssl.scenarios.dino import DINOScenario
 from gssl.schedule import weight_decay_at
 from gssl.step import FiniteWatch
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import TWO_EPOCHS_EVERY_EVENT, assert_runs_identical, initial_weights
-from gssl import engine, metrics, packrun, rundir, scenarios
+from gssl import engine, metrics, packrun, rundir
 from gssl.cli import main
 from gssl.config import ConfigError, parse_set
 from gssl.distributed import Dist
+from gssl.methods import registry
 from gssl.packed import Pack, PackedEvaluation, member_stats, stack_args
 from gssl.presets import resolve
 
@@ -34,7 +35,7 @@ def _configs(root, *sets, seeds=SEEDS):
 def _single(cfg, run_dir):
     """A single run's context and scenario, exactly as `gssl train` builds them."""
     ctx = engine.build_context(cfg, Path(run_dir), Dist(), cfg.device, True)
-    return ctx, scenarios.build(ctx)
+    return ctx, registry.build(ctx)
 
 
 def _grads(params: dict, index: int | None = None) -> torch.Tensor:
@@ -51,7 +52,7 @@ def _first_batches(cfgs, tmp_path):
     """The members' contexts and scenarios, their pack, and the stacked arguments of their first step,
     drawn as the engine draws them."""
     contexts = packrun.build_members(cfgs, [tmp_path / f"m{cfg.seed}" for cfg in cfgs], True)
-    members = [scenarios.build(ctx) for ctx in contexts]
+    members = [registry.build(ctx) for ctx in contexts]
     pack = Pack([ctx.model for ctx in contexts], members[0].loss)
     args = []
     for cfg, member in zip(cfgs, members):
@@ -97,7 +98,7 @@ def test_each_member_draws_exactly_its_single_runs_random_streams(fake_cifar10, 
     cfgs = _configs(fake_cifar10)
     contexts = packrun.build_members(cfgs, [tmp_path / f"m{s}" for s in SEEDS], True)
     for cfg, ctx in zip(cfgs, contexts):
-        member = scenarios.build(ctx)
+        member = registry.build(ctx)
         single_ctx, single = _single(cfg, tmp_path / f"single{cfg.seed}")
         for epoch in range(2):
             drawn = []
@@ -109,7 +110,7 @@ def test_each_member_draws_exactly_its_single_runs_random_streams(fake_cifar10, 
                 assert torch.equal(x, sx) and torch.equal(y, sy)
                 assert params.keys() == sparams.keys()
                 assert all(torch.equal(params[k], sparams[k]) for k in params)
-    first = [scenarios.build(ctx).batches(0)[0] for ctx in contexts[:2]]
+    first = [registry.build(ctx).batches(0)[0] for ctx in contexts[:2]]
     assert not torch.equal(*(next(iter(loader))[1] for loader in first))  # seeds really differ
 
 

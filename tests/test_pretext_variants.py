@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 from gssl import sweep
 from gssl.cli import main
-from gssl.config import ConfigError, parse_set, to_yaml
+from gssl.config import ConfigError, parse_set
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
 from gssl.presets import VARIANTS, resolve
+from gssl.runconfig import to_yaml
 
 TRIPLE = ["lorot", "flip", "channel"]
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import train_preset
-from gssl import engine, metrics, scenarios
+from gssl import engine, metrics
 from gssl.config import parse_set
 from gssl.distributed import Dist
+from gssl.methods import registry
 from gssl.presets import resolve
 from gssl.pretext import build_pretext
 
@@ -56,7 +57,7 @@ def _context(fake_cifar10, tmp_path, *sets):
 @pytest.mark.slow
 def test_drw_weights_reach_the_loss_from_the_scaled_epoch_on_inside_the_loop(fake_cifar10, tmp_path):
     ctx = _context(fake_cifar10, tmp_path, "optim.epochs=4")  # DRW at round(160 * 4 / 200) = 3
-    scenario = scenarios.build(ctx)
+    scenario = registry.build(ctx)
     seen: dict[int, torch.Tensor] = {}
     original_loss = ctx.cls_loss.forward
 
@@ -93,7 +94,7 @@ def test_the_runs_ldam_margins_are_the_formula_on_its_own_class_counts(fake_cifa
 def test_the_test_images_reach_the_model_unaugmented_and_in_order(fake_cifar10, tmp_path):
     ctx = _context(fake_cifar10, tmp_path)
     test = ctx.data.test
-    x, y = next(iter(scenarios.build(ctx).test_loader))  # what every evaluation of the loop reads
+    x, y = next(iter(registry.build(ctx).test_loader))  # what every evaluation of the loop reads
     mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)  # LDAM-DRW's CIFAR constants
     std = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
     assert len(x) == len(test) == 20  # data.test_limit: one batch
@@ -103,10 +104,10 @@ def test_the_test_images_reach_the_model_unaugmented_and_in_order(fake_cifar10, 
 
 def test_a_resumed_epoch_draws_the_batches_of_the_uninterrupted_run(fake_cifar10, tmp_path):
     """The loader's epoch comes from the loop, not from how many epochs this process iterated before."""
-    uninterrupted = scenarios.build(_context(fake_cifar10, tmp_path / "a"))
+    uninterrupted = registry.build(_context(fake_cifar10, tmp_path / "a"))
     for epoch in range(3):
         third = list(uninterrupted.batches(epoch)[0])
-    resumed = scenarios.build(_context(fake_cifar10, tmp_path / "b"))
+    resumed = registry.build(_context(fake_cifar10, tmp_path / "b"))
     again = list(resumed.batches(2)[0])
     assert len(again) == len(third) > 1
     for (x, y), (x_again, y_again) in zip(third, again):

@@ -1,16 +1,22 @@
-"""The redesign's promises: the loop names no scenario, a new scenario is one module plus a registry line
-(the Mixup of docs/design.md, executed from the document itself), and no function is over 100 lines."""
+"""The redesign's promises: the loop names no scenario, a new way of training is one folder plus its
+registry lines (the Mean Teacher of docs/design.md, written from the document itself into a copy of the
+package), and no function is over 100 lines."""
 
 import ast
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import TWO_EPOCHS_EVERY_EVENT, train_preset
+from conftest import TWO_EPOCHS_EVERY_EVENT
 from gssl.cli import main
-from gssl.scenarios import SCENARIOS, WRAPPERS
+from gssl.methods.registry import SCENARIOS, WRAPPERS
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gssl"
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
@@ -52,33 +58,71 @@ def test_no_function_in_the_package_is_longer_than_100_lines():
     assert not long
 
 
-def _design_toy_scenario() -> str:
+def _design_walk_through() -> tuple[dict[str, str], str]:
+    """The Mean Teacher of docs/design.md: {path: its file}, from the python blocks that start with their
+    path, and the registries' diff."""
     text = DESIGN.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    toy = [b for b in blocks if 'SCENARIOS["mixup"] = Mixup' in b]
-    assert len(toy) == 1, "docs/design.md should hold the Mixup scenario once"
-    return toy[0]
+    files = {}
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        first = block.splitlines()[0]
+        if first.startswith("# src/gssl/methods/mean_teacher/"):
+            files[first[2:]] = block
+    diffs = [b for b in re.findall(r"```diff\n(.*?)```", text, flags=re.S) if "mean_teacher" in b]
+    assert sorted(files) == [f"src/gssl/methods/mean_teacher/{n}.py" for n in ("scenario", "settings")]
+    assert len(diffs) == 1, "docs/design.md should hold the registries' diff once"
+    return files, diffs[0]
 
 
-def test_the_documented_toy_scenario_trains_through_fit(fake_cifar10, tmp_path, monkeypatch):
-    monkeypatch.setitem(SCENARIOS, "mixup", None)  # the block below registers it; removed after the test
-    namespace: dict = {}
-    exec(compile(_design_toy_scenario(), str(DESIGN), "exec"), namespace)
-    assert SCENARIOS["mixup"] is namespace["Mixup"]
-    out = tmp_path / "mixup"
-    train_preset(
-        "cifar10-lt0.01-erm", fake_cifar10, out, "method=mixup", "compile=false", *TWO_EPOCHS_EVERY_EVENT
+# In the copy: train (2 epochs), resume, and load the run as `gssl eval` does; print what the test checks.
+WALK_THROUGH_RUN = """
+import json, sys, torch
+from gssl.cli import main
+from gssl.evaluation import load_run
+from gssl.rundir import load_checkpoint
+out, sets = sys.argv[1], sys.argv[2:]
+argv = ["train", "--preset", "cifar10-lt0.01-erm", "--out", out, "--quiet"]
+assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+assert main(["train", "--resume", out, "--quiet"]) == 0
+saved = load_checkpoint(out + "/checkpoints/last.pt")
+run = load_run(out)
+weights = run.model.state_dict()
+same = lambda state: all(torch.equal(weights[k], state["module." + k].cpu()) for k in weights)
+print(json.dumps({"judged_teacher": same(saved["teacher"]), "judged_student": same(
+    {"module." + k: v for k, v in saved["model"].items()}), "labelled": len(run.data.train.labels),
+    "unlabelled": len(run.data.extra["unlabeled"].labels)}))
+"""
+
+
+def test_the_documented_method_is_its_folder_and_registry_lines(fake_cifar10, tmp_path):
+    """docs/design.md's Mean Teacher, written into a copy of the package exactly as documented (its
+    folder, the registries' diff), trains through fit, resumes, and is judged by its teacher."""
+    files, registry_diff = _design_walk_through()
+    shutil.copytree(SRC, tmp_path / "src" / "gssl", ignore=shutil.ignore_patterns("__pycache__"))
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text(text)
+    (tmp_path / "src/gssl/methods/mean_teacher/__init__.py").write_text("")
+    (tmp_path / "registries.diff").write_text(registry_diff)
+    subprocess.run(["git", "apply", "registries.diff"], cwd=tmp_path, check=True)
+    out = tmp_path / "mean-teacher"
+    sets = [f"data.root={fake_cifar10}", "method=mean-teacher", "mean_teacher.labels_per_class=4"]
+    sets += ["mean_teacher.ema=0.5", "compile=false", *TWO_EPOCHS_EVERY_EVENT]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+    run = subprocess.run(
+        [sys.executable, "-c", WALK_THROUGH_RUN, str(out), *sets], env=env, capture_output=True, text=True
     )
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = json.loads(run.stdout.splitlines()[-1])
+    assert loaded["judged_teacher"] and not loaded["judged_student"]  # its evaluation weights
+    # its own data: 4 labelled images of each of the 10 classes, the rest of the long tail unlabelled
+    assert loaded["labelled"] == 40 and loaded["unlabelled"] >= 10 * (10 - 4)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "mixup" and len(rows) == 2
-    # the scenario's own statistic reached the log: a mean of lambda ~ U(0, 1) over the epoch's batches
-    assert all(0.0 < row["mix_lambda"] < 1.0 for row in rows)
-    assert len({row["mix_lambda"] for row in rows}) == 2  # drawn afresh every epoch
-    assert (out / "checkpoints" / "last.pt").is_file() and 0 <= summary["test_acc"] <= 100
-    # its config.yaml names it, and a resumed run finds it again
-    assert "method: mixup" in (out / "config.yaml").read_text()
-    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert summary["method"] == "mean-teacher" and [row["epoch"] for row in rows] == [1, 2]
+    assert all(row["consistency"] > 0 for row in rows)  # its own statistic reached the log
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"] == "mean-teacher" and saved["mean_teacher"]["labels_per_class"] == 4
+    assert "semi" not in saved and (out / "checkpoints" / "last.pt").is_file()
 
 
 def test_an_unknown_method_is_refused_with_the_list(fake_cifar10, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""SelfPatch (gssl.selfpatch) and its place in the DINO step: the neighbourhoods on a small grid (the
+"""SelfPatch (selfpatch.py) and its place in the DINO step: the neighbourhoods on a small grid (the
 authors' wrap-around and the masked border), the top-k positives on a hand-made token grid, the
 aggregation's shapes and masking, the patch loss by hand, the teacher's targets, and the gate weighing
 the patch loss beside LoRot-E in every gate mode."""
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gssl.selfpatch import Aggregation, neighbour_index, select_positives, selfpatch_loss
+from gssl.methods.dino.selfpatch import Aggregation, neighbour_index, select_positives, selfpatch_loss
 from test_dino import tiny_model
 
 

@@ -7,13 +7,14 @@ import torch
 
 from conftest import needs_analysis, train_tiny_run
 from gssl import rundir
-from gssl.build import build_data
 from gssl.cli import main
-from gssl.config import from_dict
+from gssl.ema import EMA
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
+from gssl.methods.fixmatch.semisup import fixmatch_loss, pseudo_labels
+from gssl.methods.registry import build_data
 from gssl.presets import preset_dict
-from gssl.semisup import EMA, fixmatch_loss, pseudo_labels
+from gssl.runconfig import from_dict
 
 SEMI = [
     "semi.labels_per_class=4",
@@ -79,9 +80,9 @@ def test_the_unlabelled_loss_never_reads_true_labels_and_the_split_is_disjoint(f
     )
     data = build_data(cfg)
     assert len(data.train.labels) == 40 and data.counts == [4] * 10
-    assert len(data.unlabeled.labels) == 200 - 40
+    assert len(data.extra["unlabeled"].labels) == 200 - 40
     lab = {bytes(im.numpy()) for im in data.train.images}
-    assert not any(bytes(im.numpy()) in lab for im in data.unlabeled.images)
+    assert not any(bytes(im.numpy()) in lab for im in data.extra["unlabeled"].images)
 
 
 @pytest.mark.slow

@@ -10,8 +10,9 @@ import pytest
 
 from gssl import sweep, table
 from gssl.cli import main
-from gssl.config import parse_set, to_yaml
+from gssl.config import parse_set
 from gssl.presets import resolve
+from gssl.runconfig import to_yaml
 
 SHORT = ["optim.epochs=6", "optim.base_epochs=6"]
 

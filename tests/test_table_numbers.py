@@ -10,8 +10,9 @@ import json
 import pytest
 
 from gssl import table
-from gssl.config import ConfigError, parse_set, to_yaml
+from gssl.config import ConfigError, parse_set
 from gssl.presets import resolve
+from gssl.runconfig import to_yaml
 
 # a shortened protocol every run in a table shares (so it is stated once, under the table)
 SHORT = ["optim.epochs=6", "optim.base_epochs=6", "optim.milestones=[4,5]"]

@@ -18,9 +18,10 @@ from PIL import Image
 
 from gssl import rundir
 from gssl.cli import main
-from gssl.config import parse_set, to_yaml
+from gssl.config import parse_set
 from gssl.data import DataError, fakes, load_dataset, pickle_safe
 from gssl.presets import resolve
+from gssl.runconfig import to_yaml
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gssl"
 

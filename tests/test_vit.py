@@ -11,9 +11,9 @@ import yaml
 from conftest import train_preset
 from gssl.build import check_shapes
 from gssl.config import ConfigError, parse_set
+from gssl.methods.supervised.scenario import Supervised
 from gssl.models import build_backbone
 from gssl.presets import resolve
-from gssl.scenarios.supervised import Supervised
 
 TINY = {"width": 32, "depth": 2, "heads": 2}
 TINY_SETS = ["model.backbone=vit", "vit.width=32", "vit.depth=2", "vit.heads=2"]

@@ -1,12 +1,14 @@
 """Building a run's parts from its configuration: the data (with the protocol's long tail, caps and
-normalisation), the model (its method's network) and the classification loss. The
-training loop (engine.py), evaluation and the analysis tools all build through here."""
+normalisation, and the method's hook on the training images), the device and the classification loss.
+The scenarios build their parts on it; a run's data and network as its method builds them:
+gssl.methods.registry.build_data and build_model."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,7 +18,6 @@ from .data import (
     DeviceLoader,
     ImageSet,
     first_per_class,
-    labeled_unlabeled_split,
     load_dataset,
     long_tail_indices,
     mean_std,
@@ -41,7 +42,7 @@ class Data:
     counts: list[int]  # training images per class, after long-tailed subsampling
     mean: tuple
     std: tuple
-    unlabeled: ImageSet | None = None  # FixMatch: the training images whose labels training never reads
+    extra: dict[str, ImageSet] = field(default_factory=dict)  # a method's own image sets (Scenario.own_data)
 
 
 def ordered_loader(split: ImageSet, data: Data, batch_size: int, device) -> DeviceLoader:
@@ -59,7 +60,9 @@ def ordered_loader(split: ImageSet, data: Data, batch_size: int, device) -> Devi
     )
 
 
-def build_data(cfg: Config) -> Data:
+def build_data(cfg: Config, own_data: Callable | None = None) -> Data:
+    """The protocol's data; `own_data(cfg, train) -> (train, extra)`: the method's hook on the training
+    images (gssl.methods.base.Scenario.own_data; the run's method builds through methods.registry)."""
     data_cfg = cfg.data
     train = load_dataset(data_cfg.name, data_cfg.root, "train")
     test = load_dataset(data_cfg.name, data_cfg.root, "test")
@@ -71,21 +74,14 @@ def build_data(cfg: Config) -> Data:
         train = train.subset(
             long_tail_indices(train.labels.numpy(), data_cfg.imbalance, data_cfg.profile, seed=0)
         )
-    unlabeled = None
-    if (
-        cfg.semi.labels_per_class is not None
-    ):  # FixMatch: a few labelled images per class, the rest unlabelled
-        lab, unl = labeled_unlabeled_split(
-            train.labels.numpy(), cfg.semi.labels_per_class, cfg.semi.split_seed
-        )
-        train, unlabeled = train.subset(lab), train.subset(unl)
+    train, extra = own_data(cfg, train) if own_data is not None else (train, {})
     if data_cfg.test_limit is not None:  # balanced: the same number of test images from every class
         test = test.subset(
             first_per_class(test.labels.numpy(), math.ceil(data_cfg.test_limit / len(test.classes)))
         )
     if data_cfg.to_rgb:
         train, test = train.to_rgb(), test.to_rgb()
-        unlabeled = unlabeled.to_rgb() if unlabeled is not None else None
+        extra = {name: images.to_rgb() for name, images in extra.items()}
     C = train.images.shape[1]
     mean, std = (
         ((0.5,) * C, (0.5,) * C)
@@ -106,7 +102,7 @@ def build_data(cfg: Config) -> Data:
             f"{data_cfg.imbalance}) images. Raise data.imbalance"
             f"{' or data.max_per_class' if data_cfg.max_per_class else ''}, or use more images per class"
         )
-    return Data(train, test, counts, tuple(mean), tuple(std), unlabeled)
+    return Data(train, test, counts, tuple(mean), tuple(std), extra)
 
 
 def backbone_options(cfg: Config) -> dict:
@@ -114,30 +110,9 @@ def backbone_options(cfg: Config) -> dict:
     return dataclasses.asdict(cfg.vit) if cfg.model.backbone == "vit" else {}
 
 
-def build_model(cfg: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
-    """The network of the config's method (gssl.scenarios), initialised from the global torch seed."""
-    from .scenarios import scenario_class  # the scenarios build their parts through this module
-
-    return scenario_class(cfg).build_model(cfg, num_classes, in_channels)
-
-
 def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:
-    """What the images must be for the chosen transforms, refused before training with how to fix it."""
-    if cfg.sla.transform == "rotation" and H != W:
-        raise ConfigError(
-            f"sla.transform=rotation needs square images, but {cfg.data.name} images are {H}x{W}; "
-            "use sla.transform=channel or none"
-        )
-    if cfg.sla.transform == "channel" and C != 3:
-        raise ConfigError(
-            f"sla.transform=channel needs 3-channel images, but {cfg.data.name} has {C}; "
-            "set data.to_rgb=true or use sla.transform=rotation"
-        )
-    if cfg.fusion.enabled and (H % cfg.fusion.patch or W % cfg.fusion.patch):
-        raise ConfigError(
-            f"fusion.patch={cfg.fusion.patch} must divide the image sides ({cfg.data.name}: {H}x{W}); "
-            "pick a patch size that does"
-        )
+    """What the images must be for the backbone and the pretext tasks, refused before training with how
+    to fix it (a method's own needs: Scenario.check_images)."""
     if cfg.model.backbone == "vit" and (H != W or H != cfg.vit.image_size or H % cfg.vit.patch):
         raise ConfigError(
             f"model.backbone=vit: vit.image_size={cfg.vit.image_size} and vit.patch={cfg.vit.patch} must fit "

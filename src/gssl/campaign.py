@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
-from .config import ConfigError, from_dict, load_yaml, setting_changes
+from .config import ConfigError, load_yaml
+from .runconfig import from_dict, setting_changes
 from .sweep import JUDGEMENT, Job, start, status
 
 CALIBRATION = "calibration.json"

@@ -249,7 +249,7 @@ def _pack(args) -> int:
 def _print_config(cfg) -> int:
     """The configuration as config.yaml would hold it (usable as --config), the schedule as comments;
     nothing is read but the configuration files."""
-    from .config import to_yaml
+    from .runconfig import to_yaml
     from .schedule import describe, resolved_schedule, scaling_notice
 
     print(to_yaml(cfg), end="")
@@ -264,8 +264,9 @@ def _resume_config(args, run_dir: Path, sets: list[dict]):
     """The saved configuration of the run in run_dir, or with --force the one asked for; ConfigError if
     they differ without --force."""
     from . import rundir
-    from .config import ConfigError, from_dict, load_yaml, setting_changes
+    from .config import ConfigError, load_yaml
     from .presets import resolve
+    from .runconfig import from_dict, setting_changes
 
     saved_path = run_dir / rundir.CONFIG
     if not saved_path.is_file():
@@ -400,8 +401,9 @@ def _eval(args) -> int:
 
 
 def _presets(args) -> int:
-    from .config import describe_keys, from_dict, to_yaml
+    from .config import describe_keys
     from .presets import PRESETS, preset_dict
+    from .runconfig import from_dict, to_yaml
 
     if args.keys:
         print("\n".join(describe_keys()))

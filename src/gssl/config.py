@@ -1,7 +1,10 @@
-"""Typed run configuration: dataclasses, YAML in and out, dotted overrides, validation.
+"""Typed run configuration: dataclasses, YAML in and out, dotted overrides, validation. A pure schema:
+no torch, and nothing about which method reads what (gssl.runconfig adds that, one layer up).
 
 Every key has a type and, where it matters, a check; a bad key or value raises ConfigError whose
-message names the key and what is allowed, so the CLI can print it and exit with code 2.
+message names the key and what is allowed, so the CLI can print it and exit with code 2. The sections a
+method owns are its settings (gssl/methods/<name>/settings.py), inserted from the registry
+gssl.methods.settings.SETTINGS.
 """
 
 from __future__ import annotations
@@ -16,59 +19,37 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key or value that gssl cannot use; the message says how to fix it."""
-
-
-def _choice(*allowed, help: str):
-    return {"choices": allowed, "help": help}
-
-
-def _check(pred, what, help: str):
-    return {"check": (pred, what), "help": help}
-
-
-def _positive(help: str):
-    return _check(lambda v: v >= 1, "an integer >= 1", help=help)
-
-
-def _non_negative(help: str):
-    return _check(lambda v: v >= 0, "an integer >= 0", help=help)
-
-
-def _finite_positive(help: str):
-    return _check(lambda v: v > 0 and math.isfinite(v), "a finite number > 0", help=help)
-
-
-def _finite_non_negative(help: str):
-    return _check(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0", help=help)
-
-
-def _below_one(help: str):
-    return _check(lambda v: 0 <= v < 1, "a number in [0, 1)", help=help)
-
-
-def _help(text: str):
-    """A key's one-line meaning (`gssl presets --keys`), kept beside the key it describes."""
-    return {"help": text}
+from .fields import (
+    ConfigError,
+    below_one,
+    checked,
+    choice,
+    described,
+    finite_non_negative,
+    finite_positive,
+    non_negative,
+    positive,
+)
+from .methods.settings import SETTINGS
 
 
 @dataclass
 class DataConfig:
     name: str = field(
         default="cifar10",
-        metadata=_choice(
+        metadata=choice(
             "cifar10", "cifar100", "tiny-imagenet", "fashion-mnist", "folder", help="the dataset to train on"
         ),
     )
     root: str | None = field(
         default=None,
-        metadata=_help("dataset folder, a folder holding it, or its archive; null: $GSSL_DATA, then ./data"),
+        metadata=described(
+            "dataset folder, a folder holding it, or its archive; null: $GSSL_DATA, then ./data"
+        ),
     )
     imbalance: float = field(
         default=0.01,
-        metadata=_check(
+        metadata=checked(
             lambda v: 0 < v <= 1,
             "a ratio in (0, 1]; 1 means balanced",
             help="long-tail ratio: rarest class's training images / commonest class's (1: balanced)",
@@ -76,13 +57,13 @@ class DataConfig:
     )
     profile: str = field(
         default="exp",
-        metadata=_choice(
+        metadata=choice(
             "exp", "step", help="long-tail shape: exponential decay, or a step (half the classes rare)"
         ),
     )
     max_per_class: int | None = field(
         default=None,
-        metadata=_check(
+        metadata=checked(
             lambda v: v is None or v >= 1,
             "an integer >= 1 or null",
             help="keep at most this many training images a class before the long tail; null: all",
@@ -90,17 +71,17 @@ class DataConfig:
     )
     test_limit: int | None = field(
         default=None,
-        metadata=_check(
+        metadata=checked(
             lambda v: v is None or v >= 1,
             "an integer >= 1 or null",
             help="at most this many test images, evenly from every class; null: the whole test set",
         ),
     )
-    crop_padding: int = field(default=4, metadata=_non_negative("random-crop padding in pixels (0: no crop)"))
-    hflip: bool = field(default=True, metadata=_help("random horizontal flip of training images"))
+    crop_padding: int = field(default=4, metadata=non_negative("random-crop padding in pixels (0: no crop)"))
+    hflip: bool = field(default=True, metadata=described("random horizontal flip of training images"))
     normalize: str = field(
         default="dataset",
-        metadata=_choice(
+        metadata=choice(
             "dataset",
             "symmetric",
             help="dataset: the dataset's mean/std; symmetric: inputs in [0, 1] fed as 2x - 1 (adversarial)",
@@ -108,7 +89,7 @@ class DataConfig:
     )
     to_rgb: bool = field(
         default=True,
-        metadata=_help("replicate greyscale to 3 channels so every pretext task applies (SPEC 10)"),
+        metadata=described("replicate greyscale to 3 channels so every pretext task applies (SPEC 10)"),
     )
 
 
@@ -116,7 +97,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = field(
         default="resnet32",
-        metadata=_choice(
+        metadata=choice(
             "resnet8",
             "resnet20",
             "resnet32",
@@ -133,7 +114,7 @@ class ModelConfig:
     )
     head: str = field(
         default="cosine",
-        metadata=_choice("linear", "cosine", help="classifier and pretext heads: linear, or cosine (LDAM's)"),
+        metadata=choice("linear", "cosine", help="classifier and pretext heads: linear, or cosine (LDAM's)"),
     )
 
 
@@ -144,25 +125,25 @@ class ViTConfig:
 
     patch: int = field(
         default=4,
-        metadata=_check(
+        metadata=checked(
             lambda v: v >= 1, "an integer >= 1 dividing the image side", help="patch side in pixels"
         ),
     )
     width: int = field(
         default=192,
-        metadata=_check(lambda v: v >= 1, "an integer >= 1 divisible by vit.heads", help="token dimension"),
+        metadata=checked(lambda v: v >= 1, "an integer >= 1 divisible by vit.heads", help="token dimension"),
     )
-    depth: int = field(default=12, metadata=_positive("number of transformer blocks"))
+    depth: int = field(default=12, metadata=positive("number of transformer blocks"))
     heads: int = field(
         default=3,
-        metadata=_check(
+        metadata=checked(
             lambda v: v >= 1, "an integer >= 1 dividing vit.width", help="attention heads per block"
         ),
     )
-    mlp_ratio: float = field(default=4.0, metadata=_finite_positive("MLP hidden width / token width"))
+    mlp_ratio: float = field(default=4.0, metadata=finite_positive("MLP hidden width / token width"))
     image_size: int = field(
         default=32,
-        metadata=_positive("side of the training images, for which the positional embeddings are learned"),
+        metadata=positive("side of the training images, for which the positional embeddings are learned"),
     )
 
 
@@ -175,7 +156,7 @@ TASK_GROUPS = ({"lorot", "flip", "channel"}, {"lorot_i"}, {"rotation", "jigsaw"}
 class SSLConfig:
     tasks: list[str] = field(
         default_factory=list,
-        metadata=_check(
+        metadata=checked(
             lambda v: len(set(v)) == len(v) and any(set(v) <= group for group in TASK_GROUPS),
             "a list of distinct tasks from [lorot, flip, channel, lorot_i, rotation, jigsaw], "
             "all acting on one region: quadrant tasks (lorot, flip, channel), lorot_i, "
@@ -185,7 +166,7 @@ class SSLConfig:
     )
     gate: str = field(
         default="reference",
-        metadata=_choice(
+        metadata=choice(
             "reference",
             "learned",
             "uniform",
@@ -199,23 +180,23 @@ class SSLConfig:
     )
     ratio: float = field(
         default=0.1,
-        metadata=_finite_non_negative(
+        metadata=finite_non_negative(
             "lambda: the weight of the gated pretext loss beside the classification loss"
         ),
     )
     flip_axis: str = field(
         default="H",
-        metadata=_choice(
+        metadata=choice(
             "H", "W", help="the flip task's axis: H as the long-tailed reference, W as the others"
         ),
     )
     gate_tau: float = field(
         default=0.5,
-        metadata=_finite_positive("gate=learned: entropy temperature that keeps the gate from collapsing"),
+        metadata=finite_positive("gate=learned: entropy temperature that keeps the gate from collapsing"),
     )
     gradnorm_alpha: float = field(
         default=1.5,
-        metadata=_check(
+        metadata=checked(
             lambda v: v >= 0 and math.isfinite(v),
             "a finite number >= 0 (paper: 1.5)",
             help="gate=gradnorm: the asymmetry alpha of GradNorm (Chen et al. 2018)",
@@ -223,13 +204,13 @@ class SSLConfig:
     )
     gcs_weighted: bool = field(
         default=False,
-        metadata=_help(
+        metadata=described(
             "gate=gcs: false, a task is used iff cos > 0 (Du et al. 2018); true, weighted by max(0, cos)"
         ),
     )
     dwa_temperature: float = field(
         default=2.0,
-        metadata=_check(
+        metadata=checked(
             lambda v: v > 0 and math.isfinite(v),
             "a finite number > 0 (paper: 2)",
             help="gate=dwa: softmax temperature T of dynamic weight average (Liu et al. 2019)",
@@ -239,7 +220,7 @@ class SSLConfig:
     # 16 classes), and on a CPU budget its heads stay near chance (docs/results.md); s = 30 is LDAM's own.
     pretext_scale: float = field(
         default=1.0,
-        metadata=_check(
+        metadata=checked(
             lambda v: v > 0 and math.isfinite(v),
             "a finite number > 0 (1 = the reference)",
             help="multiplies a cosine pretext head's logits before the cross-entropy (1: the reference)",
@@ -248,12 +229,12 @@ class SSLConfig:
     # A DEVIATION when true (docs/results.md, issue 47): a temperature beside the fixed scale above
     pretext_scale_learned: bool = field(
         default=False,
-        metadata=_help("learn each pretext head's scale (a log-scale per head from log pretext_scale)"),
+        metadata=described("learn each pretext head's scale (a log-scale per head from log pretext_scale)"),
     )
     # A DEVIATION when true: the reference computes both losses on the transformed image
     clean_class_loss: bool = field(
         default=False,
-        metadata=_help(
+        metadata=described(
             "the class loss on the clean image (a second forward), the pretext losses transformed"
         ),
     )
@@ -263,333 +244,28 @@ class SSLConfig:
 class LossConfig:
     name: str = field(
         default="ldam",
-        metadata=_choice("ce", "ldam", "focal", help="classification loss (class weights: DRW)"),
+        metadata=choice("ce", "ldam", "focal", help="classification loss (class weights: DRW)"),
     )
     max_margin: float = field(
-        default=0.5, metadata=_check(lambda v: v > 0, "a number > 0", help="LDAM: the rarest class's margin")
+        default=0.5, metadata=checked(lambda v: v > 0, "a number > 0", help="LDAM: the rarest class's margin")
     )
     scale: float = field(
-        default=30.0, metadata=_check(lambda v: v > 0, "a number > 0", help="LDAM: logit scale s")
+        default=30.0, metadata=checked(lambda v: v > 0, "a number > 0", help="LDAM: logit scale s")
     )
     focal_gamma: float = field(
-        default=1.0, metadata=_check(lambda v: v >= 0, "a number >= 0", help="focal loss: the exponent gamma")
+        default=1.0,
+        metadata=checked(lambda v: v >= 0, "a number >= 0", help="focal loss: the exponent gamma"),
     )
     drw_epoch: int | None = field(
         default=160,
-        metadata=_check(
+        metadata=checked(
             lambda v: v is None or v >= 0,
             "an epoch >= 0 or null (never)",
             help="epoch DRW's class weights switch on (scaled with optim.epochs); null: never",
         ),
     )
     drw_beta: float = field(
-        default=0.9999, metadata=_below_one("DRW: beta of the effective number of samples")
-    )
-
-
-@dataclass
-class SLAConfig:
-    """SLA-SD baseline (Lee et al. 2020): joint class x transformation labels, self-distilled single head."""
-
-    transform: str = field(
-        default="none",
-        metadata=_choice("none", "rotation", "channel", help="SLA-SD's transformations; none: SLA-SD off"),
-    )
-    temperature: float = field(default=1.0, metadata=_finite_positive("self-distillation temperature"))
-
-
-@dataclass
-class PretrainConfig:
-    """SSP baseline (Yang & Xu 2020): whole-image rotation pre-training on the training images, no labels."""
-
-    epochs: int = field(
-        default=0,
-        metadata=_check(
-            lambda v: v >= 0,
-            "an integer >= 0 (0: no pre-training)",
-            help="SSP: epochs of rotation pre-training before training (0: none)",
-        ),
-    )
-    lr: float = field(default=0.1, metadata=_finite_positive("SSP: pre-training learning rate"))
-
-
-@dataclass
-class AdvConfig:
-    """PGD/FGSM adversarial training (SPEC section 6); pixel-space L-inf, eps etc. accept fractions
-    (8/255)."""
-
-    attack: str = field(
-        default="none",
-        metadata=_choice("none", "fgsm", "pgd", help="attack on each training batch; none: off"),
-    )
-    eps: float = field(
-        default=8 / 255,
-        metadata=_check(
-            lambda v: 0 <= v <= 1,
-            "a number in [0, 1], e.g. 8/255",
-            help="L-inf radius, pixel values in [0, 1]",
-        ),
-    )
-    step_size: float = field(
-        default=2 / 255,
-        metadata=_check(
-            lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255", help="training attack's step"
-        ),
-    )
-    steps: int = field(default=10, metadata=_positive("training attack's PGD steps"))
-    random_start: bool = field(default=True, metadata=_help("PGD starts from a random point in the ball"))
-    objective: str = field(
-        default="pretext",
-        metadata=_choice(
-            "pretext",
-            "cls",
-            help="what the attack maximises: classification + gated pretext loss (the paper), or cls alone",
-        ),
-    )
-    bn_train: bool = field(
-        default=False, metadata=_help("attack in train mode, batch-norm statistics updated (the reference)")
-    )
-    eval_steps: int = field(
-        default=20,
-        metadata=_check(
-            lambda v: v >= 0,
-            "an integer >= 0 (0: no robust evaluation)",
-            help="PGD steps of the final robust evaluation (0: none)",
-        ),
-    )
-    eval_step_size: float = field(
-        default=2 / 255,
-        metadata=_check(
-            lambda v: 0 <= v <= 1, "a number in [0, 1], e.g. 2/255", help="the robust evaluation's step"
-        ),
-    )
-
-
-@dataclass
-class SemiConfig:
-    """FixMatch (SPEC section 7): off unless labels_per_class is set."""
-
-    labels_per_class: int | None = field(
-        default=None,
-        metadata=_check(
-            lambda v: v is None or v >= 1,
-            "an integer >= 1, or null (supervised only)",
-            help="FixMatch: labelled images per class, the rest unlabelled; null: off",
-        ),
-    )
-    mu: int = field(
-        default=7,
-        metadata=_check(
-            lambda v: v >= 1,
-            "an integer >= 1 (unlabelled per labelled image)",
-            help="unlabelled per labelled image",
-        ),
-    )
-    threshold: float = field(
-        default=0.95,
-        metadata=_check(
-            lambda v: 0 <= v <= 1, "a confidence in [0, 1]", help="confidence a pseudo-label needs to count"
-        ),
-    )
-    lambda_u: float = field(default=1.0, metadata=_finite_non_negative("weight of the unlabelled loss"))
-    ema: float = field(
-        default=0.999,
-        metadata=_check(
-            lambda v: 0 <= v < 1,
-            "a decay in [0, 1); 0: no EMA",
-            help="decay of the evaluated EMA weights (0: none)",
-        ),
-    )
-    steps_per_epoch: int = field(default=1024, metadata=_positive("training steps per epoch"))
-    split_seed: int = field(default=0, metadata=_non_negative("seed of the labelled/unlabelled split"))
-
-
-@dataclass
-class ContrastiveConfig:
-    """SimCLR pre-training with pretext regularisation (docs/contrastive.md): off unless views >= 2.
-    The pretext tasks and their gate come from ssl.*; the test accuracy per epoch is k-NN, the final one
-    a linear probe on the frozen backbone."""
-
-    views: int = field(
-        default=0,
-        metadata=_check(
-            lambda v: v == 0 or v >= 2,
-            "0 (off) or a number of views >= 2",
-            help="SimCLR: augmented views per image (0: off)",
-        ),
-    )
-    temperature: float = field(default=0.5, metadata=_finite_positive("NT-Xent temperature"))
-    proj_dim: int = field(default=128, metadata=_positive("projection head's output size"))
-    proj_hidden: int = field(default=512, metadata=_positive("projection head's hidden size"))
-    crop_min_scale: float = field(
-        default=0.2,
-        metadata=_check(
-            lambda v: 0 < v <= 1,
-            "a fraction in (0, 1]",
-            help="smallest area fraction of a random resized crop",
-        ),
-    )
-    knn_k: int = field(default=200, metadata=_positive("neighbours of the k-NN evaluation"))
-    knn_temperature: float = field(default=0.1, metadata=_finite_positive("k-NN vote temperature"))
-    linear_epochs: int = field(
-        default=100,
-        metadata=_check(
-            lambda v: v >= 0,
-            "an integer >= 0 (0: k-NN only)",
-            help="epochs of the final linear probe (0: k-NN only)",
-        ),
-    )
-    linear_lr: float = field(default=0.1, metadata=_finite_positive("the linear probe's learning rate"))
-
-
-def _scale_range(v) -> bool:
-    return len(v) == 2 and 0 < v[0] <= v[1] <= 1
-
-
-@dataclass
-class DINOConfig:
-    """DINO self-distillation on a ViT (method=dino; gssl.dino, docs/selfpatch.md): the defaults are DINO's
-    and SelfPatch's (`main_selfpatch.py`) but for the sizes made for 32 px images. No labels are read in
-    training; per-epoch test accuracy is k-NN on the teacher's frozen image representation, the final one
-    a linear probe (and both also on its averaged patch tokens)."""
-
-    out_dim: int = field(default=4096, metadata=_positive("prototypes K of the DINO head"))
-    hidden_dim: int = field(default=2048, metadata=_positive("the DINO head's hidden width"))
-    bottleneck_dim: int = field(default=256, metadata=_positive("the DINO head's bottleneck width"))
-    norm_last_layer: bool = field(
-        default=True, metadata=_help("the head's last layer's weight norm fixed at 1")
-    )
-    local_crops: int = field(
-        default=6,
-        metadata=_check(
-            lambda v: v >= 0,
-            "an integer >= 0 (0: no local views)",
-            help="small local views per image (multi-crop)",
-        ),
-    )
-    local_size: int = field(
-        default=16,
-        metadata=_check(
-            lambda v: v >= 1,
-            "an integer >= 1 (a multiple of vit.patch)",
-            help="side of the local views in pixels",
-        ),
-    )
-    global_crop_scale: list[float] = field(
-        default_factory=lambda: [0.25, 1.0],
-        metadata=_check(
-            _scale_range, "[low, high] with 0 < low <= high <= 1", help="area range of the two global crops"
-        ),
-    )
-    local_crop_scale: list[float] = field(
-        default_factory=lambda: [0.05, 0.25],
-        metadata=_check(
-            _scale_range, "[low, high] with 0 < low <= high <= 1", help="area range of the local crops"
-        ),
-    )
-    student_temp: float = field(
-        default=0.1,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v), "a number > 0", help="student softmax temperature"
-        ),
-    )
-    teacher_temp: float = field(
-        default=0.04,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v),
-            "a number > 0",
-            help="teacher softmax temperature after warm-up",
-        ),
-    )
-    warmup_teacher_temp: float = field(
-        default=0.04,
-        metadata=_check(
-            lambda v: v > 0 and math.isfinite(v),
-            "a number > 0",
-            help="teacher temperature at the first epoch",
-        ),
-    )
-    warmup_teacher_temp_epochs: int = field(
-        default=0, metadata=_non_negative("epochs of the teacher temperature's warm-up")
-    )
-    center_momentum: float = field(default=0.9, metadata=_below_one("momentum of the teacher's centre"))
-    momentum_teacher: float = field(
-        default=0.996, metadata=_below_one("EMA momentum of the teacher's weights")
-    )
-    freeze_last_layer: int = field(
-        default=1,
-        metadata=_check(
-            lambda v: v >= 0, "epochs >= 0", help="epochs the head's last layer gets no gradient"
-        ),
-    )
-    knn_k: int = field(default=20, metadata=_positive("neighbours of the k-NN evaluation"))
-    knn_temperature: float = field(default=0.07, metadata=_finite_positive("k-NN vote temperature"))
-    linear_epochs: int = field(
-        default=100,
-        metadata=_check(
-            lambda v: v >= 0,
-            "an integer >= 0 (0: k-NN only)",
-            help="epochs of the final linear probe (0: k-NN only)",
-        ),
-    )
-    linear_lr: float = field(default=0.1, metadata=_finite_positive("the linear probe's learning rate"))
-
-
-@dataclass
-class SelfPatchConfig:
-    """SelfPatch's patch-level loss on top of DINO (gssl.selfpatch): off unless enabled."""
-
-    enabled: bool = field(default=False, metadata=_help("add SelfPatch's patch-level loss to DINO"))
-    k: int = field(
-        default=4,
-        metadata=_check(
-            lambda v: 1 <= v <= 8,
-            "an integer in 1..8 (of the 8 neighbours)",
-            help="positives: the k most similar of a patch's 8 neighbours",
-        ),
-    )
-    weight: float = field(
-        default=0.1,
-        metadata=_check(
-            lambda v: v >= 0 and math.isfinite(v),
-            "a number >= 0",
-            help="lambda of the patch loss; with a gate (ssl.gate != none) the gate and ssl.ratio weigh it",
-        ),
-    )
-    out_dim: int = field(default=4096, metadata=_positive("prototypes of the patch head"))
-    blocks: int = field(default=2, metadata=_positive("blocks of the aggregation module"))
-    border: str = field(
-        default="wrap",
-        metadata=_choice(
-            "wrap",
-            "mask",
-            help="neighbours at the edge: wrap modulo the grid (the authors'), or mask them out",
-        ),
-    )
-
-
-@dataclass
-class FusionConfig:
-    """Adaptive batch fusion ahead of the backbone in contrastive pre-training (gssl.fusion)."""
-
-    enabled: bool = field(default=False, metadata=_help("batch fusion ahead of the backbone (SimCLR)"))
-    patch: int = field(
-        default=8,
-        metadata=_check(
-            lambda v: v >= 1, "an integer >= 1 dividing the image side", help="patch side in pixels"
-        ),
-    )
-    dim: int = field(default=64, metadata=_positive("embedding width of the fusion attention"))
-    heads: int = field(
-        default=4,
-        metadata=_check(lambda v: v >= 1, "an integer >= 1 dividing fusion.dim", help="attention heads"),
-    )
-    layers: int = field(default=1, metadata=_positive("attention layers"))
-    strength: float = field(
-        default=1.0,
-        metadata=_finite_non_negative(
-            "the fused batch's weight at the end of training (it grows with progress)"
-        ),
+        default=0.9999, metadata=below_one("DRW: beta of the effective number of samples")
     )
 
 
@@ -598,43 +274,43 @@ class DistributedConfig:
     """Used only under torchrun (docs/distributed.md)."""
 
     sync_bn: bool = field(
-        default=False, metadata=_help("SyncBatchNorm: batch statistics over the global batch")
+        default=False, metadata=described("SyncBatchNorm: batch statistics over the global batch")
     )
     scale_lr: bool = field(
-        default=False, metadata=_help("lr x world size (linear scaling with the global batch)")
+        default=False, metadata=described("lr x world size (linear scaling with the global batch)")
     )
     timeout_s: int = field(
         default=600,
-        metadata=_check(lambda v: v >= 10, "seconds >= 10", help="seconds a rank waits for the others"),
+        metadata=checked(lambda v: v >= 10, "seconds >= 10", help="seconds a rank waits for the others"),
     )
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = field(default=200, metadata=_positive("training epochs"))
+    epochs: int = field(default=200, metadata=positive("training epochs"))
     base_epochs: int = field(
         default=200,
-        metadata=_positive("the protocol's epochs: warm-up, milestones, DRW scale by epochs/this"),
+        metadata=positive("the protocol's epochs: warm-up, milestones, DRW scale by epochs/this"),
     )
-    batch_size: int = field(default=128, metadata=_positive("images per step (over all ranks)"))
+    batch_size: int = field(default=128, metadata=positive("images per step (over all ranks)"))
     optimizer: str = field(
         default="sgd",
-        metadata=_choice(
+        metadata=choice(
             "sgd",
             "adamw",
             help="sgd: momentum (and nesterov); adamw: DINO's recipe for ViTs (betas 0.9, 0.999)",
         ),
     )
-    lr: float = field(default=0.1, metadata=_finite_positive("peak learning rate"))
-    momentum: float = field(default=0.9, metadata=_below_one("SGD momentum (unused by adamw)"))
-    nesterov: bool = field(default=False, metadata=_help("Nesterov momentum (sgd)"))
+    lr: float = field(default=0.1, metadata=finite_positive("peak learning rate"))
+    momentum: float = field(default=0.9, metadata=below_one("SGD momentum (unused by adamw)"))
+    nesterov: bool = field(default=False, metadata=described("Nesterov momentum (sgd)"))
     weight_decay: float = field(
         default=2e-4,
-        metadata=_check(lambda v: v >= 0, "a number >= 0", help="weight decay (at the first epoch)"),
+        metadata=checked(lambda v: v >= 0, "a number >= 0", help="weight decay (at the first epoch)"),
     )
     weight_decay_end: float | None = field(
         default=None,
-        metadata=_check(
+        metadata=checked(
             lambda v: v is None or v >= 0,
             "a number >= 0, or null",
             help="a cosine from weight_decay towards this (DINO: 0.04 -> 0.4); null: constant",
@@ -642,7 +318,7 @@ class OptimConfig:
     )
     clip_grad: float | None = field(
         default=None,
-        metadata=_check(
+        metadata=checked(
             lambda v: v is None or v > 0,
             "a number > 0, or null",
             help="each parameter's gradient scaled down to this norm on its own (DINO's); null: none",
@@ -650,14 +326,12 @@ class OptimConfig:
     )
     schedule: str = field(
         default="step",
-        metadata=_choice(
-            "step", "cosine", help="learning rate after warm-up: steps at milestones, or cosine"
-        ),
+        metadata=choice("step", "cosine", help="learning rate after warm-up: steps at milestones, or cosine"),
     )
-    warmup_epochs: int = field(default=5, metadata=_non_negative("epochs of linear learning-rate warm-up"))
+    warmup_epochs: int = field(default=5, metadata=non_negative("epochs of linear learning-rate warm-up"))
     milestones: list[int] = field(
         default_factory=lambda: [160, 180],
-        metadata=_check(
+        metadata=checked(
             lambda v: all(m >= 0 for m in v) and list(v) == sorted(v),
             "a sorted list of epochs >= 0",
             help="schedule=step: epochs at which the learning rate is multiplied by gamma",
@@ -665,20 +339,36 @@ class OptimConfig:
     )
     gamma: float = field(
         default=0.01,
-        metadata=_check(
+        metadata=checked(
             lambda v: 0 < v <= 1, "a factor in (0, 1]", help="schedule=step: factor at each milestone"
         ),
     )
     decay_norm_and_bias: bool = field(
-        default=True, metadata=_help("weight decay on batch-norm weights and biases too (false: FixMatch's)")
+        default=True,
+        metadata=described("weight decay on batch-norm weights and biases too (false: FixMatch's)"),
     )
 
 
+def _with_method_sections(cls):
+    """Insert the methods' sections (SETTINGS, in its order) after `loss`: a method owns its settings
+    dataclass, and a config.yaml lists the sections as it always has."""
+    annotations = {}
+    for name, hint in cls.__annotations__.items():
+        annotations[name] = hint
+        if name == "loss":
+            for section, settings in SETTINGS.items():
+                annotations[section] = settings
+                setattr(cls, section, field(default_factory=settings))
+    cls.__annotations__ = annotations
+    return cls
+
+
 @dataclass
+@_with_method_sections
 class Config:
     method: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=described(
             "the way of training: supervised, sla-sd, fixmatch, simclr, dino; null: read from the sections"
         ),
     )
@@ -687,36 +377,30 @@ class Config:
     vit: ViTConfig = field(default_factory=ViTConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    sla: SLAConfig = field(default_factory=SLAConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    adv: AdvConfig = field(default_factory=AdvConfig)
-    semi: SemiConfig = field(default_factory=SemiConfig)
-    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    dino: DINOConfig = field(default_factory=DINOConfig)
-    selfpatch: SelfPatchConfig = field(default_factory=SelfPatchConfig)
+    # here: each method's own sections, from gssl.methods.settings.SETTINGS (_with_method_sections)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = field(default=0, metadata=_non_negative("seed of every random draw"))
+    seed: int = field(default=0, metadata=non_negative("seed of every random draw"))
     device: str = field(
-        default="auto", metadata=_choice("auto", "cpu", "cuda", help="auto: CUDA when available, else CPU")
+        default="auto", metadata=choice("auto", "cpu", "cuda", help="auto: CUDA when available, else CPU")
     )
     compile: bool | None = field(
         default=None,
-        metadata=_help("torch.compile the step and evaluation; null: on CUDA, or a long CPU run"),
+        metadata=described("torch.compile the step and evaluation; null: on CUDA, or a long CPU run"),
     )
     precision: str | None = field(
         default=None,
-        metadata=_choice(
+        metadata=choice(
             None, "bf16", "fp16", "fp32", help="autocast precision; null: bf16 on CUDA, fp32 on CPU"
         ),
     )
     channels_last: bool | None = field(
-        default=None, metadata=_help("NHWC activations; null: on (faster on CPU too, docs/performance.md)")
+        default=None,
+        metadata=described("NHWC activations; null: on (faster on CPU too, docs/performance.md)"),
     )
     compile_mode: str = field(
         default="reduce-overhead",
-        metadata=_choice(
+        metadata=choice(
             "default",
             "reduce-overhead",
             "max-autotune",
@@ -725,15 +409,15 @@ class Config:
         ),
     )
     tensorboard: bool = field(
-        default=False, metadata=_help("also write TensorBoard events to RUN_DIR/tensorboard/")
+        default=False, metadata=described("also write TensorBoard events to RUN_DIR/tensorboard/")
     )
     preset: str | None = field(
-        default=None, metadata=_help("the preset the configuration came from (informational)")
+        default=None, metadata=described("the preset the configuration came from (informational)")
     )
     # Eager passes of their own: about 5% of a CPU epoch, more of a short compiled GPU epoch
     diagnose_every: int = field(
         default=1,
-        metadata=_non_negative(
+        metadata=non_negative(
             "the gradient diagnostic (gssl.diagnostics) after every this many epochs and the last; 0: never"
         ),
     )
@@ -894,14 +578,10 @@ def _unknown_key_message(key: str) -> str:
     return f"unknown configuration key '{key}'{hint}"
 
 
-def from_dict(values: dict) -> Config:
-    """A checked Config, its `method` named (inferred from the sections for older config files)."""
-    from .scenarios import check, method_of  # the registry imports this module
-
-    cfg = _build(Config, values)
-    cfg.method = method_of(cfg)
-    check(cfg)
-    return cfg
+def parse(values: dict) -> Config:
+    """A Config from nested dicts, every key known and every value typed and checked; its `method` as
+    given (None for older config files). A run's configuration: gssl.runconfig.from_dict."""
+    return _build(Config, values)
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -979,35 +659,9 @@ def load_yaml(path: str | Path) -> dict:
     return values
 
 
-def used_dict(cfg: Config) -> dict:
-    """The configuration without the sections its method does not read (an FixMatch run has no `adv`)."""
-    from .scenarios import used_sections
-
-    sections = used_sections(cfg)
-    return {
-        key: value for key, value in cfg.to_dict().items() if not isinstance(value, dict) or key in sections
-    }
-
-
-def to_yaml(cfg: Config) -> str:
-    """What a run directory's config.yaml holds: the sections the run uses, every key of each."""
-    return yaml.safe_dump(used_dict(cfg), sort_keys=False)
-
-
-def diff(a: Config, b: Config) -> list[str]:
-    """Dotted keys whose values differ between two configurations, over the sections they use."""
-    fa, fb = flatten(used_dict(a)), flatten(used_dict(b))
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
-
-
 # Where things lie on this machine, not what a run does: a run resumed, continued by a sweep or evaluated
 # with the data somewhere else is the same run.
 LOCATION_KEYS = frozenset({"data.root"})
-
-
-def setting_changes(a: Config, b: Config) -> list[str]:
-    """diff(a, b) without the LOCATION_KEYS: the changes that would make another run."""
-    return [key for key in diff(a, b) if key not in LOCATION_KEYS]
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -1,5 +1,5 @@
 """The training loop: infrastructure only. Everything particular to a way of training (its batches, the
-random preparation of a batch, its loss, its evaluation) is a Scenario (gssl.scenarios); `fit` runs any
+random preparation of a batch, its loss, its evaluation) is a Scenario (gssl.methods); `fit` runs any
 of them: learning rate, precision, compilation, DDP, metric sums, the non-finite watch, checkpoints,
 logging.
 
@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, code_revision, distributed, metrics, rundir, scenarios
-from .build import build_cls_loss, build_data, build_model, check_shapes, pick_device
-from .config import Config, ConfigError, to_yaml
+from . import __version__, code_revision, distributed, metrics, rundir
+from .build import build_cls_loss, pick_device
+from .config import Config, ConfigError
+from .methods import registry
+from .methods.registry import Context, Scenario, build_data, build_model, check_shapes
 from .optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
-from .scenarios import Context, Scenario
+from .runconfig import to_yaml
 from .schedule import describe, lr_at, resolved_schedule, scaling_notice, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
@@ -88,9 +90,9 @@ def train(
         if not resume:
             rundir.check_out(run_dir, force=force)
         distributed.barrier(dist)  # every rank has looked before rank 0 changes anything
-        scenarios.check(cfg)
+        registry.check(cfg)
         ctx = build_context(cfg, run_dir, dist, device_name, quiet or not dist.main, log)
-        return fit(ctx, scenarios.build(ctx), resume=resume, force=force, log=log)
+        return fit(ctx, registry.build(ctx), resume=resume, force=force, log=log)
     finally:
         distributed.teardown(dist)
 
@@ -103,9 +105,9 @@ def plan(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fals
     try:
         if not resume:
             rundir.check_out(Path(run_dir), force=force)
-        scenarios.check(cfg)
+        registry.check(cfg)
         ctx = build_context(cfg, Path(run_dir), dist, device_name, not dist.main, log)
-        ctx.compiled = use_compile(cfg, ctx.device, scenarios.build(ctx).images_per_epoch)
+        ctx.compiled = use_compile(cfg, ctx.device, registry.build(ctx).images_per_epoch)
         return resolved_settings(ctx, compile_mode(cfg, dist))
     finally:
         distributed.teardown(dist)
@@ -451,7 +453,7 @@ def final_summary(ctx: Context, scenario: Scenario, loop: Loop, progress: Progre
         "compile_fallbacks": loop.step.fallbacks + loop.evaluate.fallbacks,
         "seed": cfg.seed,
         "versions": versions(),
-        "method": cfg.method or scenarios.method_of(cfg),
+        "method": cfg.method or registry.method_of(cfg),
         "preset": cfg.preset,
         "command": " ".join(sys.argv),
         **extra,

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from . import attacks, metrics, rundir
-from .build import Data, build_data, build_model, ordered_loader, pick_device
+from .build import Data, ordered_loader, pick_device
 from .contrastive import frozen_eval
+from .methods.registry import build_data, build_model, scenario_class
 from .step import resolve_precision
 
 
@@ -107,11 +108,12 @@ def rebuilt_scenario(cfg, run_dir: Path, checkpoint: str | None = None):
     """(context, scenario, epoch): the run's scenario built from `cfg` as `gssl train` builds it before its
     first step, and with `checkpoint` that checkpoint's weights and the scenario's own state loaded (epoch 0
     without one: the network at initialisation, the floor benchmarks/init_probe.py measures)."""
-    from . import distributed, scenarios
+    from . import distributed
     from .engine import build_context
+    from .methods import registry
 
     ctx = build_context(cfg, Path(run_dir), distributed.Dist(), cfg.device, quiet=True)
-    scenario = scenarios.build(ctx)
+    scenario = registry.build(ctx)
     if checkpoint is None:
         return ctx, scenario, 0
     path = Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
@@ -171,7 +173,8 @@ def _checked_protocol(cfg, run_dir: Path, protocol, attack, knn_k, linear_epochs
 def read_config(run_dir: Path, data_root: str | Path | None = None):
     """A run directory's resolved configuration (RunDirError if it is not one), with the data looked for at
     `data_root` if given: the same run, its data moved (config.LOCATION_KEYS)."""
-    from .config import from_dict, load_yaml
+    from .config import load_yaml
+    from .runconfig import from_dict
 
     check_run_dir(run_dir)
     return with_data_root(from_dict(load_yaml(Path(run_dir) / rundir.CONFIG)), data_root)
@@ -197,13 +200,6 @@ def has_classifier(cfg) -> bool:
     return scenario_class(cfg).has_classifier
 
 
-def scenario_class(cfg):
-    """The run's scenario class (imported late: gssl.scenarios imports most of gssl)."""
-    from .scenarios import scenario_class
-
-    return scenario_class(cfg)
-
-
 @dataclass
 class LoadedRun:
     cfg: object  # gssl.config.Config
@@ -215,9 +211,9 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path, checkpoint: str = "last", cfg=None) -> LoadedRun:
-    """The run's data and model rebuilt from its config and checkpoint, with the EMA weights where the run
-    kept an EMA (FixMatch), as its own evaluation used: `gssl eval`, `gssl report` and `gssl analyze` all
-    load through here."""
+    """The run's data and model rebuilt from its config and checkpoint, with the weights its method's
+    evaluation judges (Scenario.load_eval_weights: FixMatch's EMA), as its own evaluation used: `gssl
+    eval`, `gssl report` and `gssl analyze` all load through here."""
     cfg = cfg or read_config(run_dir)
     device = pick_device(cfg.device)
     data = build_data(cfg)
@@ -225,10 +221,7 @@ def load_run(run_dir: Path, checkpoint: str = "last", cfg=None) -> LoadedRun:
     path = Path(run_dir) / rundir.CKPT_DIR / f"{checkpoint}.pt"
     saved = rundir.load_checkpoint(path, map_location=device)
     rundir.restore(model, saved, path)
-    if "ema" in saved:
-        model.load_state_dict(
-            {k[len("module.") :]: v for k, v in saved["ema"].items() if k.startswith("module.")}
-        )
+    scenario_class(cfg).load_eval_weights(model, saved)
     return LoadedRun(cfg, model.eval(), data, device, rundir.trained_epochs(saved), checkpoint)
 
 

@@ -25,15 +25,17 @@ from pathlib import Path
 
 import torch
 
-from . import engine, rundir, scenarios
-from .build import build_cls_loss, build_data, build_model, check_shapes, pick_device
-from .config import Config, ConfigError, setting_changes
+from . import engine, rundir
+from .build import build_cls_loss, pick_device
+from .config import Config, ConfigError
 from .distributed import Dist
 from .engine import Loop, Progress, epoch_line, epoch_row, final_summary, pretext_seed, save_epoch
+from .methods import registry
+from .methods.registry import Context, Scenario, build_data, build_model, check_shapes
+from .methods.supervised.scenario import Supervised
 from .optimizer import build_optimizer, set_epoch_hyperparameters
 from .packed import Pack, PackedEvaluation, split_optimizer_state, stack_args, stack_optimizer_states
-from .scenarios import Context, Scenario
-from .scenarios.supervised import Supervised
+from .runconfig import setting_changes
 from .schedule import lr_at, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
@@ -80,9 +82,9 @@ def check_packable(cfgs: list[Config], run_dirs: list[Path]) -> None:
 def unpackable(cfg: Config) -> list[str]:
     """What in this configuration a pack cannot train (yet), each with why."""
     reasons = []
-    if scenarios.scenario_class(cfg) is not Supervised:
-        reasons.append(f"method {scenarios.method_of(cfg)} (packs train supervised runs only)")
-    if scenarios.wrappers_of(cfg):
+    if registry.scenario_class(cfg) is not Supervised:
+        reasons.append(f"method {registry.method_of(cfg)} (packs train supervised runs only)")
+    if registry.wrappers_of(cfg):
         reasons.append("adversarial training or SSP pre-training")
     if cfg.ssl.gate not in PACKABLE_GATES:
         reasons.append(f"ssl.gate={cfg.ssl.gate} (a gate with state across steps, or gradients in the step)")
@@ -141,7 +143,7 @@ def train_pack(
         for run_dir in run_dirs:
             rundir.check_out(run_dir, force=force)
     for cfg in cfgs:
-        scenarios.check(cfg)
+        registry.check(cfg)
     contexts = build_members(cfgs, run_dirs, quiet, log)
     return fit_pack(contexts, resume=resume, force=force, log=log)
 
@@ -151,7 +153,7 @@ def fit_pack(
 ) -> list[dict | None]:
     """engine.fit for K members at once: one stacked step, each member's own epoch rows and files."""
     cfg, device = contexts[0].cfg, contexts[0].device
-    members_scenarios = [scenarios.build(ctx) for ctx in contexts]
+    members_scenarios = [registry.build(ctx) for ctx in contexts]
     # compile=null: on CUDA only. On CPU inductor's code for the vmapped step ran 0.58x the eager step
     # (ResNet-32, K=2, benchmarks/bench_pack.py --compile 2, docs/performance.md)
     compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
@@ -372,8 +374,9 @@ def pack_configs(preset: str | None, config: str | None, sets: list[str], seeds:
 
 def saved_configs(run_dirs: list[Path], sets: list[str]) -> list[Config]:
     """The members' own config.yaml, for a resume; `sets` may only move the data (LOCATION_KEYS)."""
-    from .config import from_dict, load_yaml, parse_set
+    from .config import load_yaml, parse_set
     from .presets import resolve
+    from .runconfig import from_dict
 
     cfgs = []
     for run_dir in run_dirs:

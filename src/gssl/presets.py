@@ -16,7 +16,8 @@ from importlib import resources
 
 import yaml
 
-from .config import Config, ConfigError, from_dict, merge
+from .config import Config, ConfigError, merge
+from .runconfig import from_dict
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import rundir
-from .config import LOCATION_KEYS, Config, ConfigError, from_dict, load_yaml, parse_set, setting_changes
+from .config import LOCATION_KEYS, Config, ConfigError, load_yaml, parse_set
 from .presets import resolve
+from .runconfig import from_dict, setting_changes
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 FILE_KEYS = {"out", "seeds", "set", "runs", "grid", "parallel"}

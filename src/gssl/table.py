@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
-from .config import Config, ConfigError, flatten, from_dict, load_yaml
+from .config import Config, ConfigError, flatten, load_yaml
 from .presets import PRESETS, preset_dict
+from .runconfig import from_dict
 
 METRICS = {
     "final": ("test_acc", "final-epoch top-1 (%)"),

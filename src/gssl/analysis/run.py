@@ -85,7 +85,7 @@ class Run:
     def test_split(self):
         """The test images: the rebuilt run's, or read alone where no model is needed (no checkpoint)."""
         if self._loaded is None and not self.has_checkpoint:
-            from ..build import build_data
+            from ..methods.registry import build_data
 
             return build_data(self.cfg).test
         return self.loaded().data.test

@@ -25,7 +25,7 @@ from .datasets import (
 )
 from .downloads import download
 from .imageset import DataError, ImageSet, MissingSplitError
-from .loader import DeviceLoader, epoch_seed
+from .loader import DeviceLoader, cycle, epoch_seed
 from .splits import PROFILES, first_per_class, labeled_unlabeled_split, long_tail_counts, long_tail_indices
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "SPLITS",
     "DataError",
     "DeviceLoader",
+    "cycle",
     "ImageSet",
     "MissingSplitError",
     "Source",

@@ -153,3 +153,17 @@ class DeviceLoader:
                     x = flip_where(x, flips[sl])
                 batch = normalize(x, self._mean, self._std), self.labels.index_select(0, idx)
             yield batch
+
+
+def cycle(loader, steps: int, epoch: int):
+    """`steps` batches from `loader`, starting a new shuffled pass (its own seeded epoch) whenever it
+    runs out."""
+    made, wrap = 0, 0
+    while made < steps:
+        loader.set_epoch(epoch * 100_003 + wrap)
+        for batch in loader:
+            yield batch
+            made += 1
+            if made == steps:
+                return
+        wrap += 1

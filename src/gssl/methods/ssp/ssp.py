@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .pretext import rotation_transform
-from .step import Compiled, autocast
+from ...pretext import rotation_transform
+from ...step import Compiled, autocast
 
 
 def pretrain_rotation(

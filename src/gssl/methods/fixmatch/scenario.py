@@ -1,14 +1,16 @@
-"""FixMatch with the gated pretext loss (gssl.semisup): labelled, weak and strong views in one forward
+"""FixMatch with the gated pretext loss (semisup.py): labelled, weak and strong views in one forward
 pass, a fixed number of steps per epoch, and evaluation on an exponential moving average of the weights."""
 
 from __future__ import annotations
 
 import torch
 
-from .. import semisup
-from ..config import Config, ConfigError
-from .base import Context, Scenario
-from .supervised import Supervised
+from ...config import Config, ConfigError
+from ...data import ImageSet, cycle, labeled_unlabeled_split
+from ...ema import EMA
+from ..base import Context, Scenario
+from ..supervised.scenario import Supervised
+from . import semisup
 
 
 class FixMatch(Scenario):
@@ -20,12 +22,8 @@ class FixMatch(Scenario):
     )
 
     @staticmethod
-    def claims(cfg: Config) -> bool:
-        return cfg.semi.labels_per_class is not None
-
-    @staticmethod
     def check(cfg: Config) -> None:
-        if cfg.semi.labels_per_class is None:
+        if not cfg.semi.on():
             raise ConfigError(
                 "method fixmatch needs semi.labels_per_class (labelled images per class, e.g. 25)"
             )
@@ -36,12 +34,29 @@ class FixMatch(Scenario):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        unlabeled, semi = ctx.data.unlabeled, ctx.cfg.semi
+        unlabeled, semi = ctx.data.extra["unlabeled"], ctx.cfg.semi
         self.unlabeled_loader = ctx.loader(
             unlabeled.images, unlabeled.labels, ctx.cfg.optim.batch_size * semi.mu, ctx.cfg.seed + 1
         )
         self.strong = semisup.StrongAugment(ctx.data.mean, ctx.data.std, ctx.device)
-        self.ema = semisup.EMA(ctx.model, semi.ema) if semi.ema > 0 else None
+        self.ema = EMA(ctx.model, semi.ema) if semi.ema > 0 else None
+
+    @staticmethod
+    def own_data(cfg: Config, train: ImageSet) -> tuple[ImageSet, dict[str, ImageSet]]:
+        """A few labelled images per class; the rest, unlabelled, are its own."""
+        labelled, unlabelled = labeled_unlabeled_split(
+            train.labels.numpy(), cfg.semi.labels_per_class, cfg.semi.split_seed
+        )
+        return train.subset(labelled), {"unlabeled": train.subset(unlabelled)}
+
+    @staticmethod
+    def load_eval_weights(model: torch.nn.Module, checkpoint: dict) -> None:
+        """The EMA's weights, as the run's own evaluation used (none kept: semi.ema=0)."""
+        if "ema" in checkpoint:  # its keys "module.*" (and "n_averaged" in runs saved with AveragedModel)
+            ema = checkpoint["ema"]
+            model.load_state_dict(
+                {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+            )
 
     @property
     def images_per_epoch(self) -> int:
@@ -53,8 +68,8 @@ class FixMatch(Scenario):
 
     def batches(self, epoch: int):
         steps = self.ctx.cfg.semi.steps_per_epoch
-        self.unlabeled = semisup.cycle(self.unlabeled_loader, steps, epoch)
-        return semisup.cycle(self.train_loader, steps, epoch), steps
+        self.unlabeled = cycle(self.unlabeled_loader, steps, epoch)
+        return cycle(self.train_loader, steps, epoch), steps
 
     def prepare(self, x, y, generator, epoch, step):
         xu, yu = next(self.unlabeled)

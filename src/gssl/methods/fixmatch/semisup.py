@@ -9,19 +9,17 @@ averaged over all of them, in the same forward pass:
     L = L_cls(labelled) + lambda_u * mean(mask * CE(strong, pseudo)) + ratio x gated pretext + aux
 
 The unlabelled images' true labels are never read by the loss; they only measure pseudo-label
-accuracy. Evaluation uses an exponential moving average of the weights (and buffers).
+accuracy. Evaluation uses an exponential moving average of the weights and buffers (gssl.ema).
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attacks import PixelSpace
-from .data.randaugment import RandAugment
+from ...attacks import PixelSpace
+from ...data.randaugment import RandAugment
 
 
 def pseudo_labels(weak_logits: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
@@ -74,45 +72,3 @@ class StrongAugment:
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         return self.space.to_model(self.ra(self.space.to_pixels(x), generator))
-
-
-class EMA(torch.nn.Module):
-    """Exponential moving average of the weights and float buffers, kept on the model's device:
-    ema = decay * ema + (1 - decay) * current after each step, from a copy of the initial model (as
-    FixMatch's own EMA). One foreach lerp per step, no host synchronisation; integer buffers (batch
-    norm's step count) are copied. `module` is the averaged model; state_dict keys are "module.*"."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        super().__init__()
-        self.module = copy.deepcopy(model).requires_grad_(False)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        mine, theirs = self._floats(self.module), self._floats(model)
-        torch._foreach_lerp_(mine, theirs, 1.0 - self.decay)
-        for a, b in zip(self.module.buffers(), model.buffers()):
-            if not a.is_floating_point():
-                a.copy_(b)
-
-    @staticmethod
-    def _floats(model: torch.nn.Module) -> list[Tensor]:
-        return [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-
-    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
-        state = {k: v for k, v in state.items() if k != "n_averaged"}  # runs saved with AveragedModel
-        return super().load_state_dict(state, strict=strict, assign=assign)
-
-
-def cycle(loader, steps: int, epoch: int):
-    """`steps` batches from `loader`, starting a new shuffled pass (its own seeded epoch) whenever it
-    runs out."""
-    made, wrap = 0, 0
-    while made < steps:
-        loader.set_epoch(epoch * 100_003 + wrap)
-        for batch in loader:
-            yield batch
-            made += 1
-            if made == steps:
-                return
-        wrap += 1

@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .models import build_backbone, build_head
-from .pretext import PERMUTATIONS
+from ...models import build_backbone, build_head
+from ...pretext import PERMUTATIONS
 
 TRANSFORMS = {"rotation": 4, "channel": len(PERMUTATIONS)}
 

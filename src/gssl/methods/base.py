@@ -32,9 +32,10 @@ import torch.nn as nn
 from .. import diagnostics, distributed, metrics
 from ..build import Data, ordered_loader
 from ..config import Config
-from ..data import DeviceLoader
+from ..data import DeviceLoader, ImageSet
 from ..losses import drw_weights
 from ..schedule import drw_on
+from .settings import SWITCHES
 
 
 @dataclass
@@ -83,21 +84,9 @@ class Context:
         return ordered_loader(split, self.data, max(512, self.cfg.optim.batch_size), self.device)
 
 
-# The settings that switch on another way of training, each with its test: a scenario that cannot take
-# some of them names them in its check (settings_on) and refuses the ones that are on.
-SWITCHES = {
-    "sla.transform": lambda cfg: cfg.sla.transform != "none",
-    "adv.attack": lambda cfg: cfg.adv.attack != "none",
-    "semi.labels_per_class": lambda cfg: cfg.semi.labels_per_class is not None,
-    "pretrain.epochs": lambda cfg: cfg.pretrain.epochs > 0,
-    "contrastive.views": lambda cfg: cfg.contrastive.views > 0,
-    "fusion.enabled": lambda cfg: cfg.fusion.enabled,
-}
-
-
 # The ssl settings that change how the pretext heads' losses are made, beyond the tasks and the gate, each
 # with its test (set = not the default). A scenario names those it reads in `pretext_options`; one set
-# where nothing reads it (another method, or no pretext tasks) is refused (scenarios.check).
+# where nothing reads it (another method, or no pretext tasks) is refused (registry.check).
 PRETEXT_OPTIONS = {
     "ssl.pretext_scale": lambda cfg: cfg.ssl.pretext_scale != 1,
     "ssl.pretext_scale_learned": lambda cfg: cfg.ssl.pretext_scale_learned,
@@ -115,7 +104,7 @@ class Scenario:
     default every hook falls back to."""
 
     sections: ClassVar[tuple[str, ...]] = ("loss",)  # config sections it reads beside data, model, ssl, optim
-    trigger: ClassVar[str] = ""  # the setting that claims() reads
+    trigger: ClassVar[str] = ""  # its switch (methods.settings.SWITCHES): the setting that claims() reads
     has_classifier: ClassVar[bool] = True  # false: judged on frozen features (k-NN, linear probe)
     per_rank_draws: ClassVar[bool] = False  # augmentations drawn per rank (views), not for the global batch
     drop_last: ClassVar[bool] = False  # the training loader's; SimCLR's under torchrun needs equal shares
@@ -124,14 +113,30 @@ class Scenario:
     loss_terms: ClassVar[Callable | None] = None
     pretext_options: ClassVar[tuple[str, ...]] = ()  # the PRETEXT_OPTIONS its model reads
 
+    @classmethod
+    def claims(cls, cfg: Config) -> bool:
+        """Whether cfg's sections ask for this scenario when `method` is not given (old config files): its
+        switch is on."""
+        return bool(cls.trigger) and SWITCHES[cls.trigger](cfg)
+
     @staticmethod
-    def claims(cfg: Config) -> bool:
-        """Whether cfg's sections ask for this scenario when `method` is not given (old config files)."""
-        return False
+    def own_data(cfg: Config, train: ImageSet) -> tuple[ImageSet, dict[str, ImageSet]]:
+        """The training images it trains on, and image sets of its own (FixMatch: the unlabelled ones) for
+        Data.extra; called by build_data before the test limit, RGB and normalisation."""
+        return train, {}
+
+    @staticmethod
+    def load_eval_weights(model: nn.Module, checkpoint: dict) -> None:
+        """Put into `model` (restored from `checkpoint`) the weights its evaluation judges, where these are
+        not the trained ones (FixMatch: its EMA): `gssl eval` and the report judge a saved run alike."""
 
     @staticmethod
     def check(cfg: Config) -> None:
         """Settings this scenario cannot run with: raise ConfigError naming the fix."""
+
+    @staticmethod
+    def check_images(cfg: Config, channels: int, height: int, width: int) -> None:
+        """What its transforms need of the images, refused before training with the fix (ConfigError)."""
 
     @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
@@ -269,6 +274,11 @@ class Scenario:
 
 class Wrapper(Scenario):
     """A scenario around another: every hook goes to the inner one unless the wrapper overrides it."""
+
+    @classmethod
+    def applies(cls, cfg: Config) -> bool:
+        """Whether this wrapper goes around the run's scenario: its switch is on."""
+        return SWITCHES[cls.trigger](cfg)
 
     def __init__(self, inner: Scenario):  # noqa: D107 - no Scenario.__init__: the inner one built the parts
         self.inner, self.ctx = inner, inner.ctx

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..build import backbone_options
-from ..config import Config
-from ..gating import gate_options
-from ..method import GatedSSL
-from .base import Scenario
+from ...build import backbone_options
+from ...config import Config
+from ...gating import gate_options
+from ...method import GatedSSL
+from ..base import Scenario
 
 
 class Supervised(Scenario):

@@ -1,18 +1,23 @@
 """Scenarios as plug-ins: the ways gssl trains, by the config's `method`, and the wrappers that go
-around them (adversarial training, SSP pre-training). A new way of training is one module with a
-Scenario subclass and one line here; `gssl.engine.fit` never changes for it."""
+around them (adversarial training, SSP pre-training). A new way of training is one folder (its
+settings, its Scenario subclass) and a line here and in settings.py; `gssl.engine.fit` never changes
+for it (docs/design.md walks through one)."""
 
 from __future__ import annotations
 
+import torch.nn as nn
+
+from .. import build as build_parts
+from ..build import Data
 from ..config import Config, ConfigError
-from .adversarial import Adversarial
+from .adversarial.scenario import Adversarial
 from .base import PRETEXT_OPTIONS, Context, Scenario, Wrapper
-from .dino import DINOScenario
-from .fixmatch import FixMatch
-from .simclr import SimCLRScenario
-from .sla_sd import SLASDScenario
-from .ssp import SSPPretraining
-from .supervised import Supervised
+from .dino.scenario import DINOScenario
+from .fixmatch.scenario import FixMatch
+from .simclr.scenario import SimCLRScenario
+from .sla_sd.scenario import SLASDScenario
+from .ssp.scenario import SSPPretraining
+from .supervised.scenario import Supervised
 
 SCENARIOS: dict[str, type[Scenario]] = {
     "supervised": Supervised,
@@ -32,6 +37,9 @@ __all__ = [
     "WRAPPERS",
     "Wrapper",
     "build",
+    "build_data",
+    "check_shapes",
+    "build_model",
     "method_of",
     "scenario_class",
     "used_sections",
@@ -118,6 +126,22 @@ def used_sections(cfg: Config) -> tuple[str, ...]:
     extra = [s for cls in (scenario_class(cfg), *wrappers_of(cfg)) for s in cls.sections]
     backbone = ["vit"] if cfg.model.backbone == "vit" else []  # the ViT's size, only where it is read
     return COMMON_SECTIONS + tuple(dict.fromkeys(backbone + extra))
+
+
+def check_shapes(cfg: Config, channels: int, height: int, width: int) -> None:
+    """What the run's backbone, pretext tasks and method need of the images (ConfigError with the fix)."""
+    build_parts.check_shapes(cfg, channels, height, width)
+    scenario_class(cfg).check_images(cfg, channels, height, width)
+
+
+def build_data(cfg: Config) -> Data:
+    """The run's data, with its method's own part (Scenario.own_data: FixMatch's unlabelled images)."""
+    return build_parts.build_data(cfg, scenario_class(cfg).own_data)
+
+
+def build_model(cfg: Config, num_classes: int, in_channels: int) -> nn.Module:
+    """The network of the config's method, initialised from the global torch seed."""
+    return scenario_class(cfg).build_model(cfg, num_classes, in_channels)
 
 
 def build(ctx: Context) -> Scenario:

@@ -1,4 +1,4 @@
-"""SSP pre-training (gssl.ssp) before another scenario: the backbone learns whole-image rotation on the
+"""SSP pre-training (ssp.py) before another scenario: the backbone learns whole-image rotation on the
 training images first; the supervised run then starts from those weights."""
 
 from __future__ import annotations
@@ -8,21 +8,17 @@ from pathlib import Path
 
 import torch
 
-from .. import rundir
-from ..config import Config
-from ..ssp import pretrain_rotation
-from ..step import TrainingError
-from .base import Wrapper
+from ... import rundir
+from ...step import TrainingError
+from ..base import Wrapper
+from .ssp import pretrain_rotation
 
 PRETRAIN_CHECKPOINT = "pretrain.pt"
 
 
 class SSPPretraining(Wrapper):
     sections = ("pretrain",)
-
-    @staticmethod
-    def applies(cfg: Config) -> bool:
-        return cfg.pretrain.epochs > 0
+    trigger = "pretrain.epochs"
 
     def before_fit(self, run_dir: Path) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg

@@ -1,5 +1,5 @@
 """DINO self-distillation on a ViT, with SelfPatch's patch-level loss and the gated pretext term
-(gssl.dino, gssl.selfpatch): multi-crop views drawn on the device, the teacher's targets in `prepare`,
+(dino.py, selfpatch.py): multi-crop views drawn on the device, the teacher's targets in `prepare`,
 the EMA teacher after each step; judged by k-NN on the teacher's frozen image representation each epoch
 and by a linear probe (and k-NN) of it and of its averaged patch tokens at the end."""
 
@@ -9,14 +9,14 @@ import dataclasses
 
 import torch
 
-from ..build import backbone_options
-from ..config import Config, ConfigError
-from ..data.views import ViewAugment
-from ..dino import DINO, PatchFeatures, teacher_momentum, teacher_temperature
-from ..gating import gate_options
-from ..metrics import top1
-from ..step import autocast
-from .base import SWITCHES, Context, Scenario, settings_on
+from ...build import backbone_options
+from ...config import Config, ConfigError
+from ...data.views import ViewAugment
+from ...gating import gate_options
+from ...metrics import top1
+from ...step import autocast
+from ..base import SWITCHES, Context, Scenario, settings_on
+from .dino import DINO, PatchFeatures, teacher_momentum, teacher_temperature
 
 
 class DINOScenario(Scenario):

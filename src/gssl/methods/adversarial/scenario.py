@@ -3,10 +3,10 @@ step sees the attacked batch (the attack itself runs eagerly), and the run ends 
 
 from __future__ import annotations
 
-from .. import attacks
-from ..config import Config, ConfigError
-from ..step import autocast
-from .base import Wrapper
+from ... import attacks
+from ...config import Config, ConfigError
+from ...step import autocast
+from ..base import Wrapper, settings_on
 
 
 def attack_of(cfg: Config, steps: int, kind: str | None = None) -> attacks.Attack:
@@ -18,14 +18,11 @@ def attack_of(cfg: Config, steps: int, kind: str | None = None) -> attacks.Attac
 
 class Adversarial(Wrapper):
     sections = ("adv",)
-
-    @staticmethod
-    def applies(cfg: Config) -> bool:
-        return cfg.adv.attack != "none"
+    trigger = "adv.attack"
 
     @staticmethod
     def check(cfg: Config) -> None:
-        if cfg.semi.labels_per_class is not None:
+        if settings_on(cfg, ("semi.labels_per_class",)):
             raise ConfigError(
                 "adv.attack does not combine with FixMatch (semi.labels_per_class); "
                 "set adv.attack=none or semi.labels_per_class=null"

@@ -4,13 +4,13 @@ backbone every epoch and by a linear probe at the end."""
 
 from __future__ import annotations
 
-from ..build import backbone_options
-from ..config import Config, ConfigError
-from ..contrastive import SimCLR
-from ..data.views import ViewAugment
-from ..fusion import BatchFusion
-from ..gating import gate_options
-from .base import Context, Scenario, settings_on
+from ...build import backbone_options
+from ...config import Config, ConfigError
+from ...contrastive import SimCLR
+from ...data.views import ViewAugment
+from ...gating import gate_options
+from ..base import Context, Scenario, settings_on
+from .fusion import BatchFusion
 
 
 class SimCLRScenario(Scenario):
@@ -21,18 +21,23 @@ class SimCLRScenario(Scenario):
     trigger = "contrastive.views"  # the setting that asks for this method in config files without `method`
 
     @staticmethod
-    def claims(cfg: Config) -> bool:
-        return cfg.contrastive.views >= 2
-
-    @staticmethod
     def check(cfg: Config) -> None:
-        if cfg.contrastive.views < 2:
+        if not cfg.contrastive.on():
             raise ConfigError("method simclr needs contrastive.views >= 2 (views of every image)")
         others = settings_on(cfg, ("sla.transform", "adv.attack", "semi.labels_per_class", "pretrain.epochs"))
         if others:
             raise ConfigError(
                 f"contrastive.views={cfg.contrastive.views} (SimCLR pre-training) does not combine "
                 f"with {', '.join(others)}; set contrastive.views=0 or turn those off"
+            )
+
+    @staticmethod
+    def check_images(cfg: Config, channels: int, height: int, width: int) -> None:
+        patch = cfg.fusion.patch
+        if cfg.fusion.on() and (height % patch or width % patch):
+            raise ConfigError(
+                f"fusion.patch={patch} must divide the image sides ({cfg.data.name}: {height}x{width}); "
+                "pick a patch size that does"
             )
 
     @staticmethod

@@ -30,12 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distributed import mean_over_ranks
-from .method import GatedPretext
-from .models import build_backbone
-from .models.vit import init_vit_weights
+from ...distributed import mean_over_ranks
+from ...ema import EMA
+from ...method import GatedPretext
+from ...models import build_backbone
+from ...models.vit import init_vit_weights
 from .selfpatch import Aggregation, neighbour_index, select_positives, selfpatch_loss
-from .semisup import EMA
 
 
 class DINOHead(nn.Module):

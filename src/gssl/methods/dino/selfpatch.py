@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .models.vit import init_vit_weights
+from ...models.vit import init_vit_weights
 
 
 def neighbour_index(rows: int, cols: int, border: str = "wrap", device=None) -> tuple[Tensor, Tensor]:

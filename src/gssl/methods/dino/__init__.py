@@ -1,0 +1,1 @@
+"""The dino method: its settings (torch-free), its scenario and its parts. Nothing is imported here."""

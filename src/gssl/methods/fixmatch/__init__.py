@@ -1,0 +1,1 @@
+"""The fixmatch method: its settings (torch-free), its scenario and its parts. Nothing is imported here."""
