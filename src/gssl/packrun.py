@@ -33,6 +33,7 @@ from .engine import Loop, Progress, epoch_line, epoch_row, final_summary, pretex
 from .optimizer import build_optimizer, set_epoch_hyperparameters
 from .packed import Pack, PackedEvaluation, split_optimizer_state, stack_args, stack_optimizer_states
 from .scenarios import Context, Scenario
+from .scenarios.base import check_step
 from .scenarios.supervised import Supervised
 from .schedule import lr_at, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
@@ -247,14 +248,14 @@ def train_pack_epoch(members: list[Member], pack: Pack, loop: Loop, epoch: int) 
     loaders = [member.scenario.batches(epoch) for member in members]
     steps = loaders[0][1]
     for step, batches in enumerate(zip(*(batches for batches, _ in loaders))):
-        args = stack_args(
-            [
-                member.scenario.prepare(x, y, generator, epoch, step)
-                for member, (x, y), generator in zip(members, batches, generators)
-            ]
-        )
+        prepared = [
+            member.scenario.prepare(x, y, generator, epoch, step)
+            for member, (x, y), generator in zip(members, batches, generators)
+        ]
         with autocast(ctx.device.type, ctx.precision):
-            loss, stats = loop.step(*args)
+            loss, stats = loop.step(*stack_args(prepared))
+        if step == 0:
+            check_step(members[0].scenario, prepared[0], stats, (pack.size,))
         loop.watch.update(step, stats["loss"], stats)
         if not cuda:
             report_non_finite(members, loop.watch, epoch, steps)

@@ -6,6 +6,7 @@ and by a linear probe (and k-NN) of it and of its averaged patch tokens at the e
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 
@@ -17,6 +18,16 @@ from ..gating import gate_options
 from ..metrics import top1
 from ..step import autocast
 from .base import SWITCHES, Context, Scenario, settings_on
+
+
+class DINOBatch(NamedTuple):
+    """What `prepare` hands `loss` (DINO.loss_from_params's arguments)."""
+
+    global_views: torch.Tensor  # [2N], pretext-transformed as the teacher saw them
+    local_views: torch.Tensor | None  # [L N], or None without local crops
+    targets: dict[str, torch.Tensor]  # the teacher's centred, sharpened targets
+    labels: dict[str, torch.Tensor]  # the pretext labels ({} without tasks)
+    last_layer_grad: torch.Tensor  # 0 while the heads' last layers are frozen, else 1
 
 
 class DINOScenario(Scenario):
@@ -84,7 +95,7 @@ class DINOScenario(Scenario):
             targets = model.teacher_targets(global_views, local_views, temperature)
         # full, not tensor: a Python value made a tensor is a host copy, a CUDA sync every step
         last_layer_grad = torch.full((), float(epoch >= d.freeze_last_layer), device=x.device)
-        return global_views, local_views, targets, labels, last_layer_grad
+        return DINOBatch(global_views, local_views, targets, labels, last_layer_grad)
 
     def after_step(self) -> None:
         super().after_step()  # the gate's step state first

@@ -10,7 +10,7 @@ from ..contrastive import SimCLR
 from ..data.views import ViewAugment
 from ..fusion import BatchFusion
 from ..gating import gate_options
-from .base import Context, Scenario, settings_on
+from .base import Batch, Context, Scenario, settings_on
 
 
 class SimCLRScenario(Scenario):
@@ -79,7 +79,7 @@ class SimCLRScenario(Scenario):
         if model.fusion is not None:  # batch fusion grows with training progress
             model.fusion.set_progress((epoch * steps + step) / max(1, epochs * steps - 1))
         views = self.view_augment.views(x, generator, self.ctx.cfg.contrastive.views).flatten(0, 1)
-        return views, y, self.ctx.cls_loss, model.sample_params(views, generator)
+        return Batch(views, y, self.ctx.cls_loss, model.sample_params(views, generator))
 
     def _frozen_eval(self, linear_epochs: int) -> dict:
         return self.judge_frozen(
