@@ -30,6 +30,7 @@ from .build import build_cls_loss, build_data, build_model, check_shapes, pick_d
 from .config import Config, ConfigError, setting_changes
 from .distributed import Dist
 from .engine import Loop, Progress, epoch_line, epoch_row, final_summary, pretext_seed, save_epoch
+from .gating import ALL_GATES, pretext_on
 from .optimizer import build_optimizer, set_epoch_hyperparameters
 from .packed import Pack, PackedEvaluation, split_optimizer_state, stack_args, stack_optimizer_states
 from .scenarios import Context, Scenario
@@ -39,7 +40,6 @@ from .schedule import lr_at, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
 PREVIOUS = "pack-previous.pt"  # a member's last.pt of the epoch before, while the pack saves an epoch
-PACKABLE_GATES = ("reference", "learned", "uniform", "uncertainty", "none")  # no state across steps
 
 
 @dataclass
@@ -85,7 +85,7 @@ def unpackable(cfg: Config) -> list[str]:
         reasons.append(f"method {scenarios.method_of(cfg)} (packs train supervised runs only)")
     if scenarios.wrappers_of(cfg):
         reasons.append("adversarial training or SSP pre-training")
-    if cfg.ssl.gate not in PACKABLE_GATES:
+    if pretext_on(cfg.ssl.tasks, cfg.ssl.gate) and not ALL_GATES[cfg.ssl.gate].packable:
         reasons.append(f"ssl.gate={cfg.ssl.gate} (a gate with state across steps, or gradients in the step)")
     if cfg.precision == "fp16":
         reasons.append("precision=fp16 (one loss scale would skip every member's step when one overflows)")

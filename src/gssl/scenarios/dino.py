@@ -14,7 +14,7 @@ from ..build import backbone_options
 from ..config import Config, ConfigError
 from ..data.views import ViewAugment
 from ..dino import DINO, PatchFeatures, teacher_momentum, teacher_temperature
-from ..gating import gate_options
+from ..method import PretextSettings
 from ..metrics import top1
 from ..step import autocast
 from .base import SWITCHES, Context, Scenario, settings_on
@@ -34,6 +34,7 @@ class DINOScenario(Scenario):
     sections = ("dino", "selfpatch")
     per_rank_draws = True  # each rank draws its own views
     has_classifier = False
+    pretext_options = ("ssl.pretext_scale", "ssl.pretext_scale_learned")
 
     @staticmethod
     def check(cfg: Config) -> None:
@@ -51,17 +52,15 @@ class DINOScenario(Scenario):
 
     @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> DINO:
-        options = {
-            **dataclasses.asdict(cfg.dino),
-            "backbone_options": backbone_options(cfg),
-            "tasks": cfg.ssl.tasks,
-            "gate": cfg.ssl.gate,
-            "ssl_ratio": cfg.ssl.ratio,
-            "flip_axis": cfg.ssl.flip_axis,
-            "gate_kw": gate_options(cfg.ssl),
-        }
+        options = {**dataclasses.asdict(cfg.dino), "backbone_options": backbone_options(cfg)}
         selfpatch = dataclasses.asdict(cfg.selfpatch) if cfg.selfpatch.enabled else None
-        return DINO(cfg.model.backbone, options=options, in_channels=in_channels, selfpatch=selfpatch)
+        return DINO(
+            cfg.model.backbone,
+            options=options,
+            in_channels=in_channels,
+            selfpatch=selfpatch,
+            pretext=PretextSettings.from_config(cfg),
+        )
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)

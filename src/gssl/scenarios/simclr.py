@@ -9,7 +9,7 @@ from ..config import Config, ConfigError
 from ..contrastive import SimCLR
 from ..data.views import ViewAugment
 from ..fusion import BatchFusion
-from ..gating import gate_options
+from ..method import PretextSettings
 from .base import Batch, Context, Scenario, settings_on
 
 
@@ -17,6 +17,7 @@ class SimCLRScenario(Scenario):
     sections = ("contrastive", "fusion")
     per_rank_draws = True  # each rank draws its own views
     has_classifier = False
+    pretext_options = ("ssl.pretext_scale", "ssl.pretext_scale_learned")
 
     trigger = "contrastive.views"  # the setting that asks for this method in config files without `method`
 
@@ -51,13 +52,10 @@ class SimCLRScenario(Scenario):
             temperature=c.temperature,
             proj_dim=c.proj_dim,
             proj_hidden=c.proj_hidden,
-            tasks=cfg.ssl.tasks,
-            gate=cfg.ssl.gate,
-            ssl_ratio=cfg.ssl.ratio,
             in_channels=in_channels,
-            gate_kw=gate_options(cfg.ssl),
             fusion=fusion,
             backbone_options=backbone_options(cfg),
+            pretext=PretextSettings.from_config(cfg),
         )
 
     def __init__(self, ctx: Context):

@@ -3,9 +3,11 @@ single head distilled from the aggregated prediction; judged also by the aggrega
 
 from __future__ import annotations
 
+import dataclasses
+
 from .. import metrics
 from ..build import backbone_options
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, SSLConfig
 from ..sla import SLASD
 from .base import Scenario
 
@@ -23,10 +25,24 @@ class SLASDScenario(Scenario):
     def check(cfg: Config) -> None:
         if cfg.sla.transform == "none":
             raise ConfigError("method sla-sd needs sla.transform=rotation or channel")
-        if cfg.ssl.tasks and cfg.ssl.gate != "none":
+        if cfg.ssl.tasks:
             raise ConfigError(
                 f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
-                f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none"
+                f"{cfg.ssl.tasks}; set ssl.tasks=[], or sla.transform=none"
+            )
+        default = (
+            SSLConfig()
+        )  # with no pretext term, no other ssl setting is read (gate: none or its default)
+        for key in (f.name for f in dataclasses.fields(SSLConfig) if f.name not in ("tasks", "gate")):
+            value, default_value = getattr(cfg.ssl, key), getattr(default, key)
+            if value != default_value:
+                raise ConfigError(
+                    f"ssl.{key}={str(value).lower()} is a setting of the gated pretext term, which method "
+                    f"sla-sd does not have; remove it (default {str(default_value).lower()})"
+                )
+        if cfg.ssl.gate not in ("none", default.gate):
+            raise ConfigError(
+                f"ssl.gate={cfg.ssl.gate}: method sla-sd has no pretext tasks to gate; set ssl.gate=none"
             )
 
     @staticmethod
