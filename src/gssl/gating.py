@@ -419,12 +419,13 @@ LOSS_WEIGHTINGS: dict[str, type[Gate]] = {
     "dwa": DynamicWeightAverageGate,
 }
 ALL_GATES: dict[str, type[Gate]] = {**GATES, **LOSS_WEIGHTINGS}
+NO_GATE = "none"  # ssl.gate's value for "no pretext term": not a gate, so not in ALL_GATES
 
 
 def build_gate(mode: str, feat_dim: int, n_tasks: int, **kw) -> Gate:
     """kw is passed on; LearnedGate uses num_classes (per task), tau, strength, per_sample; GradNormGate
     alpha; GradientSimilarityGate weighted; DynamicWeightAverageGate temperature."""
-    if mode == "none":
+    if mode == NO_GATE:
         raise ValueError("gate 'none' means no pretext tasks: build no Pretext and no gate")
     if mode not in ALL_GATES:
         raise ValueError(f"unknown gate {mode!r}; valid: {', '.join(ALL_GATES)}, none")
@@ -434,13 +435,14 @@ def build_gate(mode: str, feat_dim: int, n_tasks: int, **kw) -> Gate:
 def uniform_weight(mode: str, n_tasks: int) -> float:
     """The weight of every task when the gate does not discriminate: 1/n for the softmax gates, 1 for the
     others (uniform, and the loss weightings, which start there: gradnorm and dwa keep the sum at n)."""
-    return 1 / n_tasks if ALL_GATES[mode].on_simplex else 1.0
+    gate = ALL_GATES.get(mode)  # None: ssl.gate=none, a record without gate weights
+    return 1 / n_tasks if gate is not None and gate.on_simplex else 1.0
 
 
 def pretext_on(tasks, gate: str, extra=()) -> bool:
     """Whether a run has a gated pretext term: something to gate (tasks, or extra losses such as
     SelfPatch's) and a gate to weigh it (ssl.gate=none: there is none, and nothing is built)."""
-    return bool(tasks or extra) and gate != "none"
+    return bool(tasks or extra) and gate != NO_GATE
 
 
 def gate_options(ssl) -> dict | None:

@@ -237,18 +237,9 @@ class PretextSettings(NamedTuple):
     ) -> GatedPretext | None:
         if not pretext_on(self.tasks, self.gate, extra):
             return None
+        keywords = self._asdict()  # the fields after `tasks` are GatedPretext's keywords
         return GatedPretext(
-            self.tasks,
-            feat_dim,
-            gate=self.gate,
-            head=self.head,
-            ratio=self.ratio,
-            flip_axis=self.flip_axis,
-            gate_kw=self.gate_kw,
-            scale=self.scale,
-            scale_learned=self.scale_learned,
-            extra=extra,
-            extra_classes=extra_classes,
+            keywords.pop("tasks"), feat_dim, **keywords, extra=extra, extra_classes=extra_classes
         )
 
 

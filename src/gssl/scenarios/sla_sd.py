@@ -8,6 +8,7 @@ import dataclasses
 from .. import metrics
 from ..build import backbone_options
 from ..config import Config, ConfigError, SSLConfig
+from ..gating import NO_GATE
 from ..sla import SLASD
 from .base import Scenario
 
@@ -40,9 +41,9 @@ class SLASDScenario(Scenario):
                     f"ssl.{key}={str(value).lower()} is a setting of the gated pretext term, which method "
                     f"sla-sd does not have; remove it (default {str(default_value).lower()})"
                 )
-        if cfg.ssl.gate not in ("none", default.gate):
+        if cfg.ssl.gate not in (NO_GATE, default.gate):
             raise ConfigError(
-                f"ssl.gate={cfg.ssl.gate}: method sla-sd has no pretext tasks to gate; set ssl.gate=none"
+                f"ssl.gate={cfg.ssl.gate}: method sla-sd has no pretext tasks to gate; set ssl.gate={NO_GATE}"
             )
 
     @staticmethod
