@@ -125,7 +125,8 @@ def check_gate_settings(cfg: Config) -> None:
         if value == getattr(default, key):
             continue
         readers = gate_setting_readers(key)
-        if ssl.gate not in readers or not pretext_on(ssl.tasks, ssl.gate):
+        extra = ["selfpatch"] if cfg.selfpatch.enabled else []  # a loss the gate weighs beside the tasks
+        if ssl.gate not in readers or not pretext_on(ssl.tasks, ssl.gate, extra):
             raise ConfigError(
                 f"ssl.{key}={str(value).lower()} is read only by ssl.gate={' or '.join(readers)} weighing "
                 f"pretext tasks, but this run has ssl.gate={ssl.gate}, ssl.tasks={ssl.tasks}; remove it "
