@@ -31,15 +31,14 @@ class SLASDScenario(Scenario):
                 f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
                 f"{cfg.ssl.tasks}; set ssl.tasks=[], or sla.transform=none"
             )
-        default = (
-            SSLConfig()
-        )  # with no pretext term, no other ssl setting is read (gate: none or its default)
+        # with no pretext term, no other ssl setting is read (the gate: none, or left at its default)
+        default = SSLConfig()
         for key in (f.name for f in dataclasses.fields(SSLConfig) if f.name not in ("tasks", "gate")):
             value, default_value = getattr(cfg.ssl, key), getattr(default, key)
             if value != default_value:
                 raise ConfigError(
-                    f"ssl.{key}={str(value).lower()} is a setting of the gated pretext term, which method "
-                    f"sla-sd does not have; remove it (default {str(default_value).lower()})"
+                    f"ssl.{key}={str(value).lower()} is not read by method sla-sd (it has no gated pretext "
+                    f"term); remove it (default {str(default_value).lower()})"
                 )
         if cfg.ssl.gate not in (NO_GATE, default.gate):
             raise ConfigError(
