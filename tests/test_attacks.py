@@ -160,9 +160,10 @@ def test_the_training_loop_steps_on_attacked_batches(fake_cifar10, tmp_path):
     assert type(scenario).__name__ == "Adversarial"
     batches, _ = scenario.batches(0)
     x, y = next(iter(batches))
-    attacked, y_out, _, _ = scenario.prepare(x, y, torch.Generator().manual_seed(0), 0, 0)
-    gap = (attacked - x) * 0.5  # symmetric normalisation: pixel = 0.5 * x + 0.5
-    assert torch.equal(y_out, y) and gap.abs().max() > 1 / 255
+    batch = scenario.prepare(x, y, torch.Generator().manual_seed(0), 0, 0)
+    gap = (batch.x - x) * 0.5  # symmetric normalisation: pixel = 0.5 * x + 0.5
+    assert torch.equal(batch.y, y) and gap.abs().max() > 1 / 255
+    assert batch.cls_loss is ctx.cls_loss and batch.params.keys()  # the inner batch's other fields, kept
     assert gap.abs().max() <= 8 / 255 + 1e-6
 
     clean = train_tiny_run(fake_cifar10, tmp_path / "clean", 1, "data.normalize=symmetric")

@@ -1,9 +1,10 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from gssl.gating import GATES, LearnedGate, ReferenceGate, build_gate, gate_entropy
+from gssl.gating import ALL_GATES, GATES, LearnedGate, ReferenceGate, build_gate, gate_entropy, gate_options
 
 K = [16, 2, 6]  # lorot, flip, channel
 CHANCE = torch.tensor([math.log(k) for k in K])
@@ -154,3 +155,27 @@ def test_learned_gate_is_stable_on_large_unnormalised_features():
         opt.step()
     w = out.weights
     assert gate_entropy(w).item() > 1.05 and w.min().item() > 0.25  # uniform is the optimum here
+
+
+@pytest.mark.parametrize("mode", sorted(ALL_GATES))
+def test_each_gates_class_attributes_say_what_it_does(mode):
+    """What the code around a gate reads from its class (gating.Gate) holds for the gate itself: its
+    weights on the simplex or not (`on_simplex`), its parameters trained or never given a gradient
+    (`trains`), and its own settings (`settings`) reach its constructor by name (gate_options)."""
+    torch.manual_seed(0)
+    cls = ALL_GATES[mode]
+    options = gate_options(SimpleNamespace(gate=mode, **{key: 0.7 for key in cls.settings}))
+    gate = build_gate(mode, 64, 3, num_classes=K, **(options or {}))
+    for keyword in (options or {}).values():
+        assert keyword == 0.7
+    feat, losses = torch.randn(32, 64, requires_grad=True), torch.rand(32, 3, requires_grad=True) + 0.1
+    if cls.needs_main_loss:
+        out, _ = gate.combine(losses.sum(), losses.mean(0), losses.mean(0).detach(), [feat])
+    else:
+        out = gate(feat, losses)
+    sums_to_one = out.weights.sum().item() == pytest.approx(1.0)
+    assert sums_to_one == cls.on_simplex
+    (out.pretext_loss + out.aux_loss).backward()
+    params = list(gate.parameters())
+    if params:
+        assert any(p.grad is not None for p in params) == cls.trains

@@ -104,10 +104,10 @@ def test_ratio_zero_is_the_quadrant_transform_as_plain_augmentation():
         ("cifar10-lt0.01-lorot", "ssl.gate=none", None),
         (
             "cifar10-simclr-gated-pretext",
-            "ssl.pretext_scale=30",
-            r"ssl.pretext_scale=30.0 is not read by method simclr \(only by supervised, fixmatch\)",
+            "ssl.clean_class_loss=true",
+            r"ssl.clean_class_loss=true is not read by method simclr \(only by supervised\)",
         ),
-        ("cifar10-dino-selfpatch-gated-vit", "ssl.pretext_scale_learned=true", r"not read by method dino"),
+        ("cifar10-dino-selfpatch-gated-vit", "ssl.clean_class_loss=true", r"not read by method dino"),
         (
             "cifar10-4000-fixmatch-gated-triple",
             "ssl.clean_class_loss=true",

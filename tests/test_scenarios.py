@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import TWO_EPOCHS_EVERY_EVENT
@@ -140,3 +141,78 @@ def test_every_scenario_declares_what_fit_needs(method):
     scenario = SCENARIOS[method]
     for hook in ("prepare", "loss", "batches", "evaluate_epoch", "evaluate_final", "build_model"):
         assert callable(getattr(scenario, hook)), hook
+
+
+def _broken(plain_tuple=False, stats=None):
+    """Supervised with its hand-off (a plain tuple) or its statistics (`stats(original, batch)`) broken."""
+    from gssl.scenarios.supervised import Supervised
+
+    class Broken(Supervised):
+        if plain_tuple:
+
+            def prepare(self, x, y, generator, epoch, step):
+                return tuple(Supervised.prepare(self, x, y, generator, epoch, step))
+
+        if stats is not None:
+
+            @staticmethod
+            def loss(model, *batch):
+                loss, original = Supervised.loss(model, *batch)
+                return loss, stats(original, batch)  # batch: the fields, unnamed
+
+    return Broken
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (_broken(plain_tuple=True), r"Broken.prepare must return a NamedTuple of loss's arguments"),
+        (
+            _broken(stats=lambda s, _: {k: v for k, v in s.items() if k != "correct"}),
+            r"Broken.loss's stats lack \['correct'\]; every scenario reports \['loss', 'correct'\]",
+        ),
+        (
+            _broken(stats=lambda s, args: {**s, "per_image": args[1].float()}),
+            r"Broken.loss's stats\['per_image'\] must be a tensor of shape \(\) .* got \(16,\)",
+        ),
+        (_broken(stats=lambda s, _: {**s, "ratio": 0.5}), r"stats\['ratio'\] must be a tensor .* got float"),
+    ],
+)
+def test_a_step_that_breaks_the_hand_off_or_stats_contract_fails_at_once_naming_it(
+    broken, message, fake_cifar10, tmp_path
+):
+    from gssl import engine
+    from gssl.config import parse_set
+    from gssl.distributed import Dist
+    from gssl.presets import resolve
+
+    sets = [f"data.root={fake_cifar10}", "compile=false", *TWO_EPOCHS_EVERY_EVENT]
+    cfg = resolve("cifar10-lt0.01-erm", sets=[parse_set(s) for s in sets])
+    ctx = engine.build_context(cfg, tmp_path / "run", Dist(), "cpu", quiet=True)
+    with pytest.raises(TypeError, match=message):
+        engine.fit(ctx, broken(ctx), log=lambda *_: None)
+    assert (
+        not (tmp_path / "run" / "metrics.jsonl").exists()
+        or not (tmp_path / "run" / "metrics.jsonl").read_text()
+    )  # it failed on the first step, before any epoch's row
+
+
+def test_the_unbroken_supervised_step_keeps_both_contracts(fake_cifar10, tmp_path):
+    """The check itself passes the real scenario's step (so the refusals above are about the breakage)."""
+    from gssl.scenarios.base import Batch, check_step
+
+    from gssl import engine, scenarios
+    from gssl.config import parse_set
+    from gssl.distributed import Dist
+    from gssl.presets import resolve
+
+    sets = [f"data.root={fake_cifar10}", "compile=false", *TWO_EPOCHS_EVERY_EVENT]
+    cfg = resolve("cifar10-lt0.01-gated-triple", sets=[parse_set(s) for s in sets])
+    ctx = engine.build_context(cfg, tmp_path / "run", Dist(), "cpu", quiet=True)
+    scenario = scenarios.build(ctx)
+    x, y = next(iter(scenario.batches(0)[0]))
+    batch = scenario.prepare(x, y, torch.Generator().manual_seed(0), 0, 0)
+    assert isinstance(batch, Batch) and batch.params  # named, with the pretext draws
+    _, stats = scenario.loss(ctx.model, *batch)
+    check_step(scenario, batch, stats)
+    assert {"loss", "correct", "cls_loss"} <= stats.keys()

@@ -22,6 +22,7 @@ from .data import (
     long_tail_indices,
     mean_std,
 )
+from .gating import pretext_on
 from .losses import build_loss
 
 
@@ -119,7 +120,7 @@ def check_shapes(cfg: Config, C: int, H: int, W: int) -> None:
             f"the {cfg.data.name} images ({H}x{W}): set vit.image_size={H} and a vit.patch dividing it "
             f"(4 on 32 px, 8 on 64 px)"
         )
-    if cfg.ssl.tasks and cfg.ssl.gate != "none" and (H % 2 or W % 2):
+    if pretext_on(cfg.ssl.tasks, cfg.ssl.gate) and (H % 2 or W % 2):
         raise ConfigError(
             f"ssl.tasks: quadrant pretext tasks need even image sides, but {cfg.data.name} images are "
             f"{H}x{W}; pad or resize the images, or set ssl.tasks=[]"

@@ -4,7 +4,7 @@ frozen representation is judged.
 `SimCLR`: SimCLR (Chen et al. 2020) on V views of every image, the NT-Xent loss on a projection head,
 plus the pretext tasks (whole-image rotation, LoRot-E, 2x2 jigsaw, ...) predicted from the same forward
 pass and weighted by any gate mode, exactly as GatedSSL weights them beside the classifier; optionally
-with batch fusion (gssl.fusion) ahead of the backbone. `knn_predict`, `linear_probe` and `frozen_eval`:
+with batch fusion (gssl.methods.simclr.fusion) ahead of the backbone. `knn_predict`, `linear_probe` and `frozen_eval`:
 k-NN and linear evaluation of the backbone's pooled features.
 """
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import metrics
-from .method import LEGACY_PRETEXT_KEYS, build_gated_pretext, pretext_forward, rename_legacy_keys
+from .method import LEGACY_PRETEXT_KEYS, PretextSettings, pretext_forward, rename_legacy_keys
 from .models import build_backbone
 
 
@@ -67,7 +67,9 @@ class SimCLR(nn.Module):
     """The step gets the V views of each image stacked as [V*N] (view-major); the pretext transforms, the
     batch fusion and ONE backbone pass (gssl.method.pretext_forward) feed the projection head
     (Linear-ReLU-Linear, SimCLR v1) and the gated pretext term. `forward` is the representation (pooled
-    backbone feature): a contrastive model has no classifier; it is judged by k-NN or a linear probe."""
+    backbone feature): a contrastive model has no classifier; it is judged by k-NN or a linear probe.
+    `pretext` (PretextSettings.from_config, as the scenario builds it) replaces `tasks`, `gate`,
+    `ssl_ratio` and `gate_kw`, kept for building one by hand (linear heads, the flip task's axis W)."""
 
     def __init__(
         self,
@@ -84,13 +86,14 @@ class SimCLR(nn.Module):
         gate_kw: dict | None = None,
         fusion: nn.Module | None = None,
         backbone_options: dict | None = None,
+        pretext: PretextSettings | None = None,
     ):
         super().__init__()
         self.backbone = build_backbone(backbone, in_channels, backbone_options)
         dim = self.backbone.feat_dim
-        self.pretext = build_gated_pretext(
-            tasks, gate, dim, head="linear", ratio=ssl_ratio, flip_axis="W", gate_kw=gate_kw
-        )
+        if pretext is None:  # by hand: linear heads, the flip task's axis W
+            pretext = PretextSettings(tuple(tasks), gate, "linear", ssl_ratio, "W", gate_kw)
+        self.pretext = pretext.build(dim)
         self.projection = nn.Sequential(
             nn.Linear(dim, proj_hidden), nn.ReLU(inplace=True), nn.Linear(proj_hidden, proj_dim)
         )

@@ -150,7 +150,7 @@ def step_module(ranks: Dist, model: nn.Module, loss_fn, device: torch.device) ->
 
 def _frozen_gate(model: nn.Module) -> bool:
     pretext = getattr(model, "pretext", None)
-    return pretext is not None and pretext.gate_mode == "reference"
+    return pretext is not None and not pretext.gate.trains
 
 
 def global_params(ranks: Dist, model, x: torch.Tensor, gen: torch.Generator, size: int, start: int) -> dict:

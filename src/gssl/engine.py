@@ -26,6 +26,7 @@ from . import __version__, code_revision, distributed, metrics, rundir
 from .build import build_cls_loss, pick_device
 from .config import Config, ConfigError
 from .methods import registry
+from .methods.base import check_step
 from .methods.registry import Context, Scenario, build_data, build_model, check_shapes
 from .optimizer import build_optimizer, clip_each_gradient, set_epoch_hyperparameters
 from .runconfig import to_yaml
@@ -323,9 +324,11 @@ def train_epoch(ctx: Context, scenario: Scenario, loop: Loop, epoch: int) -> tup
     for step, (x, y) in enumerate(bar):
         if channels_last(cfg):
             x = x.contiguous(memory_format=torch.channels_last)
-        args = scenario.prepare(x, y, generator, epoch, step)
+        batch = scenario.prepare(x, y, generator, epoch, step)
         with autocast(ctx.device.type, ctx.precision):
-            loss, stats = loop.step(*args)
+            loss, stats = loop.step(*batch)
+        if step == 0:
+            check_step(scenario, batch, stats)
         loop.watch.update(step, loss, stats)
         if not cuda:  # reading it is free on CPU; on CUDA once per epoch, below
             _stop_if_non_finite(loop.watch, epoch, cfg.optim.epochs, steps, ctx.run_dir)

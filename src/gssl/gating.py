@@ -25,7 +25,7 @@ optional parts of the protocol serve them:
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .distributed import mean_over_ranks, sum_over_ranks
+
+
+class Gate(nn.Module):
+    """What the code around a gate asks of it, as attributes of its class (never a comparison of names):
+    how it is combined (`needs_main_loss`), whether DDP sees its parameters unused (`trains`), what a
+    non-discriminating weight is (`on_simplex`), whether a pack (vmap, gssl.packed) can run it
+    (`packable`), and which ssl settings it reads (`settings`: ssl key -> its constructor's keyword)."""
+
+    needs_main_loss: ClassVar[bool] = False  # weighs the tasks against the main loss: combine(), not forward
+    trains: ClassVar[bool] = True  # False: its parameters never get a gradient
+    on_simplex: ClassVar[bool] = False  # its weights sum to 1 (softmax), so a task's uniform weight is 1/T
+    packable: ClassVar[bool] = True  # no state across steps and no gradient inside the step
+    settings: ClassVar[dict[str, str]] = {}
 
 
 class GateOutput(NamedTuple):
@@ -46,7 +59,7 @@ def gate_entropy(weights: Tensor) -> Tensor:
     return -(weights * torch.log(weights.clamp_min(1e-12))).sum(-1)
 
 
-class ReferenceGate(nn.Module):
+class ReferenceGate(Gate):
     """The authors' gate: G = softmax(mean_b(W^T f_b + b)), one weight per task for the batch.
 
     The code turns G into Python floats (`.item()`) before weighting the losses, so the gate is
@@ -56,6 +69,8 @@ class ReferenceGate(nn.Module):
     values, no host sync). With that init and post-ReLU features the random weighting is usually
     far from uniform: for a fresh ResNet-32 and the three tasks, one task gets 0.79-0.93 of the weight
     (5 seeds), which one depending on the seed."""
+
+    trains, on_simplex = False, True
 
     def __init__(self, feat_dim: int, n_tasks: int, **_):
         super().__init__()
@@ -68,7 +83,7 @@ class ReferenceGate(nn.Module):
         return GateOutput((losses.mean(0) * g).sum(), losses.new_zeros(()), g)
 
 
-class UniformGate(nn.Module):
+class UniformGate(Gate):
     """Ungated baseline: every pretext loss has weight 1 (the code's "Nomoe")."""
 
     def __init__(self, feat_dim: int, n_tasks: int, **_):
@@ -80,7 +95,7 @@ class UniformGate(nn.Module):
         return GateOutput(losses.mean(0).sum(), losses.new_zeros(()), ones)
 
 
-class LearnedGate(nn.Module):
+class LearnedGate(Gate):
     """A gate that learns, without collapsing onto the easiest task.
 
     Why not just backpropagate sum_n G_n L_n into the gate? Its minimum over the simplex is the
@@ -107,6 +122,9 @@ class LearnedGate(nn.Module):
     An alternative defence, learning the gate against the classification loss (bilevel), needs a
     second backward per step; this one costs a [B, T] softmax.
     """
+
+    on_simplex = True
+    settings = {"gate_tau": "tau"}
 
     def __init__(
         self,
@@ -150,7 +168,7 @@ class LearnedGate(nn.Module):
         return GateOutput(pretext, aux, g.detach().mean(0))
 
 
-class UncertaintyGate(nn.Module):
+class UncertaintyGate(Gate):
     """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018, "Multi-task learning using
     uncertainty to weigh losses for scene geometry and semantics").
 
@@ -183,7 +201,7 @@ class UncertaintyGate(nn.Module):
         return GateOutput(pretext, pretext.new_zeros(()), precision.detach())
 
 
-class GradNormGate(nn.Module):
+class GradNormGate(Gate):
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018, "GradNorm: gradient normalization for
     adaptive loss balancing in deep multitask networks"), Algorithm 1 and eq. 1-2.
 
@@ -210,6 +228,9 @@ class GradNormGate(nn.Module):
     the other gates is about the pretext tasks only (and ssl_ratio keeps its meaning). The gradients are
     taken with torch.autograd.grad inside the step, which torch.compile traces into the step's graph
     (gssl.step.Compiled turns dynamo's trace_autograd_ops on)."""
+
+    packable = False
+    settings = {"gradnorm_alpha": "alpha"}
 
     def __init__(self, feat_dim: int, n_tasks: int, *, alpha: float = 1.5, **_):
         super().__init__()
@@ -264,7 +285,7 @@ class GradNormGate(nn.Module):
         weight.copy_(torch.where(total > 0, weight * self.n_tasks / total.clamp_min(1e-12), 1.0))
 
 
-class GradientSimilarityGate(nn.Module):
+class GradientSimilarityGate(Gate):
     """Gradient similarity (Du, Czarnecki, Jayakumar, Farajtabar, Pascanu & Lakshminarayanan, 2018,
     "Adapting auxiliary losses using gradient similarity", arXiv:1812.02224): an auxiliary task's gradient
     reaches the SHARED parameters theta only as far as it agrees with the main task's there, with
@@ -290,7 +311,8 @@ class GradientSimilarityGate(nn.Module):
     |theta| numbers), so every rank gates with the one-process cosines. Under fp16 autocast the gradients
     are taken unscaled (no GradScaler): small ones may underflow to a cosine of 0 (the task off)."""
 
-    needs_main_loss = True
+    needs_main_loss, packable = True, False
+    settings = {"gcs_weighted": "weighted"}
 
     def __init__(self, feat_dim: int, n_tasks: int, *, weighted: bool = False, **_):
         super().__init__()
@@ -326,7 +348,7 @@ def flat_gradient(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
     )
 
 
-class DynamicWeightAverageGate(nn.Module):
+class DynamicWeightAverageGate(Gate):
     """Dynamic weight average (Liu, Johns & Davison, CVPR 2019, "End-to-end multi-task learning with
     attention", eq. 7; the authors' code: lorenmt/mtan im2im_pred/utils.py, multi_task_trainer):
 
@@ -342,6 +364,9 @@ class DynamicWeightAverageGate(nn.Module):
     `after_step` averages the step's losses over ranks (one all-reduce of N numbers), so the epoch means
     are the global batch's and every rank has the same weights. Compiles as one graph. The
     classification loss keeps weight 1, as in the other gates of this family."""
+
+    packable = False
+    settings = {"dwa_temperature": "temperature"}
 
     def __init__(self, feat_dim: int, n_tasks: int, *, temperature: float = 2.0, **_):
         super().__init__()
@@ -385,42 +410,47 @@ class DynamicWeightAverageGate(nn.Module):
         return self.n_tasks * F.softmax(rate / self.temperature, dim=0)
 
 
-GATES: dict[str, type] = {"reference": ReferenceGate, "learned": LearnedGate, "uniform": UniformGate}
+GATES: dict[str, type[Gate]] = {"reference": ReferenceGate, "learned": LearnedGate, "uniform": UniformGate}
 # the established ways to weigh auxiliary losses (issue 21, docs/gates.md)
-LOSS_WEIGHTINGS: dict[str, type] = {
+LOSS_WEIGHTINGS: dict[str, type[Gate]] = {
     "uncertainty": UncertaintyGate,
     "gradnorm": GradNormGate,
     "gcs": GradientSimilarityGate,
     "dwa": DynamicWeightAverageGate,
 }
-ALL_GATES: dict[str, type] = {**GATES, **LOSS_WEIGHTINGS}
+ALL_GATES: dict[str, type[Gate]] = {**GATES, **LOSS_WEIGHTINGS}
+NO_GATE = "none"  # ssl.gate's value for "no pretext term": not a gate, so not in ALL_GATES
 
 
-def build_gate(mode: str, feat_dim: int, n_tasks: int, **kw) -> nn.Module:
+def build_gate(mode: str, feat_dim: int, n_tasks: int, **kw) -> Gate:
     """kw is passed on; LearnedGate uses num_classes (per task), tau, strength, per_sample; GradNormGate
     alpha; GradientSimilarityGate weighted; DynamicWeightAverageGate temperature."""
-    if mode == "none":
+    if mode == NO_GATE:
         raise ValueError("gate 'none' means no pretext tasks: build no Pretext and no gate")
     if mode not in ALL_GATES:
         raise ValueError(f"unknown gate {mode!r}; valid: {', '.join(ALL_GATES)}, none")
     return ALL_GATES[mode](feat_dim, n_tasks, **kw)
 
 
-SOFTMAX_GATES = ("reference", "learned")  # weights on the simplex: they sum to 1
-
-
 def uniform_weight(mode: str, n_tasks: int) -> float:
     """The weight of every task when the gate does not discriminate: 1/n for the softmax gates, 1 for the
     others (uniform, and the loss weightings, which start there: gradnorm and dwa keep the sum at n)."""
-    return 1 / n_tasks if mode in SOFTMAX_GATES else 1.0
+    gate = ALL_GATES.get(mode)  # None: ssl.gate=none, a record without gate weights
+    return 1 / n_tasks if gate is not None and gate.on_simplex else 1.0
+
+
+def pretext_on(tasks, gate: str, extra=()) -> bool:
+    """Whether a run has a gated pretext term: something to gate (tasks, or extra losses such as
+    SelfPatch's) and a gate to weigh it (ssl.gate=none: there is none, and nothing is built)."""
+    return bool(tasks or extra) and gate != NO_GATE
 
 
 def gate_options(ssl) -> dict | None:
     """The chosen gate's own settings from the config's ssl section (None: the gate has none)."""
-    options = {
-        "learned": {"tau": ssl.gate_tau},
-        "gradnorm": {"alpha": ssl.gradnorm_alpha},
-        "gcs": {"weighted": ssl.gcs_weighted},
-        "dwa": {"temperature": ssl.dwa_temperature},
-    }
-    return options.get(ssl.gate)
+    settings = ALL_GATES[ssl.gate].settings if ssl.gate in ALL_GATES else {}
+    return {keyword: getattr(ssl, key) for key, keyword in settings.items()} or None
+
+
+def gate_setting_readers(key: str) -> list[str]:
+    """The gates that read the ssl setting `key` (e.g. gate_tau: [learned]); [] for any other key."""
+    return [name for name, gate in ALL_GATES.items() if key in gate.settings]

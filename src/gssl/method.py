@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gating import build_gate
+from .gating import build_gate, gate_options, pretext_on
 from .models import build_backbone, build_head
 from .pretext import build_pretext
 
@@ -72,7 +72,7 @@ class GatedPretext(nn.Module):
     statistics that say whether each head learns. `start_epoch` and `after_step` pass the scenario's
     hooks on to a gate with state of its own (dwa, gradnorm).
 
-    `extra` names auxiliary losses computed elsewhere (SelfPatch's patch-level loss, gssl.selfpatch):
+    `extra` names auxiliary losses computed elsewhere (SelfPatch's patch-level loss, gssl.methods.dino.selfpatch):
     the caller hands their per-sample values to `forward`, and the gate weighs them beside the tasks'
     (one more column each; `extra_classes` is each one's "number of classes", whose log is its chance
     level for the learned gate). They have no head here, and `tasks` may then be empty."""
@@ -100,7 +100,7 @@ class GatedPretext(nn.Module):
         chance = [classes[task] for task in self.tasks] + list(extra_classes)
         gate_kw = {"num_classes": chance, **(gate_kw or {})}
         self.gate = build_gate(gate, feat_dim, len(self.tasks) + len(self.extra), **gate_kw)
-        self.gate_mode, self.ratio = gate, ratio
+        self.ratio = ratio
         self.scale = scale  # 1 = the reference's raw cosines; anything else is a labelled deviation
         # ssl.pretext_scale_learned: a temperature per head, learned as its log from log(scale)
         self.log_scale = (
@@ -132,7 +132,7 @@ class GatedPretext(nn.Module):
         columns += [extra_losses[name].float() for name in self.extra]
         losses = torch.stack(columns, dim=1)
         stats = self.head_stats(head_logits, labels, losses)
-        if getattr(self.gate, "needs_main_loss", False):  # its weights come with the main loss: against_main
+        if self.gate.needs_main_loss:  # its weights come with the main loss: against_main
             return self.term_for_main(feat, labels, losses, shared), stats
         gated = self.gate(feat, losses)
         stats["aux"] = gated.aux_loss.detach()
@@ -204,11 +204,43 @@ class GatedPretext(nn.Module):
             hook()
 
 
-def build_gated_pretext(tasks: Sequence[str], gate: str, feat_dim: int, **kw) -> GatedPretext | None:
-    """The component, or None when there is nothing to gate (no tasks, or gate "none")."""
-    if gate == "none" or not tasks:
-        return None
-    return GatedPretext(tasks, feat_dim, gate=gate, **kw)
+class PretextSettings(NamedTuple):
+    """What the gated pretext term is made of: `from_config` reads it from a config's ssl section and
+    model.head, the one place every network carrying the term (GatedSSL, SimCLR, DINO) gets it from;
+    `build` makes the component, or None when there is nothing to gate (gating.pretext_on)."""
+
+    tasks: tuple[str, ...] = ()
+    gate: str = "reference"
+    head: str = "linear"
+    ratio: float = 0.1
+    flip_axis: str = "H"
+    gate_kw: dict | None = None  # the gate's own settings (gating.gate_options)
+    scale: float = 1.0
+    scale_learned: bool = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "PretextSettings":
+        ssl = cfg.ssl
+        return cls(
+            tuple(ssl.tasks),
+            ssl.gate,
+            cfg.model.head,
+            ssl.ratio,
+            ssl.flip_axis,
+            gate_options(ssl),
+            ssl.pretext_scale,
+            ssl.pretext_scale_learned,
+        )
+
+    def build(
+        self, feat_dim: int, extra: Sequence[str] = (), extra_classes: Sequence[int] = ()
+    ) -> GatedPretext | None:
+        if not pretext_on(self.tasks, self.gate, extra):
+            return None
+        keywords = self._asdict()  # the fields after `tasks` are GatedPretext's keywords
+        return GatedPretext(
+            keywords.pop("tasks"), feat_dim, **keywords, extra=extra, extra_classes=extra_classes
+        )
 
 
 def rename_legacy_keys(renames: dict[str, str]):
@@ -230,6 +262,8 @@ LEGACY_PRETEXT_KEYS = {"heads.": "pretext.heads.", "gate.": "pretext.gate."}
 class GatedSSL(nn.Module):
     """Backbone + classifier head, and the gated pretext term when there are tasks.
 
+    `pretext` (PretextSettings.from_config, as the scenarios build it) replaces the keywords from `tasks`
+    to `pretext_scale_learned`, kept for building one by hand (tests, notebooks, benchmarks).
     `clean_class_loss` (ssl.clean_class_loss, a deviation): the class loss on a second forward pass of the
     untransformed batch, the pretext losses on the transformed one (the reference: both on the latter)."""
 
@@ -249,21 +283,16 @@ class GatedSSL(nn.Module):
         pretext_scale_learned: bool = False,
         clean_class_loss: bool = False,
         backbone_options: dict | None = None,
+        pretext: PretextSettings | None = None,
     ):
         super().__init__()
         self.backbone = build_backbone(backbone, in_channels, backbone_options)
         self.classifier = build_head(head, self.backbone.feat_dim, num_classes)
-        self.pretext = build_gated_pretext(
-            tasks,
-            gate,
-            self.backbone.feat_dim,
-            head=head,
-            ratio=ssl_ratio,
-            flip_axis=flip_axis,
-            gate_kw=gate_kw,
-            scale=pretext_scale,
-            scale_learned=pretext_scale_learned,
-        )
+        if pretext is None:
+            pretext = PretextSettings(
+                tuple(tasks), gate, head, ssl_ratio, flip_axis, gate_kw, pretext_scale, pretext_scale_learned
+            )
+        self.pretext = pretext.build(self.backbone.feat_dim)
         self.clean_class_loss = clean_class_loss
         self.register_load_state_dict_pre_hook(rename_legacy_keys(LEGACY_PRETEXT_KEYS))
 
@@ -347,7 +376,7 @@ def pretext_forward(
         ssl_total = out.new_zeros((), dtype=torch.float32)
         return out, PretextTerm(ssl_total), {"aux": ssl_total.detach()}
     shared = ()
-    if getattr(pretext.gate, "needs_main_loss", False):
+    if pretext.gate.needs_main_loss:
         shared = (*backbone.parameters(), *(fusion.parameters() if fusion is not None else ()))
     term, stats = pretext(feat, labels, shared)
     return out, term, stats

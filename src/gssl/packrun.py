@@ -30,7 +30,9 @@ from .build import build_cls_loss, pick_device
 from .config import Config, ConfigError
 from .distributed import Dist
 from .engine import Loop, Progress, epoch_line, epoch_row, final_summary, pretext_seed, save_epoch
+from .gating import ALL_GATES, pretext_on
 from .methods import registry
+from .methods.base import check_step
 from .methods.registry import Context, Scenario, build_data, build_model, check_shapes
 from .methods.supervised.scenario import Supervised
 from .optimizer import build_optimizer, set_epoch_hyperparameters
@@ -40,7 +42,6 @@ from .schedule import lr_at, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
 PREVIOUS = "pack-previous.pt"  # a member's last.pt of the epoch before, while the pack saves an epoch
-PACKABLE_GATES = ("reference", "learned", "uniform", "uncertainty", "none")  # no state across steps
 
 
 @dataclass
@@ -86,7 +87,7 @@ def unpackable(cfg: Config) -> list[str]:
         reasons.append(f"method {registry.method_of(cfg)} (packs train supervised runs only)")
     if registry.wrappers_of(cfg):
         reasons.append("adversarial training or SSP pre-training")
-    if cfg.ssl.gate not in PACKABLE_GATES:
+    if pretext_on(cfg.ssl.tasks, cfg.ssl.gate) and not ALL_GATES[cfg.ssl.gate].packable:
         reasons.append(f"ssl.gate={cfg.ssl.gate} (a gate with state across steps, or gradients in the step)")
     if cfg.precision == "fp16":
         reasons.append("precision=fp16 (one loss scale would skip every member's step when one overflows)")
@@ -249,14 +250,14 @@ def train_pack_epoch(members: list[Member], pack: Pack, loop: Loop, epoch: int) 
     loaders = [member.scenario.batches(epoch) for member in members]
     steps = loaders[0][1]
     for step, batches in enumerate(zip(*(batches for batches, _ in loaders))):
-        args = stack_args(
-            [
-                member.scenario.prepare(x, y, generator, epoch, step)
-                for member, (x, y), generator in zip(members, batches, generators)
-            ]
-        )
+        prepared = [
+            member.scenario.prepare(x, y, generator, epoch, step)
+            for member, (x, y), generator in zip(members, batches, generators)
+        ]
         with autocast(ctx.device.type, ctx.precision):
-            loss, stats = loop.step(*args)
+            loss, stats = loop.step(*stack_args(prepared))
+        if step == 0:
+            check_step(members[0].scenario, prepared[0], stats, (pack.size,))
         loop.watch.update(step, stats["loss"], stats)
         if not cuda:
             report_non_finite(members, loop.watch, epoch, steps)

@@ -26,6 +26,7 @@ from ..evaluation import (
     read_config,
     scenario_class,
 )
+from ..gating import pretext_on
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Run:
             )
 
     def tasks(self) -> list[str]:
-        return [] if self.cfg.ssl.gate == "none" else list(self.cfg.ssl.tasks)
+        return list(self.cfg.ssl.tasks) if pretext_on(self.cfg.ssl.tasks, self.cfg.ssl.gate) else []
 
     def test_split(self):
         """The test images: the rebuilt run's, or read alone where no model is needed (no checkpoint)."""

@@ -7,8 +7,8 @@ through the hooks fit() calls, in this order:
     before_fit(run_dir)                     once, fresh runs only (SSP pre-trains here)
     per epoch:  start_epoch(epoch)          (DRW switches on here; a gate's per-epoch state rolls)
                 batches(epoch) -> (iterable of (x, y), steps)
-                per batch:  prepare(x, y, generator, epoch, step) -> args    eager: the random draws
-                            loss(model, *args) -> (loss, stats)              pure: compiled, under DDP
+                per batch:  prepare(x, y, generator, epoch, step) -> batch   eager: the random draws
+                            loss(model, *batch) -> (loss, stats)             pure: compiled, under DDP
                             after_step()                    (a gate's step state; an EMA updates here)
                 diagnose(epoch) -> the row's diagnostics (the gradient each loss term puts on the backbone)
                 evaluate_epoch(eval_fn) -> the row's test metrics ("test_acc" first)
@@ -16,6 +16,21 @@ through the hooks fit() calls, in this order:
 
 `state_dict`/`load_state_dict` carry any state of its own in the checkpoint. A wrapper (adversarial
 training, SSP pre-training) is a Scenario around another one, overriding only its own hooks.
+
+The hand-off from `prepare` to `loss` is a NamedTuple (`Batch`, or a scenario's own), whose fields are
+`loss`'s arguments after the model: a wrapper reads and replaces fields by name (`batch._replace(x=...)`).
+A NamedTuple is still a tuple and a registered pytree, so the step receives `*batch` through
+torch.compile and DDP as before, and a pack stacks the members' batches with pytree (gssl.packed; a
+dataclass is not a pytree).
+
+The statistics `loss` returns beside the loss are a dict of detached tensors, one value per step (a
+scalar; a pack's [members] vector), summed on the device over the epoch. Both contracts are checked on
+each epoch's first step (`check_step`), so a scenario that breaks one fails at once, naming it:
+    "loss"          the step's total loss, a batch mean
+    "correct"       how many of the batch's predictions were right (a count): the row's train_acc; a
+                    scenario without a classifier counts its own agreement (SimCLR's nearest positive)
+    "<name>_correct" another count: the row's <name>_train_acc
+    anything else   a batch mean: the row's mean over the epoch (the loss terms, gate weights, ...)
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -82,6 +97,45 @@ class Context:
     def ordered(self, split) -> DeviceLoader:
         """Un-augmented and in order: the test set, or the training images for a frozen evaluation."""
         return ordered_loader(split, self.data, max(512, self.cfg.optim.batch_size), self.device)
+
+
+class Batch(NamedTuple):
+    """What `prepare` hands `loss` in the supervised scenarios (and SimCLR, whose x are its views):
+    `model.loss_from_params`'s arguments."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    cls_loss: nn.Module
+    params: dict[str, torch.Tensor]  # the pretext draws ({} without tasks)
+
+
+REQUIRED_STATS = ("loss", "correct")
+
+
+def check_step(scenario, batch, stats, shape: tuple[int, ...] = ()) -> None:
+    """Raise TypeError naming what is wrong when a step breaks the contracts above (the engine would
+    otherwise fail at the epoch's end, or sum a vector into the row): `batch`, what `prepare` returned;
+    `stats`, what `loss` returned beside the loss; `shape`, one statistic's (a pack's: [members])."""
+    name = type(scenario).__name__
+    if not (isinstance(batch, tuple) and hasattr(batch, "_fields")):
+        raise TypeError(f"{name}.prepare must return a NamedTuple of loss's arguments, got {type(batch)}")
+    if not isinstance(stats, dict):
+        raise TypeError(
+            f"{name}.loss must return (loss, stats) with stats a dict, got {type(stats).__name__}"
+        )
+    missing = [key for key in REQUIRED_STATS if key not in stats]
+    if missing:
+        raise TypeError(
+            f"{name}.loss's stats lack {missing}; every scenario reports {list(REQUIRED_STATS)} "
+            "(gssl.methods.base: the stats contract)"
+        )
+    for key, value in stats.items():
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise TypeError(
+                f"{name}.loss's stats[{key!r}] must be a tensor of shape {shape} (one value per step; "
+                f"a batch mean or a count), got {got}"
+            )
 
 
 # The ssl settings that change how the pretext heads' losses are made, beyond the tasks and the gate, each
@@ -193,15 +247,16 @@ class Scenario:
         self.train_loader.set_epoch(epoch)
         return self.train_loader, len(self.train_loader)
 
-    def prepare(self, x, y, generator: torch.Generator, epoch: int, step: int) -> tuple:
+    def prepare(self, x, y, generator: torch.Generator, epoch: int, step: int) -> Batch:
         params = distributed.global_params(
             self.ctx.dist, self.ctx.model, x, generator, *self.train_loader.shard(step)
         )
-        return x, y, self.ctx.cls_loss, params
+        return Batch(x, y, self.ctx.cls_loss, params)
 
     @staticmethod
-    def loss(model: nn.Module, *args):
-        return model.loss_from_params(*args)
+    def loss(model: nn.Module, *batch):
+        """The pure step on prepare's batch (its fields as arguments): (loss, stats as documented above)."""
+        return model.loss_from_params(*batch)
 
     def after_step(self) -> None:
         if self.pretext is not None:  # a gate with per-step state (dwa's sums, gradnorm's renormalisation)

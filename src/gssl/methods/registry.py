@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from .. import build as build_parts
 from ..build import Data
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, SSLConfig
+from ..gating import ALL_GATES, gate_setting_readers, pretext_on
 from .adversarial.scenario import Adversarial
 from .base import PRETEXT_OPTIONS, Context, Scenario, Wrapper
 from .dino.scenario import DINOScenario
@@ -82,6 +83,7 @@ def check(cfg: Config) -> None:
     for wrapper in wrappers_of(cfg):
         wrapper.check(cfg)
     check_pretext_options(cfg)
+    check_gate_settings(cfg)
     if cfg.diagnose_every != 1 and scenario_class(cfg).loss_terms is None:
         raise ConfigError(
             f"diagnose_every={cfg.diagnose_every}: method {method_of(cfg)} logs no gradient diagnostic (only "
@@ -113,11 +115,30 @@ def check_pretext_options(cfg: Config) -> None:
                 f"{name}={value} is not read by method {method} (only by {', '.join(readers)}); "
                 f"remove it (default {str(default).lower()}) or choose one of those methods"
             )
-        if not ssl.tasks or ssl.gate == "none":
+        if not pretext_on(ssl.tasks, ssl.gate):
             raise ConfigError(
                 f"{name}={value} is a setting of the pretext tasks, but this run has none (ssl.tasks="
                 f"{ssl.tasks}, ssl.gate={ssl.gate}); set ssl.tasks (e.g. [lorot]) or remove {name} "
                 f"(default {str(default).lower()})"
+            )
+
+
+def check_gate_settings(cfg: Config) -> None:
+    """Refuse a gate's own setting (gating.Gate.settings: ssl.gate_tau, ...) set where that gate does not
+    weigh this run's pretext tasks."""
+    ssl, default = cfg.ssl, SSLConfig()
+    keys = dict.fromkeys(key for gate in ALL_GATES.values() for key in gate.settings)
+    for key in keys:
+        value = getattr(ssl, key)
+        if value == getattr(default, key):
+            continue
+        readers = gate_setting_readers(key)
+        extra = ["selfpatch"] if cfg.selfpatch.enabled else []  # a loss the gate weighs beside the tasks
+        if ssl.gate not in readers or not pretext_on(ssl.tasks, ssl.gate, extra):
+            raise ConfigError(
+                f"ssl.{key}={str(value).lower()} is read only by ssl.gate={' or '.join(readers)} weighing "
+                f"pretext tasks, but this run has ssl.gate={ssl.gate}, ssl.tasks={ssl.tasks}; remove it "
+                f"(default {str(getattr(default, key)).lower()}) or set ssl.gate={readers[0]} with tasks"
             )
 
 

@@ -1,4 +1,4 @@
-"""Adversarial training (SPEC section 6) around a scenario whose batches are (x, y, loss, params): the
+"""Adversarial training (SPEC section 6) around a scenario whose batches are `Batch`es: the
 step sees the attacked batch (the attack itself runs eagerly), and the run ends with robust accuracy."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from ... import attacks
 from ...config import Config, ConfigError
 from ...step import autocast
-from ..base import Wrapper, settings_on
+from ..base import Batch, Wrapper, settings_on
 
 
 def attack_of(cfg: Config, steps: int, kind: str | None = None) -> attacks.Attack:
@@ -34,16 +34,20 @@ class Adversarial(Wrapper):
         self.attack = attack_of(self.ctx.cfg, self.ctx.cfg.adv.steps)
 
     def prepare(self, x, y, generator, epoch, step):
-        x, y, cls_loss, params = self.inner.prepare(x, y, generator, epoch, step)
+        batch = self.inner.prepare(x, y, generator, epoch, step)
+        if not isinstance(batch, Batch):
+            raise TypeError(
+                f"adversarial training attacks a Batch (x, y, cls_loss, params), not {type(batch)}"
+            )
         model, cfg = self.ctx.model, self.ctx.cfg
         objective = (
-            attacks.training_objective(model, cls_loss, params)
+            attacks.training_objective(model, batch.cls_loss, batch.params)
             if cfg.adv.objective == "pretext"
-            else attacks.classification_objective(model, cls_loss)
+            else attacks.classification_objective(model, batch.cls_loss)
         )
         with attacks.attack_mode(model, cfg.adv.bn_train), autocast(self.ctx.device.type, self.ctx.precision):
-            x = attacks.perturb(objective, x, y, self.space, self.attack, generator)
-        return x, y, cls_loss, params
+            attacked = attacks.perturb(objective, batch.x, batch.y, self.space, self.attack, generator)
+        return batch._replace(x=attacked)
 
     def evaluate_final(self):
         logits, labels, extra = self.inner.evaluate_final()

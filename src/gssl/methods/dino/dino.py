@@ -1,5 +1,5 @@
 """DINO (Caron et al., ICCV 2021, "Emerging Properties in Self-Supervised Vision Transformers") as the
-image-level objective, with SelfPatch (gssl.selfpatch) on top and the gated pretext term beside them.
+image-level objective, with SelfPatch (gssl.methods.dino.selfpatch) on top and the gated pretext term beside them.
 
 Followed: facebookresearch/dino `main_dino.py` (DINOLoss, the schedules) and `vision_transformer.py`
 (DINOHead), and the SelfPatch authors' `main_selfpatch.py`, which extends them:
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ...distributed import mean_over_ranks
 from ...ema import EMA
-from ...method import GatedPretext
+from ...method import PretextSettings
 from ...models import build_backbone
 from ...models.vit import init_vit_weights
 from .selfpatch import Aggregation, neighbour_index, select_positives, selfpatch_loss
@@ -145,7 +145,15 @@ class DINO(nn.Module):
     ssl_ratio, not `patch_weight`, scales it). `forward` is the teacher's image representation: what is
     judged, as DINO evaluates its teacher."""
 
-    def __init__(self, backbone: str, *, options: dict, in_channels: int = 3, selfpatch: dict | None = None):
+    def __init__(
+        self,
+        backbone: str,
+        *,
+        options: dict,
+        in_channels: int = 3,
+        selfpatch: dict | None = None,
+        pretext: PretextSettings | None = None,
+    ):
         super().__init__()
         d, sp = options, selfpatch
         net = build_backbone(backbone, in_channels, d["backbone_options"])
@@ -161,12 +169,8 @@ class DINO(nn.Module):
         self.register_buffer("patch_center", torch.zeros(sp["out_dim"] if sp else 0))
         self.selfpatch, self.student_temp, self.center_momentum = sp, d["student_temp"], d["center_momentum"]
         extra = ["selfpatch"] if sp else []
-        self.pretext = None
-        if d["gate"] != "none" and (d["tasks"] or extra):
-            self.pretext = GatedPretext(
-                d["tasks"], width, gate=d["gate"], ratio=d["ssl_ratio"], flip_axis=d["flip_axis"],
-                gate_kw=d["gate_kw"], extra=extra, extra_classes=[sp["out_dim"]] if sp else [],
-            )  # fmt: skip
+        pretext = pretext or PretextSettings(gate="none")
+        self.pretext = pretext.build(width, extra, [sp["out_dim"]] if sp else [])
 
     @property
     def backbone(self) -> nn.Module:
@@ -237,7 +241,7 @@ class DINO(nn.Module):
         else:
             extra = {} if per_image is None else {"selfpatch": per_image.repeat(2)}  # rows: view-major
             shared = ()
-            if getattr(self.pretext.gate, "needs_main_loss", False):
+            if self.pretext.gate.needs_main_loss:
                 upstream = (student.backbone, *([student.aggregation] if self.selfpatch else []))
                 shared = tuple(p for module in upstream for p in module.parameters())
             term, pretext_stats = self.pretext(image, labels, shared, extra)

@@ -6,23 +6,35 @@ and by a linear probe (and k-NN) of it and of its averaged patch tokens at the e
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 
 from ...build import backbone_options
 from ...config import Config, ConfigError
 from ...data.views import ViewAugment
-from ...gating import gate_options
+from ...method import PretextSettings
 from ...metrics import top1
 from ...step import autocast
 from ..base import SWITCHES, Context, Scenario, settings_on
 from .dino import DINO, PatchFeatures, teacher_momentum, teacher_temperature
 
 
+class DINOBatch(NamedTuple):
+    """What `prepare` hands `loss` (DINO.loss_from_params's arguments)."""
+
+    global_views: torch.Tensor  # [2N], pretext-transformed as the teacher saw them
+    local_views: torch.Tensor | None  # [L N], or None without local crops
+    targets: dict[str, torch.Tensor]  # the teacher's centred, sharpened targets
+    labels: dict[str, torch.Tensor]  # the pretext labels ({} without tasks)
+    last_layer_grad: torch.Tensor  # 0 while the heads' last layers are frozen, else 1
+
+
 class DINOScenario(Scenario):
     sections = ("dino", "selfpatch")
     per_rank_draws = True  # each rank draws its own views
     has_classifier = False
+    pretext_options = ("ssl.pretext_scale", "ssl.pretext_scale_learned")
 
     @staticmethod
     def check(cfg: Config) -> None:
@@ -40,17 +52,15 @@ class DINOScenario(Scenario):
 
     @staticmethod
     def build_model(cfg: Config, num_classes: int, in_channels: int) -> DINO:
-        options = {
-            **dataclasses.asdict(cfg.dino),
-            "backbone_options": backbone_options(cfg),
-            "tasks": cfg.ssl.tasks,
-            "gate": cfg.ssl.gate,
-            "ssl_ratio": cfg.ssl.ratio,
-            "flip_axis": cfg.ssl.flip_axis,
-            "gate_kw": gate_options(cfg.ssl),
-        }
+        options = {**dataclasses.asdict(cfg.dino), "backbone_options": backbone_options(cfg)}
         selfpatch = dataclasses.asdict(cfg.selfpatch) if cfg.selfpatch.enabled else None
-        return DINO(cfg.model.backbone, options=options, in_channels=in_channels, selfpatch=selfpatch)
+        return DINO(
+            cfg.model.backbone,
+            options=options,
+            in_channels=in_channels,
+            selfpatch=selfpatch,
+            pretext=PretextSettings.from_config(cfg),
+        )
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
@@ -84,7 +94,7 @@ class DINOScenario(Scenario):
             targets = model.teacher_targets(global_views, local_views, temperature)
         # full, not tensor: a Python value made a tensor is a host copy, a CUDA sync every step
         last_layer_grad = torch.full((), float(epoch >= d.freeze_last_layer), device=x.device)
-        return global_views, local_views, targets, labels, last_layer_grad
+        return DINOBatch(global_views, local_views, targets, labels, last_layer_grad)
 
     def after_step(self) -> None:
         super().after_step()  # the gate's step state first

@@ -3,6 +3,8 @@ pass, a fixed number of steps per epoch, and evaluation on an exponential moving
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ...config import Config, ConfigError
@@ -11,6 +13,20 @@ from ...ema import EMA
 from ..base import Context, Scenario
 from ..supervised.scenario import Supervised
 from . import semisup
+
+
+class FixMatchBatch(NamedTuple):
+    """What `prepare` hands `loss` (semisup.fixmatch_loss's arguments after the model)."""
+
+    x: torch.Tensor  # the labelled batch
+    y: torch.Tensor
+    xu: torch.Tensor  # the unlabelled batch, weakly augmented
+    xs: torch.Tensor  # the same, strongly augmented
+    yu: torch.Tensor  # its true labels: only the pseudo-labels' accuracy reads them
+    cls_loss: torch.nn.Module
+    params: dict[str, torch.Tensor]  # the pretext draws for the three views at once
+    threshold: float
+    lambda_u: float
 
 
 class FixMatch(Scenario):
@@ -76,7 +92,7 @@ class FixMatch(Scenario):
         xs = self.strong(xu, generator)
         params = self.ctx.model.sample_params(torch.cat([x, xu, xs]), generator)
         semi = self.ctx.cfg.semi
-        return x, y, xu, xs, yu, self.ctx.cls_loss, params, semi.threshold, semi.lambda_u
+        return FixMatchBatch(x, y, xu, xs, yu, self.ctx.cls_loss, params, semi.threshold, semi.lambda_u)
 
     loss = staticmethod(semisup.fixmatch_loss)
 

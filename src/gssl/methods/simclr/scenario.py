@@ -8,8 +8,8 @@ from ...build import backbone_options
 from ...config import Config, ConfigError
 from ...contrastive import SimCLR
 from ...data.views import ViewAugment
-from ...gating import gate_options
-from ..base import Context, Scenario, settings_on
+from ...method import PretextSettings
+from ..base import Batch, Context, Scenario, settings_on
 from .fusion import BatchFusion
 
 
@@ -17,6 +17,7 @@ class SimCLRScenario(Scenario):
     sections = ("contrastive", "fusion")
     per_rank_draws = True  # each rank draws its own views
     has_classifier = False
+    pretext_options = ("ssl.pretext_scale", "ssl.pretext_scale_learned")
 
     trigger = "contrastive.views"  # the setting that asks for this method in config files without `method`
 
@@ -56,13 +57,10 @@ class SimCLRScenario(Scenario):
             temperature=c.temperature,
             proj_dim=c.proj_dim,
             proj_hidden=c.proj_hidden,
-            tasks=cfg.ssl.tasks,
-            gate=cfg.ssl.gate,
-            ssl_ratio=cfg.ssl.ratio,
             in_channels=in_channels,
-            gate_kw=gate_options(cfg.ssl),
             fusion=fusion,
             backbone_options=backbone_options(cfg),
+            pretext=PretextSettings.from_config(cfg),
         )
 
     def __init__(self, ctx: Context):
@@ -84,7 +82,7 @@ class SimCLRScenario(Scenario):
         if model.fusion is not None:  # batch fusion grows with training progress
             model.fusion.set_progress((epoch * steps + step) / max(1, epochs * steps - 1))
         views = self.view_augment.views(x, generator, self.ctx.cfg.contrastive.views).flatten(0, 1)
-        return views, y, self.ctx.cls_loss, model.sample_params(views, generator)
+        return Batch(views, y, self.ctx.cls_loss, model.sample_params(views, generator))
 
     def _frozen_eval(self, linear_epochs: int) -> dict:
         return self.judge_frozen(

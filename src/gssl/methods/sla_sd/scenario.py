@@ -3,9 +3,12 @@ single head distilled from the aggregated prediction; judged also by the aggrega
 
 from __future__ import annotations
 
+import dataclasses
+
 from ... import metrics
 from ...build import backbone_options
-from ...config import Config, ConfigError
+from ...config import Config, ConfigError, SSLConfig
+from ...gating import NO_GATE
 from ..base import Scenario
 from .sla import SLASD
 
@@ -19,10 +22,23 @@ class SLASDScenario(Scenario):
     def check(cfg: Config) -> None:
         if not cfg.sla.on():
             raise ConfigError("method sla-sd needs sla.transform=rotation or channel")
-        if cfg.ssl.tasks and cfg.ssl.gate != "none":
+        if cfg.ssl.tasks:
             raise ConfigError(
                 f"sla.transform={cfg.sla.transform} replaces the gated pretext tasks, but ssl.tasks="
-                f"{cfg.ssl.tasks}; set ssl.tasks=[] (or ssl.gate=none), or sla.transform=none"
+                f"{cfg.ssl.tasks}; set ssl.tasks=[], or sla.transform=none"
+            )
+        # with no pretext term, no other ssl setting is read (the gate: none, or left at its default)
+        default = SSLConfig()
+        for key in (f.name for f in dataclasses.fields(SSLConfig) if f.name not in ("tasks", "gate")):
+            value, default_value = getattr(cfg.ssl, key), getattr(default, key)
+            if value != default_value:
+                raise ConfigError(
+                    f"ssl.{key}={str(value).lower()} is not read by method sla-sd (it has no gated pretext "
+                    f"term); remove it (default {str(default_value).lower()})"
+                )
+        if cfg.ssl.gate not in (NO_GATE, default.gate):
+            raise ConfigError(
+                f"ssl.gate={cfg.ssl.gate}: method sla-sd has no pretext tasks to gate; set ssl.gate={NO_GATE}"
             )
 
     @staticmethod

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ...build import backbone_options
 from ...config import Config
-from ...gating import gate_options
-from ...method import GatedSSL
+from ...method import GatedSSL, PretextSettings
 from ..base import Scenario
 
 
@@ -22,15 +21,9 @@ class Supervised(Scenario):
         return GatedSSL(
             cfg.model.backbone,
             num_classes,
-            tasks=cfg.ssl.tasks,
-            gate=cfg.ssl.gate,
             head=cfg.model.head,
-            ssl_ratio=cfg.ssl.ratio,
-            flip_axis=cfg.ssl.flip_axis,
             in_channels=in_channels,
-            gate_kw=gate_options(cfg.ssl),
-            pretext_scale=cfg.ssl.pretext_scale,
-            pretext_scale_learned=cfg.ssl.pretext_scale_learned,
+            pretext=PretextSettings.from_config(cfg),
             clean_class_loss=cfg.ssl.clean_class_loss,
             backbone_options=backbone_options(cfg),
         )
