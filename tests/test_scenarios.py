@@ -145,7 +145,7 @@ def test_every_scenario_declares_what_fit_needs(method):
 
 def _broken(plain_tuple=False, stats=None):
     """Supervised with its hand-off (a plain tuple) or its statistics (`stats(original, batch)`) broken."""
-    from gssl.scenarios.supervised import Supervised
+    from gssl.methods.supervised.scenario import Supervised
 
     class Broken(Supervised):
         if plain_tuple:
@@ -199,17 +199,17 @@ def test_a_step_that_breaks_the_hand_off_or_stats_contract_fails_at_once_naming_
 
 def test_the_unbroken_supervised_step_keeps_both_contracts(fake_cifar10, tmp_path):
     """The check itself passes the real scenario's step (so the refusals above are about the breakage)."""
-    from gssl.scenarios.base import Batch, check_step
-
-    from gssl import engine, scenarios
+    from gssl import engine
     from gssl.config import parse_set
     from gssl.distributed import Dist
+    from gssl.methods import registry
+    from gssl.methods.base import Batch, check_step
     from gssl.presets import resolve
 
     sets = [f"data.root={fake_cifar10}", "compile=false", *TWO_EPOCHS_EVERY_EVENT]
     cfg = resolve("cifar10-lt0.01-gated-triple", sets=[parse_set(s) for s in sets])
     ctx = engine.build_context(cfg, tmp_path / "run", Dist(), "cpu", quiet=True)
-    scenario = scenarios.build(ctx)
+    scenario = registry.build(ctx)
     x, y = next(iter(scenario.batches(0)[0]))
     batch = scenario.prepare(x, y, torch.Generator().manual_seed(0), 0, 0)
     assert isinstance(batch, Batch) and batch.params  # named, with the pretext draws

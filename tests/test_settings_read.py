@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import DINO_TINY, TINY_FIXMATCH
-from gssl import engine, scenarios
+from gssl import engine
 from gssl.config import ConfigError, ModelConfig, SSLConfig, parse_set
 from gssl.distributed import Dist
+from gssl.methods import registry
 from gssl.presets import resolve
 
 SMALL = ["model.backbone=resnet8", "optim.batch_size=16", "compile=false"]
@@ -59,7 +60,7 @@ def yaml_text(value) -> str:
 def first_step(cfg, run_dir):
     """What a setting can change: the parameters' names and shapes, the module types, the first loss."""
     ctx = engine.build_context(cfg, run_dir, Dist(), "cpu", quiet=True)
-    scenario = scenarios.build(ctx)
+    scenario = registry.build(ctx)
     scenario.start_epoch(0)
     x, y = next(iter(scenario.batches(0)[0]))
     generator = torch.Generator().manual_seed(engine.pretext_seed(cfg.seed, 0))
@@ -73,8 +74,8 @@ def test_every_ssl_and_model_key_is_honoured_or_refused(method, fake_cifar10, tm
     preset, sets = BASES[method]
     sets = [f"data.root={fake_cifar10}", *sets]
     base = resolve(preset, sets=[parse_set(s) for s in sets])
-    wrappers = [name for name, wrapper in scenarios.WRAPPERS.items() if wrapper.applies(base)]
-    assert method in (scenarios.method_of(base), *wrappers)  # the base runs what it is named for
+    wrappers = [name for name, wrapper in registry.WRAPPERS.items() if wrapper.applies(base)]
+    assert method in (registry.method_of(base), *wrappers)  # the base runs what it is named for
     unchanged = first_step(base, tmp_path / "base")
     ignored = []
     for section, field in KEYS:

@@ -4,8 +4,8 @@ frozen representation is judged.
 `SimCLR`: SimCLR (Chen et al. 2020) on V views of every image, the NT-Xent loss on a projection head,
 plus the pretext tasks (whole-image rotation, LoRot-E, 2x2 jigsaw, ...) predicted from the same forward
 pass and weighted by any gate mode, exactly as GatedSSL weights them beside the classifier; optionally
-with batch fusion (gssl.methods.simclr.fusion) ahead of the backbone. `knn_predict`, `linear_probe` and `frozen_eval`:
-k-NN and linear evaluation of the backbone's pooled features.
+with batch fusion (gssl.methods.simclr.fusion) ahead of the backbone. `knn_predict`, `linear_probe` and
+`frozen_eval`: k-NN and linear evaluation of the backbone's pooled features.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ class GatedPretext(nn.Module):
     statistics that say whether each head learns. `start_epoch` and `after_step` pass the scenario's
     hooks on to a gate with state of its own (dwa, gradnorm).
 
-    `extra` names auxiliary losses computed elsewhere (SelfPatch's patch-level loss, gssl.methods.dino.selfpatch):
+    `extra` names auxiliary losses computed elsewhere (SelfPatch's patch-level loss,
+    gssl.methods.dino.selfpatch):
     the caller hands their per-sample values to `forward`, and the gate weighs them beside the tasks'
     (one more column each; `extra_classes` is each one's "number of classes", whose log is its chance
     level for the learned gate). They have no head here, and `tasks` may then be empty."""

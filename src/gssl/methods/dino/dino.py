@@ -1,5 +1,6 @@
 """DINO (Caron et al., ICCV 2021, "Emerging Properties in Self-Supervised Vision Transformers") as the
-image-level objective, with SelfPatch (gssl.methods.dino.selfpatch) on top and the gated pretext term beside them.
+image-level objective, with SelfPatch (gssl.methods.dino.selfpatch) on top and the gated pretext term
+beside them.
 
 Followed: facebookresearch/dino `main_dino.py` (DINOLoss, the schedules) and `vision_transformer.py`
 (DINOHead), and the SelfPatch authors' `main_selfpatch.py`, which extends them:
