@@ -10,6 +10,7 @@ import torch
 from . import attacks, metrics, rundir
 from .build import Data, ordered_loader, pick_device
 from .contrastive import frozen_eval
+from .methods import registry
 from .methods.registry import build_data, build_model, scenario_class
 from .step import resolve_precision
 
@@ -110,7 +111,6 @@ def rebuilt_scenario(cfg, run_dir: Path, checkpoint: str | None = None):
     without one: the network at initialisation, the floor benchmarks/init_probe.py measures)."""
     from . import distributed
     from .engine import build_context
-    from .methods import registry
 
     ctx = build_context(cfg, Path(run_dir), distributed.Dist(), cfg.device, quiet=True)
     scenario = registry.build(ctx)
