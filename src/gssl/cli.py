@@ -841,6 +841,13 @@ def _sweep_parsers(sub) -> None:
         help="also a line per run: the metric and its difference from the baseline's run of the same "
         "seed, best epoch, shot groups, the pretext heads' accuracy and the gate weights (first -> last)",
     )
+    t.add_argument(
+        "--verdicts",
+        action="store_true",
+        help="also a verdict per row, by written rules (gssl.verdict): better or worse than the baseline "
+        "in every seed, the paper reproduced within 1 point over 3 seeds, what the pretext loss adds over "
+        "the transform alone, whether the pretext heads leave chance and the gate tells the tasks apart",
+    )
     t.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     t.add_argument(
         "--figures",
@@ -938,6 +945,10 @@ def _table(args) -> int:
     print(table.markdown(runs, args.metric, args.baseline), end="")
     if args.per_run:
         print("\nPer run:\n\n" + table.per_run(runs, args.metric, args.baseline), end="")
+    if args.verdicts:
+        from .verdict import verdicts
+
+        print("\n" + verdicts(runs, args.metric, args.baseline), end="")
     if args.csv:
         write_atomic(Path(args.csv), table.to_csv(runs, args.metric, args.baseline).encode())
         print(f"\nCSV written to {args.csv}")

@@ -143,11 +143,11 @@ def _method_diffs(cfg: Config) -> dict:
 
 def build(runs: list[Run], metric: str = "final", baseline: str | None = None, labelled=None):
     """Rows (method labels, baseline first), columns (settings) and cells {(row, column): Cell}.
-    `labelled`: `_labelled(runs)` where the caller already has it."""
+    `labelled`: `label_runs(runs)` where the caller already has it."""
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}: choose one of {list(METRICS)}")
     key, _ = METRICS[metric]
-    labelled, shared = labelled or _labelled(runs)
+    labelled, shared = labelled or label_runs(runs)
     cells: dict[tuple[str, str], Cell] = {}
     for r, label, diffs in labelled:
         paper, paper_epochs = _paper_number(r.cfg, diffs)
@@ -178,7 +178,7 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None, l
     return rows, cols, cells, baseline, sorted(shared)
 
 
-def _labelled(runs: list[Run]) -> tuple[list[tuple[Run, str, dict]], set]:
+def label_runs(runs: list[Run]) -> tuple[list[tuple[Run, str, dict]], set]:
     """Each run with its row label and its departures from its preset; the departures every run shares
     (a shortened protocol), which describe the table, not a row."""
     parsed = [(r, *_method_diffs(r.cfg)) for r in runs]
@@ -318,7 +318,7 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
     pretext term put on the backbone in the last epoch (gssl.diagnostics): what a reader checks a mean
     against. The table's other frozen-feature probes (k-NN, patch tokens) get a column each where a run
     has them."""
-    labelled, shared = _labelled(runs)
+    labelled, shared = label_runs(runs)
     rows, _, cells, base, _ = build(runs, metric, baseline, (labelled, shared))
     key = METRICS[metric][0]
     probes = [k for k, _ in METRICS.values() if k not in (key, "test_acc", "best_test_acc")]
