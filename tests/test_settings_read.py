@@ -90,3 +90,57 @@ def test_every_ssl_and_model_key_is_honoured_or_refused(method, fake_cifar10, tm
         if changed == unchanged:
             ignored.append(f"{key}={value}")
     assert not ignored, f"method {method} silently ignores {ignored}"
+
+
+# Settings a protocol file states for all its rows, read only where their part of the run exists
+# (registry.READ_ONLY_WITH): the user's own value where nothing reads it is refused; the protocol's stays.
+UNREAD = [
+    ("cifar10-lt0.01-ldam-drw", "ssl.ratio=0.5"),  # no pretext tasks
+    ("cifar10-simclr", "ssl.ratio=0.5"),
+    ("cifar10-lt0.01-lorot", "ssl.flip_axis=W"),  # tasks, but not the flip task
+    ("cifar10-lt0.01-ldam-drw", "ssl.flip_axis=W"),
+    ("cifar10-simclr", "model.head=cosine"),  # no classifier, no pretext heads
+    ("cifar10-dino-vit", "model.head=cosine"),
+]
+READ = [
+    ("cifar10-lt0.01-lorot", "ssl.ratio=0.5"),
+    ("cifar10-lt0.01-gated-triple", "ssl.flip_axis=W"),
+    ("cifar10-lt0.01-ldam-drw", "model.head=linear"),  # the classifier reads it
+    ("cifar10-simclr-gated-pretext", "model.head=cosine"),  # the pretext heads read it
+]
+
+
+@pytest.mark.parametrize("preset, setting", UNREAD)
+def test_a_setting_given_where_nothing_reads_it_is_refused_and_nothing_is_written(
+    preset, setting, tmp_path, capsys
+):
+    from gssl.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", preset, "--set", setting, "--out", str(out)]) == 2
+    key = setting.split("=")[0]
+    error = capsys.readouterr().err
+    assert f"{setting} changes nothing in this run" in error and "remove it" in error, error
+    assert not out.exists()
+    with pytest.raises(ConfigError, match=key):
+        resolve(preset, sets=[parse_set(setting)])
+
+
+@pytest.mark.parametrize("preset, setting", READ)
+def test_the_same_setting_is_taken_where_something_reads_it(preset, setting):
+    key, value = setting.split("=")
+    section, name = key.split(".")
+    assert str(getattr(getattr(resolve(preset, sets=[parse_set(setting)]), section), name)) == value
+
+
+def test_the_protocols_own_value_stays_where_nothing_reads_it_and_a_saved_config_is_taken_again(tmp_path):
+    """tiny-imagenet-baseline has no flip task, and its protocol flips left-right for the rows that do;
+    a run's saved config.yaml, given back as a config file, changes nothing from its preset."""
+    from gssl.config import load_yaml
+    from gssl.runconfig import to_yaml
+
+    cfg = resolve("tiny-imagenet-baseline")
+    assert cfg.ssl.flip_axis == "W" and cfg.ssl.tasks == []
+    simclr = resolve("cifar10-simclr")
+    (tmp_path / "config.yaml").write_text(to_yaml(simclr))
+    assert resolve(config=load_yaml(tmp_path / "config.yaml")) == simclr

@@ -17,6 +17,7 @@ from importlib import resources
 import yaml
 
 from .config import Config, ConfigError, merge
+from .methods.registry import check_given
 from .runconfig import from_dict
 
 
@@ -285,7 +286,10 @@ def resolve(preset: str | None = None, config: dict | None = None, sets: list[di
         raise ConfigError(f"preset: expected a preset name, got {base!r}; run `gssl presets` to list them")
     if base:
         values = preset_dict(base)
+    before = from_dict(values) if base else Config()
     values = merge(values, config)
     for s in sets:
         values = merge(values, s)
-    return from_dict(values)
+    cfg = from_dict(values)
+    check_given(cfg, before)
+    return cfg

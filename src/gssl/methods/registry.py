@@ -41,6 +41,7 @@ __all__ = [
     "build_data",
     "check_shapes",
     "build_model",
+    "check_given",
     "method_of",
     "scenario_class",
     "used_sections",
@@ -139,6 +140,41 @@ def check_gate_settings(cfg: Config) -> None:
                 f"ssl.{key}={str(value).lower()} is read only by ssl.gate={' or '.join(readers)} weighing "
                 f"pretext tasks, but this run has ssl.gate={ssl.gate}, ssl.tasks={ssl.tasks}; remove it "
                 f"(default {str(getattr(default, key)).lower()}) or set ssl.gate={readers[0]} with tasks"
+            )
+
+
+def _pretext_term(cfg: Config) -> bool:
+    return pretext_on(cfg.ssl.tasks, cfg.ssl.gate, ["selfpatch"] if cfg.selfpatch.enabled else [])
+
+
+# Settings that only a part of some runs reads, with the test that the part is there and its name. A
+# protocol file states some of them for all its rows (the axis its flip task flips, its pretext weight),
+# so they are not refused by value; a value the user gives where nothing reads it is (check_given).
+READ_ONLY_WITH = {
+    "ssl.ratio": (_pretext_term, "a pretext term (ssl.tasks, or selfpatch, with a gate)"),
+    "ssl.flip_axis": (lambda cfg: "flip" in cfg.ssl.tasks and _pretext_term(cfg), "the flip task"),
+    "model.head": (
+        lambda cfg: scenario_class(cfg).has_classifier or (bool(cfg.ssl.tasks) and _pretext_term(cfg)),
+        "a classifier or pretext heads",
+    ),
+}
+
+
+def _text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_given(cfg: Config, before: Config) -> None:
+    """Refuse a READ_ONLY_WITH setting the user changed from `before` (the preset, or the defaults) in a
+    run where nothing reads it: the run would be the same without it."""
+    for key, (reads, reader) in READ_ONLY_WITH.items():
+        section, name = key.split(".")
+        value, was = getattr(getattr(cfg, section), name), getattr(getattr(before, section), name)
+        if value != was and not reads(cfg):
+            raise ConfigError(
+                f"{key}={_text(value)} changes nothing in this run: only {reader} reads it, and this "
+                f"{method_of(cfg)} run (ssl.tasks={cfg.ssl.tasks}, ssl.gate={cfg.ssl.gate}) has none; remove "
+                f"it (here {_text(was)}) or add what reads it"
             )
 
 
