@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ...fields import below_one, checked, choice, described, finite_positive, non_negative, positive
+from ...fields import below_one, checked, choice, described, non_negative, positive
+from .. import probe_settings as probe
 
 
 def _scale_range(v) -> bool:
@@ -88,17 +89,10 @@ class DINOConfig:
             lambda v: v >= 0, "epochs >= 0", help="epochs the head's last layer gets no gradient"
         ),
     )
-    knn_k: int = field(default=20, metadata=positive("neighbours of the k-NN evaluation"))
-    knn_temperature: float = field(default=0.07, metadata=finite_positive("k-NN vote temperature"))
-    linear_epochs: int = field(
-        default=100,
-        metadata=checked(
-            lambda v: v >= 0,
-            "an integer >= 0 (0: k-NN only)",
-            help="epochs of the final linear probe (0: k-NN only)",
-        ),
-    )
-    linear_lr: float = field(default=0.1, metadata=finite_positive("the linear probe's learning rate"))
+    knn_k: int = probe.knn_k(20)
+    knn_temperature: float = probe.knn_temperature(0.07)
+    linear_epochs: int = probe.linear_epochs()
+    linear_lr: float = probe.linear_lr()
 
 
 @dataclass

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ...fields import checked, described, finite_non_negative, finite_positive, positive
+from .. import probe_settings as probe
 
 
 @dataclass
@@ -35,17 +36,10 @@ class ContrastiveConfig:
             help="smallest area fraction of a random resized crop",
         ),
     )
-    knn_k: int = field(default=200, metadata=positive("neighbours of the k-NN evaluation"))
-    knn_temperature: float = field(default=0.1, metadata=finite_positive("k-NN vote temperature"))
-    linear_epochs: int = field(
-        default=100,
-        metadata=checked(
-            lambda v: v >= 0,
-            "an integer >= 0 (0: k-NN only)",
-            help="epochs of the final linear probe (0: k-NN only)",
-        ),
-    )
-    linear_lr: float = field(default=0.1, metadata=finite_positive("the linear probe's learning rate"))
+    knn_k: int = probe.knn_k(200)
+    knn_temperature: float = probe.knn_temperature(0.1)
+    linear_epochs: int = probe.linear_epochs()
+    linear_lr: float = probe.linear_lr()
 
     def on(self) -> bool:
         return self.views > 0
