@@ -3,10 +3,12 @@
 import csv
 import io
 import json
+import re
 import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gssl import sweep, table
 from gssl.cli import main
@@ -366,6 +368,36 @@ def test_sweep_grid_expands_every_combination_with_readable_names(tmp_path, caps
     )
     assert main(["sweep", "--preset", "quickstart", "--grid", "ssl.gate=learned", "--out", str(out)]) == 2
     assert "expected KEY=[V1,V2,...]" in capsys.readouterr().err
+
+
+def test_runs_picks_rows_of_a_sweep_file_in_its_order_and_names_the_ones_it_has(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    rows = [
+        {"name": name, "preset": "quickstart", "set": {"optim.lr": lr}}
+        for name, lr in (("a", 0.1), ("b", 0.2), ("c", 0.3))
+    ]
+    spec.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "seeds": [0, 1], "runs": rows}))
+    assert main(["sweep", str(spec), "--runs", "c", "a", "--dry-run"]) == 0
+    outs = [Path(out) for out in re.findall(r"--out (\S+)", capsys.readouterr().out)]
+    # the file's order (a before c), seed-major, whatever the order named
+    assert [(out.parent.name, out.name) for out in outs] == [
+        ("a", "seed0"),
+        ("c", "seed0"),
+        ("a", "seed1"),
+        ("c", "seed1"),
+    ]
+    assert main(["campaign", str(spec), "--runs", "c", "a", "--dry-run", "--budget-s", "60"]) == 0
+    planned = re.findall(r"\] (\w+) seed (\d)", capsys.readouterr().out)
+    assert planned == [("a", "0"), ("c", "0"), ("a", "1"), ("c", "1")]
+    assert main(["sweep", str(spec), "--runs", "bb", "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert "has no run named 'bb'; did you mean 'b'? Its runs: a, b, c" in error
+    assert (
+        main(["sweep", "--preset", "quickstart", "--runs", "a", "--out", str(tmp_path / "p"), "--dry-run"])
+        == 2
+    )
+    assert "--runs picks runs of a sweep file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p").exists()
 
 
 # --- the committed sweep files and their records ---------------------------------------------------

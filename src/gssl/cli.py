@@ -756,6 +756,12 @@ def _campaign_parser(sub) -> None:
     c.add_argument("--out", metavar="DIR", help="the campaign's folder (default: the file's `out`)")
     c.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's)")
     c.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="NAME",
+        help="only these runs (rows) of the file, e.g. --runs ldam-drw lorot",
+    )
+    c.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override in every run"
     )
     c.add_argument("--dry-run", action="store_true", help="print what would start, run nothing")
@@ -768,6 +774,13 @@ def _sweep_parsers(sub) -> None:
         "--preset", dest="presets", action="append", default=[], help="a preset to run (repeatable)"
     )
     s.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's, or 0)")
+    s.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="NAME",
+        help="only these runs (rows) of the sweep file, in the file's order, e.g. --runs transform-only "
+        "clean-cls (default: all)",
+    )
     s.add_argument(
         "--set",
         dest="sets",
@@ -868,7 +881,10 @@ def _sweep(args) -> int:
         raise ConfigError("give a sweep file or --preset, not both")
     if args.file:
         jobs = sweep.jobs_from_file(args.file, args.out, args.seeds, args.sets, sweep.parse_grid(args.grid))
+        jobs = sweep.only_runs(jobs, args.runs, args.file)
     elif args.presets:
+        if args.runs:
+            raise ConfigError("--runs picks runs of a sweep file; with --preset, name the presets you want")
         if not args.out:
             raise ConfigError("--preset needs --out DIR for the sweep folder")
         jobs = sweep.jobs_from_presets(
@@ -897,7 +913,9 @@ def _campaign(args) -> int:
     from . import campaign, sweep
     from .config import ConfigError
 
-    jobs = sweep.jobs_from_file(args.file, args.out, args.seeds, args.sets)
+    jobs = sweep.only_runs(
+        sweep.jobs_from_file(args.file, args.out, args.seeds, args.sets), args.runs, args.file
+    )
     log = functools.partial(print, flush=True)
     if args.collect:
         if not Path(args.collect).is_dir():

@@ -26,6 +26,7 @@ Runs are ordered by priority, then seed, then their place in the file.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import os
 import re
@@ -154,6 +155,22 @@ def parse_grid(items: list[str]) -> dict:
             )
         grid[key] = values
     return grid
+
+
+def only_runs(jobs: list[Job], names: list[str] | None, where: str) -> list[Job]:
+    """The jobs of the named runs (rows), in the sweep's own order; None: all of them. A name the sweep
+    does not have is refused with the names it has."""
+    if names is None:
+        return jobs
+    known = list(dict.fromkeys(job.name for job in jobs))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"--runs: {where} has no run named {unknown[0]!r}{hint} Its runs: {', '.join(known)}"
+        )
+    return [job for job in jobs if job.name in names]
 
 
 def jobs_from_file(
