@@ -755,16 +755,21 @@ def _campaign_parser(sub) -> None:
     )
     c.add_argument("--out", metavar="DIR", help="the campaign's folder (default: the file's `out`)")
     c.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's)")
-    c.add_argument(
-        "--runs",
-        nargs="+",
-        metavar="NAME",
-        help="only these runs (rows) of the file, e.g. --runs ldam-drw lorot",
-    )
+    _runs_option(c)
     c.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override in every run"
     )
     c.add_argument("--dry-run", action="store_true", help="print what would start, run nothing")
+
+
+def _runs_option(parser) -> None:
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="NAME",
+        help="only these runs (rows) of the sweep file, in the file's order, e.g. --runs ldam-drw lorot "
+        "(default: all)",
+    )
 
 
 def _sweep_parsers(sub) -> None:
@@ -774,13 +779,7 @@ def _sweep_parsers(sub) -> None:
         "--preset", dest="presets", action="append", default=[], help="a preset to run (repeatable)"
     )
     s.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's, or 0)")
-    s.add_argument(
-        "--runs",
-        nargs="+",
-        metavar="NAME",
-        help="only these runs (rows) of the sweep file, in the file's order, e.g. --runs transform-only "
-        "clean-cls (default: all)",
-    )
+    _runs_option(s)
     s.add_argument(
         "--set",
         dest="sets",
