@@ -166,7 +166,7 @@ def only_runs(jobs: list[Job], names: list[str] | None, where: str) -> list[Job]
     unknown = [name for name in names if name not in known]
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; did you mean {close[0]!r}?" if close else "."
         raise ConfigError(
             f"--runs: {where} has no run named {unknown[0]!r}{hint} Its runs: {', '.join(known)}"
         )
