@@ -124,6 +124,11 @@ def check_pretext_options(cfg: Config) -> None:
             )
 
 
+def _pretext_term(cfg: Config) -> bool:
+    """Whether the run has a gated pretext term: tasks, or SelfPatch's loss beside them, and a gate."""
+    return pretext_on(cfg.ssl.tasks, cfg.ssl.gate, ["selfpatch"] if cfg.selfpatch.enabled else [])
+
+
 def check_gate_settings(cfg: Config) -> None:
     """Refuse a gate's own setting (gating.Gate.settings: ssl.gate_tau, ...) set where that gate does not
     weigh this run's pretext tasks."""
@@ -134,17 +139,12 @@ def check_gate_settings(cfg: Config) -> None:
         if value == getattr(default, key):
             continue
         readers = gate_setting_readers(key)
-        extra = ["selfpatch"] if cfg.selfpatch.enabled else []  # a loss the gate weighs beside the tasks
-        if ssl.gate not in readers or not pretext_on(ssl.tasks, ssl.gate, extra):
+        if ssl.gate not in readers or not _pretext_term(cfg):
             raise ConfigError(
                 f"ssl.{key}={str(value).lower()} is read only by ssl.gate={' or '.join(readers)} weighing "
                 f"pretext tasks, but this run has ssl.gate={ssl.gate}, ssl.tasks={ssl.tasks}; remove it "
                 f"(default {str(getattr(default, key)).lower()}) or set ssl.gate={readers[0]} with tasks"
             )
-
-
-def _pretext_term(cfg: Config) -> bool:
-    return pretext_on(cfg.ssl.tasks, cfg.ssl.gate, ["selfpatch"] if cfg.selfpatch.enabled else [])
 
 
 # Settings that only a part of some runs reads, with the test that the part is there and its name. A
