@@ -61,8 +61,10 @@ def verdicts(runs: list[Run], metric: str = "final", baseline: str | None = None
             parts.append(_against_paper(cell, group))
             same_tasks = transform_only.get((col, _tasks(group[0]))) if group else None
             if same_tasks is not None and same_tasks != row and group[0].cfg.ssl.ratio > 0:
-                parts.append(_over_transform(cell, cells[(same_tasks, col)], same_tasks, base, cells, col))
-            parts += [_heads(group), _gate(group), _gradient(group)]
+                transform, base_cell = cells[(same_tasks, col)], cells.get((base, col))
+                parts.append(_over_transform(cell, transform, same_tasks, base, base_cell))
+            runs = [epochs for epochs in (rundir.read_metrics(run.path) for run in group) if epochs]
+            parts += [_heads(group, runs), _gate(group, runs), _gradient(runs)]
             lines.append(f"- **{row}**, {col}: " + "; ".join(p for p in parts if p) + ".")
     if base is not None:
         lines += [
@@ -138,11 +140,10 @@ def _against_paper(cell: Cell, group: list[Run]) -> str:
     return f"paper {cell.paper:.2f}: {'reproduced' if within else 'not reproduced'} (gap {gap:+.2f}{spread})"
 
 
-def _over_transform(cell: Cell, transform: Cell, name: str, base, cells: dict, col: str) -> str:
+def _over_transform(cell: Cell, transform: Cell, name: str, base: str | None, base_cell: Cell | None) -> str:
     """What the pretext gradient adds over the same transforms weighted 0, and the transform's own share
-    of the row's difference from the baseline, over the seeds all three rows have."""
+    of the row's difference from the baseline `base` (its cell: base_cell), over the seeds all three have."""
     words, _ = _paired_words(cell, transform, f"the transform alone ({name})")
-    base_cell = cells.get((base, col)) if base is not None else None
     seeds = set(cell.accs) & set(transform.accs) & set(base_cell.accs if base_cell else ())
     if not seeds:
         return words
@@ -156,13 +157,10 @@ def _over_transform(cell: Cell, transform: Cell, name: str, base, cells: dict, c
     )
 
 
-def _metrics(group: list[Run]) -> list[list[dict]]:
-    return [epochs for epochs in (rundir.read_metrics(run.path) for run in group) if epochs]
-
-
-def _heads(group: list[Run]) -> str:
-    """Each pretext head's last-epoch training accuracy, mean over seeds, against its chance."""
-    lasts = [epochs[-1] for epochs in _metrics(group)]
+def _heads(group: list[Run], runs: list[list[dict]]) -> str:
+    """Each pretext head's last-epoch training accuracy, mean over seeds, against its chance. `runs`: the
+    metrics rows of each run of the group."""
+    lasts = [epochs[-1] for epochs in runs]
     prefix = "pretext_acc_"
     tasks = [key[len(prefix) :] for key in (lasts[0] if lasts else {}) if key.startswith(prefix)]
     if not tasks or group[0].cfg.ssl.ratio == 0:
@@ -178,10 +176,9 @@ def _heads(group: list[Run]) -> str:
     return "; ".join(w for w in (learned, chance_words) if w)
 
 
-def _gate(group: list[Run]) -> str:
+def _gate(group: list[Run], runs: list[list[dict]]) -> str:
     """Whether the gate's last-epoch weights single out one task in every seed; nothing where the weights
     never moved from the uniform weight (no gate to judge) or the pretext loss is weighted 0."""
-    runs = _metrics(group)
     keys = [key for key in (runs[0][-1] if runs else {}) if key.startswith("gate_")]
     if len(keys) < 2 or group[0].cfg.ssl.ratio == 0:
         return ""
@@ -202,10 +199,8 @@ def _gate(group: list[Run]) -> str:
     return f"the gate tells the tasks apart ({weights}, last epoch)"
 
 
-def _gradient(group: list[Run]) -> str:
-    ratios = [
-        epochs[-1]["grad_ratio_pretext"] for epochs in _metrics(group) if epochs[-1].get("grad_ratio_pretext")
-    ]
+def _gradient(runs: list[list[dict]]) -> str:
+    ratios = [epochs[-1]["grad_ratio_pretext"] for epochs in runs if epochs[-1].get("grad_ratio_pretext")]
     if not ratios:
         return ""
     shown = f"{min(ratios):.0f}x" if len(ratios) == 1 else f"{min(ratios):.0f}-{max(ratios):.0f}x"
