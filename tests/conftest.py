@@ -109,7 +109,7 @@ def train_preset(preset: str, data_root: Path, out: Path, *sets: str) -> Path:
 
 
 def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> Path:
-    """A real `gssl train` run on the fake CIFAR-10 (ResNet-20, gated LoRot-E + flip + channel, batch 16,
+    """A real `gssl train` run on the fake CIFAR-10 (ResNet-8, gated LoRot-E + flip + channel, batch 16,
     constant lr), on the CPU unless `sets` name another device: on a GPU machine the default `auto` would
     train in bf16 on CUDA, outside the tolerances the CPU comparisons were written for."""
     from gssl.cli import main
@@ -127,7 +127,7 @@ def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> P
         "--set",
         "device=cpu",
         "--set",
-        "model.backbone=resnet20",
+        "model.backbone=resnet8",
         "--set",
         "optim.batch_size=16",
         "--set",

@@ -45,7 +45,7 @@ def _train(root, out, *sets, preset="cifar10-lt0.01-gated-triple"):
         "--set",
         f"data.root={root}",
         "--set",
-        "model.backbone=resnet20",
+        "model.backbone=resnet8",
         "--set",
         "optim.epochs=1",
         "--set",

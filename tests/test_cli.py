@@ -11,10 +11,10 @@ import yaml
 from gssl.cli import main
 from gssl.presets import VARIANTS
 
-# ResNet-20, 9 steps an epoch at a constant learning rate: enough to learn the tinted classes in 5 epochs.
+# ResNet-8, 9 steps an epoch at a constant learning rate: enough to learn the tinted classes in 5 epochs.
 TINY = [
     "--set",
-    "model.backbone=resnet20",
+    "model.backbone=resnet8",
     "--set",
     "optim.batch_size=16",
     "--set",

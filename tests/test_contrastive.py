@@ -135,7 +135,7 @@ def test_frozen_eval_knn_and_linear_on_a_backbone():
 
 
 TINY = [
-    "model.backbone=resnet20",
+    "model.backbone=resnet8",
     "optim.batch_size=16",
     "optim.epochs=2",
     "optim.base_epochs=2",

@@ -35,7 +35,7 @@ def test_gated_training_on_real_long_tailed_cifar10(tmp_path, capsys):
             "--set",
             "data.test_limit=2000",
             "--set",
-            "model.backbone=resnet20",
+            "model.backbone=resnet8",
             "--set",
             "optim.epochs=5",
             "--set",
@@ -60,7 +60,7 @@ def test_gated_training_on_real_long_tailed_cifar10(tmp_path, capsys):
     assert all(abs(sum(r[f"gate_{t}"] for t in ("lorot", "flip", "channel")) - 1) < 1e-4 for r in rows)
     s = json.loads((out / "summary.json").read_text())
     assert s["class_counts"] == long_tail_counts(600, 10, 0.2)
-    assert s["test_acc"] > 20, s["test_acc"]  # chance is 10%; this run measured 27.45%
+    assert s["test_acc"] > 20, s["test_acc"]  # chance is 10%; this run measured 26.1% (ResNet-8, 2026-12-07)
     assert len(s["per_class_acc"]) == 10 and s["many_shot_acc"] is not None
     for name in ("last", "best"):
         ck = torch.load(out / "checkpoints" / f"{name}.pt", weights_only=True)

@@ -30,7 +30,7 @@ def _cmd(root, out, *extra):
         "--set",
         "optim.epochs=4",
         "--set",
-        "model.backbone=resnet20",
+        "model.backbone=resnet8",
         "--set",
         "optim.batch_size=40",
         "--set",

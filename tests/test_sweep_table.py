@@ -183,7 +183,7 @@ seeds: [0, 1]
 set:
   data.root: {data_root}
   data.imbalance: 0.5
-  model.backbone: resnet20
+  model.backbone: resnet8
   optim.batch_size: 32
   optim.epochs: 1
   optim.base_epochs: 1

@@ -49,7 +49,7 @@ def _tiny(root, *sets):
         "--set",
         f"data.root={root}",
         "--set",
-        "model.backbone=resnet20",
+        "model.backbone=resnet8",
         "--set",
         "optim.epochs=1",
         "--set",
