@@ -47,7 +47,8 @@ def paper_length(tmp_path_factory):
         alone accounts for 50% of the triple's -1.00.
     The triple's heads: lorot (11 + 13) / 2 = 12.0, (12 - 6.25) / 93.75 = 6.1% of the way -> learns;
         flip 52.2: 4.4% -> at chance; channel 17.0 -> at chance. Its gate (reference, uniform 1/3): flip
-        first in both seeds, means 0.15 / 0.65 / 0.2, spread 0.5 = 1.5 uniform weights -> tells apart.
+        first in both seeds, means 0.15 / 0.65 / 0.2, spread 0.5 = 1.5 uniform weights, but 2 seeds ->
+        undecided.
     """
     root = tmp_path_factory.mktemp("verdict") / "runs"
     for seed, acc in enumerate((77.0, 77.5, 76.9)):
@@ -86,7 +87,8 @@ def test_each_row_gets_its_verdict_by_the_written_rules(paper_length):
         "undecided (2 of 3 seeds: worse in all 2 seeds); "
         "the transform alone accounts for 50% of its -1.00 against ldam-drw (seeds 0, 1); heads that learn: "
         "lorot 12.0% (chance 6.2); heads at chance: flip 52.2% (chance 50.0), channel 17.0% (chance 16.7); "
-        "the gate tells the tasks apart (lorot 0.150 / flip 0.650 / channel 0.200, last epoch); the class "
+        "the gate: undecided (2 of 3 seeds: flip first in all 2 seeds; lorot 0.150 / flip 0.650 / "
+        "channel 0.200, last epoch); the class "
         "loss pulls on the backbone 300-500x harder than the pretext term (last epoch)."
     )
     assert lines["gated-triple-transform-only"] == (
@@ -130,13 +132,18 @@ def _gated(root, gates_by_seed, gate="learned"):
 
 
 def test_a_gate_is_judged_on_its_spread_and_on_the_same_task_first_in_every_seed(tmp_path):
-    # (0.36 - 0.32) / (1/3) = 0.12 >= 0.10 and flip first in both: apart
-    apart = _gated(tmp_path / "apart", [(0.32, 0.36, 0.32), (0.32, 0.36, 0.32)])
+    # (0.36 - 0.32) / (1/3) = 0.12 >= 0.10 and flip first in all 3: apart
+    apart = _gated(tmp_path / "apart", [(0.32, 0.36, 0.32)] * 3)
     assert "the gate tells the tasks apart (lorot 0.320 / flip 0.360 / channel 0.320" in apart
+    # the same weights in 2 seeds: a claim about every seed waits for the third
+    two = _gated(tmp_path / "two", [(0.32, 0.36, 0.32)] * 2)
+    assert "the gate: undecided (2 of 3 seeds: flip first in all 2 seeds; lorot 0.320 / flip 0.360" in two
     # (0.35 - 0.32) / (1/3) = 0.09 < 0.10: close together
-    close = _gated(tmp_path / "close", [(0.32, 0.35, 0.33), (0.32, 0.35, 0.33)])
+    close = _gated(tmp_path / "close", [(0.32, 0.35, 0.33)] * 3)
     assert "the gate does not tell the tasks apart: its weights lie close together" in close
-    # spread 0.30 / (1/3) but lorot first in seed 0, channel in seed 1
+    close_two = _gated(tmp_path / "close-two", [(0.32, 0.35, 0.33)] * 2)
+    assert "the gate: undecided (2 of 3 seeds: its weights lie close together; lorot 0.320" in close_two
+    # spread 0.30 / (1/3) but lorot first in seed 0, channel in seed 1: settled with 2 seeds
     ranked = _gated(tmp_path / "ranked", [(0.6, 0.1, 0.3), (0.2, 0.1, 0.7)])
     assert "the gate does not tell the tasks apart: the seeds rank them differently" in ranked
     assert "heads at chance: lorot 6.0% (chance 6.2), flip 50.0% (chance 50.0), channel 16.0%" in ranked

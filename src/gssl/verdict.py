@@ -13,8 +13,9 @@ so the verdict paragraphs in docs/results.md are regenerated with the numbers th
   computing the class loss on transformed images;
 - the pretext heads: a head learns when its last-epoch training accuracy is `HEAD_LEARNS` of the way
   from chance to 100%;
-- the gate: it tells the tasks apart when every seed ranks the same task first and the seeds' mean
-  weights spread over at least `GATE_SPREAD` of the uniform weight.
+- the gate: it tells the tasks apart when every one of at least `SEEDS` seeds ranks the same task first
+  and the seeds' mean weights spread over at least `GATE_SPREAD` of the uniform weight; seeds that rank
+  them differently settle it the other way at any count.
 """
 
 from __future__ import annotations
@@ -97,10 +98,14 @@ def _mean(cell: Cell) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" over {_seeds(cell.n)}"
 
 
+def _every_seed(n: int) -> str:
+    return "its one seed" if n == 1 else f"all {n} seeds"
+
+
 def _sign_count(differences: list[float]) -> str:
     better, worse, n = sum(d > 0 for d in differences), sum(d < 0 for d in differences), len(differences)
     if better == n or worse == n:
-        return f"{'better' if better == n else 'worse'} in {'its one seed' if n == 1 else f'all {n} seeds'}"
+        return f"{'better' if better == n else 'worse'} in {_every_seed(n)}"
     return f"better in {better}, worse in {worse} of {n} seeds"
 
 
@@ -188,14 +193,17 @@ def _gate(group: list[Run], runs: list[list[dict]]) -> str:
     lasts = [epochs[-1] for epochs in runs]
     means = {key[len("gate_") :]: statistics.fmean(last[key] for last in lasts) for key in keys}
     weights = " / ".join(f"{task} {weight:.3f}" for task, weight in means.items())
-    if (max(means.values()) - min(means.values())) / uniform < GATE_SPREAD:
-        return (
-            f"the gate does not tell the tasks apart: its weights lie close together ({weights}, last epoch)"
-        )
-    if len({max(keys, key=last.__getitem__) for last in lasts}) > 1:
+    firsts = {max(keys, key=last.__getitem__)[len("gate_") :] for last in lasts}
+    close = (max(means.values()) - min(means.values())) / uniform < GATE_SPREAD
+    if not close and len(firsts) > 1:  # final at any count: more seeds cannot make them agree
         return (
             f"the gate does not tell the tasks apart: the seeds rank them differently ({weights}, last epoch)"
         )
+    seen = "its weights lie close together" if close else f"{firsts.pop()} first in {_every_seed(len(lasts))}"
+    if len(lasts) < SEEDS:
+        return f"the gate: undecided ({len(lasts)} of {SEEDS} seeds: {seen}; {weights}, last epoch)"
+    if close:
+        return f"the gate does not tell the tasks apart: {seen} ({weights}, last epoch)"
     return f"the gate tells the tasks apart ({weights}, last epoch)"
 
 
