@@ -258,3 +258,32 @@ def test_contrastive_settings_that_cannot_go_together_are_refused(sets, match):
         check_method(from_dict(sets))
     with pytest.raises(ConfigError, match="views"):
         from_dict({"contrastive": {"views": 1}})
+
+
+def test_a_simclr_run_saved_with_linear_heads_under_the_old_cosine_default_names_its_fix(
+    fake_cifar10, tmp_path, capsys
+):
+    """Until the second renovation SimCLR built linear pretext heads whatever `model.head` said, so a run
+    that left it at its default (cosine) saved linear heads under a config that now builds cosine ones.
+    Loading it says which setting to write, and the run loads once it is written."""
+    import yaml
+
+    from gssl.cli import main
+
+    run = _train("cifar10-simclr-gated-pretext", fake_cifar10, tmp_path / "old", "optim.epochs=1")
+    config = run / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    assert saved["model"]["head"] == "linear"
+    saved["model"]["head"] = "cosine"  # what such a run's config.yaml says
+    config.write_text(yaml.safe_dump(saved, sort_keys=False))
+    checkpoint = (run / "checkpoints" / "last.pt").read_bytes()
+    capsys.readouterr()
+
+    assert main(["eval", str(run), "--protocol", "knn"]) == 2
+    err = capsys.readouterr().err
+    assert "pretext heads were saved linear and this configuration builds them cosine" in err
+    assert "set `model.head: linear` in the run's config.yaml" in err and "was model.*" not in err
+    assert (run / "checkpoints" / "last.pt").read_bytes() == checkpoint  # nothing on disk changed
+
+    config.write_text(config.read_text().replace("head: cosine", "head: linear"))
+    assert main(["eval", str(run), "--protocol", "knn"]) == 0

@@ -266,11 +266,39 @@ def restore(model, ck, path: Path, opt=None) -> None:
             match_parameter_layout(opt)
         int(ck["epoch"]), float(ck["best_acc"]), int(ck["best_epoch"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        hint = _head_kind_hint(model, ck.get("model", {})) if isinstance(ck, dict) else ""
         raise RunDirError(
             f"checkpoint {path} does not fit this configuration ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:300]}); was model.* or ssl.* changed since it was "
-            "written?"
+            f"{str(e).splitlines()[0][:300]}); "
+            + (hint or "was model.* or ssl.* changed since it was written?")
         ) from None
+
+
+PRETEXT_HEAD_KEY = re.compile(r"(?:^|\.)heads\.([^.]+)\.(weight|bias)$")
+
+
+def _head_kind_hint(model, saved: dict) -> str:
+    """The fix when the same pretext heads were saved linear (with a bias) and are now built cosine, or
+    the other way: SimCLR built linear heads whatever `model.head` said until the second renovation
+    (2026-12-06), so a SimCLR run of that time that left `model.head` at its default says cosine."""
+
+    def heads(keys) -> dict[str, bool]:  # task -> whether its head has a bias (a linear head)
+        found: dict[str, bool] = {}
+        for key in keys:
+            match = PRETEXT_HEAD_KEY.search(key)
+            if match:
+                found[match[1]] = found.get(match[1], False) or match[2] == "bias"
+        return found
+
+    saved_heads, built_heads = heads(saved), heads(model.state_dict())
+    if not saved_heads or saved_heads.keys() != built_heads.keys() or saved_heads == built_heads:
+        return ""
+    kind = "linear" if any(saved_heads.values()) else "cosine"
+    return (
+        f"its pretext heads were saved {kind} and this configuration builds them "
+        f"{'cosine' if kind == 'linear' else 'linear'}: set `model.head: {kind}` in the run's config.yaml "
+        "(SimCLR runs written before gssl read model.head for SimCLR, 2026-12-06, have linear heads)"
+    )
 
 
 def match_parameter_layout(opt) -> None:
