@@ -266,7 +266,8 @@ def restore(model, ck, path: Path, opt=None) -> None:
             match_parameter_layout(opt)
         int(ck["epoch"]), float(ck["best_acc"]), int(ck["best_epoch"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        hint = _head_kind_hint(model, ck.get("model", {})) if isinstance(ck, dict) else ""
+        saved = ck.get("model") if isinstance(ck, dict) else None
+        hint = _head_kind_hint(model, saved) if isinstance(saved, dict) else ""
         raise RunDirError(
             f"checkpoint {path} does not fit this configuration ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:300]}); "
