@@ -162,3 +162,28 @@ def test_the_cli_prints_the_verdicts_after_the_table(paper_length, capsys):
     assert "- **lorot**, cifar10 0.01: 79.50 ± 0.50 over 3 seeds;" in out
     assert main(["table", str(paper_length), "--verdicts", "--metric", "best"]) == 0
     assert "- **lorot**, cifar10 0.01: 80.50 ± 0.50 over 3 seeds;" in capsys.readouterr().out
+
+
+def test_the_transform_alone_is_paired_only_with_rows_whose_class_loss_sees_the_transform(tmp_path):
+    """ldam 70 70; transform-only 60 61 (-10 -9); a learned gate 65 66 (-5 -4): +5 +5 over the transform
+    alone, which costs -9.50, more than the row's -4.50. clean-cls 69 69.5 computes its class loss on the
+    clean image: no transform-only row is its counterpart, so it gets no such pairing."""
+    for seed in (0, 1):
+        _run(tmp_path / "ldam" / f"seed{seed}", "cifar10-lt0.01-ldam-drw", seed, 70.0, sets=SHORT)
+        for name, preset, accs, sets in (
+            ("transform", "cifar10-lt0.01-gated-triple-transform-only", (60.0, 61.0), ()),
+            ("learned", "cifar10-lt0.01-gated-triple", (65.0, 66.0), ("ssl.gate=learned",)),
+            ("clean", "cifar10-lt0.01-gated-triple-clean-cls", (69.0, 69.5), ()),
+        ):
+            _run(tmp_path / name / f"seed{seed}", preset, seed, accs[seed], sets=(*SHORT, *sets))
+    lines = _lines(verdict.verdicts(table.find_runs([tmp_path])))
+    assert (
+        "+5.00 ± 0.00 against the transform alone (gated-triple-transform-only), undecided (2 of 3 seeds: "
+        "better in all 2 seeds); the transform alone costs -9.50 against ldam-drw, more than its -4.50 "
+        "(seeds 0, 1)"
+    ) in lines["gated-triple (ssl.gate=learned)"]
+    assert "accounts for" not in lines["gated-triple (ssl.gate=learned)"]
+    assert lines["gated-triple-clean-cls"] == (
+        "- **gated-triple-clean-cls**, cifar10 0.01: 69.25 ± 0.35 over 2 seeds; -0.75 ± 0.35 against "
+        "ldam-drw, undecided (2 of 3 seeds: worse in all 2 seeds)."
+    )

@@ -42,7 +42,7 @@ def verdicts(runs: list[Run], metric: str = "final", baseline: str | None = None
         if run.summary is not None:
             finished.setdefault((label, setting_of(run.cfg)), []).append(run)
     transform_only = {
-        (setting, _tasks(group[0])): label
+        (setting, *_transform(group[0])): label
         for (label, setting), group in finished.items()
         if _tasks(group[0]) and group[0].cfg.ssl.ratio == 0
     }
@@ -60,7 +60,7 @@ def verdicts(runs: list[Run], metric: str = "final", baseline: str | None = None
                 parts.append(against)
                 winners += [f"{row} ({col})"] if all_better else []
             parts.append(_against_paper(cell, group))
-            same_tasks = transform_only.get((col, _tasks(group[0]))) if group else None
+            same_tasks = transform_only.get((col, *_transform(group[0]))) if group else None
             if same_tasks is not None and same_tasks != row and group[0].cfg.ssl.ratio > 0:
                 transform, base_cell = cells[(same_tasks, col)], cells.get((base, col))
                 parts.append(_over_transform(cell, transform, same_tasks, base, base_cell))
@@ -81,6 +81,14 @@ def _tasks(run: Run) -> tuple:
     """The run's pretext tasks, or () where it has no gated pretext term."""
     ssl = run.cfg.ssl
     return tuple(ssl.tasks) if pretext_on(ssl.tasks, ssl.gate) else ()
+
+
+def _transform(run: Run) -> tuple:
+    """What the class loss sees of the pretext transforms: their tasks, and whether it is computed on the
+    clean image instead (`ssl.clean_class_loss`, one extra forward pass). Only rows alike in both are
+    paired with a transform-only row: with the class loss on clean images, the transformed-input
+    row weighted 0 is not what that row's pretext term is added to."""
+    return _tasks(run), run.cfg.ssl.clean_class_loss
 
 
 def _seeds(n: int) -> str:
@@ -156,6 +164,11 @@ def _over_transform(cell: Cell, transform: Cell, name: str, base: str | None, ba
     transform_gap = statistics.fmean(transform.accs[s] - base_cell.accs[s] for s in seeds)
     if row_gap == 0 or (row_gap > 0) != (transform_gap > 0):
         return words
+    if transform_gap / row_gap > 1:  # the pretext term gives back part of what the transform costs
+        return words + (
+            f"; the transform alone costs {transform_gap:+.2f} against {base}, more than its "
+            f"{row_gap:+.2f} ({_seed_list(seeds)})"
+        )
     return words + (
         f"; the transform alone accounts for {transform_gap / row_gap:.0%} of its {row_gap:+.2f} "
         f"against {base} ({_seed_list(seeds)})"
