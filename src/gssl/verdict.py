@@ -9,8 +9,9 @@ so the verdict paragraphs in docs/results.md are regenerated with the numbers th
 - against the paper: reproduced when the mean over at least `SEEDS` seeds lies within
   `PAPER_TOLERANCE` points of the published number, and judged only on the paper's own length;
 - over the transform alone: a row with pretext tasks against the run of the same tasks with the
-  pretext loss weighted 0 (`ssl.ratio: 0`), paired by seed: what the self-supervision adds beyond
-  computing the class loss on transformed images;
+  pretext loss weighted 0 (`ssl.ratio: 0`) and its class loss on the same input (transformed, or clean
+  with `ssl.clean_class_loss`), paired by seed: what the self-supervision adds beyond computing the class
+  loss on transformed images;
 - the pretext heads: a head learns when its last-epoch training accuracy is `HEAD_LEARNS` of the way
   from chance to 100%;
 - the gate: it tells the tasks apart when every one of at least `SEEDS` seeds ranks the same task first
