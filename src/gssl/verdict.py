@@ -107,6 +107,11 @@ def _mean(cell: Cell) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" over {_seeds(cell.n)}"
 
 
+def _undecided(n: int, seen: str = "") -> str:
+    """The words of every rule while fewer than SEEDS seeds have finished: what they show, no verdict."""
+    return f"undecided ({n} of {SEEDS} seeds" + (f": {seen})" if seen else ")")
+
+
 def _every_seed(n: int) -> str:
     return "its one seed" if n == 1 else f"all {n} seeds"
 
@@ -127,7 +132,7 @@ def _paired_words(cell: Cell, other: Cell, name: str) -> tuple[str, list[float]]
     spread = f" ± {std:.2f}" if std is not None else ""
     verdict = _sign_count(differences)
     if n < SEEDS:
-        verdict = f"undecided ({n} of {SEEDS} seeds: {verdict})"
+        verdict = _undecided(n, verdict)
     elif not verdict.startswith(("better in all", "worse in all")):
         verdict = f"mixed ({verdict})"
     return f"{mean:+.2f}{spread} against {name}, {verdict}", differences
@@ -147,7 +152,7 @@ def _against_paper(cell: Cell, group: list[Run]) -> str:
         shown = "/".join(map(str, lengths))
         return f"paper {cell.paper:.2f} at {cell.paper_epochs} epochs: not judged ({shown} epochs here)"
     if mean is None or cell.n < SEEDS:
-        return f"paper {cell.paper:.2f}: undecided ({cell.n} of {SEEDS} seeds)"
+        return f"paper {cell.paper:.2f}: {_undecided(cell.n)}"
     gap = mean - cell.paper
     spread = f", spread {std:.2f}" if std is not None else ""
     within = abs(gap) <= PAPER_TOLERANCE
@@ -192,7 +197,7 @@ def _heads(group: list[Run], runs: list[list[dict]]) -> str:
             (f"{task} {acc:.1f}% (chance {chance:.1f})", (acc - chance) / (100 - chance) >= HEAD_LEARNS)
         )
     if len(lasts) < SEEDS:  # one seed's 11.7% became 10.2% (at chance) with the second: wait for three
-        return f"pretext heads: undecided ({len(lasts)} of {SEEDS} seeds: {', '.join(w for w, _ in heads)})"
+        return f"pretext heads: {_undecided(len(lasts), ', '.join(words for words, _ in heads))}"
     learn = ", ".join(words for words, learns in heads if learns)
     at_chance = ", ".join(words for words, learns in heads if not learns)
     parts = [f"heads that learn: {learn}"] if learn else []
@@ -219,7 +224,7 @@ def _gate(group: list[Run], runs: list[list[dict]]) -> str:
         )
     seen = "its weights lie close together" if close else f"{firsts.pop()} first in {_every_seed(len(lasts))}"
     if len(lasts) < SEEDS:
-        return f"the gate: undecided ({len(lasts)} of {SEEDS} seeds: {seen}; {weights}, last epoch)"
+        return f"the gate: {_undecided(len(lasts), f'{seen}; {weights}, last epoch')}"
     if close:
         return f"the gate does not tell the tasks apart: {seen} ({weights}, last epoch)"
     return f"the gate tells the tasks apart ({weights}, last epoch)"
