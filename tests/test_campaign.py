@@ -150,6 +150,36 @@ def test_only_what_is_expected_to_finish_starts(fake_cifar10, tmp_path, capsys):
     assert "[new] long seed 0: at 0 s" in capsys.readouterr().out
 
 
+def test_a_clean_class_loss_run_is_planned_at_two_forward_passes(fake_cifar10, tmp_path, capsys):
+    """ssl.clean_class_loss makes a second forward pass a step (issue 47; 1.9x a faithful epoch on the CPU):
+    its epochs are planned at twice the guess, and an epoch it measured counts per pass for the others."""
+    clean = _run("clean", 2)
+    clean["set"]["ssl.clean_class_loss"] = True
+    spec = _campaign_file(tmp_path, fake_cifar10, tmp_path / "out", [_run("plain", 2), clean])
+    argv = ["campaign", str(spec), "--budget-s", "100", "--startup-s", "5", "--epoch-s", "10"]
+    assert main(argv + ["--parallel", "1", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "[new] plain seed 0: at 0 s, about 15 s" in plan
+    assert "[new] clean seed 0: at 15 s, about 25 s" in plan
+    plain_job, clean_job = sweep.jobs_from_file(spec)
+    planner = campaign.Campaign(
+        [plain_job, clean_job],
+        100,
+        1,
+        campaign.Estimate(5, 10),
+        device="cpu",
+        calibrate=False,
+        window_s=0,
+        reserve_s=0,
+        log=print,
+    )
+    planner.history.append(
+        campaign.Running(clean_job, None, 0.0, 0, first_row_after=3.0, epoch_seconds=[4.0])
+    )
+    assert planner.estimate().epoch_s == 2.0  # the clean run's 4 s epoch is 2 s a pass
+    assert (planner.seconds(plain_job), planner.seconds(clean_job)) == (5.0, 7.0)
+
+
 def test_runs_are_ordered_by_priority_then_seed(fake_cifar10, tmp_path):
     runs = [
         _run("b", 2, priority=2),
@@ -238,7 +268,9 @@ def test_the_full_length_campaign_file_resolves_to_the_papers_presets_unscaled()
     jobs = sweep.jobs_from_file(path)
     p1 = [(job.name, job.seed) for job in jobs[:12]]
     assert p1 == [(n, s) for s in (0, 1, 2) for n in ("ldam-drw", "lorot", "gated-triple", "transform-only")]
-    assert len(jobs) == 3 * (4 + 5 + 12)
+    assert len(jobs) == 3 * (4 + 6 + 12)
+    p2_first = [(job.name, job.seed) for job in jobs[12:15]]
+    assert p2_first == [("clean-cls", 0), ("gated-triple-learned", 0), ("ungated-triple", 0)]
     for job in jobs:
         cfg = job.resolved()
         assert (cfg.precision, cfg.compile, cfg.data.test_limit, cfg.data.name) == (
@@ -258,6 +290,9 @@ def test_the_full_length_campaign_file_resolves_to_the_papers_presets_unscaled()
         "channel",
     ]
     assert only.data.root is None  # the campaign command gives it, as a location setting
+    clean = by_name["clean-cls"]  # issue 47's deviation at full length: only the clean class loss differs
+    assert clean.ssl.clean_class_loss and not by_name["gated-triple"].ssl.clean_class_loss
+    assert clean.ssl.tasks == by_name["gated-triple"].ssl.tasks and clean.ssl.ratio == 0.1
 
 
 @pytest.mark.slow

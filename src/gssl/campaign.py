@@ -48,8 +48,8 @@ class Estimate:
     startup_s: float  # process start to its first epoch row: imports, data, compiling, that epoch
     epoch_s: float  # each later epoch, at the number of runs at once it was measured at
 
-    def seconds(self, epochs_left: int) -> float:
-        return self.startup_s + max(0, epochs_left - 1) * self.epoch_s
+    def seconds(self, epochs_left: int, passes: int = 1) -> float:
+        return self.startup_s + max(0, epochs_left - 1) * self.epoch_s * passes
 
 
 @dataclass
@@ -77,6 +77,12 @@ class Running:
         return max(new, 0)
 
 
+def forward_passes(job: Job) -> int:
+    """Training forward passes a step makes: a class loss on the clean image (issue 47) adds one, and
+    its epochs took 1.9x a faithful row's on the CPU, so epoch times are compared per pass."""
+    return 2 if job.resolved().ssl.clean_class_loss else 1
+
+
 def epochs_left(job: Job, epochs: int) -> int:
     """Of a run of `epochs`: all of them unless it resumes, when its metrics rows are done."""
     return epochs - len(rundir.read_metrics(job.run_dir)) if status(job) == "resume" else epochs
@@ -102,6 +108,7 @@ class Campaign:
         self.deadline = time.monotonic() + budget_s - reserve_s
         self.queue = [job for job in jobs if status(job) != "done"]
         self.epochs = {job.run_dir: job.resolved().optim.epochs for job in self.queue}
+        self.passes = {job.run_dir: forward_passes(job) for job in self.queue}
         self.prior, self.device, self.log = prior, device, log
         self.calibration = read_calibration(self.out).get(device, {})
         calibrate = calibrate and not self.calibration  # once per device: delete its entry to measure again
@@ -120,18 +127,19 @@ class Campaign:
 
     def estimate(self) -> Estimate:
         """From this campaign's runs once they have measured something, else the device's calibration,
-        else the guesses. Start-up is the slowest seen: compiling is most of it, and varies."""
+        else the guesses; an epoch of one forward pass a step. Start-up is the slowest seen: compiling is
+        most of it, and varies."""
         measured = [r for r in self.history if r.first_row_after is not None]
         level = self.calibration.get("levels", {}).get(str(self.capacity), {})
         startup = max(
             [r.first_row_after for r in measured], default=level.get("startup_s", self.prior.startup_s)
         )
-        recent = [seconds for r in measured for seconds in r.epoch_seconds[-10:]]
+        recent = [seconds / self.passes[r.job.run_dir] for r in measured for seconds in r.epoch_seconds[-10:]]
         epoch = statistics.median(recent) if recent else level.get("epoch_s", self.prior.epoch_s)
         return Estimate(startup, epoch)
 
     def seconds(self, job: Job) -> float:
-        return self.estimate().seconds(epochs_left(job, self.epochs[job.run_dir]))
+        return self.estimate().seconds(epochs_left(job, self.epochs[job.run_dir]), self.passes[job.run_dir])
 
     def fits(self, job: Job, now: float) -> bool:
         return now + SAFETY * self.seconds(job) <= self.deadline
