@@ -218,7 +218,7 @@ def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10
     (out / "base/seed1/summary.json").unlink()
     before = (out / "learned/seed0/summary.json").read_bytes()
     assert main(["sweep", str(spec), "--dry-run"]) == 0
-    assert "[resume] gssl train --resume" in capsys.readouterr().out
+    assert "[resume: 1 of 1 epochs done] gssl train --resume" in capsys.readouterr().out
     assert main(["sweep", str(spec)]) == 0
     assert (out / "base/seed1/summary.json").is_file()
     assert (out / "learned/seed0/summary.json").read_bytes() == before

@@ -293,6 +293,13 @@ def status(job: Job) -> str:
     return "resume" if (run_dir / rundir.CKPT_DIR / "last.pt").is_file() else "restart"
 
 
+def _progress(job: Job, mode: str) -> str:
+    """A resumed run's label says how far it got: a dry run then shows where a long grid stands."""
+    if mode != "resume" or not isinstance(job, Job):
+        return mode
+    return f"resume: {len(rundir.read_metrics(job.run_dir))} of {job.resolved().optim.epochs} epochs done"
+
+
 class Slot(NamedTuple):
     """A process the sweep is waiting on: a run's training or its judgement (mode 'judge')."""
 
@@ -331,7 +338,7 @@ def run(
     )
     if dry_run:
         for job, mode in queue:
-            log(f"[{mode}] gssl " + shlex.join(_command(job, mode)[3:]))
+            log(f"[{_progress(job, mode)}] gssl " + shlex.join(_command(job, mode)[3:]))
             for member in _members(job) if judge and mode != "judge" else []:
                 log("[judge] gssl " + shlex.join(member.judge_command()[3:]))
         return 0
