@@ -159,6 +159,32 @@ def test_gate_weights_that_stay_uniform_stay_in_view(tmp_path):
     assert bottom == 0 and top >= 1.15 / 3
 
 
+def _with_gradients(run_dir: Path, ratio: float) -> None:
+    """The gradient diagnostic's keys added to a record's metrics: class norm 2, pretext norm 2 / ratio."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    grads = {"grad_cls": 2.0, "grad_pretext": 2.0 / ratio if ratio else 0.0}
+    grads["grad_ratio_pretext"] = ratio or None
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({**m, **grads}) + "\n" for m in rows))
+
+
+def test_gradient_ratio_per_epoch_on_a_log_axis_and_rows_weighted_0_said(sweep, tmp_path):
+    said = []
+    assert curves.gradient_curves(_rows(sweep), said.append) is None  # records from before the diagnostic
+    for seed, ratio in ((0, 100.0), (1, 400.0)):
+        _with_gradients(sweep / "gated-triple" / f"seed{seed}", ratio)
+    zero = write_record(
+        sweep / "transform-only" / "seed0", "gated-triple", *ROWS["gated-triple"][:2], 0, [1.0] * 3
+    )
+    _with_gradients(zero, 0)
+    said.clear()
+    ax = curves.gradient_curves(_rows(sweep), said.append).axes[0]
+    assert ax.get_yscale() == "log"
+    np.testing.assert_allclose(_line(ax, "gated-triple (2 seeds)").get_ydata(), [250.0] * 3)
+    assert _line(ax, "1: both pull alike").get_linestyle() == "--"
+    assert [line.get_label() for line in ax.get_lines()] == ["gated-triple (2 seeds)", "1: both pull alike"]
+    assert said == ["transform-only: its pretext term is weighted 0 (ssl.ratio 0): no gradient ratio to draw"]
+
+
 def test_per_class_accuracy_at_the_class_sizes_on_a_log_axis(sweep):
     ax = curves.per_class_points(_rows(sweep)).axes[0]
     assert ax.get_xscale() == "log"
@@ -318,6 +344,14 @@ def _points_under_legend(ax) -> list[str]:
         if any(box.contains(x, y) for x, y in xy):
             hidden.append(line.get_label())
     return hidden
+
+
+def test_the_gradient_legend_of_the_committed_pretext_sweep_hides_no_curve():
+    sweep_dir = REPO / "results" / "cifar10-lt-45ep-pretext"
+    if not any(sweep_dir.glob("*/seed*/summary.json")):
+        pytest.skip(f"{sweep_dir} holds no finished record (config.yaml + metrics.jsonl + summary.json)")
+    ax = curves.gradient_curves(_rows(sweep_dir)).axes[0]
+    assert _points_under_legend(ax) == []
 
 
 def test_legends_of_the_committed_sweep_hide_no_curve():

@@ -215,6 +215,35 @@ def gate_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = prin
     return fig
 
 
+def gradient_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = print):
+    """How many times harder the class loss pulls on the backbone than the weighted pretext term, per epoch
+    (issue 47's diagnostic, log scale; 1: both pull alike): is the auxiliary task trained at all? None when
+    no row logged grad_ratio_pretext (rows without tasks, ratio 0 and records older than it)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (name, records) in enumerate(rows.items()):
+        if not records[0].tasks:
+            continue
+        if all(any(m.get("grad_pretext") == 0 for m in r.metrics) for r in records):
+            log(f"{name}: its pretext term is weighted 0 (ssl.ratio 0): no gradient ratio to draw")
+            continue
+        have = _with_key(name, records, "grad_ratio_pretext", log)
+        if have:
+            x, values = seed_matrix(have, "grad_ratio_pretext")
+            _mean_band(ax, x, values, f"C{i % 10}", f"{name} ({_seeds(len(have))})", marker="o", ms=2.5)
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    ax.axhline(1, color="0.4", ls="--", lw=1, label="1: both pull alike")
+    ax.set_yscale("log")
+    ax.set(
+        title="backbone gradient, class loss / weighted pretext term (mean over seeds, band: min-max)",
+        xlabel="epoch",
+        ylabel="ratio of gradient norms",
+    )
+    ax.legend(fontsize="small")
+    return fig
+
+
 def per_class_points(rows: dict[str, list[Record]], log: Callable[[str], None] = print):
     """Final test accuracy of each class against its number of training images (log x), one marker per row:
     where on the tail a method gains or loses. None when no row has per-class accuracies."""
@@ -266,6 +295,7 @@ FIGURES = {
     "pretext_acc.png": (pretext_curves, "no row with pretext tasks logged pretext_acc_<task>"),
     "gate_weights.png": (gate_curves, "no row has a gate that weighs its tasks unevenly"),
     "per_class_acc.png": (per_class_points, "no summary.json holds per_class_acc and class_counts"),
+    "gradient_ratio.png": (gradient_curves, "no row logged grad_ratio_pretext (the gradient diagnostic)"),
 }
 
 
