@@ -120,6 +120,17 @@ def test_test_accuracy_is_the_mean_over_seeds_with_a_min_max_band(sweep):
     assert band[:, 1].min() == seeds.min() and band[:, 1].max() == seeds.max()
 
 
+def test_rows_past_the_tenth_colour_are_dashed(tmp_path):
+    """Eleven rows share ten colours: the eleventh is drawn dashed, so it is not read as the first."""
+    preset, sets, accs = ROWS["ldam-drw"]
+    for row in range(11):
+        write_record(tmp_path / "sweep" / f"row{row:02d}" / "seed0", "ldam-drw", preset, sets, 0, accs[0])
+    ax = curves.accuracy_curves(_rows(tmp_path / "sweep")).axes[0]
+    first, eleventh = _line(ax, "row00 (1 seed)"), _line(ax, "row10 (1 seed)")
+    assert first.get_color() == eleventh.get_color()
+    assert (first.get_linestyle(), eleventh.get_linestyle()) == ("-", "--")
+
+
 def test_pretext_accuracy_per_task_with_dashed_chance_level(sweep):
     fig = curves.pretext_curves(_rows(sweep))
     visible = [ax for ax in fig.axes if ax.get_visible()]

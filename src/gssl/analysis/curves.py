@@ -120,6 +120,11 @@ def _with_key(name: str, records: list[Record], key: str, log) -> list[Record]:
     return have
 
 
+def _line_style(row: int) -> str:
+    """Solid for the first ten rows, dashed for the next ten: the ten colours repeat, the pairs stay apart."""
+    return ("-", "--", ":", "-.")[row // 10 % 4]
+
+
 def _legend_on_top(ax, ncol: int) -> None:
     """Legend in a band added above the data, so it never hides a curve that runs along the top or
     the middle of a panel (the lines of these panels span the whole width)."""
@@ -147,7 +152,7 @@ def accuracy_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = 
         have = _with_key(name, records, "test_acc", log)
         if have:
             x, values = seed_matrix(have, "test_acc")
-            _mean_band(ax, x, values, f"C{i % 10}", f"{name} ({_seeds(len(have))})")
+            _mean_band(ax, x, values, f"C{i % 10}", f"{name} ({_seeds(len(have))})", ls=_line_style(i))
     if not ax.lines:
         plt.close(fig)
         return None
@@ -229,7 +234,8 @@ def gradient_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = 
         have = _with_key(name, records, "grad_ratio_pretext", log)
         if have:
             x, values = seed_matrix(have, "grad_ratio_pretext")
-            _mean_band(ax, x, values, f"C{i % 10}", f"{name} ({_seeds(len(have))})", marker="o", ms=2.5)
+            label = f"{name} ({_seeds(len(have))})"
+            _mean_band(ax, x, values, f"C{i % 10}", label, ls=_line_style(i), marker="o", ms=2.5)
     if not ax.lines:
         plt.close(fig)
         return None
