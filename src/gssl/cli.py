@@ -866,7 +866,8 @@ def _sweep_parsers(sub) -> None:
         metavar="OUT_DIR",
         help="also draw the sweep's figures from the run "
         "records alone (test accuracy and pretext-head accuracy per epoch, gate weights, per-class "
-        "accuracy against class size) as PNGs into OUT_DIR; a row is the folder above seed<k>",
+        "accuracy against class size, the class / pretext gradient ratio) as PNGs into OUT_DIR; a row is "
+        "the folder above seed<k>",
     )
 
 
