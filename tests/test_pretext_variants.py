@@ -179,7 +179,10 @@ def test_the_sweep_reads_beside_the_faithful_records_in_one_table(tmp_path, caps
     rows = [r for r in rows if r not in ("method", "")]
     assert rows[0] == "ldam-drw"  # the baseline of every difference
     assert len(rows) == len(set(rows)) == 3 + 10  # one row per sweep row, none merged with another
-    assert "gated-triple (ssl.ratio=0.5)" in rows and "gated-triple-scaled (ssl.gate=learned, ssl.ratio=1.0)" in rows
+    assert (
+        "gated-triple (ssl.ratio=0.5)" in rows
+        and "gated-triple-scaled (ssl.gate=learned, ssl.ratio=1.0)" in rows
+    )
     assert "gated-triple-clean-cls (ssl.pretext_scale=30.0, ssl.ratio=1.0)" in rows
     assert len(faithful) == 9
 
