@@ -374,6 +374,18 @@ def test_unknown_metric_and_baseline_are_refused_with_the_choices(sweep):
     )
 
 
+def test_a_baseline_that_names_several_rows_asks_for_one_in_full(tmp_path):
+    for gate in ("learned", "uncertainty"):
+        _run(tmp_path / gate / "seed0", "cifar10-lt0.01-gated-triple", 0, 60.0, short=(f"ssl.gate={gate}",))
+    with pytest.raises(ConfigError) as exc:
+        table.build(table.find_runs([tmp_path]), baseline="gated-triple")
+    assert str(exc.value) == (
+        "--baseline 'gated-triple' names 2 rows of this table: ['gated-triple (ssl.gate=learned)', "
+        "'gated-triple (ssl.gate=uncertainty)']; give one of them in full, e.g. "
+        "--baseline 'gated-triple (ssl.gate=learned)'"
+    )
+
+
 def test_no_shared_line_when_the_only_shared_keys_are_not_method_settings(tmp_path):
     """Regression: every run on seed 1 of the full protocol left a dangling "Shared by every run: " line."""
     root = tmp_path / "sweep"

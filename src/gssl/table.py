@@ -170,7 +170,12 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None, l
             baseline = named[0] if len(named) == 1 else None
     elif baseline not in rows:  # a method name stands for its one row, whatever its own settings
         named = [r for r in rows if r.split(" (")[0] == baseline]
-        if len(named) != 1:
+        if len(named) > 1:
+            raise ConfigError(
+                f"--baseline {baseline!r} names {len(named)} rows of this table: {named}; give one of them "
+                f"in full, e.g. --baseline {named[0]!r}"
+            )
+        if not named:
             raise ConfigError(f"--baseline {baseline!r} is not a row of this table; rows: {rows}")
         baseline = named[0]
     if baseline is not None:
