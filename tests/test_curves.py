@@ -183,8 +183,9 @@ def test_gradient_ratio_per_epoch_on_a_log_axis_and_rows_weighted_0_said(sweep, 
     assert curves.gradient_curves(_rows(sweep), said.append) is None  # records from before the diagnostic
     for seed, ratio in ((0, 100.0), (1, 400.0)):
         _with_gradients(sweep / "gated-triple" / f"seed{seed}", ratio)
+    preset, sets, _ = ROWS["gated-triple"]
     zero = write_record(
-        sweep / "transform-only" / "seed0", "gated-triple", *ROWS["gated-triple"][:2], 0, [1.0] * 3
+        sweep / "transform-only" / "seed0", "gated-triple", preset, [*sets, "ssl.ratio=0"], 0, [1.0] * 3
     )
     _with_gradients(zero, 0)
     said.clear()

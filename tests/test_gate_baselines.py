@@ -514,7 +514,7 @@ def test_the_report_draws_the_loss_weightings_against_a_uniform_weight_of_one():
 
     weights = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.8, 1.1, 1.1]]
     rows = [{"epoch": e, **{f"gate_{t}": w for t, w in zip(TRIPLE, ws)}} for e, ws in enumerate(weights)]
-    fig = curves.gate_curves({"dwa": [curves.Record(0, TRIPLE, "dwa", rows, {})]})
+    fig = curves.gate_curves({"dwa": [curves.Record(0, TRIPLE, "dwa", rows, {}, 0.1)]})
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert list(lines["uniform 1"].get_ydata()) == [1.0, 1.0]
     assert list(lines["lorot (1 seed)"].get_ydata()) == [1.0, 1.0, 0.8]

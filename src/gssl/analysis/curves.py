@@ -39,6 +39,7 @@ class Record:
     gate: str
     metrics: list[dict]
     summary: dict
+    ratio: float  # ssl.ratio, the pretext term's weight: 0 leaves it out of the loss
 
 
 def row_name(run_dir: Path) -> str:
@@ -66,6 +67,7 @@ def load_rows(runs: list[Run], log: Callable[[str], None] = print) -> dict[str, 
                 run.cfg.ssl.gate,
                 rundir.read_metrics(run.path),
                 run.summary,
+                run.cfg.ssl.ratio,
             )
         )
         method = PRESETS[run.cfg.preset].method if run.cfg.preset in PRESETS else name
@@ -228,7 +230,7 @@ def gradient_curves(rows: dict[str, list[Record]], log: Callable[[str], None] = 
     for i, (name, records) in enumerate(rows.items()):
         if not records[0].tasks:
             continue
-        if all(any(m.get("grad_pretext") == 0 for m in r.metrics) for r in records):
+        if records[0].ratio == 0:
             log(f"{name}: its pretext term is weighted 0 (ssl.ratio 0): no gradient ratio to draw")
             continue
         have = _with_key(name, records, "grad_ratio_pretext", log)
