@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
-from .config import ConfigError, load_yaml
+from .config import Config, ConfigError, load_yaml
 from .runconfig import from_dict, setting_changes
 from .sweep import JUDGEMENT, Job, start, status
 
@@ -77,10 +77,10 @@ class Running:
         return max(new, 0)
 
 
-def forward_passes(job: Job) -> int:
+def forward_passes(cfg: Config) -> int:
     """Training forward passes a step makes: a class loss on the clean image (issue 47) adds one, and
     its epochs took 1.9x a faithful row's on the CPU, so epoch times are compared per pass."""
-    return 2 if job.resolved().ssl.clean_class_loss else 1
+    return 2 if cfg.ssl.clean_class_loss else 1
 
 
 def epochs_left(job: Job, epochs: int) -> int:
@@ -107,8 +107,9 @@ class Campaign:
         self.out = jobs[0].out
         self.deadline = time.monotonic() + budget_s - reserve_s
         self.queue = [job for job in jobs if status(job) != "done"]
-        self.epochs = {job.run_dir: job.resolved().optim.epochs for job in self.queue}
-        self.passes = {job.run_dir: forward_passes(job) for job in self.queue}
+        configs = {job.run_dir: job.resolved() for job in self.queue}
+        self.epochs = {run_dir: cfg.optim.epochs for run_dir, cfg in configs.items()}
+        self.passes = {run_dir: forward_passes(cfg) for run_dir, cfg in configs.items()}
         self.prior, self.device, self.log = prior, device, log
         self.calibration = read_calibration(self.out).get(device, {})
         calibrate = calibrate and not self.calibration  # once per device: delete its entry to measure again
