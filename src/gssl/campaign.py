@@ -33,7 +33,7 @@ from pathlib import Path
 from . import rundir
 from .config import Config, ConfigError, load_yaml
 from .runconfig import from_dict, setting_changes
-from .sweep import JUDGEMENT, Job, start, status
+from .sweep import JUDGEMENT, Job, skip_line, start, status, trained_elsewhere
 
 CALIBRATION = "calibration.json"
 CAMPAIGN_LOG = "campaign.jsonl"  # one line per campaign: what it started, finished and stopped
@@ -125,6 +125,7 @@ class Campaign:
         self.finished: list[Job] = []
         self.failed: list[Job] = []
         self.stopped: list[Job] = []
+        self.elsewhere: set[Path] = set()  # run folders another process was training when we looked
 
     def estimate(self) -> Estimate:
         """From this campaign's runs once they have measured something, else the device's calibration,
@@ -152,7 +153,12 @@ class Campaign:
         for job in list(self.queue):
             if len(self.running) >= self.capacity:
                 return
-            if self.levels or self.fits(job, now):
+            who = trained_elsewhere(job)
+            if who is not None:  # left queued: "not started" in the end, unless the other process stops
+                if job.run_dir not in self.elsewhere:
+                    self.elsewhere.add(job.run_dir)
+                    self.log(skip_line(job, who))
+            elif self.levels or self.fits(job, now):
                 self.queue.remove(job)
                 mode = status(job)
                 rows = len(rundir.read_metrics(job.run_dir)) if mode == "resume" else 0

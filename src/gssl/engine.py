@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, code_revision, distributed, metrics, rundir
+from . import __version__, code_revision, distributed, metrics, rundir, runlock
 from .build import build_cls_loss, pick_device
 from .config import Config, ConfigError
 from .methods import registry
@@ -88,12 +88,14 @@ def train(
     dist, device_name = distributed.setup(cfg.device, cfg.distributed.timeout_s)
     run_dir = Path(run_dir)
     try:
-        if not resume:
-            rundir.check_out(run_dir, force=force)
-        distributed.barrier(dist)  # every rank has looked before rank 0 changes anything
-        registry.check(cfg)
-        ctx = build_context(cfg, run_dir, dist, device_name, quiet or not dist.main, log)
-        return fit(ctx, registry.build(ctx), resume=resume, force=force, log=log)
+        # rank 0 alone writes, so it alone holds the run's lock; torchrun stops the others if it cannot
+        with runlock.claim(run_dir) if dist.main else contextlib.nullcontext():
+            if not resume:
+                rundir.check_out(run_dir, force=force)
+            distributed.barrier(dist)  # every rank has looked before rank 0 changes anything
+            registry.check(cfg)
+            ctx = build_context(cfg, run_dir, dist, device_name, quiet or not dist.main, log)
+            return fit(ctx, registry.build(ctx), resume=resume, force=force, log=log)
     finally:
         distributed.teardown(dist)
 
@@ -104,6 +106,7 @@ def plan(cfg: Config, run_dir: Path, *, resume: bool = False, force: bool = Fals
     be chosen), printed; nothing is written."""
     dist, device_name = distributed.setup(cfg.device, cfg.distributed.timeout_s)
     try:
+        runlock.refuse_if_held(Path(run_dir))
         if not resume:
             rundir.check_out(Path(run_dir), force=force)
         registry.check(cfg)

@@ -16,6 +16,7 @@ saved, and a resume rolls the members that got ahead back to it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import engine, rundir
+from . import engine, rundir, runlock
 from .build import build_cls_loss, pick_device
 from .config import Config, ConfigError
 from .distributed import Dist
@@ -140,13 +141,15 @@ def train_pack(
     """Train (or resume) the pack; each member's summary, None for a member that failed (reported)."""
     run_dirs = [Path(d) for d in run_dirs]
     check_packable(cfgs, run_dirs)
-    if not resume:
+    with contextlib.ExitStack() as claims:
         for run_dir in run_dirs:
-            rundir.check_out(run_dir, force=force)
-    for cfg in cfgs:
-        registry.check(cfg)
-    contexts = build_members(cfgs, run_dirs, quiet, log)
-    return fit_pack(contexts, resume=resume, force=force, log=log)
+            claims.enter_context(runlock.claim(run_dir))
+            if not resume:
+                rundir.check_out(run_dir, force=force)
+        for cfg in cfgs:
+            registry.check(cfg)
+        contexts = build_members(cfgs, run_dirs, quiet, log)
+        return fit_pack(contexts, resume=resume, force=force, log=log)
 
 
 def fit_pack(

@@ -24,6 +24,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 RESOLVED = "resolved.json"  # what the configuration left open, as decided (schedule, device, precision...)
 CKPT_DIR = "checkpoints"
+LOCK = ".lock"  # held by the process that trains the run (gssl.runlock); never cleared by --force
 RUN_FILES = (
     CONFIG,
     METRICS,
@@ -223,12 +224,17 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
     write_atomic(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
+def holds_nothing(run_dir: Path) -> bool:
+    """Whether run_dir is empty but for its lock: a run that was claimed and never written is no run."""
+    return all(path.name == LOCK for path in Path(run_dir).iterdir())
+
+
 def check_out(run_dir: Path, *, force: bool) -> Path:
     """Refuse an --out that cannot hold a new run, without touching it (called before any slow work)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory; choose another --out")
-    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+    if run_dir.exists() and not holds_nothing(run_dir) and not force:
         raise RunDirError(
             f"output directory {run_dir} already exists and is not empty; "
             "pass --force to replace that run, --resume to continue it, or choose another --out"
@@ -243,7 +249,7 @@ def prepare(run_dir: Path, *, force: bool) -> Path:
     run never clears the run it would have replaced."""
     run_dir = check_out(run_dir, force=force)
     try:
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and not holds_nothing(run_dir):
             remove_temp_files(run_dir)
             for name in RUN_FILES:
                 p = run_dir / name

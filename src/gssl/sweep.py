@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from . import rundir
+from . import rundir, runlock
 from .config import LOCATION_KEYS, Config, ConfigError, load_yaml, parse_set
 from .presets import resolve
 from .runconfig import from_dict, setting_changes
@@ -275,7 +275,7 @@ def status(job: Job) -> str:
     """'done' (skip), 'resume', 'restart' (started, no checkpoint) or 'new'; ConfigError if the folder
     holds a run of another configuration (a sweep never overwrites a different run)."""
     run_dir = job.run_dir
-    if not run_dir.exists():
+    if not run_dir.exists() or rundir.holds_nothing(run_dir):
         return "new"
     cfg_path = run_dir / rundir.CONFIG
     if not cfg_path.is_file():
@@ -293,8 +293,22 @@ def status(job: Job) -> str:
     return "resume" if (run_dir / rundir.CKPT_DIR / "last.pt").is_file() else "restart"
 
 
+def trained_elsewhere(job) -> str | None:
+    """Who trains the run (or a member of the pack) now, if another process does: it is left to them."""
+    holders = (runlock.holder(member.run_dir) for member in _members(job))
+    return next((who for who in holders if who is not None), None)
+
+
+def skip_line(job, who: str) -> str:
+    return f"skipped {job.name} seed {job.seed}: being trained by another process ({who})"
+
+
 def _progress(job: Job, mode: str) -> str:
-    """A resumed run's label says how far it got: a dry run then shows where a long grid stands."""
+    """A resumed run's label says how far it got, and a run that another process trains says so: a dry
+    run then shows where a long grid stands."""
+    who = trained_elsewhere(job) if mode != "judge" else None
+    if who is not None:
+        return f"being trained by another process: {who}"
     if mode != "resume" or not isinstance(job, Job):
         return mode
     return f"resume: {len(rundir.read_metrics(job.run_dir))} of {job.resolved().optim.epochs} epochs done"
@@ -346,11 +360,17 @@ def run(
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     running: list[Slot] = []
-    failures = 0
+    failures = skipped = 0
     try:
         while queue or running:
             while queue and len(running) < parallel:
-                running.append(start(*queue.pop(0), env, gpus, [slot.gpu for slot in running], log))
+                job, mode = queue.pop(0)
+                who = trained_elsewhere(job) if mode != "judge" else None
+                if who is not None:  # two sweeps over one file share its runs out instead of colliding
+                    log(skip_line(job, who))
+                    skipped += 1
+                    continue
+                running.append(start(job, mode, env, gpus, [slot.gpu for slot in running], log))
             time.sleep(0.2)
             for slot in [slot for slot in running if slot.process.poll() is not None]:
                 running.remove(slot)
@@ -363,6 +383,8 @@ def run(
         for slot in running:
             slot.process.wait()
         raise
+    if skipped:
+        log(f"sweep: {skipped} run(s) left to the processes training them; run the sweep again to see them")
     return failures
 
 
