@@ -129,7 +129,19 @@ def test_existing_output_directory_needs_force(fake_cifar10, tmp_path, capsys):
         (["train", "--preset", "quickstart", "--set", "ssl.ratio=-0.1"], "ssl.ratio"),
         (["train", "--preset", "quickstart", "--set", "ssl.gate=moe"], "ssl.gate"),
         (["train"], "--preset"),
-        (["train", "--config", "/nonexistent/x.yaml"], "does not exist"),
+        (
+            ["train", "--config", "/nonexistent/x.yaml"],
+            "does not exist; pass an existing YAML file to --config",
+        ),
+        (
+            ["sweep", "/nonexistent/s.yaml"],
+            "sweep file /nonexistent/s.yaml does not exist; name an existing sweep",
+        ),
+        (
+            ["campaign", "/nonexistent/s.yaml", "--budget-s", "9", "--export", "x"],
+            "sweep file /nonexistent/s",
+        ),
+        (["presets", "--show", "zzzz"], "unknown preset 'zzzz'. Run `gssl presets` to list them."),
         (["eval", "/nonexistent/run"], "not a gssl run directory"),
         (["train", "--resume", "/nonexistent/run"], "cannot resume"),
     ],

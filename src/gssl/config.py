@@ -641,21 +641,24 @@ def parse_set(item: str) -> dict:
     return out
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(
+    path: str | Path, what: str = "config file", fix: str = "pass an existing YAML file to --config"
+) -> dict:
+    """A YAML mapping; `what` names the file in the errors, `fix` says what to do when it is missing."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        raise ConfigError(f"{what} {path} does not exist; {fix}")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except OSError as e:
-        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        raise ConfigError(f"{what} {path} cannot be read: {e.strerror or e}") from None
     except _YAML_ERRORS as e:
         raise ConfigError(
-            f"config file {path} is not valid YAML for gssl: {e}. Only plain YAML is read "
+            f"{what} {path} is not valid YAML for gssl: {e}. Only plain YAML is read "
             "(safe loader: no python/object tags)"
         ) from None
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(values).__name__}")
+        raise ConfigError(f"{what} {path} must hold a mapping of keys, not {type(values).__name__}")
     return values
 
 

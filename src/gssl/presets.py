@@ -272,7 +272,7 @@ def preset_dict(name: str) -> dict:
 
         close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.4)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown preset '{name}'{hint} Run `gssl presets` to list them.")
+        raise ConfigError(f"unknown preset '{name}'{hint or '.'} Run `gssl presets` to list them.")
     p = PRESETS[name]
     return merge(merge(protocol_dict(p.protocol), p.overrides), {"preset": name})
 

@@ -180,7 +180,9 @@ def jobs_from_file(
     sets: list[str] = (),
     grid: dict | None = None,
 ) -> list[Job]:
-    spec = load_yaml(path)
+    spec = load_yaml(
+        path, "sweep file", "name an existing sweep file (those of this checkout: configs/sweeps/)"
+    )
     unknown = set(spec) - FILE_KEYS
     if unknown:
         raise ConfigError(
