@@ -1,11 +1,16 @@
-"""Does a pretext head learn, and how fast? A probe of the LoRot-E head on the real long-tailed CIFAR-10.
+"""Does a pretext head learn, and how fast? A probe of the pretext heads on the real long-tailed CIFAR-10.
 
 Trains ResNet-32 for a fixed number of steps (batch 128, SGD lr 0.1, momentum 0.9, weight decay 2e-4,
-the long-tailed training images with crop and flip) on either the pretext loss alone or, with --joint,
-the run's own objective (LDAM classifier + ratio x pretext loss), and prints the pretext head's training
-accuracy every 50 steps. Heads: "cosine" (the reference's, raw cosines unless --scale) or "linear".
+the long-tailed training images with crop and, unless --no-hflip, horizontal flip) on either the pretext
+loss alone or, with --joint, the run's own objective (LDAM classifier + ratio x pretext loss), and prints
+each pretext head's training accuracy every 50 steps (--every). Heads: "cosine" (the reference's, raw cosines
+unless --scale) or "linear". --tasks picks the pretext tasks (default LoRot-E alone; the gated triple's
+are lorot flip channel, drawn and applied to one quadrant together: flip, then rotation, then channel
+permutation), with the uniform gate; --flip-axis the axis the flip task flips (H: up-down, the
+long-tailed reference's; W: left-right).
 
     python benchmarks/pretext_probe.py --data PATH/cifar-10-jpg.tar.gz --head cosine --scale 1 --joint
+    python benchmarks/pretext_probe.py --data PATH/cifar-10-jpg.tar.gz --tasks lorot flip channel
 """
 
 import argparse
@@ -21,12 +26,33 @@ from gssl.methods.registry import build_data
 from gssl.presets import resolve
 
 
-def probe(data_root: str, head: str, scale: float, ratio: float, joint: bool, steps: int, seed: int = 0):
-    cfg = resolve("cifar10-lt0.01-lorot", sets=[parse_set(f"data.root={data_root}")])
+def probe(
+    data_root: str,
+    head: str,
+    scale: float,
+    ratio: float,
+    joint: bool,
+    steps: int,
+    tasks: list[str],
+    flip_axis: str = "H",
+    hflip: bool = True,
+    seed: int = 0,
+    every: int = 50,
+    sets: list[str] = (),
+):
+    sets = [parse_set(item) for item in (f"data.root={data_root}", *sets)]
+    cfg = resolve("cifar10-lt0.01-lorot", sets=sets)
     data = build_data(cfg)
     torch.manual_seed(seed)
     model = GatedSSL(
-        "resnet32", 10, tasks=["lorot"], gate="uniform", head=head, ssl_ratio=ratio, pretext_scale=scale
+        "resnet32",
+        10,
+        tasks=tasks,
+        gate="uniform",
+        head=head,
+        ssl_ratio=ratio,
+        pretext_scale=scale,
+        flip_axis=flip_axis,
     )
     cls_loss = build_cls_loss(cfg, data.counts)
     loader = DeviceLoader(
@@ -36,7 +62,7 @@ def probe(data_root: str, head: str, scale: float, ratio: float, joint: bool, st
         mean=data.mean,
         std=data.std,
         crop_padding=4,
-        hflip=True,
+        hflip=hflip,
         shuffle=True,
         seed=seed,
     )
@@ -47,16 +73,19 @@ def probe(data_root: str, head: str, scale: float, ratio: float, joint: bool, st
         loader.set_epoch(epoch)
         for x, y in loader:
             logits, pretext_term, stats = model.train_forward(x, model.sample_params(x, generator))
-            loss = cls_loss(logits, y) + pretext_term if joint else pretext_term
+            loss = pretext_term.added_to(cls_loss(logits, y) if joint else logits.new_zeros(()), stats)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            window.append(float(stats["pretext_acc_lorot"]))
+            window.append([float(stats[f"pretext_acc_{task}"]) for task in tasks])
             step += 1
-            if step % 50 == 0:
+            if step % every == 0:
+                accuracies = "  ".join(
+                    f"{task} {sum(row[i] for row in window) / len(window):5.1f}%"
+                    for i, task in enumerate(tasks)
+                )
                 print(
-                    f"step {step:4d}  head train acc {sum(window) / len(window):5.1f}%  "
-                    f"loss {float(stats['ssl_lorot']):.3f}  ({time.perf_counter() - started:.0f} s)",
+                    f"step {step:4d}  head train acc  {accuracies}  ({time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
                 window = []
@@ -76,10 +105,33 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.1, help="the pretext loss weight in --joint mode")
     parser.add_argument("--joint", action="store_true", help="LDAM classifier + ratio x pretext, as training")
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--tasks", nargs="+", default=["lorot"], choices=["lorot", "flip", "channel"])
+    parser.add_argument("--flip-axis", choices=["H", "W"], default="H", help="H: up-down (the reference's)")
+    parser.add_argument("--no-hflip", action="store_true", help="no random horizontal flip of the images")
+    parser.add_argument("--every", type=int, default=50, help="steps per printed line")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a data setting"
+    )
     args = parser.parse_args()
     objective = f"joint, ratio {args.ratio}" if args.joint else "pretext only"
-    print(f"# head {args.head}, scale {args.scale}, {objective}")
-    probe(args.data, args.head, args.scale, args.ratio if args.joint else 1.0, args.joint, args.steps)
+    augmentation = "crop" if args.no_hflip else "crop and horizontal flip"
+    print(
+        f"# head {args.head}, scale {args.scale}, {objective}; tasks {' '.join(args.tasks)}, "
+        f"flip axis {args.flip_axis}; {augmentation}"
+    )
+    probe(
+        args.data,
+        args.head,
+        args.scale,
+        args.ratio if args.joint else 1.0,
+        args.joint,
+        args.steps,
+        args.tasks,
+        args.flip_axis,
+        not args.no_hflip,
+        every=args.every,
+        sets=args.sets,
+    )
 
 
 if __name__ == "__main__":

@@ -47,3 +47,44 @@ def test_benchmark_suite_runs_every_section_and_writes_its_json(tmp_path):
     assert [row["parallel"] for row in res["sweep"]] == [1, 2] and res["sweep"][0]["vs_one"] == 1.0
     for section in ("[step]", "[transform]", "[loader]", "[epoch]", "[sweep]"):
         assert section in r.stdout  # each prints its table
+
+
+def test_the_pretext_probe_prints_each_named_heads_accuracy(fake_cifar10):
+    """`benchmarks/pretext_probe.py` (docs/results.md, results/pretext-probe/) trains what it names: a line
+    every --every steps with one accuracy per task, and the objective it was asked for in its header."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "pretext_probe.py"),
+            "--data",
+            str(fake_cifar10),
+            "--tasks",
+            "lorot",
+            "flip",
+            "channel",
+            "--flip-axis",
+            "W",
+            "--no-hflip",
+            "--joint",
+            "--steps",
+            "4",
+            "--every",
+            "2",
+            "--set",
+            "data.imbalance=0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == (
+        "# head cosine, scale 1.0, joint, ratio 0.1; tasks lorot flip channel, flip axis W; crop"
+    )
+    steps = [line for line in lines if line.startswith("step")]
+    assert [line.split()[1] for line in steps] == ["2", "4"]
+    for line in steps:
+        accuracies = [float(word.rstrip("%")) for word in line.split() if word.endswith("%")]
+        assert len(accuracies) == 3 and all(0 <= accuracy <= 100 for accuracy in accuracies)
+        assert "lorot" in line and "flip" in line and "channel" in line
