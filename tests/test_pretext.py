@@ -137,6 +137,21 @@ def test_flip_only_and_channel_only_leave_other_ops_out():
         assert torch.equal(y, reference_quadrant(x, params["quadrant"], None, f, c))
 
 
+@pytest.mark.parametrize("flip_axis, mirror_axis", [("H", "W"), ("W", "H")])
+def test_a_flip_composed_with_a_rotation_is_the_other_flip_rotated_by_two_more(flip_axis, mirror_axis):
+    """Why the gated triple's flip head cannot read its label off the patch (docs/results.md section 5):
+    flipping a quadrant and rotating it by k gives exactly the image that rotating the quadrant's mirror
+    image (the flip along the other axis) by k + 2 gives. A mirrored patch is as natural as the patch, so
+    the flip bit, and with it rotation k against k + 2, shows only in how the patch meets its surroundings."""
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    quadrant, rotation = torch.arange(8) % 4, torch.arange(8) // 2
+    ones, zeros = torch.ones(8, dtype=torch.long), torch.zeros(8, dtype=torch.long)
+    flipped = quadrant_transform(x, quadrant, rotation, ones, flip_axis=flip_axis)
+    mirrored = quadrant_transform(x, quadrant, None, ones, flip_axis=mirror_axis)
+    assert torch.equal(flipped, quadrant_transform(mirrored, quadrant, (rotation + 2) % 4, zeros))
+    assert not torch.equal(flipped, quadrant_transform(x, quadrant, (rotation + 2) % 4, zeros))
+
+
 def test_non_square_images_without_rotation():
     x = torch.randn(4, 3, 8, 12)
     y, labels = build_pretext(["flip", "channel"])(x, torch.Generator().manual_seed(0))
