@@ -85,11 +85,11 @@ def test_a_second_process_cannot_resume_or_force_a_run_while_it_trains(
 
 
 def test_a_claim_leaves_nothing_behind_and_a_lone_lock_file_is_no_run(tmp_path):
-    fresh = tmp_path / "fresh"
+    fresh = tmp_path / "new" / "sweep" / "seed0"
     with runlock.claim(fresh):
         # flock locks an open file: a second claim fails even in the same process
         assert runlock.holder(fresh).startswith(f"pid {os.getpid()} on ")
-    assert not fresh.exists()  # made only for the lock, and nothing was written
+    assert list(tmp_path.iterdir()) == []  # the folders made for the lock go with it when nothing was written
     kept = tmp_path / "kept"
     kept.mkdir()
     with runlock.claim(kept):

@@ -47,9 +47,9 @@ def refuse_if_held(run_dir: Path) -> None:
 @contextlib.contextmanager
 def claim(run_dir: Path) -> Iterator[None]:
     """Hold run_dir's lock while training; RunDirError (before anything is written) if another process
-    holds it. The lock file goes when the lock does, and so does a folder made only to hold it."""
+    holds it. The lock file goes when the lock does, and so do the folders made only to hold it."""
     run_dir = Path(run_dir)
-    made = not run_dir.exists()
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     fd = _locked(run_dir)
     try:
         since = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -59,8 +59,9 @@ def claim(run_dir: Path) -> Iterator[None]:
     finally:
         (run_dir / LOCK).unlink(missing_ok=True)  # still held: a process that opened it now finds it gone
         if made and holds_nothing(run_dir):
-            with contextlib.suppress(OSError):  # another process's claim may have taken it since
-                run_dir.rmdir()
+            for folder in made:
+                with contextlib.suppress(OSError):  # not empty: another process's claim has taken it since
+                    folder.rmdir()
         os.close(fd)
 
 
