@@ -121,6 +121,46 @@ def test_a_sweep_leaves_a_run_to_the_process_that_trains_it(fake_cifar10, tmp_pa
     assert (out / "held/seed0/summary.json").is_file()
 
 
+def test_two_sweeps_of_one_file_share_its_runs_and_neither_fails(fake_cifar10, tmp_path, capsys, monkeypatch):
+    """Sweep A trains the long run; sweep B, started while it does, leaves that run to A and trains the
+    short one; A, done with the long run, finds the short one finished and skips it (its plan, made at its
+    start, had it as new: started again, it would have been refused as an existing run)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "shared"
+    settings = {"data.root": str(fake_cifar10), **TINY}
+    runs = [
+        {
+            "name": name,
+            "preset": "cifar10-lt0.01-gated-triple",
+            "set": {"optim.epochs": n, "optim.base_epochs": n},
+        }
+        for name, n in (("long", 30), ("short", 1))
+    ]
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({"out": str(out), "seeds": [0], "set": settings, "runs": runs}))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "gssl", "sweep", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: runlock.holder(out / "long" / "seed0") is not None, "sweep A to train the long run")
+        assert main(["sweep", str(spec)]) == 0
+        said = capsys.readouterr().out
+        assert (
+            "skipped long seed 0: being trained by another process" in said
+            and "finished short seed 0" in said
+        )
+        said_first, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0 and "FAILED" not in said_first, said_first
+    assert "finished long seed 0" in said_first
+    assert "skipped short seed 0: another process finished it meanwhile" in said_first
+    assert [len(rundir.read_metrics(out / name / "seed0")) for name in ("long", "short")] == [30, 1]
+
+
 def test_a_campaign_does_not_start_a_run_another_process_trains(fake_cifar10, tmp_path, capsys):
     out, export = tmp_path / "campaign", tmp_path / "export"
     settings = {"data.root": str(fake_cifar10), **TINY, "optim.epochs": 1, "optim.base_epochs": 1}

@@ -366,13 +366,14 @@ def run(
     try:
         while queue or running:
             while queue and len(running) < parallel:
-                job, mode = queue.pop(0)
-                who = trained_elsewhere(job) if mode != "judge" else None
-                if who is not None:  # two sweeps over one file share its runs out instead of colliding
-                    log(skip_line(job, who))
-                    skipped += 1
+                job, planned = queue.pop(0)
+                mode, why_not = _mode_now(job, planned, judge)
+                if why_not is None:
+                    running.append(start(job, mode, env, gpus, [slot.gpu for slot in running], log))
                     continue
-                running.append(start(job, mode, env, gpus, [slot.gpu for slot in running], log))
+                log(why_not)
+                skipped += mode == "elsewhere"
+                failures += mode == "failed"
             time.sleep(0.2)
             for slot in [slot for slot in running if slot.process.poll() is not None]:
                 running.remove(slot)
@@ -388,6 +389,26 @@ def run(
     if skipped:
         log(f"sweep: {skipped} run(s) left to the processes training them; run the sweep again to see them")
     return failures
+
+
+def _mode_now(job, planned: str, judge: bool) -> tuple[str, str | None]:
+    """(mode, None) to start the run as its folder says now, not as it said when the sweep began (another
+    sweep of the same file may have started, interrupted or finished it since; a pack keeps its plan),
+    or (why, a line saying so) not to: 'elsewhere' (another process trains it), 'done' or 'failed'."""
+    if planned == "judge":
+        return planned, None
+    who = trained_elsewhere(job)
+    if who is not None:  # two sweeps over one file share its runs out instead of colliding
+        return "elsewhere", skip_line(job, who)
+    if not isinstance(job, Job):
+        return planned, None
+    try:
+        mode = _judged(job, status(job), judge)
+    except ConfigError as e:
+        return "failed", f"FAILED {job.name} seed {job.seed}: {e}"
+    if mode == "done":
+        return mode, f"skipped {job.name} seed {job.seed}: another process finished it meanwhile"
+    return mode, None
 
 
 def start(job: Job, mode: str, env: dict, gpus: list[str] | None, busy: list[str | None], log) -> Slot:
