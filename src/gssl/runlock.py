@@ -31,7 +31,7 @@ def holder(run_dir: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        return _named_holder(fd)
     finally:
         os.close(fd)  # closing drops the shared lock this probe may have taken
     return None
@@ -79,13 +79,18 @@ def _locked(run_dir: Path) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            who = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            who = _named_holder(fd)
             os.close(fd)
             raise RunDirError(_held_message(run_dir, who)) from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
         os.close(fd)
+
+
+def _named_holder(fd: int) -> str:
+    """The holder as its lock file names it ('pid 123 on host, since ...')."""
+    return os.read(fd, 200).decode(errors="replace").strip() or "another process"
 
 
 def _held_message(run_dir: Path, who: str) -> str:
