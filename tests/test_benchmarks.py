@@ -66,6 +66,7 @@ def test_the_pretext_probe_prints_each_named_heads_accuracy(fake_cifar10):
             "W",
             "--no-hflip",
             "--joint",
+            "--clean-cls",
             "--steps",
             "4",
             "--every",
@@ -80,11 +81,30 @@ def test_the_pretext_probe_prints_each_named_heads_accuracy(fake_cifar10):
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0] == (
-        "# head cosine, scale 1.0, joint, ratio 0.1; tasks lorot flip channel, flip axis W; crop"
+        "# head cosine, scale 1.0, joint, ratio 0.1, class loss on the clean batch; "
+        "tasks lorot flip channel, flip axis W; crop"
     )
     steps = [line for line in lines if line.startswith("step")]
     assert [line.split()[1] for line in steps] == ["2", "4"]
     for line in steps:
         accuracies = [float(word.rstrip("%")) for word in line.split() if word.endswith("%")]
-        assert len(accuracies) == 3 and all(0 <= accuracy <= 100 for accuracy in accuracies)
-        assert "lorot" in line and "flip" in line and "channel" in line
+        assert len(accuracies) == 4 and all(0 <= accuracy <= 100 for accuracy in accuracies)
+        assert "lorot" in line and "flip" in line and "channel" in line and "class" in line
+
+
+def test_the_pretext_probe_refuses_a_clean_class_loss_without_the_class_loss(fake_cifar10):
+    """--clean-cls moves the class loss, which the probe trains only with --joint: asked alone it would
+    measure nothing different, so the probe says so and exits 2."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "pretext_probe.py"),
+            "--data",
+            str(fake_cifar10),
+            "--clean-cls",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "add --joint" in r.stderr and r.stdout == ""
