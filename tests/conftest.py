@@ -97,52 +97,67 @@ TINY_FIXMATCH = [
 ]
 
 
-def train_preset(preset: str, data_root: Path, out: Path, *sets: str) -> Path:
-    """`gssl train --preset PRESET --set data.root=DATA_ROOT --set S... --out OUT --quiet`: must succeed."""
-    from gssl.cli import main
+# The small, fast run most CLI tests train: ResNet-8 on the fake CIFAR-10, batch 16 (9 steps an epoch at
+# imbalance 0.5), a constant learning rate.
+TINY_SETTINGS = {
+    "model.backbone": "resnet8",
+    "optim.batch_size": 16,
+    "data.imbalance": 0.5,
+    "optim.milestones": [],
+    "optim.warmup_epochs": 0,
+}
 
+
+# The learned-gate run that resume and fault tests kill and continue: ResNet-8, batch 40 (4 steps an epoch
+# at imbalance 0.5), epochs left to the caller.
+LEARNED_GATE_SETS = [
+    "model.backbone=resnet8",
+    "optim.batch_size=40",
+    "data.imbalance=0.5",
+    "ssl.gate=learned",
+]
+
+
+# One epoch of ResNet-8: for the refusals, where a run must start (or be stopped) before training matters.
+ONE_EPOCH_SETS = ["model.backbone=resnet8", "optim.epochs=1", "data.imbalance=0.5"]
+
+
+def as_sets(settings: dict) -> list[str]:
+    """The KEY=VALUE strings `--set` takes, in the dict's order."""
+    return [f"{key}={value}" for key, value in settings.items()]
+
+
+def train_argv(
+    data_root: Path, out: Path, *sets: str, preset: str = "cifar10-lt0.01-gated-triple"
+) -> list[str]:
+    """`gssl train --preset PRESET --out OUT --quiet --set data.root=DATA_ROOT --set S...` as main's argv (a
+    later --set of a key wins, so `sets` can override what came before)."""
     argv = ["train", "--preset", preset, "--out", str(out), "--quiet"]
     for item in (f"data.root={data_root}", *sets):
         argv += ["--set", item]
-    assert main(argv) == 0, f"gssl train --preset {preset} into {out} failed"
+    return argv
+
+
+def train_preset(preset: str, data_root: Path, out: Path, *sets: str) -> Path:
+    """`gssl train` of `train_argv`: must succeed."""
+    from gssl.cli import main
+
+    assert main(train_argv(data_root, out, *sets, preset=preset)) == 0, (
+        f"gssl train --preset {preset} into {out} failed"
+    )
     return out
 
 
 def train_tiny_run(data_root: Path, out: Path, epochs: int = 2, *sets: str) -> Path:
-    """A real `gssl train` run on the fake CIFAR-10 (ResNet-8, gated LoRot-E + flip + channel, batch 16,
-    constant lr), on the CPU unless `sets` name another device: on a GPU machine the default `auto` would
-    train in bf16 on CUDA, outside the tolerances the CPU comparisons were written for."""
+    """A real `gssl train` run on the fake CIFAR-10 (TINY_SETTINGS, the gated triple), on the CPU unless
+    `sets` name another device: on a GPU machine the default `auto` would train in bf16 on CUDA, outside
+    the tolerances the CPU comparisons were written for."""
     from gssl.cli import main
 
-    args = [
-        "train",
-        "--preset",
-        "cifar10-lt0.01-gated-triple",
-        "--set",
-        f"data.root={data_root}",
-        "--set",
-        f"optim.epochs={epochs}",
-        "--set",
-        f"optim.base_epochs={epochs}",
-        "--set",
-        "device=cpu",
-        "--set",
-        "model.backbone=resnet8",
-        "--set",
-        "optim.batch_size=16",
-        "--set",
-        "data.imbalance=0.5",
-        "--set",
-        "optim.milestones=[]",
-        "--set",
-        "optim.warmup_epochs=0",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-    for s in sets:
-        args += ["--set", s]
-    assert main(args) == 0, f"training the tiny run in {out} failed"
+    settings = {**TINY_SETTINGS, "optim.epochs": epochs, "optim.base_epochs": epochs, "device": "cpu"}
+    assert main(train_argv(data_root, out, *as_sets(settings), *sets)) == 0, (
+        f"training the tiny run in {out} failed"
+    )
     return out
 
 

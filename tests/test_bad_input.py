@@ -13,6 +13,7 @@ import tarfile
 
 import pytest
 
+from conftest import ONE_EPOCH_SETS, train_argv
 from gssl.cli import main
 from gssl.data import fakes
 
@@ -38,24 +39,7 @@ def old_run(tmp_path):
 
 
 def _train(root, out, *sets, preset="cifar10-lt0.01-gated-triple"):
-    return [
-        "train",
-        "--preset",
-        preset,
-        "--set",
-        f"data.root={root}",
-        "--set",
-        "model.backbone=resnet8",
-        "--set",
-        "optim.epochs=1",
-        "--set",
-        "data.imbalance=0.5",
-        *[x for s in sets for x in ("--set", s)],
-        "--out",
-        str(out),
-        "--force",
-        "--quiet",
-    ]
+    return [*train_argv(root, out, *ONE_EPOCH_SETS, *sets, preset=preset), "--force"]
 
 
 def _refused(argv, old_run, capsys, *fragments):

@@ -11,19 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY_SETTINGS
 from gssl import campaign, rundir, sweep
 from gssl.cli import main
 from gssl.config import ConfigError
 
-TINY = {
-    "data.imbalance": 0.5,
-    "data.max_per_class": 8,
-    "model.backbone": "resnet8",
-    "optim.batch_size": 16,
-    "optim.milestones": [],
-    "optim.warmup_epochs": 0,
-    "device": "cpu",
-}
+TINY = {**TINY_SETTINGS, "data.max_per_class": 8, "device": "cpu"}
 
 
 def _campaign_file(tmp_path: Path, data_root: Path, out: Path, runs: list[dict], name="c.yaml") -> Path:

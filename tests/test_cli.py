@@ -8,41 +8,15 @@ import pytest
 import torch
 import yaml
 
+from conftest import TINY_SETTINGS, as_sets, train_argv
 from gssl.cli import main
 from gssl.presets import VARIANTS
 
-# ResNet-8, 9 steps an epoch at a constant learning rate: enough to learn the tinted classes in 5 epochs.
-TINY = [
-    "--set",
-    "model.backbone=resnet8",
-    "--set",
-    "optim.batch_size=16",
-    "--set",
-    "data.imbalance=0.5",
-    "--set",
-    "optim.milestones=[]",
-    "--set",
-    "optim.warmup_epochs=0",
-    "--quiet",
-]
-
 
 def _train_args(root, out, epochs=2, *extra):
-    return [
-        "train",
-        "--preset",
-        "cifar10-lt0.01-gated-triple",
-        "--set",
-        f"data.root={root}",
-        "--set",
-        f"optim.epochs={epochs}",
-        "--set",
-        f"optim.base_epochs={epochs}",
-        "--out",
-        str(out),
-        *TINY,
-        *extra,
-    ]
+    """TINY_SETTINGS for `epochs` epochs: enough to learn the tinted classes in 5."""
+    sets = as_sets({**TINY_SETTINGS, "optim.epochs": epochs, "optim.base_epochs": epochs})
+    return [*train_argv(root, out, *sets), *extra]
 
 
 def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path, capsys):

@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 
+from conftest import LEARNED_GATE_SETS, train_argv
 from gssl import rundir
 from gssl.cli import main
 from gssl.method import GatedSSL
@@ -29,27 +30,7 @@ SUMMARY_VOLATILE = {"wall_seconds", "wall_seconds_this_process", "images_per_sec
 
 def _args(root, out, *extra):
     """3 epochs of ResNet-8 with the gated triple on 140 tinted images: 4 steps an epoch."""
-    return [
-        "train",
-        "--preset",
-        "cifar10-lt0.01-gated-triple",
-        "--set",
-        f"data.root={root}",
-        "--set",
-        f"optim.epochs={EPOCHS}",
-        "--set",
-        "model.backbone=resnet8",
-        "--set",
-        "optim.batch_size=40",
-        "--set",
-        "data.imbalance=0.5",
-        "--set",
-        "ssl.gate=learned",
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
+    return [*train_argv(root, out, f"optim.epochs={EPOCHS}", *LEARNED_GATE_SETS), *extra]
 
 
 def _main(argv):

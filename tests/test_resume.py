@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import TINY_FIXMATCH, assert_runs_identical
+from conftest import LEARNED_GATE_SETS, TINY_FIXMATCH, assert_runs_identical, train_argv
 from gssl import rundir
 from gssl.cli import main
 
@@ -22,24 +22,7 @@ def _cmd(root, out, *extra):
         sys.executable,
         "-m",
         "gssl",
-        "train",
-        "--preset",
-        "cifar10-lt0.01-gated-triple",
-        "--set",
-        f"data.root={root}",
-        "--set",
-        "optim.epochs=4",
-        "--set",
-        "model.backbone=resnet8",
-        "--set",
-        "optim.batch_size=40",
-        "--set",
-        "data.imbalance=0.5",
-        "--set",
-        "ssl.gate=learned",
-        "--out",
-        str(out),
-        "--quiet",
+        *train_argv(root, out, "optim.epochs=4", *LEARNED_GATE_SETS),
         *extra,
     ]
 

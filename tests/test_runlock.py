@@ -13,25 +13,15 @@ from pathlib import Path
 
 import yaml
 
+from conftest import TINY_SETTINGS, as_sets, train_argv
 from gssl import rundir, runlock
 from gssl.cli import main
 
-TINY = {
-    "data.imbalance": 0.5,
-    "model.backbone": "resnet8",
-    "optim.batch_size": 16,
-    "optim.milestones": [],
-    "optim.warmup_epochs": 0,
-    "device": "cpu",
-    "compile": False,
-    "diagnose_every": 0,
-}
+TINY = {**TINY_SETTINGS, "device": "cpu", "compile": False, "diagnose_every": 0}
 
 
 def _train_argv(data_root: Path, out: Path, epochs: int) -> list[str]:
-    settings = {"data.root": data_root, **TINY, "optim.epochs": epochs, "optim.base_epochs": epochs}
-    sets = [item for key, value in settings.items() for item in ("--set", f"{key}={value}")]
-    return ["train", "--preset", "cifar10-lt0.01-gated-triple", *sets, "--out", str(out), "--quiet"]
+    return train_argv(data_root, out, *as_sets({**TINY, "optim.epochs": epochs, "optim.base_epochs": epochs}))
 
 
 def _wait_for(condition, what: str, seconds: float = 120) -> None:
@@ -178,11 +168,7 @@ def test_a_campaign_does_not_start_a_run_another_process_trains(fake_cifar10, tm
 
 def test_a_pack_with_a_member_another_process_trains_writes_nothing(fake_cifar10, tmp_path, capsys):
     first, second = tmp_path / "pack/seed0", tmp_path / "pack/seed1"
-    sets = [
-        item
-        for key, value in {"data.root": fake_cifar10, **TINY}.items()
-        for item in ("--set", f"{key}={value}")
-    ]
+    sets = [item for setting in as_sets({"data.root": fake_cifar10, **TINY}) for item in ("--set", setting)]
     argv = ["pack", "--preset", "cifar10-lt0.01-gated-triple", *sets, "--seeds", "0", "1"]
     with _held_by_another_process(second) as holder:
         assert main(argv + ["--out", str(first), str(second), "--quiet"]) == 2

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ONE_EPOCH_SETS, train_argv
 from gssl import rundir
 from gssl.cli import main
 from gssl.config import parse_set
@@ -44,35 +45,13 @@ def _snapshot(folder: Path) -> dict:
     }
 
 
-def _tiny(root, *sets):
-    return [
-        "--set",
-        f"data.root={root}",
-        "--set",
-        "model.backbone=resnet8",
-        "--set",
-        "optim.epochs=1",
-        "--set",
-        "data.imbalance=0.5",
-        "--quiet",
-        *[x for s in sets for x in ("--set", s)],
-    ]
-
-
 def test_malicious_dataset_pickle_is_refused_and_runs_nothing(tmp_path, capsys):
     folder, _ = fakes.write_cifar(tmp_path / "data")
     marker = tmp_path / "pwned"
     with open(folder / "data_batch_3", "wb") as f:
         pickle.dump({b"data": Touch(marker), b"labels": [0], b"filenames": [], b"batch_label": b""}, f)
     code = main(
-        [
-            "train",
-            "--preset",
-            "cifar10-lt0.01-ldam-drw",
-            "--out",
-            str(tmp_path / "run"),
-            *_tiny(tmp_path / "data"),
-        ]
+        train_argv(tmp_path / "data", tmp_path / "run", *ONE_EPOCH_SETS, preset="cifar10-lt0.01-ldam-drw")
     )
     assert code == 2
     err = capsys.readouterr().err
@@ -316,14 +295,9 @@ def test_bad_image_files_are_named(tmp_path, capsys, kind):
     with pytest.raises(DataError, match=re.escape(p.name)):
         load_dataset("folder", root, "train", cache_dir=False)
     code = main(
-        [
-            "train",
-            "--preset",
-            "cifar10-lt0.01-ldam-drw",
-            "--out",
-            str(tmp_path / "run"),
-            *_tiny(root, "data.name=folder"),
-        ]
+        train_argv(
+            root, tmp_path / "run", *ONE_EPOCH_SETS, "data.name=folder", preset="cifar10-lt0.01-ldam-drw"
+        )
     )
     assert code == 2
     err = capsys.readouterr().err
