@@ -169,7 +169,7 @@ def test_the_sweep_reads_beside_the_faithful_records_in_one_table(tmp_path, caps
     sweeps = REPO / "configs" / "sweeps"
     faithful = _fake_records(sweeps / "cifar10-lt-45ep.yaml", tmp_path, {"ldam-drw", "lorot", "gated-triple"})
     pretext = _fake_records(sweeps / "cifar10-lt-45ep-pretext.yaml", tmp_path)
-    assert len(pretext) == 30 and pretext[0].name == "transform-only"
+    assert len(pretext) == 33 and pretext[0].name == "transform-only"
     capsys.readouterr()
     folders = [str(tmp_path / "results" / name) for name in ("cifar10-lt-45ep", "cifar10-lt-45ep-pretext")]
     assert main(["table", *folders]) == 0
@@ -178,11 +178,10 @@ def test_the_sweep_reads_beside_the_faithful_records_in_one_table(tmp_path, caps
     ]
     rows = [r for r in rows if r not in ("method", "")]
     assert rows[0] == "ldam-drw"  # the baseline of every difference
-    assert len(rows) == len(set(rows)) == 3 + 10  # one row per sweep row, none merged with another
-    assert (
-        "gated-triple (ssl.ratio=0.5)" in rows
-        and "gated-triple-scaled (ssl.gate=learned, ssl.ratio=1.0)" in rows
-    )
+    assert len(rows) == len(set(rows)) == 3 + 11  # one row per sweep row, none merged with another
+    assert "gated-triple (ssl.ratio=0.5)" in rows and "gated-triple-scaled (ssl.ratio=1.0)" in rows
+    assert "gated-lorot-channel (ssl.clean_class_loss=True, ssl.gate=uniform, ssl.ratio=10.0)" in rows
+    assert "gated-lorot-channel (ssl.clean_class_loss=True, ssl.gate=learned, ssl.ratio=20.0)" in rows
     assert "gated-triple-clean-cls (ssl.pretext_scale=30.0, ssl.ratio=1.0)" in rows
     assert len(faithful) == 9
 
