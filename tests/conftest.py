@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,14 @@ LEARNED_GATE_SETS = [
 
 # One epoch of ResNet-8: for the refusals, where a run must start (or be stopped) before training matters.
 ONE_EPOCH_SETS = ["model.backbone=resnet8", "optim.epochs=1", "data.imbalance=0.5"]
+
+
+def wait_for(condition, what: str, seconds: float = 120) -> None:
+    """Poll `condition` until it holds; fail the test naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
 
 
 def as_sets(settings: dict) -> list[str]:

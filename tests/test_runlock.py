@@ -8,14 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from conftest import TINY_SETTINGS, as_sets, train_argv
+from conftest import TINY_SETTINGS, as_sets, train_argv, wait_for
 from gssl import rundir, runlock
 from gssl.cli import main
+from gssl.presets import resolve
+from gssl.runconfig import to_yaml
 
 TINY = {**TINY_SETTINGS, "device": "cpu", "compile": False, "diagnose_every": 0}
 
@@ -24,20 +25,13 @@ def _train_argv(data_root: Path, out: Path, epochs: int) -> list[str]:
     return train_argv(data_root, out, *as_sets({**TINY, "optim.epochs": epochs, "optim.base_epochs": epochs}))
 
 
-def _wait_for(condition, what: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def _held_by_another_process(run_dir: Path):
     """A second Python process holding run_dir's lock, as a training process would, until the block ends."""
     code = "import sys, time; from gssl import runlock\nwith runlock.claim(sys.argv[1]):\n    time.sleep(600)"
     holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)])
     try:
-        _wait_for(lambda: runlock.holder(run_dir) is not None, "the other process to hold the lock")
+        wait_for(lambda: runlock.holder(run_dir) is not None, "the other process to hold the lock")
         yield holder
     finally:
         holder.kill()
@@ -51,7 +45,10 @@ def test_a_second_process_cannot_resume_or_force_a_run_while_it_trains(
     command = [sys.executable, "-m", "gssl", *_train_argv(fake_cifar10, run_dir, 20)]
     trainer = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        _wait_for(lambda: len(rundir.read_metrics(run_dir)) >= 1, "the first epoch", 180)
+        # the first epoch's checkpoint (written after its metrics row), then the trainer held mid-run, lock
+        # and all, however slowly the tries below go
+        wait_for(lambda: (run_dir / "checkpoints" / "last.pt").is_file(), "the first checkpoint", 180)
+        trainer.send_signal(signal.SIGSTOP)
         assert trainer.poll() is None, "the run finished before the second process could try"
         config = (run_dir / "config.yaml").read_bytes()
         assert main(["train", "--resume", str(run_dir), "--quiet"]) == 2
@@ -72,6 +69,20 @@ def test_a_second_process_cannot_resume_or_force_a_run_while_it_trains(
     done = len(rundir.read_metrics(run_dir))
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
     assert [row["epoch"] for row in rundir.read_metrics(run_dir)] == list(range(1, 21)) and done < 20
+
+
+def test_resuming_a_held_run_names_its_trainer_before_anything_its_folder_lacks(tmp_path, capsys):
+    """A run still in its first epoch has a config but no checkpoint: while it trains, --resume says who
+    trains it (not "no checkpoint yet ... --force", advice that is the trainer's to take)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / rundir.CONFIG).write_text(to_yaml(resolve("cifar10-lt0.01-gated-triple")))
+    with _held_by_another_process(run_dir) as holder:
+        assert main(["train", "--resume", str(run_dir), "--quiet"]) == 2
+        said = capsys.readouterr().err
+    assert f"being trained by another process (pid {holder.pid} on " in said and "no checkpoint" not in said
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 2  # free now: the folder's own problem
+    assert "no checkpoint yet" in capsys.readouterr().err
 
 
 def test_a_claim_leaves_nothing_behind_and_a_lone_lock_file_is_no_run(tmp_path):
@@ -135,7 +146,7 @@ def test_two_sweeps_of_one_file_share_its_runs_and_neither_fails(fake_cifar10, t
         text=True,
     )
     try:
-        _wait_for(lambda: runlock.holder(out / "long" / "seed0") is not None, "sweep A to train the long run")
+        wait_for(lambda: runlock.holder(out / "long" / "seed0") is not None, "sweep A to train the long run")
         assert main(["sweep", str(spec)]) == 0
         said = capsys.readouterr().out
         assert (

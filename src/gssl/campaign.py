@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import time
@@ -33,7 +32,16 @@ from pathlib import Path
 from . import rundir
 from .config import Config, ConfigError, load_yaml
 from .runconfig import from_dict, setting_changes
-from .sweep import JUDGEMENT, Job, skip_line, start, status, trained_elsewhere
+from .sweep import (
+    JUDGEMENT,
+    Job,
+    interrupted_by_signals,
+    skip_line,
+    start,
+    status,
+    stop_run,
+    trained_elsewhere,
+)
 
 CALIBRATION = "calibration.json"
 CAMPAIGN_LOG = "campaign.jsonl"  # one line per campaign: what it started, finished and stopped
@@ -211,7 +219,7 @@ class Campaign:
         """Run `best` at once from now on: the newest runs above it stop and go back to the queue."""
         self.levels, self.capacity = [], best
         for running in self.running[best:]:
-            stop(running.process)
+            stop_run(running.process)
             self.running.remove(running)
             self.queue.insert(0, running.job)
             self.log(f"calibration: {running.job.name} seed {running.job.seed} waits for a place")
@@ -220,14 +228,11 @@ class Campaign:
         write_calibration(self.out, self.device, best, self.rates, startup)
         self.calibration = read_calibration(self.out)[self.device]
 
-    def stop_all(self) -> None:
+    def stop_all(self, why: str = "at the deadline") -> None:
         for running in self.running:
-            stop(running.process)
+            stop_run(running.process)
             self.stopped.append(running.job)
-            self.log(
-                f"stopped {running.job.name} seed {running.job.seed} at the deadline, "
-                f"{running.rows} epochs done"
-            )
+            self.log(f"stopped {running.job.name} seed {running.job.seed} {why}, {running.rows} epochs done")
         self.running = []
 
 
@@ -268,18 +273,13 @@ def run(
     env.setdefault(
         "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(LEVELS[-1], campaign.capacity)))
     )
+    interrupted = None
     try:
-        while True:
-            now = time.monotonic()
-            campaign.poll(now)
-            if now >= campaign.deadline:
-                campaign.stop_all()
-                break
-            campaign.calibrate_step(now)
-            campaign.start_what_fits(env, now)
-            if not campaign.running:
-                break
-            time.sleep(0.5)
+        with interrupted_by_signals():
+            _drive(campaign, env)
+    except KeyboardInterrupt as interrupt:  # SIGTERM (a window's `timeout`), SIGHUP or Ctrl-C
+        interrupted = interrupt
+        campaign.stop_all(f"on {str(interrupt) or 'an interrupt'}")
     finally:
         campaign.stop_all()
     if campaign.levels and campaign.rates:  # the queue ran out while calibrating: keep what was measured
@@ -291,22 +291,24 @@ def run(
     if export is not None:
         copy_records(jobs, campaign.out, Path(export), log)
         log(f"records of every run written to {export}")
+    if interrupted is not None:
+        raise interrupted
     return len(campaign.failed)
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the run's process group (its compile workers too), SIGKILL if it lingers. A run
-    writes its checkpoint and metrics atomically, so a stop at any moment leaves the last epoch's."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+def _drive(campaign: Campaign, env: dict) -> None:
+    """Poll, calibrate and start runs until the deadline or until nothing runs."""
+    while True:
+        now = time.monotonic()
+        campaign.poll(now)
+        if now >= campaign.deadline:
+            campaign.stop_all()
+            return
+        campaign.calibrate_step(now)
+        campaign.start_what_fits(env, now)
+        if not campaign.running:
+            return
+        time.sleep(0.5)
 
 
 def device_name() -> str:

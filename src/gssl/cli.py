@@ -169,11 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"gssl: training stopped: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(
-            "gssl: interrupted; `gssl train --resume RUN_DIR` continues from the last checkpoint",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as interrupt:
+        if args.command in ("sweep", "campaign"):
+            again = (
+                f"the same `gssl {args.command}` command resumes each unfinished run from its last checkpoint"
+            )
+        else:
+            again = "`gssl train --resume RUN_DIR` continues from the last checkpoint"
+        print(f"gssl: interrupted{f' by {interrupt}' if str(interrupt) else ''}; {again}", file=sys.stderr)
         return 130
 
 
@@ -262,12 +265,14 @@ def _print_config(cfg) -> int:
 
 def _resume_config(args, run_dir: Path, sets: list[dict]):
     """The saved configuration of the run in run_dir, or with --force the one asked for; ConfigError if
-    they differ without --force."""
-    from . import rundir
+    they differ without --force. A run another process trains is refused first: whatever else its folder
+    says (no checkpoint yet, another configuration) is that process's to change."""
+    from . import rundir, runlock
     from .config import ConfigError, load_yaml
     from .presets import resolve
     from .runconfig import from_dict, setting_changes
 
+    runlock.refuse_if_held(run_dir)
     saved_path = run_dir / rundir.CONFIG
     if not saved_path.is_file():
         raise rundir.RunDirError(

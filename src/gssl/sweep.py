@@ -26,13 +26,16 @@ Runs are ordered by priority, then seed, then their place in the file.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import itertools
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,31 +367,38 @@ def run(
     running: list[Slot] = []
     failures = skipped = 0
     try:
-        while queue or running:
-            while queue and len(running) < parallel:
-                job, planned = queue.pop(0)
-                mode, why_not = _mode_now(job, planned, judge)
-                if why_not is None:
-                    running.append(start(job, mode, env, gpus, [slot.gpu for slot in running], log))
-                    continue
-                log(why_not)
-                skipped += mode == "elsewhere"
-                failures += mode == "failed"
-            time.sleep(0.2)
-            for slot in [slot for slot in running if slot.process.poll() is not None]:
-                running.remove(slot)
-                failures += _report(slot, log)
-                if judge and slot.mode != "judge" and slot.process.returncode == 0:
-                    queue[0:0] = [(member, "judge") for member in _members(slot.job)]
+        with interrupted_by_signals():
+            failures, skipped = _run_queue(queue, running, parallel, env, gpus, judge, log)
     except KeyboardInterrupt:
         for slot in running:
-            slot.process.terminate()
-        for slot in running:
-            slot.process.wait()
+            stop_run(slot.process)
         raise
     if skipped:
         log(f"sweep: {skipped} run(s) left to the processes training them; run the sweep again to see them")
     return failures
+
+
+def _run_queue(queue: list, running: list[Slot], parallel: int, env: dict, gpus, judge: bool, log):
+    """Start the queue's runs `parallel` at a time until all have ended; `running` is the caller's, so that
+    an interrupt can stop what runs. Returns (failures, runs left to other processes)."""
+    failures = skipped = 0
+    while queue or running:
+        while queue and len(running) < parallel:
+            job, planned = queue.pop(0)
+            mode, why_not = _mode_now(job, planned, judge)
+            if why_not is None:
+                running.append(start(job, mode, env, gpus, [slot.gpu for slot in running], log))
+                continue
+            log(why_not)
+            skipped += mode == "elsewhere"
+            failures += mode == "failed"
+        time.sleep(0.2)
+        for slot in [slot for slot in running if slot.process.poll() is not None]:
+            running.remove(slot)
+            failures += _report(slot, log)
+            if judge and slot.mode != "judge" and slot.process.returncode == 0:
+                queue[0:0] = [(member, "judge") for member in _members(slot.job)]
+    return failures, skipped
 
 
 def _mode_now(job, planned: str, judge: bool) -> tuple[str, str | None]:
@@ -425,6 +435,45 @@ def start(job: Job, mode: str, env: dict, gpus: list[str] | None, busy: list[str
         )
     log(f"started {job.name} seed {job.seed} ({mode}){where} -> {job.run_dir}, log {job.log_path}")
     return Slot(job, process, time.perf_counter(), gpu, mode)
+
+
+def stop_run(process: subprocess.Popen) -> None:
+    """SIGTERM to the run's process group (its compile workers too), SIGKILL if it lingers. A run
+    writes its checkpoint and metrics atomically, so a stop at any moment leaves the last epoch's."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def interrupted_by_signals():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt inside the block, as Ctrl-C does. The runs are started
+    in sessions of their own (so that a stop reaches their compile workers), which no signal to the sweep
+    reaches: without this, `kill` or a closed terminal would end the sweep and leave its runs training,
+    unsupervised. A signal already ignored stays ignored (`nohup gssl sweep ...` outlives its terminal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _report(slot: Slot, log) -> int:

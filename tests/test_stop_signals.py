@@ -1,0 +1,101 @@
+"""Stopping a sweep or a campaign with a signal (`kill`, a closed terminal, a GPU window's `timeout`) stops
+its runs too, as Ctrl-C does: they train in sessions of their own, which no signal to the parent reaches.
+Real processes on the fake CIFAR-10."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from conftest import TINY_SETTINGS, wait_for
+from gssl import rundir, runlock
+from gssl.cli import main
+
+LONG = {**TINY_SETTINGS, "device": "cpu", "compile": False, "optim.epochs": 300, "optim.base_epochs": 300}
+
+
+def _spec(tmp_path, data_root, out):
+    spec = tmp_path / "spec.yaml"
+    runs = [{"name": "long", "preset": "cifar10-lt0.01-gated-triple"}]
+    spec.write_text(
+        yaml.safe_dump(
+            {"out": str(out), "seeds": [0], "set": {"data.root": str(data_root), **LONG}, "runs": runs}
+        )
+    )
+    return spec
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    """`gssl ARGV` as `nohup` would start it: SIGHUP ignored."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gssl", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+
+
+def _trainer_pid(run_dir) -> int:
+    """The pid of the process training run_dir, from its lock ("pid N on HOST, since ...")."""
+    return int(runlock.holder(run_dir).split()[1])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_sigterm_stops_a_sweep_and_its_run_and_the_same_command_resumes_it(fake_cifar10, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    spec = _spec(tmp_path, fake_cifar10, out)
+    run_dir = out / "long" / "seed0"
+    sweep = _start(["sweep", str(spec)])
+    try:
+        wait_for(lambda: len(rundir.read_metrics(run_dir)) >= 1, "the run's first epoch", 180)
+        trainer = _trainer_pid(run_dir)
+        sweep.send_signal(signal.SIGHUP)  # ignored, as under nohup: the sweep and its run go on
+        time.sleep(1)
+        assert sweep.poll() is None and not _gone(trainer)
+        sweep.send_signal(signal.SIGTERM)
+        _, said = sweep.communicate(timeout=60)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, said
+    assert "gssl: interrupted by SIGTERM; the same `gssl sweep` command resumes each unfinished run" in said
+    assert _gone(trainer) and runlock.holder(run_dir) is None  # the run stopped with its sweep
+    done = len(rundir.read_metrics(run_dir))
+    time.sleep(1)
+    assert len(rundir.read_metrics(run_dir)) == done < 300  # nothing trains it any more
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    assert f"[resume: {done} of 300 epochs done]" in capsys.readouterr().out
+
+
+def test_sigterm_stops_a_campaign_which_still_hands_back_its_records(fake_cifar10, tmp_path):
+    out, export = tmp_path / "campaign", tmp_path / "export"
+    spec = _spec(tmp_path, fake_cifar10, out)
+    run_dir = out / "long" / "seed0"
+    argv = ["campaign", str(spec), "--budget-s", "600", "--startup-s", "1", "--epoch-s", "0.01"]
+    campaign = _start([*argv, "--export", str(export)])
+    try:
+        wait_for(lambda: len(rundir.read_metrics(run_dir)) >= 1, "the run's first epoch", 180)
+        trainer = _trainer_pid(run_dir)
+        campaign.send_signal(signal.SIGTERM)
+        told, said = campaign.communicate(timeout=60)
+    finally:
+        campaign.kill()
+    assert campaign.returncode == 130, said
+    assert "stopped long seed 0 on SIGTERM" in told and f"records of every run written to {export}" in told
+    assert "the same `gssl campaign` command resumes" in said
+    assert _gone(trainer) and runlock.holder(run_dir) is None
+    # what a GPU window's `timeout` leaves: the unfinished run's records and checkpoint, handed back
+    exported = export / "long" / "seed0"
+    assert (exported / "config.yaml").is_file() and (exported / "checkpoints" / "last.pt").is_file()
+    assert len(rundir.read_metrics(exported)) == len(rundir.read_metrics(run_dir)) >= 1
