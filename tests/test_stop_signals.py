@@ -59,7 +59,7 @@ def test_sigterm_stops_a_sweep_and_its_run_and_the_same_command_resumes_it(fake_
     run_dir = out / "long" / "seed0"
     sweep = _start(["sweep", str(spec)])
     try:
-        wait_for(lambda: len(rundir.read_metrics(run_dir)) >= 1, "the run's first epoch", 180)
+        wait_for(lambda: (run_dir / "checkpoints" / "last.pt").is_file(), "the run's first checkpoint", 180)
         trainer = _trainer_pid(run_dir)
         sweep.send_signal(signal.SIGHUP)  # ignored, as under nohup: the sweep and its run go on
         time.sleep(1)
@@ -85,7 +85,7 @@ def test_sigterm_stops_a_campaign_which_still_hands_back_its_records(fake_cifar1
     argv = ["campaign", str(spec), "--budget-s", "600", "--startup-s", "1", "--epoch-s", "0.01"]
     campaign = _start([*argv, "--export", str(export)])
     try:
-        wait_for(lambda: len(rundir.read_metrics(run_dir)) >= 1, "the run's first epoch", 180)
+        wait_for(lambda: (run_dir / "checkpoints" / "last.pt").is_file(), "the run's first checkpoint", 180)
         trainer = _trainer_pid(run_dir)
         campaign.send_signal(signal.SIGTERM)
         told, said = campaign.communicate(timeout=60)
