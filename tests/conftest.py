@@ -136,15 +136,25 @@ def as_sets(settings: dict) -> list[str]:
     return [f"{key}={value}" for key, value in settings.items()]
 
 
+def set_flags(*sets: str) -> list[str]:
+    """`--set S` for each KEY=VALUE string, in order (a later --set of a key wins)."""
+    return [flag for item in sets for flag in ("--set", item)]
+
+
 def train_argv(
     data_root: Path, out: Path, *sets: str, preset: str = "cifar10-lt0.01-gated-triple"
 ) -> list[str]:
-    """`gssl train --preset PRESET --out OUT --quiet --set data.root=DATA_ROOT --set S...` as main's argv (a
-    later --set of a key wins, so `sets` can override what came before)."""
-    argv = ["train", "--preset", preset, "--out", str(out), "--quiet"]
-    for item in (f"data.root={data_root}", *sets):
-        argv += ["--set", item]
-    return argv
+    """`gssl train --preset PRESET --out OUT --quiet --set data.root=DATA_ROOT --set S...` as main's argv, so
+    `sets` can override what came before."""
+    return [
+        "train",
+        "--preset",
+        preset,
+        "--out",
+        str(out),
+        "--quiet",
+        *set_flags(f"data.root={data_root}", *sets),
+    ]
 
 
 def train_preset(preset: str, data_root: Path, out: Path, *sets: str) -> Path:

@@ -49,34 +49,24 @@ def test_benchmark_suite_runs_every_section_and_writes_its_json(tmp_path):
         assert section in r.stdout  # each prints its table
 
 
+def _probe(data_root, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`benchmarks/pretext_probe.py --data DATA_ROOT ARGS...`, its output captured."""
+    script = str(ROOT / "benchmarks" / "pretext_probe.py")
+    return subprocess.run(
+        [sys.executable, script, "--data", str(data_root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_the_pretext_probe_prints_each_named_heads_accuracy(fake_cifar10):
     """`benchmarks/pretext_probe.py` (docs/results.md, results/pretext-probe/) trains what it names: a line
     every --every steps with one accuracy per task, and the objective it was asked for in its header."""
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "pretext_probe.py"),
-            "--data",
-            str(fake_cifar10),
-            "--tasks",
-            "lorot",
-            "flip",
-            "channel",
-            "--flip-axis",
-            "W",
-            "--no-hflip",
-            "--joint",
-            "--clean-cls",
-            "--steps",
-            "4",
-            "--every",
-            "2",
-            "--set",
-            "data.imbalance=0.5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    r = _probe(
+        fake_cifar10,
+        *("--tasks", "lorot", "flip", "channel", "--flip-axis", "W", "--no-hflip", "--joint", "--clean-cls"),
+        *("--steps", "4", "--every", "2", "--set", "data.imbalance=0.5"),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
@@ -95,16 +85,5 @@ def test_the_pretext_probe_prints_each_named_heads_accuracy(fake_cifar10):
 def test_the_pretext_probe_refuses_a_clean_class_loss_without_the_class_loss(fake_cifar10):
     """--clean-cls moves the class loss, which the probe trains only with --joint: asked alone it would
     measure nothing different, so the probe says so and exits 2."""
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "pretext_probe.py"),
-            "--data",
-            str(fake_cifar10),
-            "--clean-cls",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _probe(fake_cifar10, "--clean-cls", timeout=120)
     assert r.returncode == 2 and "add --joint" in r.stderr and r.stdout == ""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import TINY_SETTINGS, as_sets, train_argv, wait_for
+from conftest import TINY_SETTINGS, as_sets, set_flags, train_argv, wait_for
 from gssl import rundir, runlock
 from gssl.cli import main
 from gssl.presets import resolve
@@ -179,7 +179,7 @@ def test_a_campaign_does_not_start_a_run_another_process_trains(fake_cifar10, tm
 
 def test_a_pack_with_a_member_another_process_trains_writes_nothing(fake_cifar10, tmp_path, capsys):
     first, second = tmp_path / "pack/seed0", tmp_path / "pack/seed1"
-    sets = [item for setting in as_sets({"data.root": fake_cifar10, **TINY}) for item in ("--set", setting)]
+    sets = set_flags(*as_sets({"data.root": fake_cifar10, **TINY}))
     argv = ["pack", "--preset", "cifar10-lt0.01-gated-triple", *sets, "--seeds", "0", "1"]
     with _held_by_another_process(second) as holder:
         assert main(argv + ["--out", str(first), str(second), "--quiet"]) == 2

@@ -365,7 +365,6 @@ def run(
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     running: list[Slot] = []
-    failures = skipped = 0
     try:
         with interrupted_by_signals():
             failures, skipped = _run_queue(queue, running, parallel, env, gpus, judge, log)
