@@ -1,17 +1,20 @@
-"""Stopping a sweep or a campaign with a signal (`kill`, a closed terminal, a GPU window's `timeout`) stops
-its runs too, as Ctrl-C does: they train in sessions of their own, which no signal to the parent reaches.
-Real processes on the fake CIFAR-10."""
+"""Stopping gssl with a signal (`kill`, a closed terminal, a GPU window's `timeout`) works as Ctrl-C does: a
+training run keeps its last checkpoint and exits 130 saying how to resume, and a sweep or a campaign stops
+its runs too (they train in sessions of their own, which no signal to the parent reaches). Real processes
+on the fake CIFAR-10, and the handlers themselves in this process."""
 
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import pytest
 import yaml
 
-from conftest import TINY_SETTINGS, wait_for
-from gssl import rundir, runlock
+from conftest import TINY_SETTINGS, as_sets, train_argv, wait_for
+from gssl import interrupts, rundir, runlock
 from gssl.cli import main
 
 LONG = {**TINY_SETTINGS, "device": "cpu", "compile": False, "optim.epochs": 300, "optim.base_epochs": 300}
@@ -99,3 +102,42 @@ def test_sigterm_stops_a_campaign_which_still_hands_back_its_records(fake_cifar1
     exported = export / "long" / "seed0"
     assert (exported / "config.yaml").is_file() and (exported / "checkpoints" / "last.pt").is_file()
     assert len(rundir.read_metrics(exported)) == len(rundir.read_metrics(run_dir)) >= 1
+
+
+def test_sigterm_stops_gssl_train_as_ctrl_c_does_and_resume_goes_on(fake_cifar10, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train = _start(train_argv(fake_cifar10, run_dir, *as_sets(LONG)))
+    try:
+        wait_for(lambda: (run_dir / "checkpoints" / "last.pt").is_file(), "the run's first checkpoint", 180)
+        train.send_signal(signal.SIGTERM)
+        _, said = train.communicate(timeout=60)
+    finally:
+        train.kill()
+    assert train.returncode == 130, said  # not -15: it unwound as from Ctrl-C
+    assert (
+        "gssl: interrupted by SIGTERM; `gssl train --resume RUN_DIR` continues from the last checkpoint"
+        in said
+    )
+    assert runlock.holder(run_dir) is None
+    done = len(rundir.read_metrics(run_dir))
+    assert 1 <= done < 300
+    assert main(["train", "--resume", str(run_dir), "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert f"resume: {done} of 300 epochs done" in planned, planned
+
+
+def test_a_signal_inside_a_deferred_block_interrupts_once_the_block_has_run():
+    assert threading.current_thread() is threading.main_thread()  # where Python lets handlers be set
+    before = signal.getsignal(signal.SIGTERM)
+    ran = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with interrupts.interrupted_by_signals(), interrupts.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            ran.append("the rest of the block")  # a sweep's bookkeeping of the run it just started
+    assert ran == ["the rest of the block"]
+    with pytest.raises(KeyboardInterrupt, match="SIGHUP"):
+        with interrupts.interrupted_by_signals():
+            signal.raise_signal(signal.SIGHUP)
+            ran.append("never")  # outside a deferred block the interrupt comes at once
+    assert ran == ["the rest of the block"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back

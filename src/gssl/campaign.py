@@ -29,13 +29,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rundir
+from . import interrupts, rundir
 from .config import Config, ConfigError, load_yaml
 from .runconfig import from_dict, setting_changes
 from .sweep import (
     JUDGEMENT,
     Job,
-    interrupted_by_signals,
     skip_line,
     start,
     status,
@@ -170,9 +169,10 @@ class Campaign:
                 self.queue.remove(job)
                 mode = status(job)
                 rows = len(rundir.read_metrics(job.run_dir)) if mode == "resume" else 0
-                process = start(job, mode, env, None, [], self.log).process
-                self.running.append(Running(job, process, now, rows))
-                self.history.append(self.running[-1])
+                with interrupts.deferred():  # a stop now still finds the run in `running`
+                    process = start(job, mode, env, None, [], self.log).process
+                    self.running.append(Running(job, process, now, rows))
+                    self.history.append(self.running[-1])
 
     def poll(self, now: float) -> None:
         """Count new epoch rows; take in the processes that ended."""
@@ -275,7 +275,7 @@ def run(
     )
     interrupted = None
     try:
-        with interrupted_by_signals():
+        with interrupts.interrupted_by_signals():
             _drive(campaign, env)
     except KeyboardInterrupt as interrupt:  # SIGTERM (a window's `timeout`), SIGHUP or Ctrl-C
         interrupted = interrupt

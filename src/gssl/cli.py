@@ -145,21 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .engine import TrainingError
+    from .interrupts import interrupted_by_signals
     from .rundir import RunDirError
 
     try:
-        return {
-            "train": _train,
-            "eval": _eval,
-            "presets": _presets,
-            "data": _data,
-            "report": _report,
-            "analyze": _analyze,
-            "sweep": _sweep,
-            "campaign": _campaign,
-            "table": _table,
-            "pack": _pack,
-        }[args.command](args)
+        with interrupted_by_signals():
+            return {
+                "train": _train,
+                "eval": _eval,
+                "presets": _presets,
+                "data": _data,
+                "report": _report,
+                "analyze": _analyze,
+                "sweep": _sweep,
+                "campaign": _campaign,
+                "table": _table,
+                "pack": _pack,
+            }[args.command](args)
     except BrokenPipeError:  # `gssl presets | head`
         sys.stderr.close()
         return 0
@@ -169,15 +171,32 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"gssl: training stopped: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as interrupt:
-        if args.command in ("sweep", "campaign"):
-            again = (
-                f"the same `gssl {args.command}` command resumes each unfinished run from its last checkpoint"
-            )
-        else:
-            again = "`gssl train --resume RUN_DIR` continues from the last checkpoint"
-        print(f"gssl: interrupted{f' by {interrupt}' if str(interrupt) else ''}; {again}", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, `kill` or a closed terminal (gssl.interrupts)
+        by = f" by {interrupt}" if str(interrupt) else ""
+        print(f"gssl: interrupted{by}{_going_on(args)}", file=sys.stderr)
         return 130
+
+
+def _going_on(args) -> str:
+    """How to continue what an interrupt stopped."""
+    if args.command in ("sweep", "campaign"):
+        return (
+            f"; the same `gssl {args.command}` command resumes each unfinished run from its last checkpoint"
+        )
+    if args.command == "train" and not (args.dry_run or args.print_config):
+        return "; `gssl train --resume RUN_DIR` continues from the last checkpoint"
+    if args.command == "pack":
+        return "; `gssl pack --resume RUN_DIR ...` continues from the last checkpoint"
+    return ""
+
+
+def _resumes_at(args, cfg) -> str:
+    """How far a run to be resumed got, as `gssl sweep --dry-run` says it."""
+    if not args.resume:
+        return ""
+    from .rundir import read_metrics
+
+    return f"; resume: {len(read_metrics(Path(args.resume)))} of {cfg.optim.epochs} epochs done"
 
 
 def _train(args) -> int:
@@ -196,7 +215,7 @@ def _train(args) -> int:
         return 0
     if args.dry_run:
         engine.plan(cfg, run_dir, resume=bool(args.resume), force=args.force)
-        print(f"dry run: nothing trained or written (the run's folder: {run_dir})")
+        print(f"dry run: nothing trained or written (the run's folder: {run_dir}{_resumes_at(args, cfg)})")
         return 0
     summary = engine.train(cfg, run_dir, resume=bool(args.resume), force=args.force, quiet=args.quiet)
     if summary:  # (under torchrun only rank 0 has one)

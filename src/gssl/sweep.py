@@ -26,7 +26,6 @@ Runs are ordered by priority, then seed, then their place in the file.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import itertools
 import os
@@ -35,13 +34,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from . import rundir, runlock
+from . import interrupts, rundir, runlock
 from .config import LOCATION_KEYS, Config, ConfigError, load_yaml, parse_set
 from .presets import resolve
 from .runconfig import from_dict, setting_changes
@@ -366,7 +364,7 @@ def run(
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     running: list[Slot] = []
     try:
-        with interrupted_by_signals():
+        with interrupts.interrupted_by_signals():
             failures, skipped = _run_queue(queue, running, parallel, env, gpus, judge, log)
     except KeyboardInterrupt:
         for slot in running:
@@ -386,7 +384,8 @@ def _run_queue(queue: list, running: list[Slot], parallel: int, env: dict, gpus,
             job, planned = queue.pop(0)
             mode, why_not = _mode_now(job, planned, judge)
             if why_not is None:
-                running.append(start(job, mode, env, gpus, [slot.gpu for slot in running], log))
+                with interrupts.deferred():  # a stop now still finds the run in `running`
+                    running.append(start(job, mode, env, gpus, [slot.gpu for slot in running], log))
                 continue
             log(why_not)
             skipped += mode == "elsewhere"
@@ -449,30 +448,6 @@ def stop_run(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-@contextlib.contextmanager
-def interrupted_by_signals():
-    """SIGTERM and SIGHUP raise KeyboardInterrupt inside the block, as Ctrl-C does. The runs are started
-    in sessions of their own (so that a stop reaches their compile workers), which no signal to the sweep
-    reaches: without this, `kill` or a closed terminal would end the sweep and leave its runs training,
-    unsupervised. A signal already ignored stays ignored (`nohup gssl sweep ...` outlives its terminal)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, interrupt)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _report(slot: Slot, log) -> int:
