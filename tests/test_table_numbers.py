@@ -394,3 +394,22 @@ def test_no_shared_line_when_the_only_shared_keys_are_not_method_settings(tmp_pa
     text = table.markdown(table.find_runs([root]))
     assert "Shared by every run" not in text
     assert text.endswith("| gated-triple | 73.00 (1) | 81.67 |  |\n")
+
+
+def test_how_a_run_was_executed_neither_splits_its_row_nor_hides_the_paper_number(tmp_path):
+    """Regression: the full-length campaign sets compile, precision fp32 and diagnose_every for every run,
+    which used to cost each row its paper number; and a 45-epoch grid finished on a GPU window (compiled,
+    fp32) split from its CPU seeds. A run that trained in bf16 (its config's `null` on a GPU, as its
+    resolved.json says) keeps a row of its own, without the paper's number."""
+    root = tmp_path / "sweep"
+    on_gpu = ["compile=true", "precision=fp32", "diagnose_every=10", "channels_last=false"]
+    _run(root / "ldam" / "seed0", "cifar10-lt0.01-ldam-drw", 0, 70.0, sets=on_gpu, short=())
+    _run(root / "ldam" / "seed1", "cifar10-lt0.01-ldam-drw", 1, 72.0, short=())
+    bf16 = _run(root / "ldam-bf16" / "seed0", "cifar10-lt0.01-ldam-drw", 0, 69.0, short=())
+    (bf16 / "resolved.json").write_text(json.dumps({"execution": {"device": "cuda", "precision": "bf16"}}))
+    rows, _, cells, _, _ = table.build(table.find_runs([root]))
+    assert rows == ["ldam-drw", "ldam-drw (precision=bf16)"]
+    fp32 = cells[("ldam-drw", "cifar10 0.01")]
+    assert fp32.accs == {0: 70.0, 1: 72.0} and fp32.paper == 77.03 and fp32.paper_epochs == 200
+    lower = cells[("ldam-drw (precision=bf16)", "cifar10 0.01")]
+    assert lower.accs == {0: 69.0} and lower.paper is None

@@ -39,20 +39,24 @@ METRICS = {
     ),
 }
 BASELINE_METHODS = ("ldam-drw", "baseline", "supervised", "simclr", "dino")
-_NOT_METHOD = {"seed", "preset", "device", "tensorboard", "data.root", "data.name", "data.imbalance"}
-# A row that departs from its paper preset only in these still runs the paper's method (on another schedule,
-# or another machine), so the paper's number is shown beside it; the column header says at which length.
-_SCHEDULE = {"optim.epochs", "optim.base_epochs", "optim.warmup_epochs", "optim.milestones", "loss.drw_epoch"}
-_NOT_PAPER_METHOD = _SCHEDULE | {
-    "seed",
-    "preset",
+# How a run was executed, not what it computes: one method's runs share a row whether they ran on a CPU or a
+# GPU, compiled or not, with the gradient diagnostic's passes (which change no training number) every epoch
+# or every tenth. Precision too, as long as the run trained in fp32 (`null` means fp32 on a CPU, bf16 on a
+# GPU): a run that trained in bf16 or fp16 says so in its label, and is not the paper's (_lower_precision).
+_EXECUTION = {
     "device",
-    "tensorboard",
-    "data.root",
     "compile",
     "compile_mode",
     "channels_last",
+    "precision",
+    "tensorboard",
+    "diagnose_every",
 }
+_NOT_METHOD = {"seed", "preset", "data.root", "data.name", "data.imbalance"} | _EXECUTION
+# A row that departs from its paper preset only in these still runs the paper's method (on another schedule,
+# or another machine), so the paper's number is shown beside it; the column header says at which length.
+_SCHEDULE = {"optim.epochs", "optim.base_epochs", "optim.warmup_epochs", "optim.milestones", "loss.drw_epoch"}
+_NOT_PAPER_METHOD = _SCHEDULE | {"seed", "preset", "data.root"} | _EXECUTION
 
 
 @dataclass
@@ -150,7 +154,7 @@ def build(runs: list[Run], metric: str = "final", baseline: str | None = None, l
     labelled, shared = labelled or label_runs(runs)
     cells: dict[tuple[str, str], Cell] = {}
     for r, label, diffs in labelled:
-        paper, paper_epochs = _paper_number(r.cfg, diffs)
+        paper, paper_epochs = (None, None) if _lower_precision(r) else _paper_number(r.cfg, diffs)
         cell = cells.setdefault((label, setting_of(r.cfg)), Cell({}, paper, paper_epochs))
         if r.summary is None or not isinstance(r.summary.get(key), (int, float)):
             cell.why_left_out[r.cfg.seed] = r.why_left_out if r.summary is None else f"without {key}"
@@ -195,11 +199,19 @@ def label_runs(runs: list[Run]) -> tuple[list[tuple[Run, str, dict]], set]:
     labelled = []
     for r, method, diffs in parsed:
         own = {k: v for k, v in diffs.items() if k not in _NOT_METHOD and (k, json.dumps(v)) not in shared}
+        own.update(_lower_precision(r))
         label = method + (
             " (" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(own.items())) + ")" if own else ""
         )
         labelled.append((r, label, diffs))
     return labelled, shared
+
+
+def _lower_precision(run: Run) -> dict:
+    """{"precision": P} where the run trained in a precision below fp32, as its resolved.json says (its
+    config's `null` is decided by the device), else {}."""
+    trained = run.cfg.precision or rundir.trained_precision(run.path)
+    return {"precision": trained} if trained in ("bf16", "fp16") else {}
 
 
 def _paper_number(cfg: Config, diffs: dict) -> tuple[float | None, int | None]:
