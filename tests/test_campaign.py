@@ -320,27 +320,71 @@ def test_calibration_measures_one_then_two_at_once_and_the_next_campaign_uses_th
     assert "3 at once on cpu" in capsys.readouterr().out
 
 
-def test_the_gpu_window_script_plans_the_full_length_campaign(tmp_path):
-    """benchmarks/gpu_window.sh, the one command a GPU window runs, as it runs there (here with --dry-run)."""
+def test_runs_at_once_come_from_the_flag_then_this_device_s_calibration_then_the_file(
+    fake_cifar10, tmp_path, capsys
+):
+    """The file's `parallel` is a guess for a device not yet measured: once a campaign has calibrated the
+    device, later ones run as many at once as were fastest (before, the file's number always won). A
+    second campaign of runs alike can borrow another's calibration instead of spending a window on it."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    spec = _campaign_file(tmp_path, fake_cifar10, out, [_run("a", 20)])
+    spec.write_text(spec.read_text() + "parallel: 3\n")
+    plan = ["campaign", str(spec), "--budget-s", "30", "--dry-run"]
+
+    def at_once(*flags: str) -> str:
+        assert main([*plan, *flags]) == 0
+        return capsys.readouterr().out
+
+    assert "3 at once on cpu" in at_once()  # nothing measured: the file's guess
+    campaign.write_calibration(other, "cpu", 2, {1: 1.0, 2: 1.6}, 4.0)
+    borrowed = at_once("--calibration-from", str(other))
+    assert f"calibration: cpu's from {other / campaign.CALIBRATION} (2 at once fastest there)" in borrowed
+    assert "2 at once on cpu" in borrowed and "start-up 4 s" in borrowed  # its start-up too, as a prior
+    assert "3 at once on cpu" in at_once()  # borrowed for that command only, nothing written here
+    campaign.write_calibration(out, "cpu", 1, {1: 1.0, 2: 0.9}, 4.0)
+    assert "1 at once on cpu" in at_once()  # measured here: over the file's guess
+    assert "1 at once on cpu" in at_once("--calibration-from", str(other))  # and over another's
+    assert "4 at once on cpu" in at_once("--parallel", "4")  # the flag over everything
+    assert main([*plan, "--calibration-from", str(tmp_path / "nowhere")]) == 2
+    said = capsys.readouterr().err
+    assert f"--calibration-from {tmp_path / 'nowhere'}: no such folder" in said
+
+
+def test_the_gpu_window_script_plans_the_full_length_campaign_then_the_45_epoch_grid(tmp_path):
+    """benchmarks/gpu_window.sh, the one command a GPU window runs, as it runs there (here with --dry-run):
+    the full-length campaign first, then issue 47's grid in the window's last GSSL_GRID_S seconds, its
+    committed CPU records counted done although the window runs it compiled and in fp32."""
     import os
+    import re
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
-    done = subprocess.run(
-        ["bash", str(root / "benchmarks/gpu_window.sh"), "540", "--dry-run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def window(*argv: str, **more_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(root / "benchmarks/gpu_window.sh"), *argv],
+            env={**env, **more_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = window("540", "--dry-run")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "4 at once" in lines[0]  # the file's `parallel` until a device is calibrated
-    assert [line.split(":")[0] for line in lines[1:5]] == [
-        f"[new] {name} seed 0" for name in ("ldam-drw", "lorot", "gated-triple", "transform-only")
-    ]
+    assert [line.split(":")[0].split("] ")[1] for line in lines[1:5]] == [
+        f"{name} seed 0" for name in ("ldam-drw", "lorot", "gated-triple", "transform-only")
+    ]  # P1 first (what starts depends on the device's speed, guessed here)
+    plans = [line for line in lines if line.startswith("campaign plan: ")]
+    assert len(plans) == 2 and " of 66 runs unfinished" in plans[0]
+    records = len(list((root / "results/cifar10-lt-45ep-pretext").glob("*/seed*/summary.json")))
+    assert re.match(rf"campaign plan: {33 - records} of 33 runs unfinished", plans[1])
+    assert len(window("540", "--dry-run", GSSL_GRID_S="0").stdout.splitlines()) == lines.index(plans[1])
+    refused = window("540", "--dry-run", GSSL_GRID_S="540")
+    assert refused.returncode == 2 and "GSSL_GRID_S=540: expected whole seconds" in refused.stderr
     done = subprocess.run(
         ["bash", str(root / "benchmarks/gpu_window.sh")],
         env={**env, "OUT": ""},

@@ -196,6 +196,35 @@ runs:
     return f
 
 
+def test_a_gpu_window_counts_cpu_records_done_and_resumes_them_as_it_is_told_to_run(
+    fake_cifar10, tmp_path, capsys
+):
+    """How a run executes (device, compilation, memory layout, how often the gradient diagnostic runs) and
+    a precision that names what a run trained in anyway (fp32 for a CPU run whose config said `null`) do
+    not make another run: a GPU window given `--set compile=true --set precision=fp32` finishes a CPU grid
+    instead of refusing its records (it used to). bf16 would change the numbers: refused, named."""
+    out = tmp_path / "sweep"
+    spec = _sweep_file(tmp_path, fake_cifar10, out)
+    spec.write_text(spec.read_text().replace("seeds: [0, 1]", "seeds: [0]"))
+    assert main(["sweep", str(spec)]) == 0
+    machine = ["compile=false", "precision=fp32", "diagnose_every=2", "channels_last=false"]
+    told = [arg for s in machine for arg in ("--set", s)]
+    capsys.readouterr()
+    assert main(["sweep", str(spec), *told, "--dry-run"]) == 0
+    assert "2 finished already, 0 to run" in capsys.readouterr().out
+    (out / "base/seed0/summary.json").unlink()  # stopped after its last checkpoint
+    assert main(["sweep", str(spec), *told, "--dry-run"]) == 0
+    assert " ".join(told) in capsys.readouterr().out  # the resume runs as the window says
+    assert main(["sweep", str(spec), *told]) == 0
+    assert (out / "base/seed0/summary.json").is_file()
+    saved = yaml.safe_load((out / "base/seed0/config.yaml").read_text())
+    assert (saved["compile"], saved["precision"], saved["diagnose_every"]) == (False, "fp32", 2)
+    assert main(["sweep", str(spec), "--dry-run"]) == 0  # and the CPU, told nothing, goes on with them
+    assert "2 finished already, 0 to run" in capsys.readouterr().out
+    assert main(["sweep", str(spec), "--set", "precision=bf16", "--dry-run"]) == 2
+    assert "with another configuration (differs in precision)" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sweep_runs_the_grid_skips_finished_and_resumes_interrupted(fake_cifar10, tmp_path, capsys):
     out = tmp_path / "sweep"

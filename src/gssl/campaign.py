@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import interrupts, rundir
 from .config import Config, ConfigError, load_yaml
-from .runconfig import from_dict, setting_changes
+from .runconfig import from_dict, run_changes
 from .sweep import (
     JUDGEMENT,
     Job,
@@ -110,6 +110,8 @@ class Campaign:
         window_s: float,
         reserve_s: float,
         log,
+        file_parallel: int | None = None,
+        calibration_from: Path | None = None,
     ):
         self.out = jobs[0].out
         self.deadline = time.monotonic() + budget_s - reserve_s
@@ -119,9 +121,13 @@ class Campaign:
         self.passes = {run_dir: forward_passes(cfg) for run_dir, cfg in configs.items()}
         self.prior, self.device, self.log = prior, device, log
         self.calibration = read_calibration(self.out).get(device, {})
+        if not self.calibration and calibration_from is not None:  # another campaign's, same device
+            self.calibration = read_calibration(calibration_from).get(device, {})
+            log(_borrowed(self.calibration, calibration_from, device))
         calibrate = calibrate and not self.calibration  # once per device: delete its entry to measure again
         self.levels = [n for n in LEVELS if n <= len(self.queue)] if calibrate else []
-        at_once = parallel or self.calibration.get("parallel") or LEVELS[1]
+        # an explicit --parallel, else what was measured fastest here, else the file's guess
+        at_once = parallel or self.calibration.get("parallel") or file_parallel or LEVELS[1]
         self.capacity = self.levels[0] if self.levels else at_once
         self.window_s = window_s
         self.window: tuple[float, int] | None = None  # a calibration window: (its start, rows seen then)
@@ -241,6 +247,8 @@ def run(
     budget_s: float,
     *,
     parallel: int | None = None,
+    file_parallel: int | None = None,
+    calibration_from: Path | None = None,
     prior: Estimate,
     calibrate: bool = False,
     window_s: float = 20.0,
@@ -263,6 +271,8 @@ def run(
         window_s=window_s,
         reserve_s=reserve_s,
         log=log,
+        file_parallel=file_parallel,
+        calibration_from=calibration_from,
     )
     log(
         f"campaign: {len(jobs)} runs, {len(jobs) - len(campaign.queue)} finished already, "
@@ -309,6 +319,13 @@ def _drive(campaign: Campaign, env: dict) -> None:
         if not campaign.running:
             return
         time.sleep(0.5)
+
+
+def _borrowed(calibration: dict, source: Path, device: str) -> str:
+    where = Path(source) / CALIBRATION
+    if not calibration:
+        return f"calibration: none for {device} in {where}; the file's or the given number at once"
+    return f"calibration: {device}'s from {where} ({calibration['parallel']} at once fastest there)"
 
 
 def device_name() -> str:
@@ -379,8 +396,8 @@ def copy_records(jobs: list[Job], source: Path, dest: Path, log=print) -> None:
     pairs = [(src, dst) for src, dst in pairs if (src / rundir.CONFIG).is_file()]
     for src, dst in pairs:
         if (dst / rundir.CONFIG).is_file():
-            changed = setting_changes(
-                from_dict(load_yaml(dst / rundir.CONFIG)), from_dict(load_yaml(src / rundir.CONFIG))
+            changed = run_changes(
+                from_dict(load_yaml(dst / rundir.CONFIG)), from_dict(load_yaml(src / rundir.CONFIG)), dst
             )
             if changed:
                 raise ConfigError(
@@ -414,7 +431,15 @@ def _merge_campaign_files(source: Path, dest: Path) -> None:
 
 
 def plan(
-    jobs: list[Job], budget_s: float, *, parallel: int | None, prior: Estimate, reserve_s: float, log=print
+    jobs: list[Job],
+    budget_s: float,
+    *,
+    parallel: int | None,
+    prior: Estimate,
+    reserve_s: float,
+    file_parallel: int | None = None,
+    calibration_from: Path | None = None,
+    log=print,
 ):
     """What `run` would do with these estimates, simulated: each unfinished run in order, started on the
     first place that frees up if it is expected to end before the deadline."""
@@ -428,6 +453,8 @@ def plan(
         window_s=0,
         reserve_s=reserve_s,
         log=log,
+        file_parallel=file_parallel,
+        calibration_from=calibration_from,
     )
     estimate = campaign.estimate()
     log(

@@ -289,7 +289,7 @@ def _resume_config(args, run_dir: Path, sets: list[dict]):
     from . import rundir, runlock
     from .config import ConfigError, load_yaml
     from .presets import resolve
-    from .runconfig import from_dict, setting_changes
+    from .runconfig import from_dict, run_changes
 
     runlock.refuse_if_held(run_dir)
     saved_path = run_dir / rundir.CONFIG
@@ -301,7 +301,7 @@ def _resume_config(args, run_dir: Path, sets: list[dict]):
     cfg = saved
     if args.preset or args.config or sets:
         asked = resolve(args.preset, load_yaml(args.config) if args.config else saved.to_dict(), sets)
-        changed = setting_changes(saved, asked)  # data.root may move: the same run, data elsewhere
+        changed = run_changes(saved, asked, run_dir)  # the data may move, the device change: the same run
         if changed and not args.force:
             raise ConfigError(
                 f"the configuration differs from the run's saved one in: {', '.join(changed)}; "
@@ -754,13 +754,20 @@ def _campaign_parser(sub) -> None:
         "--parallel",
         type=int,
         metavar="N",
-        help="runs at once (default: the calibrated number for this device, else the file's, else 2)",
+        help="runs at once (default: the calibrated number for this device, else the file's `parallel`, "
+        "else 2)",
     )
     c.add_argument(
         "--calibrate",
         action="store_true",
         help="first find the fastest number of runs at once (1, 2, 4, 8) on the campaign's own runs, "
         "and record it in OUT/calibration.json; once per device (delete its entry there to measure again)",
+    )
+    c.add_argument(
+        "--calibration-from",
+        metavar="DIR",
+        help="where OUT has no calibration for this device, take DIR/calibration.json's (another campaign "
+        "of runs alike on the same device) instead of measuring again",
     )
     for flag, default, meaning in (
         ("--window-s", 20.0, "calibration: seconds measured per level"),
@@ -957,15 +964,24 @@ def _campaign(args) -> int:
         )
     if args.parallel is not None and args.parallel < 1:
         raise ConfigError(f"--parallel {args.parallel}: expected an integer >= 1")
-    parallel = args.parallel or sweep.file_parallel(args.file)
+    if args.calibration_from and not Path(args.calibration_from).is_dir():
+        raise ConfigError(
+            f"--calibration-from {args.calibration_from}: no such folder; name another campaign's out folder "
+            "(the one holding its calibration.json)"
+        )
+    how_many = dict(
+        parallel=args.parallel,
+        file_parallel=sweep.file_parallel(args.file),
+        calibration_from=Path(args.calibration_from) if args.calibration_from else None,
+    )
     prior = campaign.Estimate(args.startup_s, args.epoch_s)
     if args.dry_run:
-        campaign.plan(jobs, args.budget_s, parallel=parallel, prior=prior, reserve_s=args.reserve_s, log=log)
+        campaign.plan(jobs, args.budget_s, **how_many, prior=prior, reserve_s=args.reserve_s, log=log)
         return 0
     failed = campaign.run(
         jobs,
         args.budget_s,
-        parallel=parallel,
+        **how_many,
         prior=prior,
         calibrate=args.calibrate,
         window_s=args.window_s,

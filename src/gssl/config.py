@@ -665,6 +665,12 @@ def load_yaml(
 # Where things lie on this machine, not what a run does: a run resumed, continued by a sweep or evaluated
 # with the data somewhere else is the same run.
 LOCATION_KEYS = frozenset({"data.root"})
+# How a run executes, not what it computes: a run counted as done, or continued, on another device, compiled
+# or not, in another memory layout, diagnosed more or less often (the diagnostic changes no training
+# number) is the same run. Precision is not among them: bf16 changes the numbers (gssl.runconfig.run_changes).
+EXECUTION_KEYS = frozenset(
+    {"device", "compile", "compile_mode", "channels_last", "tensorboard", "diagnose_every"}
+)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

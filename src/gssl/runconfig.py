@@ -5,9 +5,12 @@ a run (train, eval, sweep, table, campaign) loads it through here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
-from .config import LOCATION_KEYS, Config, flatten, parse
+from . import rundir
+from .config import EXECUTION_KEYS, LOCATION_KEYS, Config, flatten, parse
 from .methods.registry import check, method_of, used_sections
 
 
@@ -46,3 +49,27 @@ def diff(a: Config, b: Config) -> list[str]:
 def setting_changes(a: Config, b: Config) -> list[str]:
     """diff(a, b) without the LOCATION_KEYS: the changes that would make another run."""
     return [key for key in diff(a, b) if key not in LOCATION_KEYS]
+
+
+def run_changes(saved: Config, asked: Config, run_dir: Path) -> list[str]:
+    """The changes that would make another run of the one in run_dir (`saved`, its config.yaml): neither
+    where things lie nor how it executes (EXECUTION_KEYS) do, nor a precision written differently that
+    trains the same (`fp32` asked of a CPU run whose `null` trained in fp32, or `null` on a CPU asked of
+    an fp32 run), so a GPU window may finish a CPU grid and the CPU go on with its records."""
+    trained = saved.precision or rundir.trained_precision(run_dir)
+    return [
+        key
+        for key in setting_changes(saved, asked)
+        if key not in EXECUTION_KEYS and not (key == "precision" and _would_train_in(asked) == trained)
+    ]
+
+
+def _would_train_in(cfg: Config) -> str:
+    """The precision cfg trains in on this machine (gssl.step.resolve_precision, without raising for a
+    missing CUDA device: that is the run's own error to give)."""
+    import torch
+
+    from .step import resolve_precision
+
+    on_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    return resolve_precision(cfg.precision, torch.device("cuda" if on_cuda else "cpu"))

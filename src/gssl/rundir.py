@@ -149,6 +149,13 @@ def read_json(path: Path):
         raise RunDirError(f"cannot read {path}: {e}") from None
 
 
+def trained_precision(run_dir: Path) -> str | None:
+    """The precision the run trained in as its resolved.json records it (a config's `null` is decided by
+    the device: fp32 on a CPU, bf16 on a GPU); None where it records none."""
+    path = Path(run_dir) / RESOLVED
+    return read_json(path).get("execution", {}).get("precision") if path.is_file() else None
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)

@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import interrupts, rundir, runlock
-from .config import LOCATION_KEYS, Config, ConfigError, load_yaml, parse_set
+from .config import EXECUTION_KEYS, LOCATION_KEYS, Config, ConfigError, load_yaml, parse_set
 from .presets import resolve
-from .runconfig import from_dict, setting_changes
+from .runconfig import from_dict, run_changes
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 FILE_KEYS = {"out", "seeds", "set", "runs", "grid", "parallel"}
@@ -79,8 +79,9 @@ class Job:
         log gets its first lines and one per epoch (no progress bars: the log is not a terminal)."""
         cmd = [sys.executable, "-m", "gssl", "train"]
         if mode == "resume":
-            moved = self.location_sets
-            return cmd + ["--resume", str(self.run_dir)] + [a for s in moved for a in ("--set", s)]
+            return (
+                cmd + ["--resume", str(self.run_dir)] + [a for s in self.machine_sets for a in ("--set", s)]
+            )
         cmd += ["--preset", self.preset] if self.preset else []
         cmd += ["--config", self.config] if self.config else []
         for s in self.sets + [f"seed={self.seed}"]:
@@ -92,6 +93,13 @@ class Job:
         """The sweep's 'key=value' for where things lie (LOCATION_KEYS): a resumed or judged run takes
         them from the sweep, not from its record, since the data may lie elsewhere than when it started."""
         return [s for s in self.sets if s.split("=", 1)[0].strip() in LOCATION_KEYS]
+
+    @property
+    def machine_sets(self) -> list[str]:
+        """The sweep's 'key=value' for where things lie and how they run (a resumed run continues
+        compiled, or in fp32, as the sweep asks now; gssl.runconfig.run_changes)."""
+        machine = LOCATION_KEYS | EXECUTION_KEYS | {"precision"}
+        return [s for s in self.sets if s.split("=", 1)[0].strip() in machine]
 
     def judge_command(self) -> list[str]:
         """`gssl eval` of the finished run's last checkpoint on the whole test split (writes JUDGEMENT)."""
@@ -285,7 +293,7 @@ def status(job: Job) -> str:
         raise ConfigError(f"{run_dir} exists but is not a gssl run; move it away or choose another --out")
     # where the data lies is the machine's business: a record made from /work/shared/data is the same run
     # when a fresh checkout elsewhere points data.root at its own copy
-    changed = setting_changes(from_dict(load_yaml(cfg_path)), job.resolved())
+    changed = run_changes(from_dict(load_yaml(cfg_path)), job.resolved(), run_dir)
     if changed:
         raise ConfigError(
             f"{run_dir} holds a run with another configuration (differs in {', '.join(changed)}); "
