@@ -228,6 +228,7 @@ def test_one_numbering_of_epochs_in_the_console_the_records_eval_and_table(short
     old = tmp_path / "old"
     old.mkdir()
     (old / rundir.CONFIG).write_bytes((run / rundir.CONFIG).read_bytes())
+    (old / rundir.RESOLVED).write_bytes((run / rundir.RESOLVED).read_bytes())
     (old / rundir.METRICS).write_text(
         "".join(json.dumps({**r, "epoch": r["epoch"] - 1}) + "\n" for r in rows)
     )

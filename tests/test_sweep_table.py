@@ -465,6 +465,17 @@ def test_table_per_run_lists_each_seed_with_its_paired_difference_gates_and_pret
     (triple / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in epochs))
     unfinished = _fake_run(root / "triple" / "seed1", "cifar10-lt0.01-gated-triple", 1)
     (unfinished / "metrics.jsonl").write_text(json.dumps(epochs[0]) + "\n")
+    # where each trained (resolved.json; records made before it have none): one row, two kinds of machine
+    for run_dir, device_name in (
+        (root / "ldam" / "seed0", "cpu (2 threads)"),
+        (triple, "NVIDIA H100 80GB HBM3"),
+    ):
+        execution = {
+            "device": device_name.split()[0].lower(),
+            "device_name": device_name,
+            "precision": "fp32",
+        }
+        (run_dir / "resolved.json").write_text(json.dumps({"execution": execution}))
     capsys.readouterr()
     assert main(["table", str(root), "--per-run"]) == 0
     out = capsys.readouterr().out
@@ -472,14 +483,15 @@ def test_table_per_run_lists_each_seed_with_its_paired_difference_gates_and_pret
     lines = [line for line in per_run.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| row | setting | seed | test_acc | Δ vs ldam-drw |")
     assert lines[1:] == [
-        "| ldam-drw | cifar10 0.01 | 0 | 70.00 |  | 70.00 | - / - / - | - | - | - | 0 |",
-        "| ldam-drw | cifar10 0.01 | 1 | 69.00 |  | 69.00 | - / - / - | - | - | - | 0 |",
+        "| ldam-drw | cifar10 0.01 | 0 | 70.00 |  | 70.00 | - / - / - | - | - | - "
+        "| cpu (2 threads), fp32 | 0 |",
+        "| ldam-drw | cifar10 0.01 | 1 | 69.00 |  | 69.00 | - / - / - | - | - | - | - | 0 |",
         "| gated-triple | cifar10 0.01 | 0 | 58.50 | -11.50 | 59.25 (5) | 64.0 / 36.4 / - | lorot 8.8 "
         "| lorot / flip / channel: 0.20 / 0.70 / 0.10 -> 0.05 / 0.90 / 0.05 (0.0500-0.9000) "
-        "| 1.8 / 0.0013 = 1385x | 2 |",
+        "| 1.8 / 0.0013 = 1385x | NVIDIA H100 80GB HBM3, fp32 | 2 |",
         "| gated-triple | cifar10 0.01 | 1 | - |  | - | - / - / - | lorot 6.0 "
         "| lorot / flip / channel: 0.20 / 0.70 / 0.10 -> 0.20 / 0.70 / 0.10 (0.1000-0.7000) "
-        "| - | 1 of 6, unfinished |",
+        "| - | - | 1 of 6, unfinished |",
     ]
 
 

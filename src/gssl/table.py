@@ -207,6 +207,15 @@ def label_runs(runs: list[Run]) -> tuple[list[tuple[Run, str, dict]], set]:
     return labelled, shared
 
 
+def _trained_on(run_dir: Path) -> str:
+    """Where and in what precision the run (its last process) trained, from resolved.json: a row's seeds
+    may come from a CPU and a GPU (_EXECUTION)."""
+    path = run_dir / rundir.RESOLVED
+    execution = rundir.read_json(path).get("execution", {}) if path.is_file() else {}
+    said = [execution.get("device_name") or execution.get("device"), execution.get("precision")]
+    return ", ".join(part for part in said if part) or "-"
+
+
 def _lower_precision(run: Run) -> dict:
     """{"precision": P} where the run trained in a precision below fp32, as its resolved.json says (its
     config's `null` is decided by the device), else {}."""
@@ -343,7 +352,7 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
     head = ["row", "setting", "seed", key, f"Δ vs {base or 'baseline'}", *probes, "best (epoch)"]
     head += ["many / medium / few-shot", "pretext head train acc. % (last epoch)"]
     head += ["gate weights: first -> last epoch (lowest-highest)"]
-    head += ["backbone gradient: class / pretext = ratio (last epoch)", "epochs"]
+    head += ["backbone gradient: class / pretext = ratio (last epoch)", "trained on", "epochs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, label, _ in sorted(
         labelled, key=lambda x: (rows.index(x[1]), setting_of(x[0].cfg), x[0].cfg.seed)
@@ -364,6 +373,7 @@ def per_run(runs: list[Run], metric: str = "final", baseline: str | None = None)
             _pretext(epochs[-1] if epochs else {}),
             _gates(epochs),
             _gradients(epochs[-1] if epochs else {}),
+            _trained_on(run.path),
         ]
         left_out = "" if run.summary else f" of {run.cfg.optim.epochs}, {run.why_left_out}"
         line.append(f"{len(epochs)}{left_out}")
