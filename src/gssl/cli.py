@@ -194,9 +194,9 @@ def _resumes_at(args, cfg) -> str:
     """How far a run to be resumed got, as `gssl sweep --dry-run` says it."""
     if not args.resume:
         return ""
-    from .rundir import read_metrics
+    from .rundir import progress
 
-    return f"; resume: {len(read_metrics(Path(args.resume)))} of {cfg.optim.epochs} epochs done"
+    return f"; {progress(Path(args.resume), cfg.optim.epochs)}"
 
 
 def _train(args) -> int:

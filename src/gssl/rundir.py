@@ -149,6 +149,11 @@ def read_json(path: Path):
         raise RunDirError(f"cannot read {path}: {e}") from None
 
 
+def progress(run_dir: Path, epochs: int) -> str:
+    """How far a run to be resumed got: "resume: N of M epochs done" (its metrics rows)."""
+    return f"resume: {len(read_metrics(run_dir))} of {epochs} epochs done"
+
+
 def trained_precision(run_dir: Path) -> str | None:
     """The precision the run trained in as its resolved.json records it (a config's `null` is decided by
     the device: fp32 on a CPU, bf16 on a GPU); None where it records none."""

@@ -322,7 +322,7 @@ def _progress(job: Job, mode: str) -> str:
         return f"being trained by another process: {who}"
     if mode != "resume" or not isinstance(job, Job):
         return mode
-    return f"resume: {len(rundir.read_metrics(job.run_dir))} of {job.resolved().optim.epochs} epochs done"
+    return rundir.progress(job.run_dir, job.resolved().optim.epochs)
 
 
 class Slot(NamedTuple):
