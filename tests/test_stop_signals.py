@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SETTINGS, as_sets, train_argv, wait_for
-from gssl import interrupts, rundir, runlock
+from gssl import interrupts, rundir, runlock, sweep
 from gssl.cli import main
 
 LONG = {**TINY_SETTINGS, "device": "cpu", "compile": False, "optim.epochs": 300, "optim.base_epochs": 300}
@@ -141,3 +141,29 @@ def test_a_signal_inside_a_deferred_block_interrupts_once_the_block_has_run():
             ran.append("never")  # outside a deferred block the interrupt comes at once
     assert ran == ["the rest of the block"]
     assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
+
+
+def test_stopping_several_runs_waits_once_for_all_and_kills_those_that_ignore_the_signal():
+    """A campaign stops every run at its deadline, so the wait for them is shared: four processes that
+    ignore SIGTERM are killed after one grace period, not four in a row (the old one-by-one stop could
+    overrun a window's budget by 15 s a run); one that obeys is gone at once, with its exit code."""
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); "
+        "time.sleep(600)"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE, start_new_session=True)
+        for _ in range(4)
+    ]
+    obedient = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
+    for process in processes:
+        assert process.stdout.readline() == b"1\n"  # its handler is set before the signal comes
+    started = time.monotonic()
+    sweep.stop_runs([obedient, *processes], grace_s=2.0)
+    took = time.monotonic() - started
+    assert obedient.returncode == -signal.SIGTERM
+    assert [process.returncode for process in processes] == [-signal.SIGKILL] * 4
+    assert 2.0 <= took < 6.0, took  # one shared grace period, not 4 x 2 s
+    sweep.stop_runs(processes)  # stopping what has already ended is a no-op

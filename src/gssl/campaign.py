@@ -38,7 +38,7 @@ from .sweep import (
     skip_line,
     start,
     status,
-    stop_run,
+    stop_runs,
     trained_elsewhere,
 )
 
@@ -112,9 +112,12 @@ class Campaign:
         log,
         file_parallel: int | None = None,
         calibration_from: Path | None = None,
+        started: float | None = None,
     ):
         self.out = jobs[0].out
-        self.deadline = time.monotonic() + budget_s - reserve_s
+        # the budget counts from the command's start; the reserve is kept to stop the runs and export
+        self.ends = (time.monotonic() if started is None else started) + budget_s
+        self.deadline = self.ends - reserve_s
         self.queue = [job for job in jobs if status(job) != "done"]
         configs = {job.run_dir: job.resolved() for job in self.queue}
         self.epochs = {run_dir: cfg.optim.epochs for run_dir, cfg in configs.items()}
@@ -224,8 +227,8 @@ class Campaign:
     def settle(self, best: int) -> None:
         """Run `best` at once from now on: the newest runs above it stop and go back to the queue."""
         self.levels, self.capacity = [], best
+        stop_runs([running.process for running in self.running[best:]])
         for running in self.running[best:]:
-            stop_run(running.process)
             self.running.remove(running)
             self.queue.insert(0, running.job)
             self.log(f"calibration: {running.job.name} seed {running.job.seed} waits for a place")
@@ -235,8 +238,11 @@ class Campaign:
         self.calibration = read_calibration(self.out)[self.device]
 
     def stop_all(self, why: str = "at the deadline") -> None:
+        """Stop every run at once; those not gone within half of what is left of the budget (at most
+        15 s, at least 1 s) are killed, which leaves the other half for the export."""
+        grace_s = min(15.0, max(1.0, (self.ends - time.monotonic()) / 2))
+        stop_runs([running.process for running in self.running], grace_s)
         for running in self.running:
-            stop_run(running.process)
             self.stopped.append(running.job)
             self.log(f"stopped {running.job.name} seed {running.job.seed} {why}, {running.rows} epochs done")
         self.running = []
@@ -254,10 +260,11 @@ def run(
     window_s: float = 20.0,
     reserve_s: float = 20.0,
     export: Path | None = None,
+    started: float | None = None,
     log=print,
 ) -> int:
     """Run the campaign until its queue is empty, nothing more fits, or the deadline; returns the number
-    of runs that failed."""
+    of runs that failed. The budget counts from `started` (`time.monotonic()`; default: now)."""
     if not jobs:
         raise ConfigError("the campaign has no runs")
     device = device_name()
@@ -273,6 +280,7 @@ def run(
         log=log,
         file_parallel=file_parallel,
         calibration_from=calibration_from,
+        started=started,
     )
     log(
         f"campaign: {len(jobs)} runs, {len(jobs) - len(campaign.queue)} finished already, "

@@ -944,6 +944,7 @@ def _campaign(args) -> int:
     from . import campaign, sweep
     from .config import ConfigError
 
+    started = time.monotonic()  # the budget includes reading the file and resolving its runs
     jobs = sweep.only_runs(
         sweep.jobs_from_file(args.file, args.out, args.seeds, args.sets), args.runs, args.file
     )
@@ -987,6 +988,7 @@ def _campaign(args) -> int:
         window_s=args.window_s,
         reserve_s=args.reserve_s,
         export=Path(args.export) if args.export else None,
+        started=started,
         log=log,
     )
     if failed:
