@@ -63,9 +63,7 @@ def test_real_cifar10_second_load_is_cached(cifar10, real_cache, monkeypatch):
         raise AssertionError("decoded again although the cache is valid")
 
     monkeypatch.setattr("gssl.data.folder.decode_all", no_decoding)
-    t = time.perf_counter()
     again = load_dataset("cifar10", SHARED, "train", cache_dir=real_cache)  # the folder holding the archive
-    assert time.perf_counter() - t < 5
     assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
 
 

@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,11 +125,9 @@ def test_dynamo_traces_the_training_step_without_graph_breaks():
     x, y = batch(B=4)
     loss_fn = build_loss("ldam", COUNTS)
     params = model.sample_params(x, torch.Generator().manual_seed(0))
-    t0 = time.time()
     explanation = torch._dynamo.explain(model.loss_from_params)(x, y, loss_fn, params)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
-    assert time.time() - t0 < 60
 
 
 @pytest.mark.slow
