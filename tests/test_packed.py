@@ -20,7 +20,10 @@ from gssl.config import ConfigError, parse_set
 from gssl.distributed import Dist
 from gssl.methods import registry
 from gssl.packed import Pack, PackedEvaluation, member_stats, stack_args
+from gssl.packsweep import pack_queue
 from gssl.presets import resolve
+from gssl.runconfig import to_yaml
+from gssl.sweep import Job
 
 PRESET = "cifar10-lt0.01-gated-triple"
 SEEDS = [0, 1, 2]
@@ -305,3 +308,31 @@ def test_the_packed_step_traces_as_one_graph(fake_cifar10, tmp_path):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     explained = torch._dynamo.explain(pack.logits)(next(iter(members[0].test_loader))[0])
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_a_pack_resumes_as_the_sweep_says_it_runs_and_refuses_what_would_make_another_run(
+    fake_cifar10, tmp_path
+):
+    """As `gssl train --resume`: where the data lies and how the pack executes may change when it resumes
+    (a GPU window finishing packs that began on a CPU, compiled), a setting of the runs may not; and a
+    sweep's resume of a pack passes its settings of both kinds, as it does to a lone run's."""
+    cfgs = _configs(fake_cifar10, seeds=[0, 1])
+    dirs = [tmp_path / "out" / PRESET / f"seed{cfg.seed}" for cfg in cfgs]
+    for cfg, run_dir in zip(cfgs, dirs):
+        run_dir.mkdir(parents=True)
+        (run_dir / rundir.CONFIG).write_text(to_yaml(cfg))
+    machine = ["compile=true", "diagnose_every=3", f"data.root={tmp_path}"]
+    resumed = packrun.saved_configs(dirs, machine)
+    assert [(cfg.compile, cfg.diagnose_every, cfg.data.root, cfg.seed) for cfg in resumed] == [
+        (True, 3, str(tmp_path), seed) for seed in (0, 1)
+    ]
+    assert [cfg.ssl.ratio for cfg in resumed] == [cfg.ssl.ratio for cfg in cfgs]
+    with pytest.raises(ConfigError, match=r"--set changes ssl.ratio of .*seed0; a pack resumes as it was"):
+        packrun.saved_configs(dirs, ["compile=true", "ssl.ratio=0.5"])
+
+    sets = [*machine, "ssl.ratio=0.5", "optim.epochs=2"]  # the run's own settings are in its config.yaml
+    jobs = [Job(PRESET, seed, PRESET, None, sets, tmp_path / "out") for seed in (0, 1)]
+    [(pack, mode)] = pack_queue([(job, "resume") for job in jobs], 2)
+    command = pack.command(mode)
+    assert command[3:6] == ["pack", "--resume", str(dirs[0])]
+    assert [command[i + 1] for i, arg in enumerate(command) if arg == "--set"] == machine

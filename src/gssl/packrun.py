@@ -38,7 +38,7 @@ from .methods.registry import Context, Scenario, build_data, build_model, check_
 from .methods.supervised.scenario import Supervised
 from .optimizer import build_optimizer, set_epoch_hyperparameters
 from .packed import Pack, PackedEvaluation, split_optimizer_state, stack_args, stack_optimizer_states
-from .runconfig import setting_changes
+from .runconfig import run_changes, setting_changes
 from .schedule import lr_at, weight_decay_at
 from .step import Compiled, FiniteWatch, TrainingError, autocast, resolve_precision
 
@@ -377,7 +377,8 @@ def pack_configs(preset: str | None, config: str | None, sets: list[str], seeds:
 
 
 def saved_configs(run_dirs: list[Path], sets: list[str]) -> list[Config]:
-    """The members' own config.yaml, for a resume; `sets` may only move the data (LOCATION_KEYS)."""
+    """The members' own config.yaml, for a resume; `sets` may move the data and change how the pack
+    executes (gssl.runconfig.run_changes, as for `gssl train --resume`), nothing that makes another run."""
     from .config import load_yaml, parse_set
     from .presets import resolve
     from .runconfig import from_dict
@@ -391,11 +392,11 @@ def saved_configs(run_dirs: list[Path], sets: list[str]) -> list[Config]:
             )
         saved = from_dict(load_yaml(path))
         asked = resolve(None, saved.to_dict(), [parse_set(s) for s in sets])
-        changed = setting_changes(saved, asked)
+        changed = run_changes(saved, asked, Path(run_dir))
         if changed:
             raise ConfigError(
                 f"--set changes {', '.join(changed)} of {run_dir}; a pack resumes as it was saved "
-                "(only where the data lies may change)"
+                "(only where the data lies and how it executes may change, such as device or compile)"
             )
         cfgs.append(asked)
     return cfgs

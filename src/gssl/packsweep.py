@@ -40,12 +40,13 @@ class PackJob:
         return first.out / "logs" / f"{self.name}-seed{self.seed}.log"
 
     def command(self, mode: str) -> list[str]:
-        """The `gssl pack` command line: mode new, restart (--force) or resume."""
+        """The `gssl pack` command line: mode new, restart (--force) or resume (with the sweep's settings of
+        where things lie and how they run, as a lone run's resume: gssl.sweep.Job.machine_sets)."""
         first, cmd = self.members[0], [sys.executable, "-m", "gssl", "pack"]
         if mode == "resume":
             dirs = [str(job.run_dir) for job in self.members]
             return (
-                cmd + ["--resume", *dirs, "--quiet"] + [a for s in first.location_sets for a in ("--set", s)]
+                cmd + ["--resume", *dirs, "--quiet"] + [a for s in first.machine_sets for a in ("--set", s)]
             )
         cmd += ["--preset", first.preset] if first.preset else []
         cmd += ["--config", first.config] if first.config else []
