@@ -671,6 +671,9 @@ LOCATION_KEYS = frozenset({"data.root"})
 EXECUTION_KEYS = frozenset(
     {"device", "compile", "compile_mode", "channels_last", "tensorboard", "diagnose_every"}
 )
+# What a machine chooses for a run: how it executes, and the precision, which a table shows as one row while
+# the run trained in fp32 and a resume accepts while it trains the same (gssl.runconfig.run_changes).
+MACHINE_KEYS = EXECUTION_KEYS | {"precision"}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import interrupts, rundir, runlock
-from .config import EXECUTION_KEYS, LOCATION_KEYS, Config, ConfigError, load_yaml, parse_set
+from .config import LOCATION_KEYS, MACHINE_KEYS, Config, ConfigError, load_yaml, parse_set
 from .presets import resolve
 from .runconfig import from_dict, run_changes
 
@@ -98,8 +98,7 @@ class Job:
     def machine_sets(self) -> list[str]:
         """The sweep's 'key=value' for where things lie and how they run (a resumed run continues
         compiled, or in fp32, as the sweep asks now; gssl.runconfig.run_changes)."""
-        machine = LOCATION_KEYS | EXECUTION_KEYS | {"precision"}
-        return [s for s in self.sets if s.split("=", 1)[0].strip() in machine]
+        return [s for s in self.sets if s.split("=", 1)[0].strip() in LOCATION_KEYS | MACHINE_KEYS]
 
     def judge_command(self) -> list[str]:
         """`gssl eval` of the finished run's last checkpoint on the whole test split (writes JUDGEMENT)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import rundir
-from .config import EXECUTION_KEYS, Config, ConfigError, flatten, load_yaml
+from .config import MACHINE_KEYS, Config, ConfigError, flatten, load_yaml
 from .presets import PRESETS, preset_dict
 from .runconfig import from_dict
 
@@ -43,7 +43,7 @@ BASELINE_METHODS = ("ldam-drw", "baseline", "supervised", "simclr", "dino")
 # GPU, compiled or not, with the gradient diagnostic's passes (which change no training number) every epoch
 # or every tenth. Precision too, as long as the run trained in fp32 (`null` means fp32 on a CPU, bf16 on a
 # GPU): a run that trained in bf16 or fp16 says so in its label, and is not the paper's (_lower_precision).
-_EXECUTION = EXECUTION_KEYS | {"precision"}
+_EXECUTION = MACHINE_KEYS
 _NOT_METHOD = {"seed", "preset", "data.root", "data.name", "data.imbalance"} | _EXECUTION
 # A row that departs from its paper preset only in these still runs the paper's method (on another schedule,
 # or another machine), so the paper's number is shown beside it; the column header says at which length.
