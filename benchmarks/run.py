@@ -10,9 +10,10 @@ Sections (ratios are always measured side by side in one run, repetitions interl
             compiled + channels_last (gssl.step.Compiled: inductor's default mode on CPU, the engine's
             reduce-overhead on CUDA), on CUDA in bf16 and fp32 autocast; the first call (the compile
             time, with inductor's on-disk caches as found) apart from the steady-state rate.
-            --quick: one small shape (ResNet-8, batch 16), so that compiling stays short on CPU, and
-            (as the epoch and sweep sections' processes, which train a ResNet-8 under --quick) one
-            thread, which other load cannot stall
+            --quick: one small shape (ResNet-8, batch 16), so that compiling stays short on CPU, one
+            compiled layout (compiled + channels_last combines two flags each row already checks, and
+            compiling is most of a smoke check's time), and (as the epoch and sweep sections'
+            processes, which train a ResNet-8 under --quick) one thread, which other load cannot stall
   gates     training step of every gate mode on the gated triple, side by side with the plain step and
             the reference-gated one: reference, learned, uniform and the loss weightings of
             docs/gates.md (uncertainty, gradnorm, gcs unweighted and weighted, dwa), each with its
@@ -185,7 +186,7 @@ def bench_step(
     variants = variants or VARIANTS
     cuda = device.type == "cuda"
     shapes = shapes or ([("resnet8", 16, 32)] if quick else [("resnet32", 128, 32), ("resnet18", 64, 64)])
-    layouts = layouts or list(LAYOUTS)
+    layouts = layouts or [lay for lay in LAYOUTS if not (quick and lay == "compiled + channels_last")]
     precisions = precisions or (["bf16", "fp32"] if cuda else ["fp32"])
     skipped = [] if skipped is None else skipped
     if cuda:  # as the engine
