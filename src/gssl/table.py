@@ -43,12 +43,11 @@ BASELINE_METHODS = ("ldam-drw", "baseline", "supervised", "simclr", "dino")
 # GPU, compiled or not, with the gradient diagnostic's passes (which change no training number) every epoch
 # or every tenth. Precision too, as long as the run trained in fp32 (`null` means fp32 on a CPU, bf16 on a
 # GPU): a run that trained in bf16 or fp16 says so in its label, and is not the paper's (_lower_precision).
-_EXECUTION = MACHINE_KEYS
-_NOT_METHOD = {"seed", "preset", "data.root", "data.name", "data.imbalance"} | _EXECUTION
+_NOT_METHOD = {"seed", "preset", "data.root", "data.name", "data.imbalance"} | MACHINE_KEYS
 # A row that departs from its paper preset only in these still runs the paper's method (on another schedule,
 # or another machine), so the paper's number is shown beside it; the column header says at which length.
 _SCHEDULE = {"optim.epochs", "optim.base_epochs", "optim.warmup_epochs", "optim.milestones", "loss.drw_epoch"}
-_NOT_PAPER_METHOD = _SCHEDULE | {"seed", "preset", "data.root"} | _EXECUTION
+_NOT_PAPER_METHOD = _SCHEDULE | {"seed", "preset", "data.root"} | MACHINE_KEYS
 
 
 @dataclass
@@ -201,7 +200,7 @@ def label_runs(runs: list[Run]) -> tuple[list[tuple[Run, str, dict]], set]:
 
 def _trained_on(run_dir: Path) -> str:
     """Where and in what precision the run (its last process) trained, from resolved.json: a row's seeds
-    may come from a CPU and a GPU (_EXECUTION)."""
+    may come from a CPU and a GPU (MACHINE_KEYS)."""
     path = run_dir / rundir.RESOLVED
     execution = rundir.read_json(path).get("execution", {}) if path.is_file() else {}
     said = [execution.get("device_name") or execution.get("device"), execution.get("precision")]
