@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import TWO_EPOCHS_EVERY_EVENT, needs_analysis, train_preset, two_ranks_batchnorm
+from gssl import rundir
 from gssl.config import ConfigError, parse_set
 from gssl.gating import LOSS_WEIGHTINGS, build_gate
 from gssl.losses import build_loss
@@ -435,8 +436,6 @@ def test_dwa_resumes_as_an_uninterrupted_run(fake_cifar10, tmp_path):
     import subprocess
     import sys
 
-    from gssl import rundir
-
     def command(out):
         args = [sys.executable, "-m", "gssl", "train", "--preset", "cifar10-lt0.01-gated-triple"]
         for s in (f"data.root={fake_cifar10}", *TWO_EPOCHS_EVERY_EVENT, "compile=false", "ssl.gate=dwa"):
@@ -496,9 +495,7 @@ def test_compiled_step_trains_like_the_eager_one(cifar600, tmp_path, gate):
         cifar600, tmp_path, "cifar10-lt0.01-gated-triple", f"ssl.gate={gate}", *third
     )
     if gate == "dwa":
-        rows = [
-            json.loads(line) for line in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()
-        ]
+        rows = rundir.read_metrics(tmp_path / "compiled")
         assert len({round(rows[2][f"gate_{t}"], 6) for t in TRIPLE}) > 1
 
 
