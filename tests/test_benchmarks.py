@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.exhaustive
 def test_benchmark_suite_runs_every_section_and_writes_its_json(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run(

@@ -160,7 +160,9 @@ def test_ldam_drw_without_pretext_tasks(cifar600, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gate", ["reference", "learned", "uniform"])
+@pytest.mark.parametrize(
+    "gate", ["reference", "learned", pytest.param("uniform", marks=pytest.mark.exhaustive)]
+)
 def test_gated_triple_every_gate(cifar600, tmp_path, gate):
     assert_compiled_matches_eager(cifar600, tmp_path, "cifar10-lt0.01-gated-triple", f"ssl.gate={gate}")
     # the gradient diagnostic ran eagerly beside the compiled step, without a recompilation
@@ -169,6 +171,7 @@ def test_gated_triple_every_gate(cifar600, tmp_path, gate):
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 def test_erm_and_sla_sd(cifar600, tmp_path):
     # 5.1% apart for ERM on one 2-core AMD EPYC host (2026-12-02), under 5% on another: inductor's
     # rounding depends on the CPU it generates code for; a real fault is ~100%, so 10% as for ssp
@@ -215,7 +218,7 @@ def test_fixmatch(cifar600, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fusion", ["false", "true"])
+@pytest.mark.parametrize("fusion", [pytest.param("false", marks=pytest.mark.exhaustive), "true"])
 def test_simclr_with_and_without_batch_fusion(cifar600, tmp_path, fusion):
     assert_compiled_matches_eager(
         cifar600,

@@ -309,6 +309,7 @@ def test_fixmatch_and_simclr_presets_train_under_torchrun_and_resume_exactly(
     assert_runs_identical(tmp_path / "ddp", tmp_path / "killed")
 
 
+@pytest.mark.exhaustive
 def test_compiled_step_under_ddp_trains_like_the_eager_ddp_run(fake_cifar10, tmp_path):
     """compile=true under torchrun (gloo, inductor): the step compiles in the mode chosen for DDP (no CUDA
     graphs, docs/performance.md), runs compiled on every full batch without falling back, and moves the

@@ -482,7 +482,10 @@ def cifar600(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gate", NEW_MODES)
+@pytest.mark.parametrize(
+    "gate",
+    [pytest.param(g, marks=pytest.mark.exhaustive) if g in ("uncertainty", "gcs") else g for g in NEW_MODES],
+)
 def test_compiled_step_trains_like_the_eager_one(cifar600, tmp_path, gate):
     """Inductor on the real step (C++ on CPU), as tests/test_compile.py checks every other scenario: it
     compiled (no fallback, no recompilation across the epochs and DRW), and moved the weights within 5%

@@ -96,6 +96,7 @@ def test_a_probe_s_symptoms_are_printed_and_kept(capsys):
     assert "SYMPTOM [train-ldam-drw] 'Recompiling'" in capsys.readouterr().out
 
 
+@pytest.mark.exhaustive
 def test_the_smoke_check_runs_every_part_and_writes_its_json(tmp_path):
     out = tmp_path / "check.json"
     r = subprocess.run(
