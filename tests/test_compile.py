@@ -19,6 +19,7 @@ from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, initial_weights, wri
 from gssl import rundir
 from gssl.cli import main
 from gssl.method import GatedSSL
+from gssl.models import CosineLinear
 from gssl.step import Compiled, packed_step
 
 # lr 0.01: at 0.1 a fresh LDAM model amplifies rounding differences chaotically within a few steps.
@@ -150,6 +151,22 @@ def test_compiled_evaluation_outputs_survive_the_next_call():
     # and predict copies even when the function itself does not
     bare = lambda x: static["out"].copy_(net(x))  # noqa: E731
     assert torch.allclose(metrics.predict(net, batches, fn=bare)[0], logits)
+
+
+def test_a_float32_cosine_head_compiles_to_a_graph_aotautograd_caches():
+    """Outside autocast the LDAM head enters no autocast region, which AOTAutograd's cache refuses: a
+    new process of the same CPU run loads its traced graph instead of tracing again. Under bf16
+    autocast its cosines stay float32."""
+    from torch._dynamo.utils import counters
+
+    head, x = CosineLinear(8, 3), torch.randn(4, 8, requires_grad=True)
+    torch._dynamo.reset()
+    counters.clear()
+    torch.compile(head, dynamic=False)(x).sum().backward()
+    aot = counters["aot_autograd"]
+    assert aot["autograd_cache_bypass"] == 0 and aot["autograd_cache_miss"] + aot["autograd_cache_hit"] == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(x.bfloat16()).dtype == torch.float32
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ direction scales as 1/||w||^2, so the reference's unit-norm class vectors start 
 raw uniform(-1, 1) ones (norm about 4.6 for 64 inputs), and weight decay acts on that norm too.
 """
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,7 +30,10 @@ class CosineLinear(nn.Module):
         self.weight = nn.Parameter(w.t().contiguous())
 
     def forward(self, x: Tensor) -> Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # float32 under autocast; no autocast region otherwise, since AOTAutograd's cache refuses a graph
+        # that enters one and every float32 (CPU) run would then trace its compiled step anew
+        device = x.device.type
+        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
             return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
     def extra_repr(self) -> str:
