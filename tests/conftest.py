@@ -227,10 +227,9 @@ def assert_runs_identical(full: Path, resumed: Path) -> None:
     from gssl import rundir
 
     def rows(run):
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rundir.read_metrics(run)]
 
-    assert rows(resumed) == rows(full)
+    assert rows(full) and rows(resumed) == rows(full)
 
     def tensors(tree, prefix=""):
         if isinstance(tree, torch.Tensor):

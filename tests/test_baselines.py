@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TWO_EPOCHS_EVERY_EVENT, initial_weights, train_preset, train_tiny_run
-from gssl import metrics
+from gssl import metrics, rundir
 from gssl.cli import main
 from gssl.config import flatten, load_yaml
 from gssl.data import DeviceLoader
@@ -61,7 +61,7 @@ def test_every_method_trains_end_to_end_from_its_real_preset(fake_cifar10, tmp_p
     wanted = flatten(resolve(preset).to_dict())
     assert {k: saved.get(k, wanted[k]) for k in METHOD_KEYS} == {k: wanted[k] for k in METHOD_KEYS}
     summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(out)
     assert len(rows) == 2 and all(
         math.isfinite(v) for row in rows for v in row.values() if isinstance(v, float)
     )
@@ -82,7 +82,7 @@ def test_every_method_trains_end_to_end_from_its_real_preset(fake_cifar10, tmp_p
 @pytest.mark.parametrize("gate", ["reference", "learned", "uniform"])
 def test_gated_rows_take_every_gate_mode(fake_cifar10, tmp_path, gate):
     run = train_tiny_run(fake_cifar10, tmp_path / gate, 1, f"ssl.gate={gate}")
-    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    row = rundir.read_metrics(run)[-1]
     weights = [row[f"gate_{t}"] for t in ("lorot", "flip", "channel")]
     assert sum(weights) == pytest.approx(3.0 if gate == "uniform" else 1.0, abs=1e-4)
     trained = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from conftest import TINY_SETTINGS, as_sets, train_argv
+from gssl import rundir
 from gssl.cli import main
 from gssl.presets import VARIANTS
 
@@ -29,7 +30,7 @@ def test_train_then_eval_writes_a_complete_run_directory(fake_cifar10, tmp_path,
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["ssl"]["tasks"] == ["lorot", "flip", "channel"] and cfg["optim"]["epochs"] == 8
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(out)
     assert [r["epoch"] for r in rows] == list(range(1, 9))  # counted from 1, as printed
     for r in rows:
         for key in (

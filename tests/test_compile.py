@@ -183,7 +183,7 @@ def test_ldam_drw_without_pretext_tasks(cifar600, tmp_path):
 def test_gated_triple_every_gate(cifar600, tmp_path, gate):
     assert_compiled_matches_eager(cifar600, tmp_path, "cifar10-lt0.01-gated-triple", f"ssl.gate={gate}")
     # the gradient diagnostic ran eagerly beside the compiled step, without a recompilation
-    rows = [json.loads(line) for line in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(tmp_path / "compiled")
     assert rows and all(row["grad_cls"] > 0 and row["grad_pretext"] > 0 for row in rows)
 
 

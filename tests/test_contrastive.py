@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gssl import rundir
 from gssl.contrastive import knn_predict, linear_probe, nt_xent
 
 
@@ -165,7 +166,7 @@ def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar1
     from gssl.cli import main
 
     run = _train("cifar10-simclr-gated-pretext", fake_cifar10, tmp_path / "simclr", "fusion.enabled=true")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     assert len(rows) == 2
     for r in rows:
         assert r["contrastive_loss"] > 0 and 0 <= r["test_acc"] <= 100 and 0 <= r["train_acc"] <= 100
@@ -183,7 +184,7 @@ def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar1
         "fusion.enabled=true",
         "optim.lr=1e-7",
     )
-    untrained = [json.loads(line) for line in (still / "metrics.jsonl").read_text().splitlines()]
+    untrained = rundir.read_metrics(still)
     trained_loss, untrained_loss = rows[1]["contrastive_loss"], untrained[1]["contrastive_loss"]
     assert trained_loss < untrained_loss - 0.05, (trained_loss, untrained_loss)  # one thread: 3.24, 3.34
     from gssl.analysis.report import summary_rows
@@ -203,7 +204,7 @@ def test_contrastive_pretraining_end_to_end_then_linear_and_knn_eval(fake_cifar1
     assert main(["eval", str(run), "--protocol", "classifier"]) == 2  # no classifier to use
     assert "no classifier" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--set", "optim.epochs=3", "--force", "--quiet"]) == 0
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len(rundir.read_metrics(run)) == 3
 
 
 def test_scatsimclr_with_three_views_trains_only_the_adapter(fake_cifar10, tmp_path):
@@ -218,7 +219,7 @@ def test_scatsimclr_with_three_views_trains_only_the_adapter(fake_cifar10, tmp_p
         "optim.base_epochs=1",
     )
     s = json.loads((run / "summary.json").read_text())
-    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    row = rundir.read_metrics(run)[0]
     assert row["contrastive_loss"] > 0 and row["ssl_rotation"] > 0 and row["ssl_jigsaw"] > 0
     assert 0 <= s["test_acc"] <= 100 and 0 <= s["knn_test_acc"] <= 100
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]

@@ -11,7 +11,7 @@ from conftest import ANALYSIS_MISSING
 
 pytest.importorskip("matplotlib", reason=ANALYSIS_MISSING.format("matplotlib"))
 
-from gssl import table  # noqa: E402
+from gssl import rundir, table  # noqa: E402
 from gssl.analysis import curves  # noqa: E402
 from gssl.cli import main  # noqa: E402
 from gssl.config import parse_set  # noqa: E402
@@ -160,7 +160,7 @@ def test_gate_weights_that_stay_uniform_stay_in_view(tmp_path):
     run = write_record(
         tmp_path / "sweep" / "learned" / "seed0", "gated-triple", *ROWS["gated-triple"][:2], 0, [1.0] * 3
     )
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     (run / "metrics.jsonl").write_text(
         "".join(json.dumps({**m, **{f"gate_{t}": 1 / 3 for t in TASKS}}) + "\n" for m in rows)
     )
@@ -172,7 +172,7 @@ def test_gate_weights_that_stay_uniform_stay_in_view(tmp_path):
 
 def _with_gradients(run_dir: Path, ratio: float) -> None:
     """The gradient diagnostic's keys added to a record's metrics: class norm 2, pretext norm 2 / ratio."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run_dir)
     grads = {"grad_cls": 2.0, "grad_pretext": 2.0 / ratio if ratio else 0.0}
     grads["grad_ratio_pretext"] = ratio or None
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({**m, **grads}) + "\n" for m in rows))

@@ -1,13 +1,12 @@
 """The gradient diagnostic (gssl.diagnostics): the norm each weighted loss term puts on the shared backbone,
 exact against independent computations, and measured without changing anything the training reads."""
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, train_preset
+from gssl import rundir
 from gssl.cli import main
 from gssl.config import parse_set
 from gssl.diagnostics import term_norms
@@ -129,7 +128,7 @@ def test_every_row_logs_it_and_the_per_run_table_shows_it(fake_cifar10, tmp_path
         *TWO_EPOCHS_EVERY_EVENT,
         "compile=false",
     )
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     keys = {"grad_cls", "grad_pretext", "grad_ratio_pretext"} | {
         f"grad{r}_{t}" for r in ("", "_ratio") for t in TRIPLE
     }
@@ -157,7 +156,7 @@ def test_diagnose_every_spaces_the_measurements_keeps_the_last_and_is_refused_wh
         "compile=false",
         "diagnose_every=2",
     )
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     assert [row["epoch"] for row in rows if "grad_cls" in row] == [2, 3]
     assert "diagnose_every: 2" in (run / "config.yaml").read_text()
     never = train_preset(
@@ -167,11 +166,8 @@ def test_diagnose_every_spaces_the_measurements_keeps_the_last_and_is_refused_wh
         *TWO_EPOCHS_EVERY_EVENT,
         "diagnose_every=0",
     )
-    assert not any(
-        key.startswith("grad_")
-        for line in (never / "metrics.jsonl").read_text().splitlines()
-        for key in json.loads(line)
-    )
+    rows = rundir.read_metrics(never)
+    assert rows and not any(key.startswith("grad_") for row in rows for key in row)
     capsys.readouterr()
     argv = ["train", "--preset", "cifar10-dino-vit", "--set", "diagnose_every=5", "--print-config"]
     assert main(argv) == 2

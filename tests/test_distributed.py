@@ -142,8 +142,8 @@ def test_two_processes_with_batch_b_train_like_one_with_2b(fake_cifar10, tmp_pat
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-6, f"largest parameter difference {worst:.2e}"
-    m1 = json.loads((work / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
-    m2 = json.loads((one / "metrics.jsonl").read_text().splitlines()[0])
+    m1 = rundir.read_metrics(work / "ddp")[0]
+    m2 = rundir.read_metrics(one)[0]
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)  # metrics summed over ranks
     assert m1["gate_lorot"] == pytest.approx(m2["gate_lorot"], rel=1e-5)
     assert m1["train_acc"] == pytest.approx(m2["train_acc"])
@@ -290,7 +290,7 @@ def test_fixmatch_and_simclr_presets_train_under_torchrun_and_resume_exactly(
     r = _torchrun([*args, "--out", "ddp"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # rank 1 wrote nothing anywhere
-    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(tmp_path / "ddp")
     assert len(rows) == 2 and all(0 <= row["train_acc"] <= 100 and row["loss"] > 0 for row in rows)
     assert r.stdout.count("final test accuracy") == 1
     if "semi" in sets[0]:
@@ -352,7 +352,7 @@ def test_the_gated_dino_selfpatch_preset_trains_under_torchrun(fake_cifar10, tmp
     r = _torchrun([*args, *(a for s in sets for a in ("--set", s))], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(tmp_path / "ddp")
     assert len(rows) == 2 and all(row["loss"] > 0 and 0 <= row["test_acc"] <= 100 for row in rows)
     assert all(row["gate_lorot"] + row["gate_selfpatch"] == pytest.approx(1.0) for row in rows)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from conftest import shared_data_dir
+from gssl import rundir
 from gssl.cli import main
 from gssl.data import long_tail_counts
 
@@ -55,7 +56,7 @@ def test_gated_training_on_real_long_tailed_cifar10(tmp_path, capsys):
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["ssl"]["tasks"] == ["lorot", "flip", "channel"] and cfg["ssl"]["gate"] == "reference"
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(abs(sum(r[f"gate_{t}"] for t in ("lorot", "flip", "channel")) - 1) < 1e-4 for r in rows)
     s = json.loads((out / "summary.json").read_text())

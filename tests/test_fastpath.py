@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import DINO_TINY, TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT, train_preset, train_tiny_run
+from gssl import rundir
 from gssl.gating import ALL_GATES
 from gssl.losses import build_loss
 from gssl.method import GatedSSL
@@ -93,8 +94,8 @@ def test_engine_compiles_the_step_when_asked(fake_cifar10, tmp_path, monkeypatch
     monkeypatch.undo()
     run_e = train_tiny_run(fake_cifar10, tmp_path / "eager", 1, "compile=false", "ssl.gate=learned")
     assert len(calls) == 2  # the step and the evaluation
-    a = json.loads((run_c / "metrics.jsonl").read_text().splitlines()[0])
-    b = json.loads((run_e / "metrics.jsonl").read_text().splitlines()[0])
+    a = rundir.read_metrics(run_c)[0]
+    b = rundir.read_metrics(run_e)[0]
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
 
 
@@ -103,7 +104,7 @@ def test_cuda_fast_path_end_to_end(fake_cifar10, tmp_path):
     run = train_tiny_run(fake_cifar10, tmp_path / "cuda", 2, "device=cuda", "optim.batch_size=32")
     s = json.loads((run / "summary.json").read_text())
     assert s["device"].startswith("cuda") and 0 <= s["test_acc"] <= 100
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     assert all(r["loss"] == r["loss"] for r in rows)  # finite under bf16 autocast
 
 
@@ -138,7 +139,7 @@ def test_channels_last_on_cpu_is_an_option_with_the_same_training(fake_cifar10, 
     assert torch.allclose(ref, nhwc, rtol=1e-5)  # the same step, another memory layout
     a = train_tiny_run(fake_cifar10, tmp_path / "nhwc", 1, "channels_last=true", "optim.lr=0.001")
     b = train_tiny_run(fake_cifar10, tmp_path / "nchw", 1, "channels_last=false", "optim.lr=0.001")
-    ra, rb = (json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in (a, b))
+    ra, rb = (rundir.read_metrics(r)[0] for r in (a, b))
     # another summation order rounds differently; at lr 0.1 an epoch of batch-16 LDAM steps amplifies that
     # into a 10% different loss on one thread (chaotic, not a layout bug), so a small step keeps it near
     assert ra["loss"] == pytest.approx(rb["loss"], rel=0.005)
@@ -171,7 +172,7 @@ def test_precision_is_a_setting_recorded_in_the_summary(fake_cifar10, tmp_path, 
     )
     s = json.loads((run / "summary.json").read_text())
     assert s["precision"] == precision and s["test_acc"] == s["test_acc"]
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     assert all(r["loss"] == r["loss"] for r in rows)  # finite
 
 

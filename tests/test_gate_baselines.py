@@ -395,7 +395,7 @@ def _train(root, out, *sets, compile_=False):
     """The gated triple through `gssl train`, two tiny epochs unless `sets` say more: its metrics rows."""
     schedule = (*TWO_EPOCHS_EVERY_EVENT, f"compile={str(compile_).lower()}")
     train_preset("cifar10-lt0.01-gated-triple", root, out, *schedule, *sets)
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rundir.read_metrics(out)
 
 
 @pytest.mark.slow
@@ -461,9 +461,9 @@ def test_dwa_resumes_as_an_uninterrupted_run(fake_cifar10, tmp_path):
     assert subprocess.run(resume, env=env, capture_output=True).returncode == 0
     rows = {}
     for name in ("whole", "killed"):
-        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         rows[name] = [
-            {k: v for k, v in json.loads(x).items() if k.startswith(("gate_", "ssl_"))} for x in lines
+            {k: v for k, v in row.items() if k.startswith(("gate_", "ssl_"))}
+            for row in rundir.read_metrics(tmp_path / name)
         ]
     assert len(rows["killed"]) == 3 and rows["killed"] == rows["whole"]
     assert len({round(rows["whole"][2][f"gate_{t}"], 6) for t in TRIPLE}) > 1  # the third epoch: uneven
@@ -541,10 +541,7 @@ def test_two_processes_weigh_like_one_with_the_global_batch(fake_cifar10, tmp_pa
     two_ranks_batchnorm(monkeypatch)
     sets = [a for a in TINY[2:] if a not in ("--set", "--quiet")]
     one = train_tiny_run(fake_cifar10, tmp_path / "one", epochs, *sets, *common, "optim.batch_size=16")
-    rows = [
-        [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        for run in (work / "ddp", one)
-    ]
+    rows = [rundir.read_metrics(run) for run in (work / "ddp", one)]
     for ddp_row, one_row in zip(*rows, strict=True):
         for t in TRIPLE:
             assert ddp_row[f"gate_{t}"] == pytest.approx(one_row[f"gate_{t}"], rel=1e-4, abs=1e-6)

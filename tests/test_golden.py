@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_FIXMATCH, TWO_EPOCHS_EVERY_EVENT
+from gssl import rundir
 
 GOLDEN = Path(__file__).parent / "golden"
 PINNED_ENV = {
@@ -88,7 +89,7 @@ def _numbers(obj):
 
 
 def _record(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     return _numbers({"metrics": rows, "summary": json.loads((run / "summary.json").read_text())})
 
 

@@ -166,9 +166,7 @@ def test_two_packed_epochs_end_where_the_single_runs_end(fake_cifar10, tmp_path)
         assert apart < 0.05 * travelled, f"seed {seed}: {apart / travelled:.1%} of the update apart"
         assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
         assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
-        rows = [
-            [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (out, single)
-        ]
+        rows = [rundir.read_metrics(run) for run in (out, single)]
         assert [r.keys() for r in rows[0]] == [r.keys() for r in rows[1]]
         summaries = [json.loads((run / "summary.json").read_text()) for run in (out, single)]
         assert summaries[0].keys() - summaries[1].keys() == {"pack_members"}

@@ -2,14 +2,13 @@
 it, the epoch at which DRW's weights reach the loss inside the loop, the margins the run's LDAM uses, the
 pretext draws' balance, and the shot groups and top-5 on a hand-made logits table."""
 
-import json
 import math
 
 import pytest
 import torch
 
 from conftest import train_preset
-from gssl import engine, metrics
+from gssl import engine, metrics, rundir
 from gssl.config import parse_set
 from gssl.distributed import Dist
 from gssl.methods import registry
@@ -40,7 +39,7 @@ def _expected_lr(epoch: int) -> float:
 def test_a_scaled_table1_run_logs_the_learning_rate_of_every_epoch(fake_cifar10, tmp_path):
     out = tmp_path / "ldam"
     train_preset("cifar10-lt0.01-ldam-drw", fake_cifar10, out, *SCALED)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(out)
     assert [row["epoch"] for row in rows] == list(range(1, 41))
     for row in rows:
         assert math.isclose(row["lr"], _expected_lr(row["epoch"]), rel_tol=1e-12), row["epoch"]

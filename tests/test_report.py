@@ -18,6 +18,7 @@ pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip insta
 pytest.importorskip("sklearn", reason="the report's t-SNE needs scikit-learn (pip install 'gssl[analysis]')")
 
 from conftest import train_tiny_run  # noqa: E402
+from gssl import rundir  # noqa: E402
 from gssl.analysis import figures  # noqa: E402
 from gssl.analysis import tsne as tsne_mod  # noqa: E402
 from gssl.analysis.examples import pretext_rows  # noqa: E402
@@ -126,7 +127,7 @@ def _check_figure_content(run, drawn):
     """What the figures show is the run's own numbers: confusion counts, gate weights, per-class points."""
     evaluation = json.loads((run / "eval-last.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     counts = np.array(evaluation["confusion_matrix"])
     per_class = 100 * counts.diagonal() / counts.sum(1)
     assert per_class == pytest.approx(summary["per_class_acc"])  # the matrix agrees with the training's

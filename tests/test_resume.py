@@ -28,7 +28,7 @@ def _cmd(root, out, *extra):
 
 
 def _rows(run):
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
@@ -83,7 +83,7 @@ def test_resume_with_a_changed_config_is_refused_unless_forced(fake_cifar10, tmp
     assert "optim.epochs" in err and "optim.lr" in err and "--force" in err
     assert (out / "config.yaml").read_text() == before
     assert main(["train", "--resume", str(out), "--set", "optim.epochs=2", "--force", "--quiet"]) == 0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
 
 

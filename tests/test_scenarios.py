@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from conftest import TWO_EPOCHS_EVERY_EVENT
+from gssl import rundir
 from gssl.cli import main
 from gssl.methods.registry import SCENARIOS, WRAPPERS
 
@@ -117,7 +118,7 @@ def test_the_documented_method_is_its_folder_and_registry_lines(fake_cifar10, tm
     assert loaded["judged_teacher"] and not loaded["judged_student"]  # its evaluation weights
     # its own data: 4 labelled images of each of the 10 classes, the rest of the long tail unlabelled
     assert loaded["labelled"] == 40 and loaded["unlabelled"] >= 10 * (10 - 4)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "mean-teacher" and [row["epoch"] for row in rows] == [1, 2]
     assert all(row["consistency"] > 0 for row in rows)  # its own statistic reached the log

@@ -88,7 +88,7 @@ def test_the_unlabelled_loss_never_reads_true_labels_and_the_split_is_disjoint(f
 @pytest.mark.slow
 def test_fixmatch_trains_end_to_end_with_its_metrics_and_ema_evaluation(fake_cifar10, tmp_path, capsys):
     run = train_tiny_run(fake_cifar10, tmp_path / "fm", 2, *SEMI)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = rundir.read_metrics(run)
     for r in rows:
         assert 0 <= r["mask_rate"] <= 1 and 0 <= r["pseudo_label_acc"] <= 1 and r["unlabeled_loss"] >= 0
         assert {"gate_lorot", "gate_flip", "gate_channel"} <= set(r)
@@ -101,7 +101,7 @@ def test_fixmatch_trains_end_to_end_with_its_metrics_and_ema_evaluation(fake_cif
     assert rep["top1"] == pytest.approx(s["test_acc"])
     # resume continues the EMA too
     assert main(["train", "--resume", str(run), "--set", "optim.epochs=3", "--force", "--quiet"]) == 0
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len(rundir.read_metrics(run)) == 3
 
 
 @pytest.mark.slow
