@@ -46,6 +46,15 @@ def autocast(device_type: str, precision: str):
     return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def float32_region(device_type: str):
+    """Autocast switched off, for what must compute in float32 under autocast; a no-op outside autocast,
+    since AOTAutograd's cache refuses a graph that enters an autocast region, and every float32 run (each
+    CPU run) would then trace its compiled step anew in each new process."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def packed_step(step, stat_shape: tuple[int, ...] = ()):
     """`step(...) -> (loss, stats)` as `(loss, keys, values)`, values one new float32 tensor (see above):
     [S] for scalar statistics, [S, K] for a pack's [K] vectors (gssl.packed)."""

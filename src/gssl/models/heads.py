@@ -11,12 +11,12 @@ direction scales as 1/||w||^2, so the reference's unit-norm class vectors start 
 raw uniform(-1, 1) ones (norm about 4.6 for 64 inputs), and weight decay acts on that norm too.
 """
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..step import float32_region
 
 
 class CosineLinear(nn.Module):
@@ -30,10 +30,7 @@ class CosineLinear(nn.Module):
         self.weight = nn.Parameter(w.t().contiguous())
 
     def forward(self, x: Tensor) -> Tensor:
-        # float32 under autocast; no autocast region otherwise, since AOTAutograd's cache refuses a graph
-        # that enters one and every float32 (CPU) run would then trace its compiled step anew
-        device = x.device.type
-        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+        with float32_region(x.device.type):
             return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
     def extra_repr(self) -> str:

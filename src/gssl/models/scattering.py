@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..step import float32_region
 from .resnet_cifar import BasicBlock
 
 
@@ -99,7 +100,7 @@ class Scattering2D(nn.Module):
         k = 2**self.J
         if h % k or w % k:
             raise ValueError(f"Scattering2D: image sides {h} x {w} must be divisible by 2^J = {k}")
-        with torch.autocast(x.device.type, enabled=False):
+        with float32_region(x.device.type):
             xp = F.pad(x.float(), (k, k, k, k), mode="reflect")
             phi, psi = self.filters(xp.shape[-2], xp.shape[-1], x.device)
             x_hat = torch.fft.fft2(xp)  # [B, C, M, N]
